@@ -1,0 +1,190 @@
+"""The standard SPML layout (Cole et al.): `formatted_{train,val}_{images,labels,labels_obs}.npy`.
+
+Reading validates everything a later stage would otherwise trip over, and names the file at fault.
+`aevlp_dataset.json`, written by the preparers, records class names and where the images are.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from aevlp.data.observe import single_positive
+from aevlp.data.registry import DatasetInfo, builtin_classnames, get_dataset
+from aevlp.data.splits import train_val_split
+from aevlp.errors import DataError
+
+__all__ = ["META_FILE", "Split", "SPMLData", "load_dataset", "write_layout", "read_meta"]
+
+log = logging.getLogger("aevlp")
+META_FILE = "aevlp_dataset.json"
+PHASES = ("train", "val")  # file phases; "val" files are the benchmark's test set
+
+
+@dataclass
+class Split:
+    """One split: image paths (relative to the image root), full labels, observed labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    observed: np.ndarray
+    index: np.ndarray  # rows of the source file this split was taken from
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+@dataclass
+class SPMLData:
+    info: DatasetInfo
+    root: Path
+    image_root: Path
+    classnames: list[str]
+    train: Split
+    val: Split
+    test: Split
+    report: dict = field(default_factory=dict)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise DataError(f"unknown split '{name}'", hint="choose train, val or test")
+        return getattr(self, name)
+
+
+def read_meta(root: Path) -> dict:
+    path = Path(root) / META_FILE
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSON ({e})", hint="re-run `aevlp data prepare`") from e
+
+
+def _load_array(path: Path, hint: str) -> np.ndarray:
+    if not path.exists():
+        raise DataError(f"missing file {path}", hint=hint)
+    try:
+        return np.load(path, allow_pickle=True)
+    except Exception as e:  # numpy raises several types for corrupt files
+        raise DataError(f"{path}: cannot be read as a .npy array ({e})", hint=hint) from e
+
+
+def _check_values(arr: np.ndarray, path: Path, allowed: Sequence[int]) -> np.ndarray:
+    if arr.size and not np.isin(arr, allowed).all():
+        bad = np.unique(arr[~np.isin(arr, allowed)])[:5].tolist()
+        raise DataError(f"{path}: label values must be in {set(allowed)}, found {bad}",
+                        hint="labels are 0/1 matrices; convert or re-run `aevlp data prepare`")
+    return arr.astype(np.int8)
+
+
+def _load_phase(root: Path, phase: str, num_classes: int, hint: str, report: dict):
+    img_path = root / f"formatted_{phase}_images.npy"
+    lab_path = root / f"formatted_{phase}_labels.npy"
+    obs_path = root / f"formatted_{phase}_labels_obs.npy"
+    images = _load_array(img_path, hint)
+    if images.ndim != 1:
+        raise DataError(f"{img_path}: expected a 1-D array of image paths, got shape {images.shape}")
+    images = images.astype(str)
+    labels = _load_array(lab_path, hint)
+    if labels.ndim != 2 or labels.shape[0] != len(images):
+        raise DataError(f"{lab_path}: shape {labels.shape} does not match {len(images)} images in {img_path.name}",
+                        hint="the label matrix needs one row per image, in the same order")
+    if labels.shape[1] != num_classes:
+        raise DataError(f"{lab_path}: {labels.shape[1]} label columns, but the dataset has {num_classes} classes")
+    labels = _check_values(labels, lab_path, (0, 1))
+    if obs_path.exists():
+        observed = _load_array(obs_path, hint)
+        if observed.shape != labels.shape:
+            raise DataError(f"{obs_path}: shape {observed.shape} differs from {lab_path.name} {labels.shape}")
+        observed = _check_values(observed, obs_path, (-1, 0, 1))
+    else:
+        observed = single_positive(labels, seed=1200).astype(np.int8)
+        report[f"{phase}_observed_generated"] = True
+        log.warning("%s missing: generated single-positive labels with seed 1200", obs_path.name)
+    no_pos = int((labels.sum(axis=1) == 0).sum())
+    if no_pos:
+        report[f"{phase}_rows_without_positive"] = no_pos
+        log.warning("%s: %d of %d rows have no positive label (kept, as in the benchmark)",
+                    lab_path.name, no_pos, len(labels))
+    wrong = int(((observed == 1) & (labels != 1)).sum())
+    if wrong:
+        report[f"{phase}_observed_not_in_truth"] = wrong
+        log.warning("%s: %d observed positives are not positives in %s", obs_path.name, wrong, lab_path.name)
+    return images, labels, observed
+
+
+def load_dataset(name: str, root: str | Path, *, image_root: str | Path | None = None,
+                 val_frac: float = 0.2, split_seed: int = 1200) -> SPMLData:
+    """Load a dataset in the SPML layout and split it as the benchmark does.
+
+    train = official train minus val (observed labels); val = `val_frac` of official train
+    (judged on clean labels); test = the official val split (clean labels).
+    """
+    info = get_dataset(name)
+    root = Path(root).expanduser()
+    hint = f"prepare it with `aevlp data prepare {info.name} --out {root}` (see docs/datasets.md)"
+    if not root.is_dir():
+        raise DataError(f"data root {root} does not exist or is not a directory", hint=hint)
+    meta = read_meta(root)
+    if meta.get("dataset") and get_dataset(meta["dataset"]).name != info.name:
+        raise DataError(f"{root / META_FILE} says dataset '{meta['dataset']}', not '{info.name}'",
+                        hint=f"pass --dataset {meta['dataset']} or point --data-root elsewhere")
+    if "classnames" in meta:
+        classnames = list(meta["classnames"])
+    elif info.num_classes is not None:
+        classnames = builtin_classnames(info.name)
+    else:
+        raise DataError(f"{root / META_FILE} is missing: the '{info.name}' dataset takes its classes from it",
+                        hint="create the directory with `aevlp data prepare table --csv FILE --images DIR --out DIR`")
+    if info.num_classes is not None and len(classnames) != info.num_classes:
+        raise DataError(f"{root / META_FILE}: {len(classnames)} class names, '{info.name}' has {info.num_classes}")
+    report: dict = {}
+    phases = {p: _load_phase(root, p, len(classnames), hint, report) for p in PHASES}
+    img_root = Path(image_root) if image_root is not None else root / meta.get("image_root", info.image_root)
+    images, labels, observed = phases["train"]
+    tr, va = train_val_split(len(images), val_frac=val_frac, seed=split_seed)
+    test_imgs, test_labels, test_obs = phases["val"]
+    return SPMLData(
+        info=info, root=root, image_root=img_root, classnames=classnames,
+        train=Split(images[tr], labels[tr], observed[tr], tr),
+        # Val and test are judged against clean labels: their "observed" matrix is the truth.
+        val=Split(images[va], labels[va], labels[va].copy(), va),
+        test=Split(test_imgs, test_labels, test_labels.copy(), np.arange(len(test_imgs))),
+        report=report,
+    )
+
+
+def write_layout(out: str | Path, dataset: str, classnames: Sequence[str], image_root: str | Path,
+                 phases: dict[str, tuple[Sequence[str], np.ndarray]], *, seed: int = 1200,
+                 extra: dict | None = None) -> dict:
+    """Write formatted files (+ observed labels, Cole's sampler, fresh RNG per phase) and metadata."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"dataset": dataset, "num_classes": len(classnames), "out": str(out)}
+    for phase, (images, labels) in phases.items():
+        labels = np.asarray(labels, dtype=np.float32 if dataset in ("voc", "coco") else np.int64)
+        if labels.shape != (len(images), len(classnames)):
+            raise DataError(f"internal: {phase} labels {labels.shape} vs {len(images)} images")
+        np.save(out / f"formatted_{phase}_images.npy", np.asarray(images, dtype=str))
+        np.save(out / f"formatted_{phase}_labels.npy", labels)
+        np.save(out / f"formatted_{phase}_labels_obs.npy",
+                single_positive(labels.astype(np.int64), seed=seed).astype(labels.dtype))
+        summary[f"{phase}_images"] = len(images)
+        summary[f"{phase}_rows_without_positive"] = int((labels.sum(axis=1) == 0).sum())
+    try:
+        rel = Path(image_root).resolve().relative_to(out.resolve())
+        img_root = str(rel)
+    except ValueError:
+        img_root = str(Path(image_root).resolve())
+    meta = {"dataset": dataset, "classnames": list(classnames), "image_root": img_root, **(extra or {})}
+    (out / META_FILE).write_text(json.dumps(meta, indent=1))
+    return summary

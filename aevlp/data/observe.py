@@ -1,0 +1,32 @@
+"""Single-positive observed labels, bit-identical to Cole et al.'s `generate_observed_labels`."""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["single_positive"]
+
+
+def single_positive(labels, seed: int = 1200) -> np.ndarray:
+    """Keep one random true positive per row (num_pos=1, num_neg=0), 0 everywhere else.
+
+    Why the odd RNG use: Cole shuffles the negatives of every row too (and keeps none), which
+    consumes RNG state; copying both shuffles in the same order is what makes the published
+    `formatted_*_labels_obs.npy` files reproducible bit for bit (METHOD.md §1.2).
+    Call it once per phase: each call starts a fresh RandomState(seed).
+    """
+    y = np.asarray(labels)
+    if y.ndim != 2:
+        raise ValueError(f"labels must be an [N, C] matrix, got shape {y.shape}")
+    bad = ~np.isin(y, (0, 1))
+    if bad.any():
+        raise ValueError(f"labels must hold only 0/1; found {np.unique(y[bad])[:5].tolist()}")
+    rng = np.random.RandomState(seed)
+    signed = np.where(y == 1, 1, -1)
+    observed = np.zeros_like(y)
+    for i in range(signed.shape[0]):
+        pos = np.nonzero(signed[i] == 1)[0]
+        rng.shuffle(pos)
+        neg = np.nonzero(signed[i] == -1)[0]
+        rng.shuffle(neg)
+        observed[i, pos[:1]] = 1
+    return observed
