@@ -1,0 +1,98 @@
+"""DAMP: dynamic augmentation multi-view pseudo-labels (AEVLP, METHOD.md §3.4), vectorised over images.
+
+`aggregate` turns raw CLIP cosine similarities of one global view and R local views into the
+combined score f (for positives) and the negative score g; `select` turns those into pseudo-labels.
+Keeping the two apart is what lets stage two re-tune τ, η, θ, k and the ratio from the cache.
+"""
+from __future__ import annotations
+
+import torch
+
+from aevlp.errors import ConfigError
+
+__all__ = ["aggregate", "select", "select_global"]
+
+
+def _softmax(sims: torch.Tensor, temperature: float) -> torch.Tensor:
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    x = sims if sims.dtype == torch.float64 else sims.float()
+    return torch.softmax(x / temperature, dim=-1)
+
+
+def aggregate(global_sims: torch.Tensor, local_sims: torch.Tensor, observed: torch.Tensor, *,
+              temperature: float, eta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f, g) of §3.4 from `global_sims [N,C]`, `local_sims [N,R,C]` and observed labels `[N,C]`.
+
+    The per-image gate η' = min(s^g of the observed positive, η) keeps a class's best local score
+    α only when it beats how sure CLIP is about the known tag; otherwise the pessimistic β is used.
+    Images without an observed positive get η' = 0 (the gate is always open).
+    """
+    if global_sims.ndim != 2 or local_sims.ndim != 3:
+        raise ValueError(f"expected global [N,C] and local [N,R,C], got {tuple(global_sims.shape)} "
+                         f"and {tuple(local_sims.shape)}")
+    n, c = global_sims.shape
+    if local_sims.shape[0] != n or local_sims.shape[2] != c or local_sims.shape[1] < 1:
+        raise ValueError(f"local_sims {tuple(local_sims.shape)} does not fit global_sims {tuple(global_sims.shape)}")
+    if observed.shape != global_sims.shape:
+        raise ValueError(f"observed {tuple(observed.shape)} does not match global_sims {tuple(global_sims.shape)}")
+    s_g = _softmax(global_sims, temperature)
+    s_r = _softmax(local_sims, temperature)
+    alpha = s_r.amax(dim=1)
+    beta = s_r.amin(dim=1)
+    mean = s_r.mean(dim=1)
+    obs = (observed == 1).to(s_g.device)
+    eta_img = torch.clamp((s_g * obs).amax(dim=1), max=eta).unsqueeze(1)
+    a = torch.where(alpha > eta_img, alpha, beta)
+    return 0.5 * (s_g + a), 0.5 * (s_g + mean)
+
+
+def _check_selection(c: int, top_k: int, negative_ratio: float) -> int:
+    if not 1 <= top_k <= c:
+        raise ConfigError(f"top_k must be in [1, {c}] (number of classes), got {top_k}")
+    if not 0.0 <= negative_ratio < 1.0:
+        raise ConfigError(f"negative_ratio must be in [0, 1), got {negative_ratio}")
+    return int(negative_ratio * c)
+
+
+def select(score: torch.Tensor, neg_score: torch.Tensor, *, top_k: int, threshold: float,
+           negative_ratio: float, negatives: bool = True, observed: torch.Tensor | None = None) -> torch.Tensor:
+    """Pseudo-labels int8 `[N,C]` in {-1,0,1} from DAMP scores (§3.4 steps 5–7).
+
+    Positives: the top-k classes of f with f ≥ threshold. Negatives: the ⌊ratio·C⌋ lowest g, written
+    last so a class picked as both ends negative, as in the code. `negatives=False` writes them as 0
+    (neutral) — the official code's behaviour ("official" mode). Observed positives, when given, are 1.
+    """
+    if score.shape != neg_score.shape or score.ndim != 2:
+        raise ValueError(f"score {tuple(score.shape)} and neg_score {tuple(neg_score.shape)} must be one [N,C] shape")
+    n, c = score.shape
+    m = _check_selection(c, top_k, negative_ratio)
+    values, idx = torch.topk(score, k=top_k, dim=1)
+    pseudo = torch.zeros((n, c), dtype=torch.int8, device=score.device)
+    pseudo.scatter_(1, idx, (values >= threshold).to(torch.int8))
+    if m > 0:
+        _, neg_idx = torch.topk(neg_score, k=m, dim=1, largest=False)
+        pseudo.scatter_(1, neg_idx, torch.full_like(neg_idx, -1 if negatives else 0, dtype=torch.int8))
+    if observed is not None:
+        pseudo[observed.to(score.device) == 1] = 1
+    return pseudo
+
+
+def select_global(global_sims: torch.Tensor, *, temperature: float = 0.01, threshold: float = 0.3,
+                  negative_ratio: float = 0.0, negatives: bool = True,
+                  observed: torch.Tensor | None = None) -> torch.Tensor:
+    """VLPL-style pseudo-labels from the global view only (Xing et al., CVPRW 2024; §3.9).
+
+    Positive where softmax(cos/τ) > θ (strict, as VLPL); the ⌊ratio·C⌋ lowest become negatives.
+    The ablation "DAMP vs global-only" compares this with `select(aggregate(...))`.
+    """
+    s = _softmax(global_sims, temperature)
+    n, c = s.shape
+    m = _check_selection(c, 1, negative_ratio)
+    pseudo = (s > threshold).to(torch.int8)
+    if m > 0:
+        _, neg_idx = torch.topk(s, k=m, dim=1, largest=False)
+        pseudo.scatter_(1, neg_idx, torch.full_like(neg_idx, -1 if negatives else 0, dtype=torch.int8))
+    if observed is not None:
+        pseudo[observed.to(s.device) == 1] = 1
+    return pseudo
