@@ -134,14 +134,14 @@ def _entropy(p: torch.Tensor, eps: float) -> torch.Tensor:
     return -(p * torch.log(p + eps) + (1 - p) * torch.log(1 - p + eps))
 
 
-def em_loss(logits: torch.Tensor, observed: torch.Tensor, *, alpha: float = 0.1,
+def em_loss(logits: torch.Tensor, observed: torch.Tensor, *, em_alpha: float = 0.1,
             eps: float = 1e-5) -> torch.Tensor:
     """Entropy maximisation on unknowns (Zhou et al., ECCV 2022): -log p on positives, -α·H(p) else."""
     z, p, y = _prep(logits, observed)
-    return torch.where(y == 1, _neg_log(p, eps), -alpha * _entropy(p, eps)).mean()
+    return torch.where(y == 1, _neg_log(p, eps), -em_alpha * _entropy(p, eps)).mean()
 
 
-def em_pl_loss(logits: torch.Tensor, observed: torch.Tensor, pseudo: torch.Tensor, *, alpha: float = 0.1,
+def em_pl_loss(logits: torch.Tensor, observed: torch.Tensor, pseudo: torch.Tensor, *, em_alpha: float = 0.1,
                pl_weight: float = 0.7, rho: float = 0.9, eps: float = 1e-5) -> torch.Tensor:
     """VLPL's EM_PL (Xing et al., CVPRW 2024; METHOD.md §3.9).
 
@@ -149,7 +149,7 @@ def em_pl_loss(logits: torch.Tensor, observed: torch.Tensor, pseudo: torch.Tenso
     """
     z, p, y, zl = _prep(logits, observed, pseudo)
     positive = pl_weight * (rho * _neg_log(p, eps) + (1 - rho) * _neg_log(1 - p, eps))
-    loss = torch.where(zl == 1, positive, torch.where(zl == -1, _neg_log(1 - p, eps), -alpha * _entropy(p, eps)))
+    loss = torch.where(zl == 1, positive, torch.where(zl == -1, _neg_log(1 - p, eps), -em_alpha * _entropy(p, eps)))
     return torch.where(y == 1, _neg_log(p, eps), loss).mean()
 
 

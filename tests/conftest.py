@@ -1,7 +1,61 @@
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
+                                              "head_width": 16},
+             "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 
 
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """A random-init open_clip model saved as a user's local checkpoint + model config JSON."""
+    import open_clip
+    import torch
+
+    d = tmp_path_factory.mktemp("clip")
+    cfg = d / "tiny-clip.json"
+    cfg.write_text(json.dumps(TINY_CLIP))
+    open_clip.add_model_config(cfg)
+    torch.manual_seed(0)
+    weights = d / "tiny.pt"
+    torch.save(open_clip.create_model("tiny-clip").state_dict(), weights)
+    return {"arch": "tiny-clip", "config": str(cfg), "pretrained": str(weights)}
+
+
+def make_photo_dataset(root: Path, n_train: int = 20, n_test: int = 6, c: int = 20, seed: int = 0) -> Path:
+    """VOC-layout dataset of real photos (scikit-image) at varied sizes, plus generated noise images."""
+    from PIL import Image
+    from skimage import data as sk
+
+    photos = [sk.astronaut(), sk.chelsea(), sk.coffee(), sk.rocket(), np.stack([sk.camera()] * 3, -1)]
+    img = root / "VOCdevkit" / "VOC2012" / "JPEGImages"
+    img.mkdir(parents=True, exist_ok=True)
+    rs = np.random.RandomState(seed)
+    for phase, n in (("train", n_train), ("val", n_test)):
+        names = []
+        for i in range(n):
+            name = f"{phase}{i:03d}.jpg"
+            if i % 6 == 5:
+                arr = (rs.rand(70 + i, 90, 3) * 255).astype(np.uint8)
+                Image.fromarray(arr).save(img / name)
+            else:
+                Image.fromarray(photos[i % 5]).resize((96 + 5 * i, 72 + 3 * i)).save(img / name)
+            names.append(name)
+        y = (rs.rand(n, c) < 0.15).astype(np.float32)
+        y[np.arange(n), rs.randint(0, c, n)] = 1
+        np.save(root / f"formatted_{phase}_images.npy", np.array(names))
+        np.save(root / f"formatted_{phase}_labels.npy", y)
+    return root
+
+
+@pytest.fixture
+def photo_voc(tmp_path):
+    return make_photo_dataset(tmp_path / "voc")

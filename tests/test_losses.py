@@ -146,7 +146,7 @@ def test_gradcheck_with_constants():
 
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_every_loss_finite_at_extremes_and_bf16(name):
-    params = dict(q2=0.01, q3=1.0, lam1=0.7, lam2=0.5, rho=0.9, reg=0.001, expected_pos=2.0, alpha=0.1)
+    params = dict(q2=0.01, q3=1.0, lam1=0.7, lam2=0.5, rho=0.9, reg=0.001, expected_pos=2.0, em_alpha=0.1)
     fn = build_loss(name, params)
     z = torch.tensor([[-50.0, 50.0, 0.0, 10.0], [50.0, -50.0, -10.0, 0.0]], requires_grad=True)
     y = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0]])
@@ -171,8 +171,8 @@ def test_baseline_values():
     full = build_loss("bce-full", {})(z, y, full=torch.tensor([[1, 1]])).item()
     assert full == pytest.approx((-math.log(0.8 + 1e-5) - math.log(0.3 + 1e-5)) / 2)
     h = -(0.3 * math.log(0.3 + 1e-5) + 0.7 * math.log(0.7 + 1e-5))
-    assert build_loss("em", {"alpha": 0.2})(z, y).item() == pytest.approx((-math.log(0.8 + 1e-5) - 0.2 * h) / 2)
-    empl = build_loss("em-pl", {"alpha": 0.2})(z, y, pseudo=torch.tensor([[0, 1]])).item()
+    assert build_loss("em", {"em_alpha": 0.2})(z, y).item() == pytest.approx((-math.log(0.8 + 1e-5) - 0.2 * h) / 2)
+    empl = build_loss("em-pl", {"em_alpha": 0.2})(z, y, pseudo=torch.tensor([[0, 1]])).item()
     assert empl == pytest.approx((-math.log(0.8 + 1e-5) + 0.7 * (0.9 * -math.log(0.3 + 1e-5) + 0.1 * -math.log(0.7 + 1e-5))) / 2)
     anpl = build_loss("an-pl", {})(z, y, pseudo=torch.tensor([[0, 1]])).item()
     assert anpl == pytest.approx((-math.log(0.8 + 1e-5) - math.log(0.3 + 1e-5)) / 2)

@@ -1,0 +1,276 @@
+"""The stage-one HDF5 cache: schema, fingerprint, atomic + resumable writes, locking, reading.
+
+Schema (docs/cache.md): /sims [R,N,V,C] f16 raw cosine similarities (view 0 = global), /scores
+[R,N,C] f16 DAMP score f and /pseudo [R,N,C] i8 under the defaults in attrs["selection"],
+optional /embeddings, /done and /bad row masks, /image_ids, /classnames, /observed, /labels,
+/text_features, /relation; attrs: fingerprint (JSON), schema_version, complete, versions, created.
+
+Datasets are contiguous and allocated when the file is created, so later writes touch raw data
+only: a kill -9 mid-write cannot corrupt HDF5 metadata, and rows are marked done only after their
+data is flushed. Work happens in `<target>.partial`; the target appears only when complete.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Iterable
+
+import h5py
+import numpy as np
+
+from aevlp import __version__
+from aevlp.errors import AevlpError
+
+__all__ = ["SCHEMA_VERSION", "dataset_hash", "fingerprint_diff", "CacheLock", "CacheWriter", "Cache",
+           "partial_path", "lock_path", "read_fingerprint"]
+
+SCHEMA_VERSION = 1
+STR = h5py.string_dtype("utf-8")
+
+
+def partial_path(target: Path) -> Path:
+    return target.with_name(target.name + ".partial")
+
+
+def lock_path(target: Path) -> Path:
+    return target.with_name(target.name + ".lock")
+
+
+def dataset_hash(image_ids: Iterable[str], observed: np.ndarray) -> str:
+    """Identity of the rows a cache describes: image ids in order + observed labels."""
+    h = hashlib.sha256()
+    for i in image_ids:
+        h.update(str(i).encode())
+        h.update(b"\0")
+    h.update(np.ascontiguousarray(observed, dtype=np.int8).tobytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint_diff(old: dict, new: dict) -> list[str]:
+    """Human-readable 'field: old -> new' lines for every differing fingerprint field."""
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys if old.get(k) != new.get(k)]
+
+
+def read_fingerprint(path: Path) -> tuple[dict, bool]:
+    """(fingerprint, complete) of a cache file; raises AevlpError if it is not an aevlp cache."""
+    try:
+        with h5py.File(path, "r") as f:
+            return json.loads(f.attrs["fingerprint"]), bool(f.attrs.get("complete", False))
+    except (OSError, KeyError, json.JSONDecodeError) as e:
+        raise AevlpError(f"{path} is not a readable aevlp cache ({e})",
+                         hint="delete it, or recompute with --force") from e
+
+
+class CacheLock:
+    """Exclusive lock file next to the target, so two runs never write one cache.
+
+    A lock left by a dead process on this host is taken over; any other live lock is an error.
+    """
+
+    def __init__(self, target: Path):
+        self.path = lock_path(target)
+        self.held = False
+
+    def __enter__(self) -> "CacheLock":
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    other = json.loads(self.path.read_text() or "{}")
+                except (OSError, json.JSONDecodeError):
+                    other = {}
+                if other.get("host") == me["host"] and not _alive(other.get("pid", -1)):
+                    self.path.unlink(missing_ok=True)  # stale: its writer is gone
+                    continue
+                raise AevlpError(f"{self.path.with_suffix('')} is being written by pid {other.get('pid')} on "
+                                 f"{other.get('host')}", hint=f"wait for it; if that run is gone, delete {self.path}")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            self.held = True
+            return self
+        raise AevlpError(f"could not take the lock {self.path}")
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _early(f: h5py.File, name: str, shape: tuple, dtype) -> h5py.Dataset:
+    """A contiguous dataset allocated (zero-filled) now, so later writes never touch metadata."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
+    return f.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl)
+
+
+def _versions() -> dict:
+    import open_clip
+    import torch
+    import torchvision
+
+    return {"aevlp": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "open_clip": open_clip.__version__, "h5py": h5py.__version__, "numpy": np.__version__}
+
+
+class CacheWriter:
+    """Creates or resumes `<target>.partial`; `finish()` renames it onto the target atomically."""
+
+    def __init__(self, target: Path, fingerprint: dict, *, rounds: int, num_views: int, image_ids: list[str],
+                 classnames: list[str], observed: np.ndarray, labels: np.ndarray | None,
+                 text_features: np.ndarray, relation: np.ndarray | None, selection: dict,
+                 embeddings: str = "none", embed_dim: int = 0):
+        self.target, self.tmp = Path(target), partial_path(Path(target))
+        self.fingerprint = fingerprint
+        n, c = observed.shape
+        self.resumed = False
+        if self.tmp.exists():
+            try:
+                old, _ = read_fingerprint(self.tmp)
+            except AevlpError:
+                old = None  # unreadable leftover (e.g. killed during creation): start over
+            if old == fingerprint:
+                self.f = h5py.File(self.tmp, "r+")
+                self.resumed = True
+                return
+            self.tmp.unlink()
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        f = h5py.File(self.tmp, "w")
+        try:
+            _early(f, "sims", (rounds, n, num_views, c), np.float16)
+            _early(f, "scores", (rounds, n, c), np.float16)
+            _early(f, "pseudo", (rounds, n, c), np.int8)
+            if embeddings == "global":
+                _early(f, "embeddings", (rounds, n, embed_dim), np.float16)
+            elif embeddings == "all":
+                _early(f, "embeddings", (rounds, n, num_views, embed_dim), np.float16)
+            _early(f, "done", (n,), np.bool_)
+            _early(f, "bad", (n,), np.bool_)
+            f.create_dataset("image_ids", data=np.asarray(image_ids, dtype=object), dtype=STR)
+            f.create_dataset("classnames", data=np.asarray(classnames, dtype=object), dtype=STR)
+            f.create_dataset("observed", data=observed.astype(np.int8))
+            if labels is not None:
+                f.create_dataset("labels", data=labels.astype(np.int8))
+            f.create_dataset("text_features", data=np.asarray(text_features, dtype=np.float32))
+            if relation is not None:
+                f.create_dataset("relation", data=np.asarray(relation, dtype=np.float32))
+            f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["selection"] = json.dumps(selection, sort_keys=True)
+            f.attrs["complete"] = False
+            f.attrs["versions"] = json.dumps(_versions())
+            f.flush()
+        except Exception:
+            f.close()
+            self.tmp.unlink(missing_ok=True)
+            raise
+        self.f = f
+
+    def pending(self) -> np.ndarray:
+        return np.flatnonzero(~self.f["done"][:])
+
+    def write(self, start: int, sims: np.ndarray, scores: np.ndarray, pseudo: np.ndarray, bad: np.ndarray,
+              embeddings: np.ndarray | None = None) -> None:
+        """Rows [start, start+B): data first, flushed, then the done flags (so a crash re-does them)."""
+        stop = start + sims.shape[1]
+        try:
+            self.f["sims"][:, start:stop] = sims.astype(np.float16)
+            self.f["scores"][:, start:stop] = scores.astype(np.float16)
+            self.f["pseudo"][:, start:stop] = pseudo.astype(np.int8)
+            if embeddings is not None and "embeddings" in self.f:
+                self.f["embeddings"][:, start:stop] = embeddings.astype(np.float16)
+            self.f["bad"][start:stop] = bad
+            self.f.flush()
+            self.f["done"][start:stop] = True
+            self.f.flush()
+        except OSError as e:
+            raise AevlpError(f"writing {self.tmp} failed: {e}",
+                             hint="free disk space and re-run the same command: finished rows are kept, "
+                                  "and any previous complete cache is untouched") from e
+
+    def finish(self, stats: dict | None = None) -> Path:
+        if not self.f["done"][:].all():
+            raise AevlpError(f"{self.tmp}: not every row is done")
+        self.f.attrs["complete"] = True
+        self.f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        if stats:
+            self.f.attrs["summary"] = json.dumps(stats)
+        self.f.close()
+        os.replace(self.tmp, self.target)
+        return self.target
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.flush()
+            self.f.close()
+
+
+class Cache:
+    """Read access to a complete cache (stage two, cache tools); plain h5py works just as well."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            partial = partial_path(self.path)
+            hint = (f"an unfinished run left {partial.name}: re-run `aevlp pseudolabel` to finish it"
+                    if partial.exists() else "create it with `aevlp pseudolabel --dataset NAME --out PATH`")
+            raise AevlpError(f"cache {self.path} not found", hint=hint)
+        self.fingerprint, complete = read_fingerprint(self.path)
+        if not complete:
+            raise AevlpError(f"cache {self.path} is incomplete", hint="re-run `aevlp pseudolabel` to finish it")
+        self.f = h5py.File(self.path, "r")
+        self.selection = json.loads(self.f.attrs.get("selection", "{}"))
+
+    @property
+    def rounds(self) -> int:
+        return self.f["sims"].shape[0]
+
+    @property
+    def num_views(self) -> int:
+        return self.f["sims"].shape[2]
+
+    def __len__(self) -> int:
+        return self.f["sims"].shape[1]
+
+    def array(self, name: str) -> np.ndarray:
+        ds = self.f[name]
+        return ds.asstr()[:] if ds.dtype.kind == "O" else ds[:]
+
+    def image_ids(self) -> list[str]:
+        return list(self.array("image_ids"))
+
+    def classnames(self) -> list[str]:
+        return list(self.array("classnames"))
+
+    def sims(self, rnd: int) -> np.ndarray:
+        """[N, V, C] float16 similarities of one augmentation round (view 0 = global)."""
+        return self.f["sims"][rnd % self.rounds]
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self) -> "Cache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

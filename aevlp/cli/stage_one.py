@@ -1,0 +1,100 @@
+"""`aevlp pseudolabel` and `aevlp clip ...`: stage one from the command line."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from aevlp.cli import cli
+from aevlp.cli.common import config_option, resolve, set_option
+
+
+@cli.command("pseudolabel")
+@click.option("--dataset", default=None, help="Dataset name (voc, coco, nus, cub, table, ...).")
+@click.option("--data-root", default=None, type=click.Path(), help="Folder in the SPML layout.")
+@config_option
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Cache file [default: cache/DATASET.h5].")
+@click.option("--clip", "arch", default=None, help="open_clip architecture, e.g. ViT-B-16 (aevlp clip ls).")
+@click.option("--pretrained", default=None, help="Pretrained tag (openai, laion2b_s34b_b88k, ...) or a local "
+                                                  "weights file; '' for random weights.")
+@click.option("--clip-config", default=None, type=click.Path(dir_okay=False),
+              help="Local open_clip model config JSON (its file name is the architecture).")
+@click.option("--prompt", "prompts", multiple=True, help="Prompt template with {} (repeat to ensemble).")
+@click.option("--grid", type=int, default=None, help="G: global view + G x G tiles.")
+@click.option("--rounds", type=int, default=None, help="Augmentation rounds R (epoch e reads round e mod R).")
+@click.option("--batch-size", type=int, default=None, help="Source images per batch.")
+@click.option("--workers", type=int, default=None, help="DataLoader worker processes decoding images.")
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
+              help="CLIP weights dtype (auto: fp16/bf16 on CUDA, bf16 on a bf16-capable CPU, else fp32).")
+@click.option("--store-embeddings", type=click.Choice(["none", "global", "all"]), default=None,
+              help="Also store L2-normalised image embeddings (for clip-head training or new prompts).")
+@click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default=None,
+              help="Unreadable images: stop with their paths, or mark them skipped in the cache.")
+@click.option("--limit", type=int, default=None, help="Only the first N training images (a quick try).")
+@click.option("--force", is_flag=True, help="Recompute even if a matching cache exists.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@set_option
+def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, clip_config, prompts, grid, rounds,
+                    batch_size, workers, device, precision, store_embeddings, on_bad_image, limit, force,
+                    no_progress, overrides) -> None:
+    """Stage one: score DAMP views of every training image with a frozen CLIP into an HDF5 cache.
+
+    \b
+    The cache holds raw per-view similarities, so DAMP selection (tau, eta, theta, k, ratio) can be
+    re-tuned in stage two without CLIP. An interrupted run resumes where it stopped; a cache made
+    with other settings is refused (the message lists what differs).
+
+    \b
+    Examples:
+      aevlp pseudolabel --dataset voc --data-root data/voc
+      aevlp pseudolabel --dataset nus --data-root data/nus --clip ViT-L-14 --pretrained openai
+      aevlp pseudolabel --dataset voc --data-root data/voc --clip ViT-B-32 --pretrained ~/ckpt/vitb32.safetensors
+    """
+    from aevlp.pseudolabel import run_pseudolabel
+
+    cfg = resolve(config, dataset, overrides,
+                  dataset={"data_root": data_root},
+                  clip={"arch": arch, "pretrained": pretrained, "config": clip_config, "batch_size": batch_size,
+                        "workers": workers, "device": device, "precision": precision},
+                  text={"prompts": list(prompts) or None},
+                  views={"grid": grid, "rounds": rounds},
+                  cache={"path": out, "store_embeddings": store_embeddings, "on_bad_image": on_bad_image})
+    try:
+        summary = run_pseudolabel(cfg, force=force, limit=limit, progress=not no_progress)
+    except KeyboardInterrupt:
+        click.secho("interrupted: finished rows are kept; run the same command again to resume", fg="yellow", err=True)
+        raise SystemExit(130)
+    if summary["status"] == "reused":
+        click.echo(f"{summary['cache']} is up to date ({summary['images']} images); --force recomputes it")
+        return
+    click.echo(f"wrote {summary['cache']} ({summary['status']})")
+    for key, value in summary.items():
+        if key not in ("cache", "status"):
+            click.echo(f"  {key:28s} {value}")
+
+
+@cli.group("clip")
+def clip_group() -> None:
+    """Inspect the CLIP models open_clip knows."""
+
+
+@clip_group.command("ls")
+@click.option("--arch", default=None, help="Only this architecture (substring match).")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def clip_ls(arch: str | None, as_json: bool) -> None:
+    """List architectures and their pretrained tags (any pair works with --clip/--pretrained).
+
+    Example: aevlp clip ls --arch ViT-B-16
+    """
+    import open_clip
+
+    tags: dict[str, list[str]] = {}
+    for a, t in open_clip.list_pretrained():
+        tags.setdefault(a, []).append(t)
+    rows = {a: tags.get(a, []) for a in open_clip.list_models() if not arch or arch.lower() in a.lower()}
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    for a, ts in rows.items():
+        click.echo(f"{a:40s} {', '.join(ts) if ts else '(no pretrained tags: pass a local weights file)'}")

@@ -1,0 +1,177 @@
+"""The frozen open_clip model of stage one: loading by name + tag or local file, precision, prompts.
+
+Only stage one loads CLIP; stage two reads what it wrote to the cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from aevlp.errors import AevlpError, ConfigError
+
+__all__ = ["ClipModel", "load_clip", "resolve_device", "resolve_precision", "prompt_name", "file_sha256",
+           "cpu_supports_bf16", "CLIP_MEAN", "CLIP_STD", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+log = logging.getLogger("aevlp")
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """bf16 *weights* are 3-5x faster than fp32 on CPUs with AMX/AVX512-BF16, slower elsewhere."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available here", hint="use --device cpu or auto")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision != "auto":
+        if precision not in DTYPES:
+            raise ConfigError(f"unknown precision '{precision}'", hint="choose auto, fp32, bf16 or fp16")
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
+
+
+def prompt_name(classname: str) -> str:
+    """Readable class phrase: underscores → spaces; CUB's 'has_wing_color::blue' → 'blue wing color'."""
+    if "::" in classname:
+        part, value = classname.split("::", 1)
+        part = part.removeprefix("has_").replace("_", " ")
+        return f"{value.replace('_', ' ')} {part}"
+    return classname.replace("_", " ")
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class ClipModel:
+    """A loaded, frozen open_clip model with the facts the cache fingerprint needs."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    arch: str
+    pretrained: str
+    weights_id: str  # the tag, or "sha256:..." of a local file, or "random"
+    config_id: str  # "" or "sha256:..." of a local model config JSON
+    device: torch.device
+    precision: str
+    image_size: int
+    embed_dim: int
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return DTYPES[self.precision]
+
+    @torch.inference_mode()
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """L2-normalised float32 embeddings of normalised pixel batches."""
+        x = pixels.to(self.device, self.dtype, non_blocking=True)
+        return F.normalize(self.model.encode_image(x).float(), dim=-1)
+
+    @torch.inference_mode()
+    def encode_text(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """Raw (un-normalised) class text features T0, averaged over prompt templates.
+
+        With one template this is exactly the official code's T0 (it feeds the GCN un-normalised).
+        """
+        if not templates or any("{}" not in t for t in templates):
+            raise ConfigError(f"each prompt template needs a '{{}}' for the class name, got {list(templates)}")
+        feats = []
+        for t in templates:
+            tokens = self.tokenizer([t.format(prompt_name(c)) for c in classnames]).to(self.device)
+            feats.append(self.model.encode_text(tokens).float())
+        return torch.stack(feats).mean(0).cpu()
+
+
+def _is_file(pretrained: str) -> bool:
+    return bool(pretrained) and (Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
+                                 or Path(pretrained).is_file())
+
+
+def load_clip(arch: str, pretrained: str = "", *, config: str = "", device: str = "auto",
+              precision: str = "auto") -> ClipModel:
+    """Create a frozen open_clip model.
+
+    `pretrained`: an open_clip tag ('openai', 'laion2b_s34b_b88k'), a local checkpoint file, or ''
+    for random weights (tests, benchmarks). `config`: a local model-config JSON; its file stem
+    becomes the architecture name, as open_clip's `add_model_config` registers it.
+    """
+    import open_clip
+
+    config_id = ""
+    if config:
+        cfg_path = Path(config)
+        if not cfg_path.is_file():
+            raise AevlpError(f"--clip-config {config}: file not found")
+        try:
+            json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise AevlpError(f"--clip-config {config}: not valid JSON ({e})") from e
+        open_clip.add_model_config(cfg_path)
+        arch, config_id = cfg_path.stem, "sha256:" + file_sha256(cfg_path)
+    if arch not in open_clip.list_models():
+        raise AevlpError(f"unknown CLIP architecture '{arch}'",
+                         hint="`aevlp clip ls` lists them; a custom one needs --clip-config FILE.json")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    if _is_file(pretrained):
+        if not Path(pretrained).is_file():
+            raise AevlpError(f"--pretrained {pretrained}: weights file not found",
+                             hint="give an existing .pt/.safetensors file or an open_clip tag (aevlp clip ls)")
+        weights_id = "sha256:" + file_sha256(pretrained)
+    elif pretrained:
+        tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+        if pretrained not in tags:
+            raise AevlpError(f"'{pretrained}' is not a pretrained tag of {arch}",
+                             hint=f"tags for {arch}: {', '.join(tags) or 'none'}; or pass a local weights file")
+        weights_id = pretrained
+    else:
+        weights_id = "random"
+        log.warning("no --pretrained given: %s has RANDOM weights (fine for tests and benchmarks only)", arch)
+    try:
+        model = open_clip.create_model(arch, pretrained=pretrained or None, device=dev)
+    except Exception as e:  # download failures surface as many exception types (HTTP, OSError, hub errors)
+        if _is_file(pretrained):
+            raise AevlpError(f"could not load weights {pretrained} into {arch}: {e}",
+                             hint="check that the file matches the architecture (and --clip-config)") from e
+        raise AevlpError(f"could not fetch pretrained weights '{pretrained}' for {arch} ({type(e).__name__}: {e})",
+                         hint="offline? download the checkpoint elsewhere and pass it with "
+                              "--pretrained PATH/TO/weights.safetensors (open_clip_pytorch_model.bin works too)") from e
+    model = model.to(DTYPES[prec]).eval().requires_grad_(False)
+    size = model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    return ClipModel(model=model, tokenizer=open_clip.get_tokenizer(arch), arch=arch, pretrained=pretrained,
+                     weights_id=weights_id, config_id=config_id, device=dev, precision=prec,
+                     image_size=size, embed_dim=int(model.text_projection.shape[-1])
+                     if hasattr(model, "text_projection") and model.text_projection is not None
+                     else int(model.visual.output_dim))

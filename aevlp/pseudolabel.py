@@ -1,0 +1,203 @@
+"""Stage one: frozen CLIP over the DAMP views of every training image → the HDF5 cache.
+
+dataset → views → CLIP → cache. DAMP selection is applied here only to store readable default
+pseudo-labels; stage two re-derives them from the cached similarities with its own parameters.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from aevlp.cache import SCHEMA_VERSION, CacheLock, CacheWriter, dataset_hash, fingerprint_diff, read_fingerprint
+from aevlp.clip import ClipModel, file_sha256, load_clip
+from aevlp.damp import aggregate, select
+from aevlp.data import load_dataset
+from aevlp.errors import AevlpError, ConfigError
+from aevlp.metrics import pseudo_label_quality
+from aevlp.relation import load_relation, refine_text_features, relation_from_text
+from aevlp.views import ViewBatches, ViewSpec, expand_views, normalize
+
+__all__ = ["run_pseudolabel", "cache_path", "selection_params", "text_features", "stage_one_fingerprint"]
+
+log = logging.getLogger("aevlp")
+MAX_VIEWS_PER_FORWARD = 256
+
+
+def cache_path(cfg: dict) -> Path:
+    return Path(cfg["cache"]["path"] or f"cache/{cfg['dataset']['name']}.h5")
+
+
+def selection_params(cfg: dict) -> dict:
+    d = cfg["damp"]
+    return {"temperature": d["temperature"], "eta": d["eta"], "top_k": d["top_k"], "threshold": d["threshold"],
+            "negative_ratio": d["negative_ratio"], "negatives": d["mode"] == "paper"}
+
+
+def view_spec(cfg: dict, image_size: int) -> ViewSpec:
+    v = cfg["views"]
+    return ViewSpec(grid=v["grid"], size=v["size"] or image_size, rounds=v["rounds"], resize=v["resize"],
+                    flip=v["flip"], jitter=v["jitter"], seed=v["seed"])
+
+
+def text_features(clip: ClipModel, classnames: list[str], cfg: dict) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+    """Refined, normalised class features [C, D], the relation used (or None), and its identity."""
+    t = cfg["text"]
+    t0 = clip.encode_text(classnames, t["prompts"])
+    relation, rel_id = None, "none"
+    if t["gcn"]:
+        if t["relation"] == "text":
+            relation, rel_id = relation_from_text(t0), "text"
+        else:
+            relation, rel_id = load_relation(t["relation"], len(classnames)), "sha256:" + file_sha256(t["relation"])
+    feats = refine_text_features(t0, relation=relation, sparse_topk=t["sparse_topk"], reweight_p=t["reweight_p"],
+                                 seed=t["gcn_seed"], enabled=t["gcn"])
+    return feats, relation, rel_id
+
+
+def stage_one_fingerprint(cfg: dict, clip: ClipModel, spec: ViewSpec, ids: list[str], observed: np.ndarray,
+                          rel_id: str) -> dict:
+    """Everything that changes the cached numbers — and nothing that does not (e.g. DAMP selection)."""
+    t = cfg["text"]
+    return {
+        "schema_version": SCHEMA_VERSION, "dataset": cfg["dataset"]["name"],
+        "dataset_hash": dataset_hash(ids, observed), "num_images": len(ids), "num_classes": int(observed.shape[1]),
+        "clip_arch": clip.arch, "clip_weights": clip.weights_id, "clip_config": clip.config_id,
+        "precision": clip.precision, "prompts": list(t["prompts"]), "gcn": t["gcn"],
+        "gcn_seed": t["gcn_seed"] if t["gcn"] else None, "sparse_topk": t["sparse_topk"] if t["gcn"] else None,
+        "reweight_p": t["reweight_p"] if t["gcn"] else None, "relation": rel_id,
+        "grid": spec.grid, "rounds": spec.rounds, "image_size": spec.size, "resize": spec.resize,
+        "normalize": cfg["views"]["normalize"], "flip": spec.flip, "jitter": spec.jitter, "view_seed": spec.seed,
+        "store_embeddings": cfg["cache"]["store_embeddings"],
+    }
+
+
+def _encode(clip: ClipModel, slots: torch.Tensor, stats: str) -> torch.Tensor:
+    """[B, U, 3, S, S] uint8 → [B, U, D] normalised embeddings, in fixed-size forward chunks."""
+    b, u = slots.shape[:2]
+    flat = slots.reshape(b * u, *slots.shape[2:])
+    out = [clip.encode_images(normalize(flat[i:i + MAX_VIEWS_PER_FORWARD].to(clip.device, non_blocking=True),
+                                        stats, clip.dtype))
+           for i in range(0, flat.shape[0], MAX_VIEWS_PER_FORWARD)]
+    return torch.cat(out).reshape(b, u, -1)
+
+
+def damp_from_sims(sims: torch.Tensor, observed: torch.Tensor, sel: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scores f and pseudo-labels for one round of [N, V, C] similarities (view 0 = global)."""
+    f, g = aggregate(sims[:, 0], sims[:, 1:], observed, temperature=sel["temperature"], eta=sel["eta"])
+    z = select(f, g, top_k=sel["top_k"], threshold=sel["threshold"], negative_ratio=sel["negative_ratio"],
+               negatives=sel["negatives"], observed=observed)
+    return f, z
+
+
+def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None, progress: bool = True) -> dict:
+    """Compute (or reuse, or resume) the cache the config asks for; returns a summary dict."""
+    ds = cfg["dataset"]
+    if not ds["data_root"]:
+        raise ConfigError("no data root", hint="pass --data-root DIR (a folder in the SPML layout)")
+    data = load_dataset(ds["name"], ds["data_root"], image_root=ds["image_root"] or None,
+                        val_frac=ds["val_frac"], split_seed=ds["split_seed"])
+    split = data.train
+    n = len(split) if limit is None else min(limit, len(split))
+    if n < 1:
+        raise AevlpError(f"{data.root}: the train split is empty")
+    ids, observed, labels = list(split.images[:n]), split.observed[:n], split.labels[:n]
+    target = cache_path(cfg)
+    c = cfg["clip"]
+    clip = load_clip(c["arch"], c["pretrained"], config=c["config"], device=c["device"], precision=c["precision"])
+    spec = view_spec(cfg, clip.image_size)
+    feats, relation, rel_id = text_features(clip, data.classnames, cfg)
+    fp = stage_one_fingerprint(cfg, clip, spec, ids, observed, rel_id)
+    if target.exists():
+        old, complete = read_fingerprint(target)
+        if old == fp and complete and not force:
+            return {"cache": str(target), "status": "reused", "images": n}
+        if old != fp and not force:
+            raise AevlpError(f"{target} was made with different settings:\n    " + "\n    ".join(fingerprint_diff(old, fp)),
+                             hint="pass --force to recompute (the old file stays until the new one is complete), "
+                                  "or --out another path")
+    sel = selection_params(cfg)
+    emb_mode = cfg["cache"]["store_embeddings"]
+    t_start = time.time()
+    with CacheLock(target):
+        writer = CacheWriter(target, fp, rounds=spec.rounds, num_views=spec.num_views, image_ids=ids,
+                             classnames=data.classnames, observed=observed, labels=labels,
+                             text_features=feats.numpy(), relation=None if relation is None else relation.numpy(),
+                             selection=sel, embeddings=emb_mode, embed_dim=clip.embed_dim)
+        try:
+            done = _fill(writer, clip, spec, cfg, [str(data.image_root / i) for i in ids], observed, feats, sel,
+                         emb_mode, progress)
+            bad = writer.f["bad"][:]
+            z = writer.f["pseudo"][:]
+            stats = _quality(z, observed, labels, bad)
+            stats.update({"images": n, "bad_images": int(bad.sum()), "computed_images": done,
+                          "seconds": round(time.time() - t_start, 2),
+                          "images_per_s": round(done / max(time.time() - t_start, 1e-9), 2)})
+            writer.finish(stats)
+        except BaseException:
+            writer.close()
+            raise
+    return {"cache": str(target), "status": "resumed" if writer.resumed else "computed", **stats}
+
+
+def _fill(writer: CacheWriter, clip: ClipModel, spec: ViewSpec, cfg: dict, paths: list[str], observed: np.ndarray,
+          feats: torch.Tensor, sel: dict, emb_mode: str, progress: bool) -> int:
+    n, bs = len(paths), max(1, cfg["clip"]["batch_size"])
+    pending = set(writer.pending().tolist())
+    batches = [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
+    todo = [b for b in batches if pending.intersection(b)]
+    workers = cfg["clip"]["workers"]
+    loader = torch.utils.data.DataLoader(ViewBatches(paths, todo, spec), batch_size=None, num_workers=workers,
+                                         pin_memory=clip.device.type == "cuda",
+                                         prefetch_factor=2 if workers > 0 else None)
+    text = feats.to(clip.device)
+    obs_t = torch.as_tensor(observed)
+    skip = cfg["cache"]["on_bad_image"] == "skip"
+    bar = tqdm(total=n, initial=n - sum(len(b) for b in todo), unit="img", desc="stage one", disable=not progress,
+               dynamic_ncols=True)
+    computed = 0
+    for rows, slots, index, errors in loader:
+        if errors and not skip:
+            listing = "\n    ".join(msg for _, msg in errors)
+            raise AevlpError(f"{len(errors)} unreadable image(s):\n    {listing}",
+                             hint="fix or remove them, or pass --on-bad-image skip (skipped rows are marked in the "
+                                  "cache and ignored by stage two); finished rows are kept for the next run")
+        for row, msg in errors:
+            log.warning("skipping %s", msg)
+        emb = _encode(clip, slots, cfg["views"]["normalize"])  # [B, U, D]
+        sims_u = (emb @ text.T).float().cpu()  # [B, U, C]
+        sims = expand_views(sims_u, index).half()  # [R, B, V, C], rounded as stored
+        r_obs = obs_t[rows]
+        scores, pseudo = zip(*(damp_from_sims(sims[r].float(), r_obs, sel) for r in range(spec.rounds)))
+        scores, pseudo = torch.stack(scores), torch.stack(pseudo)
+        bad = np.zeros(len(rows), dtype=bool)
+        for row, _ in errors:
+            bad[int(row) - int(rows[0])] = True
+        if bad.any():
+            sims[:, bad], scores[:, bad], pseudo[:, bad] = 0, 0, 0
+        e = None
+        if emb_mode != "none":
+            e = expand_views(emb.cpu(), index)  # [R, B, V, D]
+            e = e[:, :, 0] if emb_mode == "global" else e
+            e = e.numpy()
+        writer.write(int(rows[0]), sims.numpy(), scores.numpy(), pseudo.numpy(), bad, e)
+        computed += len(rows)
+        bar.update(len(rows))
+    bar.close()
+    return computed
+
+
+def _quality(pseudo: np.ndarray, observed: np.ndarray, labels: np.ndarray, bad: np.ndarray) -> dict:
+    """Mean over rounds of pseudo-label P/R/F1 against the ground truth (non-observed entries)."""
+    keep = ~bad
+    if not keep.any():
+        return {}
+    qs = [pseudo_label_quality(pseudo[r][keep], observed[keep], labels[keep]) for r in range(pseudo.shape[0])]
+    return {f"pseudo_{k}": round(float(np.mean([q[k] for q in qs])), 3)
+            for k in ("precision", "recall", "f1", "f1_official")} | \
+        {"pseudo_positives_per_image": round(float(np.mean([(p[keep] == 1).sum(1).mean() for p in pseudo])), 3),
+         "pseudo_negatives_per_image": round(float(np.mean([(p[keep] == -1).sum(1).mean() for p in pseudo])), 3)}

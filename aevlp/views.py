@@ -1,0 +1,195 @@
+"""DAMP views: one global view plus a G×G grid of tiles per image, for R seeded augmentation rounds.
+
+Images are decoded once and cropped/resized as uint8 tensors with torchvision straight into the
+batch's output buffer (cheaper than PIL per tile: see docs/performance.md). Per-view random flips
+are drawn from a generator seeded by (seed, image row, round), so any subset of rows, in any batch
+order or process, renders bit-identical views; the rounds are the cached counterpart of the
+official code's per-batch re-drawn flips.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import warnings
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from torchvision.transforms import InterpolationMode
+
+with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of torchcodec
+    warnings.simplefilter("ignore", DeprecationWarning)
+    try:
+        from torchvision.io import ImageReadMode, decode_image, read_file
+    except ImportError:  # pragma: no cover - future torchvision without image decoders
+        decode_image = None
+
+from aevlp.clip import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+from aevlp.errors import ConfigError
+
+__all__ = ["ViewSpec", "tile_boxes", "view_boxes", "decode", "unique_slots", "render_views", "expand_views",
+           "ViewBatches", "normalize"]
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    grid: int = 4
+    size: int = 224
+    rounds: int = 1
+    resize: str = "squash"  # squash: distorting resize (official) | crop: shorter side + center crop (CLIP's)
+    flip: bool = True
+    jitter: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.grid < 1:
+            raise ConfigError(f"views.grid must be >= 1, got {self.grid}")
+        if self.rounds < 1:
+            raise ConfigError(f"views.rounds must be >= 1, got {self.rounds}")
+        if self.size < 8:
+            raise ConfigError(f"views.size must be >= 8, got {self.size}")
+        if not 0.0 <= self.jitter <= 0.5:
+            raise ConfigError(f"views.jitter must be in [0, 0.5], got {self.jitter}")
+        if self.resize not in ("squash", "crop"):
+            raise ConfigError(f"views.resize must be squash or crop, got {self.resize!r}")
+
+    @property
+    def num_views(self) -> int:
+        return self.grid * self.grid + 1
+
+
+def tile_boxes(width: int, height: int, grid: int) -> list[tuple[int, int, int, int]]:
+    """Row-major (y outer, x inner) boxes (x0, y0, x1, y1) of ⌊W/G⌋×⌊H/G⌋ tiles; remainders dropped."""
+    tw, th = width // grid, height // grid
+    if tw < 1 or th < 1:
+        raise ValueError(f"a {width}x{height} image is too small for a {grid}x{grid} grid")
+    return [(x * tw, y * th, (x + 1) * tw, (y + 1) * th) for y in range(grid) for x in range(grid)]
+
+
+def _generator(spec: ViewSpec, row: int, rnd: int) -> torch.Generator:
+    return torch.Generator().manual_seed((((spec.seed * 1_000_003) + row) * 1_009 + rnd) % (2 ** 63))
+
+
+def view_boxes(width: int, height: int, spec: ViewSpec, row: int, rnd: int) -> list[tuple[int, int, int, int]]:
+    """Global box then tiles; with jitter > 0 each tile grows by a random 0..jitter share per side."""
+    boxes = [(0, 0, width, height)] + tile_boxes(width, height, spec.grid)
+    if spec.jitter > 0:
+        g = _generator(spec, row, rnd)
+        r = (torch.rand(len(boxes), 4, generator=g) * spec.jitter).tolist()
+        out = [boxes[0]]
+        for (x0, y0, x1, y1), (a, b, c, d) in zip(boxes[1:], r[1:]):
+            tw, th = x1 - x0, y1 - y0
+            out.append((max(0, int(x0 - a * tw)), max(0, int(y0 - b * th)),
+                        min(width, int(x1 + c * tw)), min(height, int(y1 + d * th))))
+        boxes = out
+    return boxes
+
+
+def _flips(spec: ViewSpec, row: int, rnd: int) -> list[bool]:
+    if not spec.flip:
+        return [False] * spec.num_views
+    g = _generator(spec, row, rnd)
+    if spec.jitter > 0:  # keep the jitter draws and the flip draws independent
+        torch.rand(spec.num_views, 4, generator=g)
+    return (torch.rand(spec.num_views, generator=g) < 0.5).tolist()
+
+
+def decode(path: str | Path) -> torch.Tensor:
+    """uint8 [3, H, W] RGB; raises on unreadable or truncated files."""
+    if decode_image is not None:
+        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+    from PIL import Image  # pragma: no cover
+
+    with Image.open(path) as im:  # pragma: no cover
+        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
+
+
+def _resize(crop: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    if spec.resize == "squash":
+        return TF.resize(crop, [spec.size, spec.size], interpolation=InterpolationMode.BILINEAR, antialias=True)
+    out = TF.resize(crop, spec.size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return TF.center_crop(out, [spec.size, spec.size])
+
+
+def unique_slots(spec: ViewSpec) -> int:
+    """Distinct views to encode per image: V for one round, 2V (each box both ways) when rounds only
+    differ by flips, R·V when jitter moves the boxes. Encoding each distinct view once is what makes
+    R rounds cost at most 2 rounds of CLIP work."""
+    if spec.jitter > 0:
+        return spec.rounds * spec.num_views
+    return spec.num_views if (spec.rounds == 1 or not spec.flip) else 2 * spec.num_views
+
+
+def render_views(image: torch.Tensor, spec: ViewSpec, row: int, out: torch.Tensor) -> torch.Tensor:
+    """Write the distinct views into `out` uint8 [U, 3, S, S]; return the index [rounds, V] into U."""
+    _, h, w = image.shape
+    u = out.shape[0]
+    index = torch.empty((spec.rounds, spec.num_views), dtype=torch.long)
+    resized: dict[tuple, torch.Tensor] = {}
+    for rnd in range(spec.rounds):
+        for v, (box, flip) in enumerate(zip(view_boxes(w, h, spec, row, rnd), _flips(spec, row, rnd))):
+            if u == spec.rounds * spec.num_views and spec.jitter > 0:
+                slot = rnd * spec.num_views + v
+            elif u == 2 * spec.num_views:
+                slot = 2 * v + int(flip)
+            else:
+                slot = v
+            index[rnd, v] = slot
+            if box not in resized:
+                x0, y0, x1, y1 = box
+                resized[box] = _resize(image[:, y0:y1, x0:x1], spec)
+            out[slot] = resized[box].flip(-1) if flip else resized[box]
+    if u == 2 * spec.num_views:  # fill the orientation no round drew, so every slot is defined
+        for v, box in enumerate(view_boxes(w, h, spec, row, 0)):
+            for flip in (False, True):
+                if not (index[:, v] == 2 * v + int(flip)).any():
+                    out[2 * v + int(flip)] = resized[box].flip(-1) if flip else resized[box]
+    return index
+
+
+def expand_views(slots: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """[B, U, ...] per-slot values → [rounds, B, V, ...] per round and view."""
+    b, r, v = index.shape
+    gathered = torch.stack([slots[i, index[i].reshape(-1)] for i in range(b)])  # [B, R*V, ...]
+    return gathered.reshape(b, r, v, *slots.shape[2:]).transpose(0, 1)
+
+
+def normalize(batch: torch.Tensor, stats: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 [..., 3, S, S] → normalised float; `stats` is 'clip' or 'imagenet' (the official code's)."""
+    mean, std = (CLIP_MEAN, CLIP_STD) if stats == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
+    shape = (1,) * (batch.ndim - 3) + (3, 1, 1)
+    m = torch.tensor(mean, device=batch.device).view(shape) * 255
+    s = torch.tensor(std, device=batch.device).view(shape) * 255
+    return ((batch.float() - m) / s).to(dtype)
+
+
+class ViewBatches(torch.utils.data.Dataset):
+    """Item i = batch i of rows: decoded, cropped and resized into one uint8 buffer (DataLoader-friendly).
+
+    Returns (rows, slots uint8 [B, U, 3, S, S], index [B, rounds, V], errors: list of (row, message));
+    a row that cannot be decoded is left as zeros and reported, so the caller applies the bad-image
+    policy.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], batches: Sequence[Sequence[int]], spec: ViewSpec):
+        self.paths, self.batches, self.spec = list(paths), [list(b) for b in batches], spec
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        rows = self.batches[i]
+        s = self.spec
+        out = torch.empty((len(rows), unique_slots(s), 3, s.size, s.size), dtype=torch.uint8)
+        index = torch.zeros((len(rows), s.rounds, s.num_views), dtype=torch.long)
+        errors = []
+        for j, row in enumerate(rows):
+            try:
+                index[j] = render_views(decode(self.paths[row]), s, row, out[j])
+            except Exception as e:  # corrupt, truncated, missing or too-small images
+                out[j].zero_()
+                reason = str(e).split(".cpp:")[-1].split(", ", 1)[-1]  # drop torchvision's C++ location
+                errors.append((row, f"{self.paths[row]}: {reason}"))
+        return torch.as_tensor(rows), out, index, errors

@@ -1,0 +1,227 @@
+"""Stage one end to end on a tiny random-init CLIP and real photos: cache, fingerprint, resume, locks."""
+import json
+import os
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from aevlp.cache import Cache, CacheLock, lock_path, partial_path
+from aevlp.config import load_config
+from aevlp.damp import aggregate, select
+from aevlp.errors import AevlpError
+from aevlp.pseudolabel import run_pseudolabel
+
+
+def cfg_for(tiny_clip, root, out, **over):
+    overrides = [f"{k}={json.dumps(v)}" for k, v in over.items()]
+    return load_config("voc", [
+        f"dataset.data_root={json.dumps(str(root))}", f"cache.path={json.dumps(str(out))}",
+        f"clip.arch={json.dumps(tiny_clip['arch'])}", f"clip.config={json.dumps(tiny_clip['config'])}",
+        f"clip.pretrained={json.dumps(tiny_clip['pretrained'])}", "clip.batch_size=4", "clip.workers=0",
+        "views.grid=2", "views.rounds=3", 'clip.precision="fp32"', *overrides])
+
+
+def arrays(path):
+    with h5py.File(path, "r") as f:
+        return {k: f[k][:] for k in f}, {k: f.attrs[k] for k in f.attrs if k not in ("created", "summary")}
+
+
+def test_cache_contents(tiny_clip, photo_voc, tmp_path):
+    out = tmp_path / "c.h5"
+    s = run_pseudolabel(cfg_for(tiny_clip, photo_voc, out, **{"cache.store_embeddings": "global"}), progress=False)
+    assert s["status"] == "computed" and s["images"] == 16 and s["bad_images"] == 0
+    assert not partial_path(out).exists() and not lock_path(out).exists()
+    with Cache(out) as c:
+        assert c.f["sims"].shape == (3, 16, 5, 20) and c.f["sims"].dtype == np.float16
+        assert c.f["scores"].shape == (3, 16, 20) and c.f["pseudo"].dtype == np.int8
+        assert c.f["embeddings"].shape == (3, 16, 32)
+        assert c.f["done"][:].all() and not c.f["bad"][:].any()
+        assert len(c.image_ids()) == 16 and len(c.classnames()) == 20
+        fp = c.fingerprint
+        assert fp["grid"] == 2 and fp["rounds"] == 3 and fp["clip_weights"].startswith("sha256:")
+        sims = c.f["sims"][:].astype(np.float32)
+        assert np.all(np.abs(sims) <= 1.0 + 1e-3)
+        # global embedding · text features = the global view's similarity
+        emb = c.f["embeddings"][:].astype(np.float32)
+        t = c.f["text_features"][:]
+        assert np.allclose(emb[1] @ t.T, sims[1, :, 0], atol=5e-3)
+        # rounds differ only by flips: some view similarities change across rounds
+        assert not np.array_equal(sims[0], sims[1])
+
+
+def test_stored_damp_equals_recomputation_from_sims(tiny_clip, photo_voc, tmp_path):
+    out = tmp_path / "c.h5"
+    cfg = cfg_for(tiny_clip, photo_voc, out, **{"damp.temperature": 0.05, "damp.threshold": 0.06})
+    run_pseudolabel(cfg, progress=False)
+    with Cache(out) as c:
+        obs = torch.as_tensor(c.array("observed"))
+        sel = c.selection
+        for r in range(c.rounds):
+            sims = torch.as_tensor(c.sims(r).astype(np.float32))
+            f, g = aggregate(sims[:, 0], sims[:, 1:], obs, temperature=sel["temperature"], eta=sel["eta"])
+            z = select(f, g, top_k=sel["top_k"], threshold=sel["threshold"], negative_ratio=sel["negative_ratio"],
+                       negatives=sel["negatives"], observed=obs)
+            assert np.allclose(f.numpy(), c.f["scores"][r].astype(np.float32), atol=1e-3)
+            assert np.array_equal(z.numpy(), c.f["pseudo"][r])
+        assert (c.f["pseudo"][:] == 1).sum() > obs.sum() * c.rounds  # some pseudo positives beyond observed
+
+
+def test_reuse_refusal_and_force(tiny_clip, photo_voc, tmp_path):
+    out = tmp_path / "c.h5"
+    run_pseudolabel(cfg_for(tiny_clip, photo_voc, out), progress=False)
+    mtime = out.stat().st_mtime_ns
+    assert run_pseudolabel(cfg_for(tiny_clip, photo_voc, out), progress=False)["status"] == "reused"
+    # selection parameters are not part of the fingerprint: no recomputation
+    assert run_pseudolabel(cfg_for(tiny_clip, photo_voc, out, **{"damp.threshold": 0.9}), progress=False)["status"] == "reused"
+    for key, value, field in [("views.grid", 3, "grid"), ("views.rounds", 2, "rounds"),
+                              ("text.prompts", ["a picture of a {}."], "prompts"), ("clip.precision", "bf16", "precision"),
+                              ("views.normalize", "imagenet", "normalize"), ("text.gcn", False, "gcn")]:
+        with pytest.raises(AevlpError, match=rf"different settings:[\s\S]*{field}:"):
+            run_pseudolabel(cfg_for(tiny_clip, photo_voc, out, **{key: value}), progress=False)
+    with pytest.raises(AevlpError, match="num_images"):
+        run_pseudolabel(cfg_for(tiny_clip, photo_voc, out), limit=5, progress=False)
+    assert out.stat().st_mtime_ns == mtime  # refusals leave the complete cache untouched
+    s = run_pseudolabel(cfg_for(tiny_clip, photo_voc, out, **{"views.grid": 3}), force=True, progress=False)
+    assert s["status"] == "computed"
+    assert Cache(out).fingerprint["grid"] == 3
+
+
+def test_other_weights_change_fingerprint(tiny_clip, photo_voc, tmp_path):
+    import open_clip
+    torch.manual_seed(1)
+    other = tmp_path / "other.pt"
+    torch.save(open_clip.create_model("tiny-clip").state_dict(), other)
+    out = tmp_path / "c.h5"
+    run_pseudolabel(cfg_for(tiny_clip, photo_voc, out), progress=False)
+    with pytest.raises(AevlpError, match="clip_weights"):
+        run_pseudolabel(cfg_for(tiny_clip, photo_voc, out, **{"clip.pretrained": str(other)}), progress=False)
+
+
+KILL_SCRIPT = r"""
+import os, signal, sys
+from aevlp.cache import CacheWriter
+orig = CacheWriter.write
+count = {"n": 0}
+def write(self, *a, **k):
+    orig(self, *a, **k)
+    count["n"] += 1
+    if count["n"] == int(os.environ["DIE_AFTER"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+CacheWriter.write = write
+from aevlp.cli import main
+sys.argv = ["aevlp"] + sys.argv[1:]
+main()
+"""
+
+
+def _cli_args(tiny_clip, root, out):
+    return ["pseudolabel", "--dataset", "voc", "--data-root", str(root), "--out", str(out), "--clip", "tiny-clip",
+            "--clip-config", tiny_clip["config"], "--pretrained", tiny_clip["pretrained"], "--grid", "2",
+            "--rounds", "3", "--batch-size", "3", "--workers", "1", "--no-progress"]
+
+
+@pytest.mark.slow
+def test_resume_after_kill9_is_bit_identical(tiny_clip, photo_voc, tmp_path):
+    ref = tmp_path / "ref.h5"
+    env = dict(os.environ, DIE_AFTER="2")
+    r = subprocess.run([sys.executable, "-m", "aevlp", *_cli_args(tiny_clip, photo_voc, ref)], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "killed.h5"
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    r = subprocess.run([sys.executable, str(script), *_cli_args(tiny_clip, photo_voc, out)], capture_output=True,
+                       text=True, env=env)
+    assert r.returncode == -9
+    assert not out.exists() and partial_path(out).exists() and lock_path(out).exists()
+    with h5py.File(partial_path(out), "r") as f:
+        assert f["done"][:].sum() == 6  # two batches of three
+    r = subprocess.run([sys.executable, "-m", "aevlp", *_cli_args(tiny_clip, photo_voc, out)], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    assert "resumed" in r.stdout and "computed_images" in r.stdout
+    a, attrs_a = arrays(ref)
+    b, attrs_b = arrays(out)
+    assert a.keys() == b.keys() and attrs_a == attrs_b
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+    assert json.loads(h5py.File(out, "r").attrs["summary"])["computed_images"] == 10
+
+
+def test_interrupt_keeps_progress(tiny_clip, photo_voc, tmp_path, monkeypatch):
+    from aevlp import cache as cache_mod
+    out = tmp_path / "c.h5"
+    orig, calls = cache_mod.CacheWriter.write, []
+
+    def flaky(self, *a, **k):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(1)
+        orig(self, *a, **k)
+    monkeypatch.setattr(cache_mod.CacheWriter, "write", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run_pseudolabel(cfg_for(tiny_clip, photo_voc, out), progress=False)
+    assert not lock_path(out).exists() and partial_path(out).exists()
+    monkeypatch.setattr(cache_mod.CacheWriter, "write", orig)
+    s = run_pseudolabel(cfg_for(tiny_clip, photo_voc, out), progress=False)
+    assert s["status"] == "resumed" and s["computed_images"] == 8
+
+
+def test_lock_refuses_second_writer_and_takes_stale(tmp_path):
+    target = tmp_path / "c.h5"
+    with CacheLock(target):
+        with pytest.raises(AevlpError, match="being written by pid"):
+            CacheLock(target).__enter__()
+    lock_path(target).write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": os.uname().nodename}))
+    with CacheLock(target) as lock:  # the recorded writer is dead: taken over
+        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
+    assert not lock_path(target).exists()
+
+
+def test_bad_images(tiny_clip, photo_voc, tmp_path):
+    img = photo_voc / "VOCdevkit/VOC2012/JPEGImages"
+    ids = np.load(photo_voc / "formatted_train_images.npy")
+    from aevlp.data import train_val_split
+    first_train = ids[train_val_split(len(ids))[0][1]]
+    (img / first_train).write_bytes((img / first_train).read_bytes()[:300])
+    out = tmp_path / "c.h5"
+    with pytest.raises(AevlpError, match=rf"1 unreadable image\(s\):[\s\S]*{first_train}"):
+        run_pseudolabel(cfg_for(tiny_clip, photo_voc, out), progress=False)
+    s = run_pseudolabel(cfg_for(tiny_clip, photo_voc, out, **{"cache.on_bad_image": "skip"}), progress=False)
+    assert s["bad_images"] == 1
+    with Cache(out) as c:
+        assert c.f["bad"][:].tolist() == [False, True] + [False] * 14
+        assert np.all(c.f["pseudo"][:, 1] == 0) and np.all(c.f["sims"][:, 1] == 0)
+
+
+def test_missing_weights_and_offline_errors(tiny_clip, photo_voc, tmp_path, monkeypatch):
+    with pytest.raises(AevlpError, match="weights file not found"):
+        run_pseudolabel(cfg_for(tiny_clip, photo_voc, tmp_path / "c.h5", **{"clip.pretrained": "nope.safetensors"}))
+    import open_clip
+
+    from aevlp.clip import load_clip
+
+    def offline(*a, **k):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+    monkeypatch.setattr(open_clip, "create_model", offline)
+    with pytest.raises(AevlpError, match="could not fetch pretrained weights 'openai'") as e:
+        load_clip("ViT-B-32", "openai", device="cpu")
+    assert "--pretrained PATH" in str(e.value)
+    with pytest.raises(AevlpError, match="not a pretrained tag"):
+        load_clip("ViT-B-32", "made-up-tag", device="cpu")
+    with pytest.raises(AevlpError, match="unknown CLIP architecture"):
+        load_clip("ViT-Q-99", "", device="cpu")
+
+
+def test_clip_ls_cli():
+    from click.testing import CliRunner
+
+    from aevlp.cli import cli
+    from aevlp.cli import stage_one  # noqa: F401
+    r = CliRunner().invoke(cli, ["clip", "ls", "--arch", "ViT-B-32", "--json"])
+    assert r.exit_code == 0
+    assert "openai" in json.loads(r.output)["ViT-B-32"]
