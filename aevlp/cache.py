@@ -139,7 +139,8 @@ class CacheWriter:
     def __init__(self, target: Path, fingerprint: dict, *, rounds: int, num_views: int, image_ids: list[str],
                  classnames: list[str], observed: np.ndarray, labels: np.ndarray | None,
                  text_features: np.ndarray, relation: np.ndarray | None, selection: dict,
-                 embeddings: str = "none", embed_dim: int = 0):
+                 embeddings: str = "none", embed_dim: int = 0, eval_ids: dict[str, list[str]] | None = None,
+                 info: dict | None = None):
         self.target, self.tmp = Path(target), partial_path(Path(target))
         self.fingerprint = fingerprint
         n, c = observed.shape
@@ -164,6 +165,9 @@ class CacheWriter:
                 _early(f, "embeddings", (rounds, n, embed_dim), np.float16)
             elif embeddings == "all":
                 _early(f, "embeddings", (rounds, n, num_views, embed_dim), np.float16)
+            for split, ids in (eval_ids or {}).items():  # global-view embeddings of val/test images
+                _early(f, f"{split}_embeddings", (len(ids), embed_dim), np.float16)
+                f.create_dataset(f"{split}_image_ids", data=np.asarray(ids, dtype=object), dtype=STR)
             _early(f, "done", (n,), np.bool_)
             _early(f, "bad", (n,), np.bool_)
             f.create_dataset("image_ids", data=np.asarray(image_ids, dtype=object), dtype=STR)
@@ -178,6 +182,8 @@ class CacheWriter:
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["selection"] = json.dumps(selection, sort_keys=True)
             f.attrs["complete"] = False
+            f.attrs["eval_done"] = not eval_ids
+            f.attrs["info"] = json.dumps(info or {})  # where the data came from; not part of the fingerprint
             f.attrs["versions"] = json.dumps(_versions())
             f.flush()
         except Exception:
@@ -207,6 +213,10 @@ class CacheWriter:
             raise AevlpError(f"writing {self.tmp} failed: {e}",
                              hint="free disk space and re-run the same command: finished rows are kept, "
                                   "and any previous complete cache is untouched") from e
+
+    def write_eval(self, split: str, embeddings: np.ndarray) -> None:
+        self.f[f"{split}_embeddings"][:] = embeddings.astype(np.float16)
+        self.f.flush()
 
     def finish(self, stats: dict | None = None) -> Path:
         if not self.f["done"][:].all():

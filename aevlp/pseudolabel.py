@@ -20,7 +20,7 @@ from aevlp.data import load_dataset
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.metrics import pseudo_label_quality
 from aevlp.relation import load_relation, refine_text_features, relation_from_text
-from aevlp.views import ViewBatches, ViewSpec, expand_views, normalize
+from aevlp.views import GlobalViews, ViewBatches, ViewSpec, expand_views, normalize
 
 __all__ = ["run_pseudolabel", "cache_path", "selection_params", "text_features", "stage_one_fingerprint"]
 
@@ -60,7 +60,7 @@ def text_features(clip: ClipModel, classnames: list[str], cfg: dict) -> tuple[to
 
 
 def stage_one_fingerprint(cfg: dict, clip: ClipModel, spec: ViewSpec, ids: list[str], observed: np.ndarray,
-                          rel_id: str) -> dict:
+                          rel_id: str, eval_ids: dict[str, list[str]] | None = None) -> dict:
     """Everything that changes the cached numbers — and nothing that does not (e.g. DAMP selection)."""
     t = cfg["text"]
     return {
@@ -73,6 +73,7 @@ def stage_one_fingerprint(cfg: dict, clip: ClipModel, spec: ViewSpec, ids: list[
         "grid": spec.grid, "rounds": spec.rounds, "image_size": spec.size, "resize": spec.resize,
         "normalize": cfg["views"]["normalize"], "flip": spec.flip, "jitter": spec.jitter, "view_seed": spec.seed,
         "store_embeddings": cfg["cache"]["store_embeddings"],
+        "eval_hash": dataset_hash(eval_ids["val"] + eval_ids["test"], np.zeros((0, 1))) if eval_ids else None,
     }
 
 
@@ -111,7 +112,9 @@ def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None,
     clip = load_clip(c["arch"], c["pretrained"], config=c["config"], device=c["device"], precision=c["precision"])
     spec = view_spec(cfg, clip.image_size)
     feats, relation, rel_id = text_features(clip, data.classnames, cfg)
-    fp = stage_one_fingerprint(cfg, clip, spec, ids, observed, rel_id)
+    emb_mode = cfg["cache"]["store_embeddings"]
+    eval_ids = None if emb_mode == "none" else {"val": list(data.val.images), "test": list(data.test.images)}
+    fp = stage_one_fingerprint(cfg, clip, spec, ids, observed, rel_id, eval_ids)
     if target.exists():
         old, complete = read_fingerprint(target)
         if old == fp and complete and not force:
@@ -121,16 +124,22 @@ def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None,
                              hint="pass --force to recompute (the old file stays until the new one is complete), "
                                   "or --out another path")
     sel = selection_params(cfg)
-    emb_mode = cfg["cache"]["store_embeddings"]
     t_start = time.time()
     with CacheLock(target):
         writer = CacheWriter(target, fp, rounds=spec.rounds, num_views=spec.num_views, image_ids=ids,
                              classnames=data.classnames, observed=observed, labels=labels,
                              text_features=feats.numpy(), relation=None if relation is None else relation.numpy(),
-                             selection=sel, embeddings=emb_mode, embed_dim=clip.embed_dim)
+                             selection=sel, embeddings=emb_mode, embed_dim=clip.embed_dim, eval_ids=eval_ids,
+                             info={"data_root": str(Path(ds["data_root"]).resolve()), "image_root": ds["image_root"],
+                                   "limit": limit})
         try:
             done = _fill(writer, clip, spec, cfg, [str(data.image_root / i) for i in ids], observed, feats, sel,
                          emb_mode, progress)
+            if eval_ids and not writer.f.attrs["eval_done"]:
+                for split, split_ids in eval_ids.items():
+                    writer.write_eval(split, _embed_global(clip, [str(data.image_root / i) for i in split_ids],
+                                                           spec, cfg, progress, split))
+                writer.f.attrs["eval_done"] = True
             bad = writer.f["bad"][:]
             z = writer.f["pseudo"][:]
             stats = _quality(z, observed, labels, bad)
@@ -189,6 +198,21 @@ def _fill(writer: CacheWriter, clip: ClipModel, spec: ViewSpec, cfg: dict, paths
         bar.update(len(rows))
     bar.close()
     return computed
+
+
+def _embed_global(clip: ClipModel, paths: list[str], spec: ViewSpec, cfg: dict, progress: bool,
+                  split: str) -> np.ndarray:
+    """Unflipped global-view embeddings [N, D] of val/test images, for the clip-head backbone."""
+    bs = max(1, cfg["clip"]["batch_size"]) * spec.num_views
+    batches = [list(range(s, min(s + bs, len(paths)))) for s in range(0, len(paths), bs)]
+    loader = torch.utils.data.DataLoader(GlobalViews(paths, batches, spec), batch_size=None,
+                                         num_workers=cfg["clip"]["workers"])
+    out = np.zeros((len(paths), clip.embed_dim), dtype=np.float32)
+    for rows, slots, errors in tqdm(loader, desc=f"{split} embeddings", disable=not progress, unit="batch"):
+        if errors:
+            raise AevlpError(f"{len(errors)} unreadable {split} image(s):\n    " + "\n    ".join(m for _, m in errors))
+        out[rows.numpy()] = _encode(clip, slots, cfg["views"]["normalize"])[:, 0].cpu().numpy()
+    return out
 
 
 def _quality(pseudo: np.ndarray, observed: np.ndarray, labels: np.ndarray, bad: np.ndarray) -> dict:

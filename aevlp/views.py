@@ -30,7 +30,7 @@ from aevlp.clip import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from aevlp.errors import ConfigError
 
 __all__ = ["ViewSpec", "tile_boxes", "view_boxes", "decode", "unique_slots", "render_views", "expand_views",
-           "ViewBatches", "normalize"]
+           "ViewBatches", "GlobalViews", "normalize"]
 
 
 @dataclass(frozen=True)
@@ -193,3 +193,24 @@ class ViewBatches(torch.utils.data.Dataset):
                 reason = str(e).split(".cpp:")[-1].split(", ", 1)[-1]  # drop torchvision's C++ location
                 errors.append((row, f"{self.paths[row]}: {reason}"))
         return torch.as_tensor(rows), out, index, errors
+
+
+class GlobalViews(torch.utils.data.Dataset):
+    """The unflipped global view of each image (for val/test embeddings): (rows, [B,1,3,S,S], errors)."""
+
+    def __init__(self, paths: Sequence[str | Path], batches: Sequence[Sequence[int]], spec: ViewSpec):
+        self.paths, self.batches, self.spec = list(paths), [list(b) for b in batches], spec
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        rows = self.batches[i]
+        out = torch.zeros((len(rows), 1, 3, self.spec.size, self.spec.size), dtype=torch.uint8)
+        errors = []
+        for j, row in enumerate(rows):
+            try:
+                out[j, 0] = _resize(decode(self.paths[row]), self.spec)
+            except Exception as e:
+                errors.append((row, f"{self.paths[row]}: {str(e).split('.cpp:')[-1].split(', ', 1)[-1]}"))
+        return torch.as_tensor(rows), out, errors

@@ -39,6 +39,9 @@ def test_cache_contents(tiny_clip, photo_voc, tmp_path):
         assert c.f["sims"].shape == (3, 16, 5, 20) and c.f["sims"].dtype == np.float16
         assert c.f["scores"].shape == (3, 16, 20) and c.f["pseudo"].dtype == np.int8
         assert c.f["embeddings"].shape == (3, 16, 32)
+        assert c.f["val_embeddings"].shape == (4, 32) and c.f["test_embeddings"].shape == (6, 32)
+        assert np.allclose(np.linalg.norm(c.f["test_embeddings"][:].astype(np.float32), axis=1), 1, atol=1e-2)
+        assert c.array("test_image_ids").tolist() == np.load(photo_voc / "formatted_val_images.npy").tolist()
         assert c.f["done"][:].all() and not c.f["bad"][:].any()
         assert len(c.image_ids()) == 16 and len(c.classnames()) == 20
         fp = c.fingerprint

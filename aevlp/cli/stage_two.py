@@ -1,0 +1,132 @@
+"""`aevlp train`, `aevlp eval`, `aevlp predict`: stage two from the command line."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from aevlp.cli import cli
+from aevlp.cli.common import config_option, resolve, set_option
+from aevlp.errors import AevlpError
+
+
+def _cache_info(pseudo: str) -> tuple[str | None, dict]:
+    """Dataset name and data root recorded in a cache, so `--pseudo` alone is enough."""
+    from aevlp.cache import Cache
+
+    with Cache(pseudo) as c:
+        return c.fingerprint.get("dataset"), json.loads(c.f.attrs.get("info", "{}"))
+
+
+@cli.command("train")
+@click.option("--pseudo", default=None, type=click.Path(dir_okay=False),
+              help="Stage-one cache (HDF5) [default: cache/DATASET.h5].")
+@click.option("--dataset", default=None, help="Dataset name [default: the cache's].")
+@click.option("--data-root", default=None, type=click.Path(), help="SPML-layout folder [default: the cache's].")
+@config_option
+@click.option("--loss", default=None, help="gpr | gr | an | an-pl | em | em-pl | epr | bce-full.")
+@click.option("--backbone", default=None, help="resnet50 | resnet101 | clip-head | small-cnn.")
+@click.option("--weights", default=None, help="Backbone weights: imagenet | none | a local .pth file.")
+@click.option("--labels", type=click.Choice(["observed", "full"]), default=None,
+              help="Train on the single positives (the task) or the full ground truth (the upper bound).")
+@click.option("--damp-source", type=click.Choice(["damp", "global"]), default=None,
+              help="Pseudo-labels from DAMP (global + tiles) or the global view only (VLPL-style).")
+@click.option("--epochs", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None, help="Backbone learning rate (the head gets lr x lr_mult).")
+@click.option("--image-size", type=int, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--device", default=None, help="auto, cpu, cuda, ...")
+@click.option("--workers", type=int, default=None, help="DataLoader workers.")
+@click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="Output folder [default: runs/...].")
+@click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Continue an interrupted run directory from its last finished epoch.")
+@click.option("--limit", type=int, default=None, help="Only the first N training images (match stage one's).")
+@click.option("--no-progress", is_flag=True)
+@set_option
+def train_cmd(pseudo, dataset, data_root, config, loss, backbone, weights, labels, damp_source, epochs, batch_size,
+              lr, image_size, seed, device, workers, run_dir, resume, limit, no_progress, overrides) -> None:
+    """Stage two: train a multi-label classifier with GPR Loss (or a baseline) from a stage-one cache.
+
+    \b
+    Pseudo-labels are rebuilt every epoch from the cached CLIP similarities with the [damp]
+    parameters (round e mod R), so no CLIP model is loaded. Writes RUN_DIR/config.toml,
+    metrics.jsonl, results.json, per_class_ap.csv, best.pt (and last.pt, for --resume).
+
+    \b
+    Examples:
+      aevlp train --pseudo cache/voc.h5
+      aevlp train --pseudo cache/voc.h5 --loss an --run-dir runs/voc-an
+      aevlp train --pseudo cache/voc.h5 --labels full --loss bce-full      # upper bound
+      aevlp train --pseudo cache/voc.h5 --set damp.threshold=0.4           # re-tuned selection, no CLIP
+      aevlp train --resume runs/voc-gpr-20261124-101500
+    """
+    from aevlp.config import load_config
+    from aevlp.train import run_train
+
+    if resume:
+        cfg = load_config(Path(resume) / "config.toml", overrides)
+        pseudo = cfg["cache"]["path"]
+        run_dir = resume
+    else:
+        if pseudo is None and dataset is None:
+            raise AevlpError("no cache given", hint="pass --pseudo cache/DATASET.h5 (made by aevlp pseudolabel)")
+        cached_name, info = _cache_info(pseudo) if pseudo else (None, {})
+        cfg = resolve(config, dataset or cached_name, overrides,
+                      dataset={"data_root": data_root or info.get("data_root")},
+                      loss={"name": loss}, damp={"source": damp_source},
+                      train={"backbone": backbone, "weights": weights, "labels": labels, "epochs": epochs,
+                             "batch_size": batch_size, "lr": lr, "image_size": image_size, "seed": seed,
+                             "device": device, "workers": workers})
+        pseudo = pseudo or f"cache/{cfg['dataset']['name']}.h5"
+        cfg["cache"]["path"] = str(pseudo)
+        if limit is None:
+            limit = info.get("limit")
+    try:
+        r = run_train(cfg, pseudo=pseudo, run_dir=run_dir, resume=bool(resume), limit=limit,
+                      progress=not no_progress)
+    except KeyboardInterrupt:
+        click.secho("interrupted: resume with `aevlp train --resume RUN_DIR` (finished epochs are kept)",
+                    fg="yellow", err=True)
+        raise SystemExit(130)
+    click.echo(f"test mAP {r['test_map']:.2f}  (val mAP {r['val_map']:.2f} at epoch {r['best_epoch']})")
+    click.echo(f"run directory: {r['run_dir']}")
+
+
+@cli.command("eval")
+@click.argument("checkpoint", type=click.Path(exists=True))
+@click.option("--dataset", required=True, help="Dataset name.")
+@click.option("--data-root", required=True, type=click.Path(), help="SPML-layout folder.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Per-class AP CSV.")
+@click.option("--batch-size", type=int, default=32)
+def eval_cmd(checkpoint, dataset, data_root, split, out, batch_size) -> None:
+    """mAP and per-class AP of a trained model (RUN_DIR or its best.pt) on a split.
+
+    Example: aevlp eval runs/voc-gpr --dataset voc --data-root data/voc --split test
+    """
+    from aevlp.evaluate import evaluate_checkpoint
+
+    r, table = evaluate_checkpoint(checkpoint, dataset, data_root, split, batch_size)
+    click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    click.echo(f"{split} mAP {r['map']:.2f} over {r['images']} images")
+    if out:
+        table.to_csv(out, index=False)
+
+
+@cli.command("predict")
+@click.argument("checkpoint", type=click.Path(exists=True))
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--threshold", type=float, default=0.5, help="Probability at which a label is predicted.")
+@click.option("--out", default="preds.csv", type=click.Path(dir_okay=False), help="CSV output.")
+def predict_cmd(checkpoint, images, threshold, out) -> None:
+    """Label images with a trained model: a CSV of path, one probability column per class, labels.
+
+    Example: aevlp predict runs/voc-gpr/best.pt photos/*.jpg --out preds.csv
+    """
+    from aevlp.evaluate import predict_images
+
+    df = predict_images(checkpoint, list(images), threshold)
+    df.to_csv(out, index=False)
+    click.echo(f"wrote {out} ({len(df)} images)")

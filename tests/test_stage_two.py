@@ -1,0 +1,170 @@
+"""Stage two end to end on a tiny cache: run directory, determinism, resume, refusals, every loss."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from aevlp.cli import cli
+from aevlp.cli import stage_one, stage_two  # noqa: F401
+from aevlp.config import load_config
+from aevlp.errors import AevlpError
+from aevlp.losses import LOSSES
+from aevlp.pseudolabel import run_pseudolabel
+from aevlp.train import run_train
+from conftest import make_photo_dataset
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_clip, tmp_path_factory):
+    d = tmp_path_factory.mktemp("s2")
+    root = make_photo_dataset(d / "voc", n_train=30, n_test=8)
+    cache = d / "voc.h5"
+    cfg = base_cfg(tiny_clip, root, cache)
+    run_pseudolabel(cfg, progress=False)
+    return {"root": root, "cache": cache, "clip": tiny_clip, "dir": d}
+
+
+def base_cfg(tiny_clip, root, cache, *extra):
+    return load_config("voc", [f'dataset.data_root="{root}"', f'cache.path="{cache}"', f'clip.arch="tiny-clip"',
+                               f'clip.config="{tiny_clip["config"]}"', f'clip.pretrained="{tiny_clip["pretrained"]}"',
+                               "clip.workers=0", "views.grid=2", "views.rounds=2", 'cache.store_embeddings="global"',
+                               'clip.precision="fp32"', 'train.backbone="small-cnn"', "train.image_size=32",
+                               "train.epochs=3", "train.batch_size=8", "train.workers=0", "train.lr=1e-3",
+                               "damp.threshold=0.06", "damp.temperature=0.05", *extra])
+
+
+def train(setup, tmp_path, *extra, **kw):
+    cfg = base_cfg(setup["clip"], setup["root"], setup["cache"], *extra)
+    return run_train(cfg, pseudo=setup["cache"], run_dir=tmp_path / kw.pop("name", "run"), progress=False, **kw)
+
+
+def history(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_run_directory_is_complete_and_consistent(setup, tmp_path):
+    r = train(setup, tmp_path, 'train.early_stop="none"')
+    run = tmp_path / "run"
+    for f in ("config.toml", "metrics.jsonl", "results.json", "per_class_ap.csv", "best.pt", "last.pt"):
+        assert (run / f).exists(), f
+    h = history(run)
+    assert [x["epoch"] for x in h] == [1, 2, 3] and r["epochs_run"] == 3
+    assert r["val_map"] == max(x["val_map"] for x in h)
+    assert r["best_epoch"] == 1 + int(np.argmax([x["val_map"] for x in h]))
+    assert [x["round"] for x in h] == [0, 1, 0]  # epoch e reads round (e-1) mod R
+    assert h[0]["w"] == 0.0 and h[2]["mu"] == pytest.approx(0.8)  # GR schedules, voc beta
+    assert all(np.isfinite(x["loss"]) and 0 <= x["pseudo_precision"] <= 100 for x in h)
+    table = pd.read_csv(run / "per_class_ap.csv")
+    assert len(table) == 20 and table["ap"].mean() == pytest.approx(r["test_map"])
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["test_map"] == r["test_map"] and saved["train_images"] == 24
+    assert "[damp]" in (run / "config.toml").read_text()
+
+
+def test_same_seed_same_metrics(setup, tmp_path):
+    a = train(setup, tmp_path, name="a")
+    b = train(setup, tmp_path, name="b")
+    ha, hb = history(tmp_path / "a"), history(tmp_path / "b")
+    assert [x["loss"] for x in ha] == [x["loss"] for x in hb]
+    assert a["test_map"] == b["test_map"]
+    c = train(setup, tmp_path, "train.seed=1", name="c")
+    assert [x["loss"] for x in history(tmp_path / "c")] != [x["loss"] for x in ha]
+    assert c["run_dir"].endswith("c")
+
+
+def test_resume_equals_uninterrupted(setup, tmp_path, monkeypatch):
+    full = train(setup, tmp_path, 'train.early_stop="none"', name="full")
+    import aevlp.train as tr
+    calls = {"n": 0}
+    orig = tr.mean_average_precision
+
+    def crash_in_epoch_2(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return orig(*a, **k)
+    monkeypatch.setattr(tr, "mean_average_precision", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(setup, tmp_path, 'train.early_stop="none"', name="cut")
+    assert len(history(tmp_path / "cut")) == 1
+    monkeypatch.setattr(tr, "mean_average_precision", orig)
+    resumed = train(setup, tmp_path, 'train.early_stop="none"', name="cut", resume=True)
+    strip = lambda h: [{k: v for k, v in x.items() if k != "seconds"} for x in h]  # noqa: E731
+    assert strip(history(tmp_path / "cut")) == strip(history(tmp_path / "full"))
+    assert resumed["test_map"] == full["test_map"]
+
+
+def test_early_stopping_rules(setup, tmp_path):
+    from aevlp.train import _should_stop
+    t = {"early_stop": "aevlp", "patience": 2, "max_drop": 2.0}
+    st = lambda best, cur, counter: {"best_val": best, "counter": counter, "history": [{"val_map": cur}]}  # noqa
+    assert _should_stop(st(50, 47.9, 1), t) and _should_stop(st(50, 49.5, 2), t) and not _should_stop(st(50, 49, 1), t)
+    assert not _should_stop(st(50, 49.5, 5), dict(t, early_stop="gr")) and _should_stop(st(50, 47, 1), dict(t, early_stop="gr"))
+    assert not _should_stop(st(50, 10, 9), dict(t, early_stop="none"))
+
+
+def test_refuses_mismatched_cache(setup, tmp_path):
+    other = make_photo_dataset(tmp_path / "other", n_train=30, n_test=8, seed=3)  # same images, other labels
+    with pytest.raises(AevlpError, match="observed labels differ"):
+        run_train(base_cfg(setup["clip"], other, setup["cache"]), pseudo=setup["cache"], run_dir=tmp_path / "x",
+                  progress=False)
+    renamed = make_photo_dataset(tmp_path / "renamed", n_train=30, n_test=8)
+    (renamed / "aevlp_dataset.json").write_text(json.dumps({"dataset": "voc", "classnames": [f"c{i}" for i in range(20)],
+                                                            "image_root": "VOCdevkit/VOC2012/JPEGImages"}))
+    with pytest.raises(AevlpError, match="classes differ"):
+        run_train(base_cfg(setup["clip"], renamed, setup["cache"]), pseudo=setup["cache"], run_dir=tmp_path / "y",
+                  progress=False)
+    cfg = base_cfg(setup["clip"], setup["root"], setup["cache"])
+    with pytest.raises(AevlpError, match="image ids differ"):
+        run_train(cfg, pseudo=setup["cache"], run_dir=tmp_path / "z", progress=False, limit=10)
+    small = tmp_path / "small.h5"
+    run_pseudolabel(base_cfg(setup["clip"], setup["root"], small), limit=10, progress=False)
+    with pytest.raises(AevlpError, match="covers only the first 10 of 24") as e:
+        run_train(cfg, pseudo=small, run_dir=tmp_path / "w", progress=False)
+    assert "--limit 10" in str(e.value)
+    assert run_train(cfg, pseudo=small, run_dir=tmp_path / "w", progress=False, limit=10)["train_images"] == 10
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+def test_every_loss_runs_on_clip_head(setup, tmp_path, loss):
+    r = train(setup, tmp_path, f'loss.name="{loss}"', 'train.backbone="clip-head"', "train.epochs=2")
+    assert np.isfinite(r["test_map"]) and all(np.isfinite(x["loss"]) for x in history(tmp_path / "run"))
+    assert ("pseudo_f1" in r) == LOSSES[loss].uses_pseudo
+
+
+def test_full_labels_and_global_source(setup, tmp_path):
+    r = train(setup, tmp_path, 'train.labels="full"', 'loss.name="bce-full"', 'train.backbone="clip-head"',
+              "train.lr=1e-2", "train.epochs=4", 'train.early_stop="none"')
+    assert r["labels"] == "full" and r["test_map"] > 0
+    g = train(setup, tmp_path, 'damp.source="global"', 'train.backbone="clip-head"', "damp.threshold=0.06",
+              name="g")
+    d = train(setup, tmp_path, 'train.backbone="clip-head"', name="d")
+    assert g["damp_source"] == "global" and history(tmp_path / "g")[0]["pseudo_f1"] != history(tmp_path / "d")[0]["pseudo_f1"]
+
+
+def test_cli_train_eval_predict(setup, tmp_path):
+    run = tmp_path / "cli"
+    res = CliRunner().invoke(cli, ["train", "--pseudo", str(setup["cache"]), "--backbone", "small-cnn", "--image-size", "32",
+                                   "--epochs", "1", "--workers", "0", "--run-dir", str(run), "--no-progress",
+                                   "--set", "train.lr=1e-3"])
+    assert res.exit_code == 0, res.output
+    assert "test mAP" in res.output
+    # the dataset and data root come from the cache
+    assert json.loads((run / "results.json").read_text())["dataset"] == "voc"
+    res = CliRunner().invoke(cli, ["eval", str(run), "--dataset", "voc", "--data-root", str(setup["root"])])
+    assert res.exit_code == 0, res.output
+    assert f"test mAP {json.loads((run / 'results.json').read_text())['test_map']:.2f}" in res.output
+    imgs = sorted((setup["root"] / "VOCdevkit/VOC2012/JPEGImages").glob("val*.jpg"))[:3]
+    out = tmp_path / "preds.csv"
+    res = CliRunner().invoke(cli, ["predict", str(run / "best.pt"), *map(str, imgs), "--out", str(out),
+                                   "--threshold", "0.3"])
+    assert res.exit_code == 0, res.output
+    df = pd.read_csv(out, keep_default_na=False)
+    assert list(df.columns[:2]) == ["path", "aeroplane"] and len(df) == 3 and df.shape[1] == 1 + 20 + 2
+    probs = df.iloc[:, 1:21].to_numpy()
+    assert np.all((probs >= 0) & (probs <= 1))
+    assert df["num_labels"].tolist() == (probs >= 0.3).sum(1).tolist()
+    res = CliRunner().invoke(cli, ["train", "--pseudo", str(tmp_path / "missing.h5")])
+    assert res.exit_code == 2 and "not found" in res.output
