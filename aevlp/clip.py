@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from aevlp.errors import AevlpError, ConfigError
 
-__all__ = ["ClipModel", "load_clip", "resolve_device", "resolve_precision", "prompt_name", "file_sha256",
+__all__ = ["ClipModel", "ClipIdentity", "identify_clip", "load_clip", "resolve_device", "resolve_precision", "prompt_name", "file_sha256",
            "cpu_supports_bf16", "CLIP_MEAN", "CLIP_STD", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 log = logging.getLogger("aevlp")
@@ -118,9 +118,20 @@ def _is_file(pretrained: str) -> bool:
                                  or Path(pretrained).is_file())
 
 
-def load_clip(arch: str, pretrained: str = "", *, config: str = "", device: str = "auto",
-              precision: str = "auto") -> ClipModel:
-    """Create a frozen open_clip model.
+@dataclass(frozen=True)
+class ClipIdentity:
+    """What identifies a CLIP setup's numbers, known without loading the model (for fingerprints)."""
+
+    arch: str
+    weights_id: str
+    config_id: str
+    precision: str
+    image_size: int
+
+
+def identify_clip(arch: str, pretrained: str = "", *, config: str = "", device: str = "auto",
+                  precision: str = "auto") -> ClipIdentity:
+    """Validate a CLIP choice and identify it (weights file hashed), without building the model.
 
     `pretrained`: an open_clip tag ('openai', 'laion2b_s34b_b88k'), a local checkpoint file, or ''
     for random weights (tests, benchmarks). `config`: a local model-config JSON; its file stem
@@ -157,6 +168,19 @@ def load_clip(arch: str, pretrained: str = "", *, config: str = "", device: str 
         weights_id = pretrained
     else:
         weights_id = "random"
+    size = open_clip.get_model_config(arch)["vision_cfg"]["image_size"]
+    size = size[0] if isinstance(size, (tuple, list)) else int(size)
+    return ClipIdentity(arch, weights_id, config_id, prec, size)
+
+
+def load_clip(arch: str, pretrained: str = "", *, config: str = "", device: str = "auto",
+              precision: str = "auto") -> ClipModel:
+    """Create a frozen open_clip model (see `identify_clip` for the arguments)."""
+    import open_clip
+
+    ident = identify_clip(arch, pretrained, config=config, device=device, precision=precision)
+    arch, prec, dev = ident.arch, ident.precision, resolve_device(device)
+    if ident.weights_id == "random":
         log.warning("no --pretrained given: %s has RANDOM weights (fine for tests and benchmarks only)", arch)
     try:
         model = open_clip.create_model(arch, pretrained=pretrained or None, device=dev)
@@ -168,10 +192,8 @@ def load_clip(arch: str, pretrained: str = "", *, config: str = "", device: str 
                          hint="offline? download the checkpoint elsewhere and pass it with "
                               "--pretrained PATH/TO/weights.safetensors (open_clip_pytorch_model.bin works too)") from e
     model = model.to(DTYPES[prec]).eval().requires_grad_(False)
-    size = model.visual.image_size
-    size = size[0] if isinstance(size, (tuple, list)) else int(size)
     return ClipModel(model=model, tokenizer=open_clip.get_tokenizer(arch), arch=arch, pretrained=pretrained,
-                     weights_id=weights_id, config_id=config_id, device=dev, precision=prec,
-                     image_size=size, embed_dim=int(model.text_projection.shape[-1])
+                     weights_id=ident.weights_id, config_id=ident.config_id, device=dev, precision=prec,
+                     image_size=ident.image_size, embed_dim=int(model.text_projection.shape[-1])
                      if hasattr(model, "text_projection") and model.text_projection is not None
                      else int(model.visual.output_dim))

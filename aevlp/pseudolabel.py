@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from aevlp.cache import SCHEMA_VERSION, CacheLock, CacheWriter, dataset_hash, fingerprint_diff, read_fingerprint
-from aevlp.clip import ClipModel, file_sha256, load_clip
+from aevlp.cache import (SCHEMA_VERSION, CacheLock, CacheWriter, dataset_hash, fingerprint_diff, partial_path,
+                         read_fingerprint)
+from aevlp.clip import ClipIdentity, ClipModel, file_sha256, identify_clip, load_clip
 from aevlp.damp import aggregate, select
 from aevlp.data import load_dataset
 from aevlp.errors import AevlpError, ConfigError
@@ -22,7 +23,8 @@ from aevlp.metrics import pseudo_label_quality
 from aevlp.relation import load_relation, refine_text_features, relation_from_text
 from aevlp.views import GlobalViews, ViewBatches, ViewSpec, expand_views, normalize
 
-__all__ = ["run_pseudolabel", "cache_path", "selection_params", "text_features", "stage_one_fingerprint"]
+__all__ = ["run_pseudolabel", "plan_stage_one", "cache_path", "selection_params", "text_features",
+           "stage_one_fingerprint"]
 
 log = logging.getLogger("aevlp")
 MAX_VIEWS_PER_FORWARD = 256
@@ -44,22 +46,26 @@ def view_spec(cfg: dict, image_size: int) -> ViewSpec:
                     flip=v["flip"], jitter=v["jitter"], seed=v["seed"])
 
 
-def text_features(clip: ClipModel, classnames: list[str], cfg: dict) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    """Refined, normalised class features [C, D], the relation used (or None), and its identity."""
+def relation_id(cfg: dict) -> str:
+    t = cfg["text"]
+    if not t["gcn"]:
+        return "none"
+    return "text" if t["relation"] == "text" else "sha256:" + file_sha256(t["relation"])
+
+
+def text_features(clip: ClipModel, classnames: list[str], cfg: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Refined, normalised class features [C, D] and the relation used (or None)."""
     t = cfg["text"]
     t0 = clip.encode_text(classnames, t["prompts"])
-    relation, rel_id = None, "none"
+    relation = None
     if t["gcn"]:
-        if t["relation"] == "text":
-            relation, rel_id = relation_from_text(t0), "text"
-        else:
-            relation, rel_id = load_relation(t["relation"], len(classnames)), "sha256:" + file_sha256(t["relation"])
+        relation = relation_from_text(t0) if t["relation"] == "text" else load_relation(t["relation"], len(classnames))
     feats = refine_text_features(t0, relation=relation, sparse_topk=t["sparse_topk"], reweight_p=t["reweight_p"],
                                  seed=t["gcn_seed"], enabled=t["gcn"])
-    return feats, relation, rel_id
+    return feats, relation
 
 
-def stage_one_fingerprint(cfg: dict, clip: ClipModel, spec: ViewSpec, ids: list[str], observed: np.ndarray,
+def stage_one_fingerprint(cfg: dict, clip: ClipIdentity, spec: ViewSpec, ids: list[str], observed: np.ndarray,
                           rel_id: str, eval_ids: dict[str, list[str]] | None = None) -> dict:
     """Everything that changes the cached numbers — and nothing that does not (e.g. DAMP selection)."""
     t = cfg["text"]
@@ -81,9 +87,9 @@ def _encode(clip: ClipModel, slots: torch.Tensor, stats: str) -> torch.Tensor:
     """[B, U, 3, S, S] uint8 → [B, U, D] normalised embeddings, in fixed-size forward chunks."""
     b, u = slots.shape[:2]
     flat = slots.reshape(b * u, *slots.shape[2:])
-    out = [clip.encode_images(normalize(flat[i:i + MAX_VIEWS_PER_FORWARD].to(clip.device, non_blocking=True),
-                                        stats, clip.dtype))
-           for i in range(0, flat.shape[0], MAX_VIEWS_PER_FORWARD)]
+    step = -(-flat.shape[0] // -(-flat.shape[0] // MAX_VIEWS_PER_FORWARD))  # equal chunks: 272 -> 2 x 136
+    out = [clip.encode_images(normalize(flat[i:i + step].to(clip.device, non_blocking=True), stats, clip.dtype))
+           for i in range(0, flat.shape[0], step)]
     return torch.cat(out).reshape(b, u, -1)
 
 
@@ -95,35 +101,64 @@ def damp_from_sims(sims: torch.Tensor, observed: torch.Tensor, sel: dict) -> tup
     return f, z
 
 
-def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None, progress: bool = True) -> dict:
-    """Compute (or reuse, or resume) the cache the config asks for; returns a summary dict."""
+def plan_stage_one(cfg: dict, limit: int | None = None) -> dict:
+    """Everything stage one would do, decided without loading CLIP: data, fingerprint and the verdict.
+
+    `status` is one of: up-to-date, missing, resume, stale (with `diff`: the changed fields).
+    """
     ds = cfg["dataset"]
     if not ds["data_root"]:
         raise ConfigError("no data root", hint="pass --data-root DIR (a folder in the SPML layout)")
     data = load_dataset(ds["name"], ds["data_root"], image_root=ds["image_root"] or None,
                         val_frac=ds["val_frac"], split_seed=ds["split_seed"])
-    split = data.train
-    n = len(split) if limit is None else min(limit, len(split))
+    n = len(data.train) if limit is None else min(limit, len(data.train))
     if n < 1:
         raise AevlpError(f"{data.root}: the train split is empty")
-    ids, observed, labels = list(split.images[:n]), split.observed[:n], split.labels[:n]
-    target = cache_path(cfg)
     c = cfg["clip"]
-    clip = load_clip(c["arch"], c["pretrained"], config=c["config"], device=c["device"], precision=c["precision"])
-    spec = view_spec(cfg, clip.image_size)
-    feats, relation, rel_id = text_features(clip, data.classnames, cfg)
-    emb_mode = cfg["cache"]["store_embeddings"]
-    eval_ids = None if emb_mode == "none" else {"val": list(data.val.images), "test": list(data.test.images)}
-    fp = stage_one_fingerprint(cfg, clip, spec, ids, observed, rel_id, eval_ids)
+    ident = identify_clip(c["arch"], c["pretrained"], config=c["config"], device=c["device"], precision=c["precision"])
+    spec = view_spec(cfg, ident.image_size)
+    ids = list(data.train.images[:n])
+    eval_ids = None if cfg["cache"]["store_embeddings"] == "none" else \
+        {"val": list(data.val.images), "test": list(data.test.images)}
+    fp = stage_one_fingerprint(cfg, ident, spec, ids, data.train.observed[:n], relation_id(cfg), eval_ids)
+    target = cache_path(cfg)
+    plan = {"data": data, "n": n, "spec": spec, "fingerprint": fp, "eval_ids": eval_ids, "target": target,
+            "diff": []}
     if target.exists():
         old, complete = read_fingerprint(target)
-        if old == fp and complete and not force:
-            return {"cache": str(target), "status": "reused", "images": n}
-        if old != fp and not force:
-            raise AevlpError(f"{target} was made with different settings:\n    " + "\n    ".join(fingerprint_diff(old, fp)),
-                             hint="pass --force to recompute (the old file stays until the new one is complete), "
-                                  "or --out another path")
+        plan["diff"] = fingerprint_diff(old, fp)
+        plan["status"] = "up-to-date" if (complete and not plan["diff"]) else "stale"
+    elif partial_path(target).exists():
+        try:
+            old, _ = read_fingerprint(partial_path(target))
+        except AevlpError:
+            old = None
+        plan["status"] = "resume" if old == fp else "missing"
+    else:
+        plan["status"] = "missing"
+    return plan
+
+
+def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None, progress: bool = True) -> dict:
+    """Compute (or reuse, or resume) the cache the config asks for; returns a summary dict.
+
+    A matching complete cache is reused without loading CLIP at all.
+    """
+    plan = plan_stage_one(cfg, limit)
+    data, n, spec, fp, eval_ids, target = (plan[k] for k in ("data", "n", "spec", "fingerprint", "eval_ids", "target"))
+    if plan["status"] == "up-to-date" and not force:
+        return {"cache": str(target), "status": "reused", "images": n}
+    if plan["status"] == "stale" and not force:
+        raise AevlpError(f"{target} was made with different settings:\n    " + "\n    ".join(plan["diff"]),
+                         hint="pass --force to recompute (the old file stays until the new one is complete), "
+                              "or --out another path")
+    ds, c = cfg["dataset"], cfg["clip"]
+    split = data.train
+    ids, observed, labels = list(split.images[:n]), split.observed[:n], split.labels[:n]
+    clip = load_clip(c["arch"], c["pretrained"], config=c["config"], device=c["device"], precision=c["precision"])
+    feats, relation = text_features(clip, data.classnames, cfg)
     sel = selection_params(cfg)
+    emb_mode = cfg["cache"]["store_embeddings"]
     t_start = time.time()
     with CacheLock(target):
         writer = CacheWriter(target, fp, rounds=spec.rounds, num_views=spec.num_views, image_ids=ids,
@@ -136,9 +171,9 @@ def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None,
             done = _fill(writer, clip, spec, cfg, [str(data.image_root / i) for i in ids], observed, feats, sel,
                          emb_mode, progress)
             if eval_ids and not writer.f.attrs["eval_done"]:
-                for split, split_ids in eval_ids.items():
-                    writer.write_eval(split, _embed_global(clip, [str(data.image_root / i) for i in split_ids],
-                                                           spec, cfg, progress, split))
+                for split_name, split_ids in eval_ids.items():
+                    writer.write_eval(split_name, _embed_global(clip, [str(data.image_root / i) for i in split_ids],
+                                                                spec, cfg, progress, split_name))
                 writer.f.attrs["eval_done"] = True
             bad = writer.f["bad"][:]
             z = writer.f["pseudo"][:]

@@ -77,7 +77,15 @@ def test_reuse_refusal_and_force(tiny_clip, photo_voc, tmp_path):
     out = tmp_path / "c.h5"
     run_pseudolabel(cfg_for(tiny_clip, photo_voc, out), progress=False)
     mtime = out.stat().st_mtime_ns
-    assert run_pseudolabel(cfg_for(tiny_clip, photo_voc, out), progress=False)["status"] == "reused"
+    import aevlp.pseudolabel as pl
+
+    def no_clip(*a, **k):
+        raise AssertionError("CLIP must not be loaded for an up-to-date cache")
+    orig_load, pl.load_clip = pl.load_clip, no_clip
+    try:
+        assert run_pseudolabel(cfg_for(tiny_clip, photo_voc, out), progress=False)["status"] == "reused"
+    finally:
+        pl.load_clip = orig_load
     # selection parameters are not part of the fingerprint: no recomputation
     assert run_pseudolabel(cfg_for(tiny_clip, photo_voc, out, **{"damp.threshold": 0.9}), progress=False)["status"] == "reused"
     for key, value, field in [("views.grid", 3, "grid"), ("views.rounds", 2, "rounds"),
