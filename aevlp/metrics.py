@@ -16,6 +16,7 @@ __all__ = [
     "per_class_ap",
     "pseudo_label_quality",
     "topk_precision_recall",
+    "pseudo_label_quality_per_class",
 ]
 
 
@@ -98,3 +99,16 @@ def topk_precision_recall(scores, targets, k: int) -> dict:
     n_pos = y.sum(axis=1)
     rec = np.divide(hits, n_pos, out=np.zeros(len(hits), dtype=float), where=n_pos > 0)
     return {f"precision@{k}": 100.0 * float(np.mean(hits / k)), f"recall@{k}": 100.0 * float(np.mean(rec))}
+
+
+def pseudo_label_quality_per_class(pseudo, observed, truth, classnames: Sequence[str]) -> pd.DataFrame:
+    """Per-class precision/recall (in %) of positive pseudo-labels over non-observed entries."""
+    z, obs, t = (_as_numpy(a) == 1 for a in (pseudo, observed, truth))
+    unobs = ~obs
+    pred = (z & unobs).sum(0)
+    tp = (z & t & unobs).sum(0)
+    hidden = (t & unobs).sum(0)
+    return pd.DataFrame({"class": list(classnames), "pseudo_positives": pred, "true_positives": tp,
+                         "hidden_positives": hidden,
+                         "precision": np.where(pred > 0, 100.0 * tp / np.maximum(pred, 1), np.nan),
+                         "recall": np.where(hidden > 0, 100.0 * tp / np.maximum(hidden, 1), np.nan)})

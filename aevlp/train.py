@@ -23,7 +23,7 @@ from aevlp.data import load_dataset
 from aevlp.data.images import EmbeddingRows, ImageRows
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.losses import LOSSES, build_loss
-from aevlp.metrics import mean_average_precision, per_class_ap, pseudo_label_quality
+from aevlp.metrics import mean_average_precision, per_class_ap, pseudo_label_quality, pseudo_label_quality_per_class
 from aevlp.models import INPUTS, build_model
 from aevlp.schedules import gr_schedule
 from aevlp.selection import PseudoLabeler
@@ -173,6 +173,9 @@ def run_train(cfg: dict, *, pseudo: str | Path, run_dir: str | Path | None = Non
         if val_map > state["best_val"]:
             state.update(best_val=val_map, best_epoch=epoch, counter=0)
             torch.save({"model": model.state_dict(), "meta": meta}, run / "best.pt")
+            if spec.uses_pseudo:
+                pseudo_label_quality_per_class(z_all[keep], observed[keep], truth[keep], data.classnames).to_csv(
+                    run / "pseudo_per_class.csv", index=False)
         else:
             state["counter"] += 1
         state["stopped_early"] = _should_stop(state, t) and epoch < t["epochs"]

@@ -1,0 +1,119 @@
+"""Looking after stage-one caches: list, inspect, verify and clean them."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from aevlp.cache import Cache, dataset_hash, lock_path, partial_path, read_fingerprint
+from aevlp.errors import AevlpError
+
+__all__ = ["list_caches", "inspect_cache", "verify_cache", "clean_candidates"]
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in Path(folder).glob("*") if p.suffix == ".h5" or p.name.endswith(".h5.partial"))
+
+
+def list_caches(folder: str | Path) -> pd.DataFrame:
+    rows = []
+    for p in _files(Path(folder)):
+        row = {"file": p.name, "size_mb": round(p.stat().st_size / 2 ** 20, 2)}
+        try:
+            fp, complete = read_fingerprint(p)
+            row.update(dataset=fp.get("dataset"), model=fp.get("clip_arch"), pretrained=str(fp.get("clip_weights"))[:19],
+                       grid=fp.get("grid"), rounds=fp.get("rounds"), images=fp.get("num_images"),
+                       complete=complete and not p.name.endswith(".partial"))
+        except AevlpError:
+            row.update(complete=False, dataset="(unreadable)")
+        rows.append(row)
+    cols = ["file", "dataset", "model", "pretrained", "grid", "rounds", "images", "size_mb", "complete"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def inspect_cache(path: str | Path) -> tuple[dict, pd.DataFrame]:
+    """(facts, per-class table): pseudo-label counts per round-average and, with ground truth, P/R."""
+    with Cache(path) as c:
+        shapes = {k: list(c.f[k].shape) for k in c.f}
+        pseudo = c.f["pseudo"][:]
+        keep = ~c.f["bad"][:]
+        obs = c.array("observed") == 1
+        table = pd.DataFrame({"class": c.classnames()})
+        pos = (pseudo == 1) & ~obs & keep[None, :, None]
+        table["pseudo_pos"] = pos.sum(axis=(0, 1)) / c.rounds
+        table["pseudo_neg"] = ((pseudo == -1) & keep[None, :, None]).sum(axis=(0, 1)) / c.rounds
+        table["observed"] = obs[keep].sum(0)
+        if "labels" in c.f:
+            truth = (c.array("labels") == 1) & ~obs & keep[:, None]
+            tp = (pos & truth[None]).sum(axis=(0, 1)) / c.rounds
+            table["precision"] = np.where(table["pseudo_pos"] > 0, 100 * tp / np.maximum(table["pseudo_pos"], 1e-9), np.nan)
+            table["recall"] = np.where(truth.sum(0) > 0, 100 * tp / np.maximum(truth.sum(0), 1), np.nan)
+        facts = {"file": str(c.path), "fingerprint": c.fingerprint, "selection": c.selection, "shapes": shapes,
+                 "summary": json.loads(c.f.attrs.get("summary", "{}")),
+                 "versions": json.loads(c.f.attrs.get("versions", "{}")), "created": c.f.attrs.get("created", "")}
+    return facts, table
+
+
+def verify_cache(path: str | Path) -> list[str]:
+    """Problems found (empty list: the cache is sound)."""
+    path = Path(path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        return [f"cannot be opened as HDF5 ({e}): truncated or not a cache"]
+    problems: list[str] = []
+    with f:
+        try:
+            fp = json.loads(f.attrs["fingerprint"])
+        except (KeyError, json.JSONDecodeError):
+            return ["no aevlp fingerprint attribute"]
+        if not f.attrs.get("complete", False):
+            problems.append("not marked complete")
+        need = ["sims", "scores", "pseudo", "done", "bad", "image_ids", "classnames", "observed", "text_features"]
+        missing = [k for k in need if k not in f]
+        if missing:
+            return problems + [f"missing datasets: {', '.join(missing)}"]
+        r, n, v, c = f["sims"].shape
+        expect = {"scores": (r, n, c), "pseudo": (r, n, c), "done": (n,), "bad": (n,), "image_ids": (n,),
+                  "classnames": (c,), "observed": (n, c)}
+        problems += [f"{k} has shape {f[k].shape}, expected {s}" for k, s in expect.items() if f[k].shape != s]
+        if (fp.get("rounds"), fp.get("grid", 0) ** 2 + 1, fp.get("num_images"), fp.get("num_classes")) != (r, v, n, c):
+            problems.append(f"fingerprint (rounds {fp.get('rounds')}, grid {fp.get('grid')}, images "
+                            f"{fp.get('num_images')}, classes {fp.get('num_classes')}) does not match sims {f['sims'].shape}")
+        if not f["done"][:].all():
+            problems.append(f"{int((~f['done'][:]).sum())} of {n} rows not done")
+        for k in ("sims", "scores", "embeddings", "val_embeddings", "test_embeddings"):
+            if k in f:
+                bad = sum(int((~np.isfinite(f[k][i].astype(np.float32))).sum()) for i in range(f[k].shape[0]))
+                if bad:
+                    problems.append(f"{k}: {bad} NaN/inf values")
+        if not np.isin(f["pseudo"][:], (-1, 0, 1)).all():
+            problems.append("pseudo has values outside {-1, 0, 1}")
+        ids = f["image_ids"].asstr()[:]
+        if dataset_hash(ids, f["observed"][:]) != fp.get("dataset_hash"):
+            problems.append("image ids / observed labels do not match the fingerprint's dataset_hash")
+    return problems
+
+
+def clean_candidates(folder: str | Path, wanted: list[Path] | None = None) -> list[tuple[Path, str]]:
+    """Files that can go: unfinished runs no live process holds, stale locks, and — when `wanted`
+    (the caches some pipeline still wants) is given — complete caches not in it."""
+    out: list[tuple[Path, str]] = []
+    folder = Path(folder)
+    for p in sorted(folder.glob("*.h5.partial")):
+        target = p.with_name(p.name[: -len(".partial")])
+        if not lock_path(target).exists():
+            out.append((p, "unfinished run (resume it with the same command, or delete)"))
+    for lock in sorted(folder.glob("*.h5.lock")):
+        target = lock.with_name(lock.name[: -len(".lock")])
+        if not partial_path(target).exists():
+            out.append((lock, "lock without a running write"))
+    if wanted is not None:
+        keep = {Path(w).resolve() for w in wanted}
+        for p in sorted(folder.glob("*.h5")):
+            if p.resolve() not in keep:
+                out.append((p, "no given pipeline wants this cache"))
+    return out

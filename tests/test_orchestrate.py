@@ -1,0 +1,191 @@
+"""`aevlp run` decisions, cache tools, report, and config handling."""
+import json
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from aevlp.cli import cli
+from aevlp.cli import orchestrate, stage_one, stage_two  # noqa: F401
+from aevlp.config import load_config
+from aevlp.errors import ConfigError
+from conftest import make_photo_dataset
+
+
+@pytest.fixture(scope="module")
+def world(tiny_clip, tmp_path_factory):
+    d = tmp_path_factory.mktemp("orch")
+    root = make_photo_dataset(d / "voc", n_train=24, n_test=6)
+    pipe = d / "tiny.toml"
+    pipe.write_text(f'''[dataset]
+name = "voc"
+data_root = "{root}"
+[clip]
+arch = "tiny-clip"
+config = "{tiny_clip['config']}"
+pretrained = "{tiny_clip['pretrained']}"
+precision = "fp32"
+workers = 0
+[views]
+grid = 2
+rounds = 2
+[cache]
+path = "{d / 'cache' / 'tiny.h5'}"
+store_embeddings = "global"
+[train]
+backbone = "clip-head"
+epochs = 2
+workers = 0
+lr = 1e-3
+out = "{d / 'runs'}"
+''')
+    return {"dir": d, "pipe": pipe, "root": root, "cache": d / "cache" / "tiny.h5"}
+
+
+def invoke(*args):
+    r = CliRunner().invoke(cli, list(map(str, args)))
+    return r
+
+
+def test_dry_run_then_run_then_nothing_to_do(world, monkeypatch):
+    r = invoke("run", world["pipe"], "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "pseudolabel: would run - no cache" in r.output and "train: would run" in r.output
+    assert not world["cache"].exists()  # a dry run does nothing
+    r = invoke("run", world["pipe"], "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "test mAP" in r.output
+    import aevlp.pseudolabel as pl
+    import aevlp.run as run_mod
+
+    def forbidden(*a, **k):
+        raise AssertionError("nothing should run")
+    monkeypatch.setattr(pl, "load_clip", forbidden)
+    monkeypatch.setattr(run_mod, "run_train", forbidden)
+    r = invoke("run", world["pipe"], "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "pseudolabel: skip" in r.output and "train: skip" in r.output
+
+
+@pytest.mark.parametrize("override,stage_one_runs,field", [
+    ("damp.threshold=0.3", False, "damp.threshold"),
+    ('damp.mode="official"', False, "damp.mode"),
+    ('loss.name="gr"', False, "loss.name"),
+    ("views.grid=3", True, "grid: 2 -> 3"),
+    ("views.rounds=3", True, "rounds: 2 -> 3"),
+    ('text.prompts=["a picture of a {}."]', True, "prompts"),
+    ('clip.precision="bf16"', True, "precision"),
+])
+def test_dry_run_decisions(world, override, stage_one_runs, field):
+    if not world["cache"].exists():
+        assert invoke("run", world["pipe"], "--no-progress").exit_code == 0
+    r = invoke("run", world["pipe"], "--dry-run", "--set", override)
+    assert r.exit_code == 0, r.output
+    first = r.output.splitlines()[0]
+    assert first.startswith("pseudolabel: would run" if stage_one_runs else "pseudolabel: up to date"), r.output
+    assert "train: would run" in r.output and field in r.output
+
+
+def test_force_stage(world):
+    if not world["cache"].exists():
+        invoke("run", world["pipe"], "--no-progress")
+    r = invoke("run", world["pipe"], "--dry-run", "--force-stage", "train")
+    assert "pseudolabel: up to date" in r.output and "train: would run - forced" in r.output
+
+
+def test_cache_verify_good_truncated_nan(world, tmp_path):
+    if not world["cache"].exists():
+        invoke("run", world["pipe"], "--no-progress")
+    assert invoke("cache", "verify", world["cache"]).exit_code == 0
+    data = world["cache"].read_bytes()
+    trunc = tmp_path / "trunc.h5"
+    trunc.write_bytes(data[: len(data) // 2])
+    r = invoke("cache", "verify", trunc)
+    assert r.exit_code == 1 and "FAIL" in r.output
+    nan = tmp_path / "nan.h5"
+    nan.write_bytes(data)
+    with h5py.File(nan, "r+") as f:
+        f["sims"][0, 3, 1, 2] = np.nan
+    r = invoke("cache", "verify", nan)
+    assert r.exit_code == 1 and "sims: 1 NaN/inf" in r.output
+    undone = tmp_path / "undone.h5"
+    undone.write_bytes(data)
+    with h5py.File(undone, "r+") as f:
+        f["done"][5] = False
+    r = invoke("cache", "verify", undone)
+    assert r.exit_code == 1 and "1 of 19 rows not done" in r.output
+
+
+def test_cache_ls_and_inspect(world):
+    if not world["cache"].exists():
+        invoke("run", world["pipe"], "--no-progress")
+    r = invoke("cache", "ls", world["cache"].parent)
+    assert r.exit_code == 0 and "tiny.h5" in r.output and "tiny-clip" in r.output
+    r = invoke("cache", "inspect", world["cache"])
+    assert r.exit_code == 0 and "fingerprint:" in r.output and "precision" in r.output and "aeroplane" in r.output
+
+
+def test_cache_clean_asks_and_keeps_wanted(world, tmp_path):
+    if not world["cache"].exists():
+        invoke("run", world["pipe"], "--no-progress")
+    folder = world["cache"].parent
+    orphan = folder / "old.h5"
+    orphan.write_bytes(world["cache"].read_bytes())
+    partial = folder / "gone.h5.partial"
+    partial.write_bytes(b"x")
+    r = invoke("cache", "clean", folder, "--stale-for", world["pipe"])
+    assert r.exit_code == 0 and "pass --yes" in r.output
+    assert orphan.exists() and partial.exists()  # never without --yes
+    r = invoke("cache", "clean", folder, "--stale-for", world["pipe"], "--yes")
+    assert r.exit_code == 0 and "deleted 2 files" in r.output
+    assert not orphan.exists() and not partial.exists() and world["cache"].exists()  # the wanted cache stays
+    partial.write_bytes(b"x")
+    r = invoke("cache", "clean", folder, "--yes")  # without --stale-for: only unfinished files
+    assert "deleted 1 files" in r.output and world["cache"].exists()
+
+
+def test_report(world, tmp_path):
+    runs = world["dir"] / "runs"
+    if not (runs / "tiny" / "results.json").exists():
+        invoke("run", world["pipe"], "--no-progress")
+    r = invoke("run", world["pipe"], "--no-progress", "--set", 'loss.name="an"', "--set", f'train.out="{tmp_path / "an"}"')
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "rep"
+    r = invoke("report", runs / "tiny", tmp_path / "an" / "tiny", "--out", out)
+    assert r.exit_code == 0, r.output
+    for f in ("results.md", "results.csv", "per_class_ap.png", "pseudo_labels.png", "curves.png"):
+        assert (out / f).stat().st_size > 0, f
+    assert (out / "per_class_ap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "results.md").read_text()
+    assert "gpr + DAMP" in md and "| an |" in md
+    tm = {json.loads((d / "results.json").read_text())["test_map"] for d in (runs / "tiny", tmp_path / "an" / "tiny")}
+    assert all(f"{v:.2f}" in md for v in tm)
+    assert invoke("report", tmp_path, "--out", out).exit_code == 2  # not a run directory
+
+
+def test_config_errors_and_overrides():
+    with pytest.raises(ConfigError, match="did you mean 'threshold'"):
+        load_config("voc", ["damp.treshold=0.2"])
+    with pytest.raises(ConfigError, match="unknown section"):
+        load_config("voc", ["dmp.threshold=0.2"])
+    with pytest.raises(ConfigError, match="should be a float"):
+        load_config("voc", ['damp.threshold="high"'])
+    with pytest.raises(ConfigError, match="not one of"):
+        load_config("voc", ['damp.mode="strict"'])
+    cfg = load_config("cub", ["clip.arch=ViT-L-14", "damp.top_k=5", "text.gcn=false"])
+    assert cfg["clip"]["arch"] == "ViT-L-14" and cfg["damp"]["top_k"] == 5 and cfg["text"]["gcn"] is False
+    assert cfg["damp"]["threshold"] == 0.005 and cfg["views"]["grid"] == 5  # from pipelines/cub.toml
+    with pytest.raises(ConfigError, match="no pipeline named"):
+        load_config("imagenet")
+
+
+def test_cli_quality():
+    r = invoke("--help")
+    for cmd in ("data", "pseudolabel", "train", "eval", "predict", "run", "cache", "report", "clip"):
+        assert cmd in r.output
+    for cmd in (["run"], ["cache", "clean"], ["report"], ["train"], ["pseudolabel"]):
+        r = invoke(*cmd, "--help")
+        assert r.exit_code == 0 and "Example" in r.output, cmd
+    r = invoke("run", "nonexistent-pipeline")
+    assert r.exit_code == 2 and "error: no pipeline named" in r.output and "Traceback" not in r.output
