@@ -1,10 +1,11 @@
 # Two entry points (see README): `make demo` runs the main job, `make test` the whole suite.
-# Both create .venv in the repo and install aevlp into it first.
+# Both create .venv in the repo, install aevlp into it, and fetch the demo's offline data.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup demo test clean
+.PHONY: setup data demo test clean
 
 $(BIN)/aevlp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,10 +15,15 @@ $(BIN)/aevlp: pyproject.toml
 
 setup: $(BIN)/aevlp
 
-demo: setup
-	$(BIN)/aevlp --help
+# Fashion-MNIST (MIT, Zalando) from Debian's package; needs root. Elsewhere: aevlp demo --raw DIR.
+data:
+	@test -d $(FASHION) || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
+	  || echo "note: could not install dataset-fashion-mnist (not root?); the demo will try --raw or a download"
 
-test: setup
+demo: setup data
+	$(BIN)/aevlp demo
+
+test: setup data
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -50,6 +50,6 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
 
 
 def main() -> None:
-    from aevlp.cli import data, orchestrate, stage_one, stage_two  # noqa: F401  (register their commands)
+    from aevlp.cli import data, demo, orchestrate, stage_one, stage_two  # noqa: F401  (register their commands)
 
     cli(prog_name="aevlp")

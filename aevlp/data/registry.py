@@ -60,3 +60,5 @@ register_dataset(DatasetInfo("cub", "CUB-200-2011 binary attributes (312)", 312,
                              "CUB_200_2011/images", aliases=("cub200", "cub-200-2011")))
 register_dataset(DatasetInfo("table", "your own data from a CSV (see docs/datasets.md)", None, None,
                              ".", aliases=("csv", "custom")))
+register_dataset(DatasetInfo("fashion-mosaic", "2x2 mosaics of Fashion-MNIST items (10 classes; the demo)", 10, 2.5,
+                             "images", aliases=("fashion", "mosaic")))
