@@ -24,8 +24,8 @@ METHODS = {
     "gpr-damp": ['loss.name="gpr"', 'damp.source="damp"'],
     "full-labels": ['loss.name="bce-full"', 'train.labels="full"'],
 }
-SIZES = {"full": {"n_train": 8000, "n_test": 2000, "clip_steps": 1200, "epochs": 8},
-         "quick": {"n_train": 2500, "n_test": 800, "clip_steps": 400, "epochs": 6}}
+SIZES = {"full": {"n_train": 8000, "n_test": 2000, "clip_steps": 1500, "epochs": 25},
+         "quick": {"n_train": 2500, "n_test": 800, "clip_steps": 600, "epochs": 25}}
 
 
 def run_demo(out: str | Path = "demo", *, quick: bool = False, raw: str | None = None, seed: int = 0,

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from aevlp.cache import (SCHEMA_VERSION, CacheLock, CacheWriter, dataset_hash, fingerprint_diff, partial_path,
                          read_fingerprint)
 from aevlp.clip import ClipIdentity, ClipModel, file_sha256, identify_clip, load_clip
+from aevlp import distributed, shards
 from aevlp.damp import aggregate, select
 from aevlp.data import load_dataset
 from aevlp.errors import AevlpError, ConfigError
@@ -139,10 +140,13 @@ def plan_stage_one(cfg: dict, limit: int | None = None) -> dict:
     return plan
 
 
-def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None, progress: bool = True) -> dict:
+def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None, progress: bool = True,
+                    shard: tuple[int, int] | None = None) -> dict:
     """Compute (or reuse, or resume) the cache the config asks for; returns a summary dict.
 
-    A matching complete cache is reused without loading CLIP at all.
+    A matching complete cache is reused without loading CLIP at all. Under torchrun each rank
+    computes one shard and rank 0 merges them; `shard=(k, w)` computes shard k alone and merges
+    when all W shards are complete (how a failed rank is re-run).
     """
     plan = plan_stage_one(cfg, limit)
     data, n, spec, fp, eval_ids, target = (plan[k] for k in ("data", "n", "spec", "fingerprint", "eval_ids", "target"))
@@ -152,16 +156,48 @@ def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None,
         raise AevlpError(f"{target} was made with different settings:\n    " + "\n    ".join(plan["diff"]),
                          hint="pass --force to recompute (the old file stays until the new one is complete), "
                               "or --out another path")
-    ds, c = cfg["dataset"], cfg["clip"]
-    split = data.train
-    ids, observed, labels = list(split.images[:n]), split.observed[:n], split.labels[:n]
+    c = cfg["clip"]
     clip = load_clip(c["arch"], c["pretrained"], config=c["config"], device=c["device"], precision=c["precision"])
     feats, relation = text_features(clip, data.classnames, cfg)
+    rank, world, _ = distributed.env()
+    if shard is None and world > 1:
+        distributed.init(clip.device.type)
+        shard = (rank, world)
+    if shard is None:
+        stats, resumed = _compute(cfg, plan, clip, feats, relation, target, fp, (0, n), eval_ids, limit, progress)
+        return {"cache": str(target), "status": "resumed" if resumed else "computed", **stats}
+    k, w = shard
+    bs = max(1, c["batch_size"])
+    rows = [distributed.shard_rows(n, bs, i, w) for i in range(w)]
+    if not shards.shard_complete(target, fp, k, w, rows[k]):
+        _compute(cfg, plan, clip, feats, relation, shards.shard_path(target, k, w),
+                 shards.shard_fingerprint(fp, k, w, rows[k]), rows[k], eval_ids if k == 0 else None, limit, progress)
+    if world > 1:  # under torchrun: everyone waits, rank 0 merges
+        distributed.barrier()
+        if rank == 0:
+            shards.merge_shards(target, fp, w, rows, _merged_summary)
+        distributed.barrier()
+        return {"cache": str(target), "status": "computed", "shard": f"{k}/{w}", "images": n}
+    if all(shards.shard_complete(target, fp, i, w, rows[i]) for i in range(w)):
+        shards.merge_shards(target, fp, w, rows, _merged_summary)
+        return {"cache": str(target), "status": "merged", "shard": f"{k}/{w}", "images": n}
+    left = [i for i in range(w) if not shards.shard_complete(target, fp, i, w, rows[i])]
+    return {"cache": str(shards.shard_path(target, k, w)), "status": "shard done", "shard": f"{k}/{w}",
+            "images": rows[k][1] - rows[k][0], "shards_left": left}
+
+
+def _compute(cfg: dict, plan: dict, clip: ClipModel, feats: torch.Tensor, relation, path: Path, fp: dict,
+             rows: tuple[int, int], eval_ids: dict | None, limit: int | None, progress: bool) -> tuple[dict, bool]:
+    """Fill (or resume) one cache file for rows [start, stop) of the train split."""
+    data, spec, ds = plan["data"], plan["spec"], cfg["dataset"]
+    start, stop = rows
+    split = data.train
+    ids, observed, labels = list(split.images[start:stop]), split.observed[start:stop], split.labels[start:stop]
     sel = selection_params(cfg)
     emb_mode = cfg["cache"]["store_embeddings"]
     t_start = time.time()
-    with CacheLock(target):
-        writer = CacheWriter(target, fp, rounds=spec.rounds, num_views=spec.num_views, image_ids=ids,
+    with CacheLock(path):
+        writer = CacheWriter(path, fp, rounds=spec.rounds, num_views=spec.num_views, image_ids=ids,
                              classnames=data.classnames, observed=observed, labels=labels,
                              text_features=feats.numpy(), relation=None if relation is None else relation.numpy(),
                              selection=sel, embeddings=emb_mode, embed_dim=clip.embed_dim, eval_ids=eval_ids,
@@ -169,33 +205,38 @@ def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None,
                                    "limit": limit})
         try:
             done = _fill(writer, clip, spec, cfg, [str(data.image_root / i) for i in ids], observed, feats, sel,
-                         emb_mode, progress)
+                         emb_mode, progress, row_offset=start)
             if eval_ids and not writer.f.attrs["eval_done"]:
                 for split_name, split_ids in eval_ids.items():
                     writer.write_eval(split_name, _embed_global(clip, [str(data.image_root / i) for i in split_ids],
                                                                 spec, cfg, progress, split_name))
                 writer.f.attrs["eval_done"] = True
-            bad = writer.f["bad"][:]
-            z = writer.f["pseudo"][:]
-            stats = _quality(z, observed, labels, bad)
-            stats.update({"images": n, "bad_images": int(bad.sum()), "computed_images": done,
-                          "seconds": round(time.time() - t_start, 2),
+            stats = _merged_summary(writer.f)
+            stats.update({"computed_images": done, "seconds": round(time.time() - t_start, 2),
                           "images_per_s": round(done / max(time.time() - t_start, 1e-9), 2)})
             writer.finish(stats)
         except BaseException:
             writer.close()
             raise
-    return {"cache": str(target), "status": "resumed" if writer.resumed else "computed", **stats}
+    return stats, writer.resumed
+
+
+def _merged_summary(f) -> dict:
+    """Pseudo-label quality and counts of a filled cache file."""
+    bad = f["bad"][:]
+    stats = _quality(f["pseudo"][:], f["observed"][:], f["labels"][:], bad) if "labels" in f else {}
+    return {**stats, "images": int(len(bad)), "bad_images": int(bad.sum())}
 
 
 def _fill(writer: CacheWriter, clip: ClipModel, spec: ViewSpec, cfg: dict, paths: list[str], observed: np.ndarray,
-          feats: torch.Tensor, sel: dict, emb_mode: str, progress: bool) -> int:
+          feats: torch.Tensor, sel: dict, emb_mode: str, progress: bool, row_offset: int = 0) -> int:
     n, bs = len(paths), max(1, cfg["clip"]["batch_size"])
     pending = set(writer.pending().tolist())
     batches = [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
     todo = [b for b in batches if pending.intersection(b)]
     workers = cfg["clip"]["workers"]
-    loader = torch.utils.data.DataLoader(ViewBatches(paths, todo, spec), batch_size=None, num_workers=workers,
+    loader = torch.utils.data.DataLoader(ViewBatches(paths, todo, spec, row_offset), batch_size=None,
+                                         num_workers=workers,
                                          pin_memory=clip.device.type == "cuda",
                                          prefetch_factor=2 if workers > 0 else None)
     text = feats.to(clip.device)

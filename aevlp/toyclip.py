@@ -21,7 +21,7 @@ from aevlp.clip import CLIP_MEAN, CLIP_STD, prompt_name
 __all__ = ["TOY_CONFIG", "TEMPLATES", "pretrain_toy_clip"]
 
 TOY_CONFIG = {"embed_dim": 64,
-              "vision_cfg": {"image_size": 32, "layers": 3, "width": 96, "patch_size": 4, "head_width": 32},
+              "vision_cfg": {"image_size": 32, "layers": 3, "width": 128, "patch_size": 8, "head_width": 32},
               "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}}
 TEMPLATES = ["a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {} on a dark background."]
 ARCH = "fashion-clip"
@@ -30,7 +30,7 @@ ARCH = "fashion-clip"
 def _place(items: np.ndarray, rng: np.random.Generator, train: bool) -> torch.Tensor:
     """28-px items → [B, 3, 32, 32] CLIP-normalised frames; in training at a random scale and spot."""
     out = torch.zeros(len(items), 1, 32, 32)
-    x = torch.as_tensor(items, dtype=torch.float32).unsqueeze(1) / 255
+    x = torch.as_tensor(np.array(items), dtype=torch.float32).unsqueeze(1) / 255
     for i in range(len(items)):
         size = int(rng.integers(12, 29)) if train else 28
         img = F.interpolate(x[i:i + 1], size=(size, size), mode="bilinear", antialias=True, align_corners=False)[0]

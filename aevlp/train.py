@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from aevlp import distributed
 from aevlp.cache import Cache
 from aevlp.clip import resolve_device
 from aevlp.config import dump_config
@@ -49,8 +50,17 @@ def check_cache_matches(cache: Cache, ids: list[str], observed: np.ndarray, clas
         raise AevlpError(f"{cache.path}: observed labels differ from the dataset's", hint=fix)
 
 
-def _loader(ds, batch_size: int, workers: int, shuffle_seed: int | None, device: torch.device) -> DataLoader:
-    gen = torch.Generator().manual_seed(shuffle_seed) if shuffle_seed is not None else None
+def _loader(ds, batch_size: int, workers: int, shuffle_seed: int | None, device: torch.device,
+            epoch: int = 0) -> DataLoader:
+    """Shuffled (seeded per epoch) or ordered; under torchrun each rank reads its DistributedSampler share."""
+    rank, world, _ = distributed.env()
+    if shuffle_seed is not None and world > 1:
+        sampler = torch.utils.data.DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
+                                                      seed=shuffle_seed)
+        sampler.set_epoch(epoch)
+        return DataLoader(ds, batch_size=max(1, batch_size // world), sampler=sampler, num_workers=workers,
+                          pin_memory=device.type == "cuda")
+    gen = torch.Generator().manual_seed(shuffle_seed * 1000 + epoch) if shuffle_seed is not None else None
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=gen,
                       num_workers=workers, pin_memory=device.type == "cuda", drop_last=False)
 
@@ -113,28 +123,40 @@ def run_train(cfg: dict, *, pseudo: str | Path, run_dir: str | Path | None = Non
     labeler = PseudoLabeler(cache, cfg["damp"], observed)
     y_obs = truth if t["labels"] == "full" else observed
     device = resolve_device(t["device"])
+    rank, world, local = distributed.env()
+    if distributed.init(device.type) and device.type == "cuda":
+        device = torch.device("cuda", local)
+    if world > 1 and t["linear_init"] > 0:
+        raise ConfigError("train.linear_init > 0 is not supported under torchrun (DDP needs fixed trainable parameters)")
+    main = rank == 0
     torch.manual_seed(t["seed"])
-    model = build_model(t["backbone"], data.num_classes, weights=t["weights"],
-                        embed_dim=cache.f["embeddings"].shape[-1] if "embeddings" in cache.f else 0).to(device)
+    core = build_model(t["backbone"], data.num_classes, weights=t["weights"],
+                       embed_dim=cache.f["embeddings"].shape[-1] if "embeddings" in cache.f else 0).to(device)
     if device.type == "cuda" and INPUTS[t["backbone"]] == "image":
-        model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam([{"params": model.backbone.parameters(), "lr": t["lr"]},
-                            {"params": model.head.parameters(), "lr": t["lr"] * t["lr_mult"]}])
+        core = core.to(memory_format=torch.channels_last)
+    model = core
+    if world > 1:  # same seed on every rank, so the replicas start identical
+        model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[local] if device.type == "cuda" else None)
+    opt = torch.optim.Adam([{"params": core.backbone.parameters(), "lr": t["lr"]},
+                            {"params": core.head.parameters(), "lr": t["lr"] * t["lr_mult"]}])
     train_ds, val_ds, test_ds = _inputs(cfg, data, cache, n, keep)
     val_loader = _loader(val_ds, t["batch_size"] * 2, t["workers"], None, device)
     run = Path(run_dir) if run_dir else Path(t["out"]) / f"{data.info.name}-{lcfg['name']}-{dt.datetime.now():%Y%m%d-%H%M%S}"
-    run.mkdir(parents=True, exist_ok=True)
+    run = Path(distributed.broadcast(str(run)))  # one run directory for all ranks
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
     state = {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "counter": 0, "history": [], "stopped_early": False}
     if resume:
         if not (run / "last.pt").exists():
             raise AevlpError(f"{run}: nothing to resume (no last.pt)", hint="start a new run without --resume")
         ck = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
-        model.load_state_dict(ck["model"])
+        core.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         state = ck["state"]
-    (run / "config.toml").write_text(dump_config(cfg))
+    if main:
+        (run / "config.toml").write_text(dump_config(cfg))
     meta = {"backbone": t["backbone"], "classnames": data.classnames, "image_size": t["image_size"],
-            "embed_dim": getattr(model.head, "in_features", 0) if t["backbone"] == "clip-head" else 0,
+            "embed_dim": core.head.in_features if t["backbone"] == "clip-head" else 0,
             "dataset": data.info.name, "loss": lcfg["name"]}
     idx_obs, idx_truth = torch.as_tensor(y_obs[keep]), torch.as_tensor(truth[keep])
     t0 = time.time()
@@ -144,12 +166,12 @@ def run_train(cfg: dict, *, pseudo: str | Path, run_dir: str | Path | None = Non
         sched = gr_schedule(epoch, t["epochs"], lcfg["beta"], lcfg["alpha"], t["linear_init"])
         z_all = labeler.for_epoch(epoch) if spec.uses_pseudo else np.zeros_like(observed)
         z = torch.as_tensor(z_all[keep])
-        model.backbone.requires_grad_(epoch > t["linear_init"])
+        core.backbone.requires_grad_(epoch > t["linear_init"])
         train_ds.set_epoch(epoch)
-        loader = _loader(train_ds, t["batch_size"], t["workers"], t["seed"] * 1000 + epoch, device)
+        loader = _loader(train_ds, t["batch_size"], t["workers"], t["seed"], device, epoch)
         model.train()
         total, count = 0.0, 0
-        for x, rows in tqdm(loader, desc=f"epoch {epoch}/{t['epochs']}", disable=not progress, leave=False):
+        for x, rows in tqdm(loader, desc=f"epoch {epoch}/{t['epochs']}", disable=not (progress and main), leave=False):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 logits = model(x.to(device, non_blocking=True))
             loss = loss_fn(logits.float(), idx_obs[rows].to(device), pseudo=z[rows].to(device),
@@ -162,7 +184,10 @@ def run_train(cfg: dict, *, pseudo: str | Path, run_dir: str | Path | None = Non
             opt.step()
             total += loss.item() * len(rows)
             count += len(rows)
-        val_map = mean_average_precision(predict_scores(model, val_loader, device), data.val.labels)
+        total, count = distributed.all_sum([total, count])
+        # rank 0 judges; every rank receives the same number, so all take the same decisions
+        val_map = distributed.broadcast(
+            mean_average_precision(predict_scores(core, val_loader, device), data.val.labels) if main else None)
         q = pseudo_label_quality(z_all[keep], observed[keep], truth[keep]) if spec.uses_pseudo else {}
         rec = {"epoch": epoch, "loss": total / max(count, 1), "val_map": val_map, "round": labeler.round_for(epoch),
                **{k: v for k, v in sched.items()}, **{f"pseudo_{k}": v for k, v in q.items() if k in
@@ -170,20 +195,27 @@ def run_train(cfg: dict, *, pseudo: str | Path, run_dir: str | Path | None = Non
                "seconds": round(time.time() - t0, 2)}
         state["history"].append(rec)
         state["epoch"] = epoch
-        if val_map > state["best_val"]:
+        improved = val_map > state["best_val"]
+        if improved:
             state.update(best_val=val_map, best_epoch=epoch, counter=0)
-            torch.save({"model": model.state_dict(), "meta": meta}, run / "best.pt")
-            if spec.uses_pseudo:
-                pseudo_label_quality_per_class(z_all[keep], observed[keep], truth[keep], data.classnames).to_csv(
-                    run / "pseudo_per_class.csv", index=False)
         else:
             state["counter"] += 1
         state["stopped_early"] = _should_stop(state, t) and epoch < t["epochs"]
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "state": state}, run / "last.pt")
+        if not main:
+            continue
+        if improved:
+            torch.save({"model": core.state_dict(), "meta": meta}, run / "best.pt")
+            if spec.uses_pseudo:
+                pseudo_label_quality_per_class(z_all[keep], observed[keep], truth[keep], data.classnames).to_csv(
+                    run / "pseudo_per_class.csv", index=False)
+        torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(), "state": state}, run / "last.pt")
         (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state["history"]))
         if progress:
             tqdm.write(f"epoch {epoch}: loss {rec['loss']:.4f}  val mAP {val_map:.2f}" +
                        (f"  pseudo P/R/F1 {q['precision']:.1f}/{q['recall']:.1f}/{q['f1']:.1f}" if q else ""))
+    if not main:
+        cache.close()
+        return {"rank": rank, "run_dir": str(run)}
     best, _ = load_checkpoint(run / "best.pt")
     best.to(device)
     test_scores = predict_scores(best, _loader(test_ds, t["batch_size"] * 2, t["workers"], None, device), device)

@@ -173,8 +173,10 @@ class ViewBatches(torch.utils.data.Dataset):
     policy.
     """
 
-    def __init__(self, paths: Sequence[str | Path], batches: Sequence[Sequence[int]], spec: ViewSpec):
+    def __init__(self, paths: Sequence[str | Path], batches: Sequence[Sequence[int]], spec: ViewSpec,
+                 row_offset: int = 0):
         self.paths, self.batches, self.spec = list(paths), [list(b) for b in batches], spec
+        self.row_offset = row_offset  # a shard's first global row: view seeds use global rows
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -187,7 +189,7 @@ class ViewBatches(torch.utils.data.Dataset):
         errors = []
         for j, row in enumerate(rows):
             try:
-                index[j] = render_views(decode(self.paths[row]), s, row, out[j])
+                index[j] = render_views(decode(self.paths[row]), s, row + self.row_offset, out[j])
             except Exception as e:  # corrupt, truncated, missing or too-small images
                 out[j].zero_()
                 reason = str(e).split(".cpp:")[-1].split(", ", 1)[-1]  # drop torchvision's C++ location

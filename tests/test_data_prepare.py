@@ -209,7 +209,7 @@ def test_loader_errors(tmp_path):
         load_dataset("voc", root)
     with pytest.raises(DataError, match="does not exist"):
         load_dataset("voc", tmp_path / "nowhere")
-    with pytest.raises(DataError, match="known datasets: coco, cub, nuswide"):
+    with pytest.raises(DataError, match="known datasets: coco, cub, fashion-mosaic, nuswide, table, voc"):
         get_dataset("imagenet")
 
 

@@ -33,11 +33,14 @@ from aevlp.cli.common import config_option, resolve, set_option
               help="Unreadable images: stop with their paths, or mark them skipped in the cache.")
 @click.option("--limit", type=int, default=None, help="Only the first N training images (a quick try).")
 @click.option("--force", is_flag=True, help="Recompute even if a matching cache exists.")
+@click.option("--shard", default=None, metavar="K/W",
+              help="Compute only shard K of W (e.g. to re-run a failed torchrun rank alone); the cache is "
+                   "merged once all W shards are complete. Under torchrun, shards are the ranks.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @set_option
 def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, clip_config, prompts, grid, rounds,
                     batch_size, workers, device, precision, store_embeddings, on_bad_image, limit, force,
-                    no_progress, overrides) -> None:
+                    shard, no_progress, overrides) -> None:
     """Stage one: score DAMP views of every training image with a frozen CLIP into an HDF5 cache.
 
     \b
@@ -50,7 +53,10 @@ def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, clip_conf
       aevlp pseudolabel --dataset voc --data-root data/voc
       aevlp pseudolabel --dataset nus --data-root data/nus --clip ViT-L-14 --pretrained openai
       aevlp pseudolabel --dataset voc --data-root data/voc --clip ViT-B-32 --pretrained ~/ckpt/vitb32.safetensors
+      torchrun --nproc-per-node 8 -m aevlp pseudolabel --dataset nus --data-root data/nus   # 8 shards
     """
+    from aevlp import distributed
+    from aevlp.distributed import parse_shard
     from aevlp.pseudolabel import run_pseudolabel
 
     cfg = resolve(config, dataset, overrides,
@@ -60,11 +66,21 @@ def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, clip_conf
                   text={"prompts": list(prompts) or None},
                   views={"grid": grid, "rounds": rounds},
                   cache={"path": out, "store_embeddings": store_embeddings, "on_bad_image": on_bad_image})
+    rank = distributed.env()[0]
     try:
-        summary = run_pseudolabel(cfg, force=force, limit=limit, progress=not no_progress)
+        summary = run_pseudolabel(cfg, force=force, limit=limit, progress=not no_progress and rank == 0,
+                                  shard=parse_shard(shard) if shard else None)
     except KeyboardInterrupt:
         click.secho("interrupted: finished rows are kept; run the same command again to resume", fg="yellow", err=True)
         raise SystemExit(130)
+    finally:
+        distributed.cleanup()
+    if rank != 0:
+        return
+    if summary["status"] == "shard done":
+        click.echo(f"wrote shard {summary['shard']} ({summary['cache']}); still missing shards "
+                   f"{summary['shards_left']}: run them with --shard K/W, the last one merges the cache")
+        return
     if summary["status"] == "reused":
         click.echo(f"{summary['cache']} is up to date ({summary['images']} images); --force recomputes it")
         return

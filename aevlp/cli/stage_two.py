@@ -61,6 +61,7 @@ def train_cmd(pseudo, dataset, data_root, config, loss, backbone, weights, label
       aevlp train --pseudo cache/voc.h5 --labels full --loss bce-full      # upper bound
       aevlp train --pseudo cache/voc.h5 --set damp.threshold=0.4           # re-tuned selection, no CLIP
       aevlp train --resume runs/voc-gpr-20261124-101500
+      torchrun --nproc-per-node 4 -m aevlp train --pseudo cache/nus.h5      # DDP, global batch kept
     """
     from aevlp.config import load_config
     from aevlp.train import run_train
@@ -83,6 +84,8 @@ def train_cmd(pseudo, dataset, data_root, config, loss, backbone, weights, label
         cfg["cache"]["path"] = str(pseudo)
         if limit is None:
             limit = info.get("limit")
+    from aevlp import distributed
+
     try:
         r = run_train(cfg, pseudo=pseudo, run_dir=run_dir, resume=bool(resume), limit=limit,
                       progress=not no_progress)
@@ -90,6 +93,10 @@ def train_cmd(pseudo, dataset, data_root, config, loss, backbone, weights, label
         click.secho("interrupted: resume with `aevlp train --resume RUN_DIR` (finished epochs are kept)",
                     fg="yellow", err=True)
         raise SystemExit(130)
+    finally:
+        distributed.cleanup()
+    if "test_map" not in r:  # a torchrun rank other than 0
+        return
     click.echo(f"test mAP {r['test_map']:.2f}  (val mAP {r['val_map']:.2f} at epoch {r['best_epoch']})")
     click.echo(f"run directory: {r['run_dir']}")
 

@@ -1,0 +1,96 @@
+"""Sharded stage one: one cache file per rank (or per `--shard K/W`), merged into one cache.
+
+Shard k holds a contiguous block of whole batches, rendered with the global row numbers, so the
+merged file equals a single-process run's bit for bit. Each shard is an ordinary resumable cache
+(atomic rename, done mask, lock); a failed rank is re-run alone with `--shard K/W`. The merge
+copies rows into one self-contained file (measured against an HDF5 virtual dataset in
+docs/performance.md: the copy keeps caches portable and costs seconds), then deletes the shards.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import h5py
+import numpy as np
+
+from aevlp.cache import CacheLock, CacheWriter, read_fingerprint
+from aevlp.errors import AevlpError
+
+__all__ = ["shard_path", "shard_fingerprint", "shard_complete", "merge_shards"]
+
+ROW_DATASETS = ("sims", "scores", "pseudo", "embeddings")  # [R, N, ...]
+ROW_CHUNK = 4096
+
+
+def shard_path(target: Path, k: int, w: int) -> Path:
+    return target.with_name(f"{target.stem}.shard{k:03d}-of-{w:03d}{target.suffix}")
+
+
+def shard_fingerprint(fp: dict, k: int, w: int, rows: tuple[int, int]) -> dict:
+    return {**fp, "shard": f"{k}/{w}", "rows": list(rows)}
+
+
+def shard_complete(target: Path, fp: dict, k: int, w: int, rows: tuple[int, int]) -> bool:
+    path = shard_path(target, k, w)
+    if not path.exists():
+        return False
+    try:
+        old, complete = read_fingerprint(path)
+    except AevlpError:
+        return False
+    return complete and old == shard_fingerprint(fp, k, w, rows)
+
+
+def merge_shards(target: Path, fp: dict, w: int, rows: list[tuple[int, int]],
+                 summary: Callable[[h5py.File], dict]) -> Path:
+    """Copy the W complete shards into `target` (atomically), then delete them."""
+    files = [shard_path(target, k, w) for k in range(w)]
+    missing = [str(f) for k, f in enumerate(files) if not shard_complete(target, fp, k, w, rows[k])]
+    if missing:
+        raise AevlpError(f"cannot merge: shards not complete: {', '.join(missing)}",
+                         hint="re-run the missing ones alone with --shard K/W")
+    with CacheLock(target):
+        shards = [h5py.File(f, "r") for f in files]
+        try:
+            s0 = shards[0]
+            r, _, v, c = s0["sims"].shape
+            ids = [i for s in shards for i in s["image_ids"].asstr()[:]]
+            emb = s0["embeddings"] if "embeddings" in s0 else None
+            mode = "none" if emb is None else ("all" if emb.ndim == 4 else "global")
+            eval_ids = {sp: list(s0[f"{sp}_image_ids"].asstr()[:]) for sp in ("val", "test")
+                        if f"{sp}_image_ids" in s0}
+            writer = CacheWriter(
+                target, fp, rounds=r, num_views=v, image_ids=ids, classnames=list(s0["classnames"].asstr()[:]),
+                observed=np.concatenate([s["observed"][:] for s in shards]),
+                labels=np.concatenate([s["labels"][:] for s in shards]) if "labels" in s0 else None,
+                text_features=s0["text_features"][:], relation=s0["relation"][:] if "relation" in s0 else None,
+                selection=json.loads(s0.attrs["selection"]), embeddings=mode,
+                embed_dim=emb.shape[-1] if emb is not None else 0, eval_ids=eval_ids or None,
+                info=json.loads(s0.attrs.get("info", "{}")))
+            try:
+                f = writer.f
+                for s, (start, stop) in zip(shards, rows):
+                    for lo in range(0, stop - start, ROW_CHUNK):
+                        hi = min(lo + ROW_CHUNK, stop - start)
+                        for name in ROW_DATASETS:
+                            if name in s:
+                                f[name][:, start + lo:start + hi] = s[name][:, lo:hi]
+                    f["bad"][start:stop] = s["bad"][:]
+                    f.flush()
+                    f["done"][start:stop] = True
+                for sp in eval_ids:
+                    writer.write_eval(sp, s0[f"{sp}_embeddings"][:])
+                f.attrs["eval_done"] = True
+                stats = summary(f)
+                writer.finish(stats)
+            except BaseException:
+                writer.close()
+                raise
+        finally:
+            for s in shards:
+                s.close()
+    for f in files:
+        f.unlink(missing_ok=True)
+    return target
