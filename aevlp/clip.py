@@ -87,6 +87,7 @@ class ClipModel:
     precision: str
     image_size: int
     embed_dim: int
+    encoder: object = None  # torch.compile'd encode_image when asked for
 
     @property
     def dtype(self) -> torch.dtype:
@@ -96,7 +97,7 @@ class ClipModel:
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """L2-normalised float32 embeddings of normalised pixel batches."""
         x = pixels.to(self.device, self.dtype, non_blocking=True)
-        return F.normalize(self.model.encode_image(x).float(), dim=-1)
+        return F.normalize((self.encoder or self.model.encode_image)(x).float(), dim=-1)
 
     @torch.inference_mode()
     def encode_text(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
@@ -174,8 +175,12 @@ def identify_clip(arch: str, pretrained: str = "", *, config: str = "", device: 
 
 
 def load_clip(arch: str, pretrained: str = "", *, config: str = "", device: str = "auto",
-              precision: str = "auto") -> ClipModel:
-    """Create a frozen open_clip model (see `identify_clip` for the arguments)."""
+              precision: str = "auto", compile: bool = False) -> ClipModel:
+    """Create a frozen open_clip model (see `identify_clip` for the arguments).
+
+    `compile=True` wraps the image encoder in torch.compile: a one-off compilation (seconds to a
+    minute) for a faster steady state, worth it for large datasets.
+    """
     import open_clip
 
     ident = identify_clip(arch, pretrained, config=config, device=device, precision=precision)
@@ -192,7 +197,8 @@ def load_clip(arch: str, pretrained: str = "", *, config: str = "", device: str 
                          hint="offline? download the checkpoint elsewhere and pass it with "
                               "--pretrained PATH/TO/weights.safetensors (open_clip_pytorch_model.bin works too)") from e
     model = model.to(DTYPES[prec]).eval().requires_grad_(False)
-    return ClipModel(model=model, tokenizer=open_clip.get_tokenizer(arch), arch=arch, pretrained=pretrained,
+    encoder = torch.compile(model.encode_image) if compile else None
+    return ClipModel(encoder=encoder, model=model, tokenizer=open_clip.get_tokenizer(arch), arch=arch, pretrained=pretrained,
                      weights_id=ident.weights_id, config_id=ident.config_id, device=dev, precision=prec,
                      image_size=ident.image_size, embed_dim=int(model.text_projection.shape[-1])
                      if hasattr(model, "text_projection") and model.text_projection is not None

@@ -70,11 +70,18 @@ def select(score: torch.Tensor, neg_score: torch.Tensor, *, top_k: int, threshol
     values, idx = torch.topk(score, k=top_k, dim=1)
     pseudo = torch.zeros((n, c), dtype=torch.int8, device=score.device)
     pseudo.scatter_(1, idx, (values >= threshold).to(torch.int8))
+    return _negatives_and_observed(pseudo, neg_score, m, negatives, observed)
+
+
+def _negatives_and_observed(pseudo: torch.Tensor, low: torch.Tensor, m: int, negatives: bool,
+                            observed: torch.Tensor | None) -> torch.Tensor:
+    """The m lowest-scoring classes become -1 (0 in official mode), written after the positives;
+    observed positives are 1 whatever was picked."""
     if m > 0:
-        _, neg_idx = torch.topk(neg_score, k=m, dim=1, largest=False)
+        _, neg_idx = torch.topk(low, k=m, dim=1, largest=False)
         pseudo.scatter_(1, neg_idx, torch.full_like(neg_idx, -1 if negatives else 0, dtype=torch.int8))
     if observed is not None:
-        pseudo[observed.to(score.device) == 1] = 1
+        pseudo[observed.to(pseudo.device) == 1] = 1
     return pseudo
 
 
@@ -89,10 +96,4 @@ def select_global(global_sims: torch.Tensor, *, temperature: float = 0.01, thres
     s = _softmax(global_sims, temperature)
     n, c = s.shape
     m = _check_selection(c, 1, negative_ratio)
-    pseudo = (s > threshold).to(torch.int8)
-    if m > 0:
-        _, neg_idx = torch.topk(s, k=m, dim=1, largest=False)
-        pseudo.scatter_(1, neg_idx, torch.full_like(neg_idx, -1 if negatives else 0, dtype=torch.int8))
-    if observed is not None:
-        pseudo[observed.to(s.device) == 1] = 1
-    return pseudo
+    return _negatives_and_observed((s > threshold).to(torch.int8), s, m, negatives, observed)

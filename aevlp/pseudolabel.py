@@ -22,7 +22,7 @@ from aevlp.data import load_dataset
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.metrics import pseudo_label_quality
 from aevlp.relation import load_relation, refine_text_features, relation_from_text
-from aevlp.views import GlobalViews, ViewBatches, ViewSpec, expand_views, normalize
+from aevlp.views import GlobalViews, ViewBatches, ViewSpec, expand_views, normalize, render_on_device
 
 __all__ = ["run_pseudolabel", "plan_stage_one", "cache_path", "selection_params", "text_features",
            "stage_one_fingerprint"]
@@ -78,6 +78,7 @@ def stage_one_fingerprint(cfg: dict, clip: ClipIdentity, spec: ViewSpec, ids: li
         "gcn_seed": t["gcn_seed"] if t["gcn"] else None, "sparse_topk": t["sparse_topk"] if t["gcn"] else None,
         "reweight_p": t["reweight_p"] if t["gcn"] else None, "relation": rel_id,
         "grid": spec.grid, "rounds": spec.rounds, "image_size": spec.size, "resize": spec.resize,
+        "resize_on": cfg["views"]["resize_on"],
         "normalize": cfg["views"]["normalize"], "flip": spec.flip, "jitter": spec.jitter, "view_seed": spec.seed,
         "store_embeddings": cfg["cache"]["store_embeddings"],
         "eval_hash": dataset_hash(eval_ids["val"] + eval_ids["test"], np.zeros((0, 1))) if eval_ids else None,
@@ -157,7 +158,8 @@ def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None,
                          hint="pass --force to recompute (the old file stays until the new one is complete), "
                               "or --out another path")
     c = cfg["clip"]
-    clip = load_clip(c["arch"], c["pretrained"], config=c["config"], device=c["device"], precision=c["precision"])
+    clip = load_clip(c["arch"], c["pretrained"], config=c["config"], device=c["device"], precision=c["precision"],
+                     compile=c["compile"])
     feats, relation = text_features(clip, data.classnames, cfg)
     rank, world, _ = distributed.env()
     if shard is None and world > 1:
@@ -235,8 +237,9 @@ def _fill(writer: CacheWriter, clip: ClipModel, spec: ViewSpec, cfg: dict, paths
     batches = [list(range(s, min(s + bs, n))) for s in range(0, n, bs)]
     todo = [b for b in batches if pending.intersection(b)]
     workers = cfg["clip"]["workers"]
-    loader = torch.utils.data.DataLoader(ViewBatches(paths, todo, spec, row_offset), batch_size=None,
-                                         num_workers=workers,
+    on_device = cfg["views"]["resize_on"] == "device"
+    loader = torch.utils.data.DataLoader(ViewBatches(paths, todo, spec, row_offset, decode_only=on_device),
+                                         batch_size=None, num_workers=workers,
                                          pin_memory=clip.device.type == "cuda",
                                          prefetch_factor=2 if workers > 0 else None)
     text = feats.to(clip.device)
@@ -253,6 +256,8 @@ def _fill(writer: CacheWriter, clip: ClipModel, spec: ViewSpec, cfg: dict, paths
                                   "cache and ignored by stage two); finished rows are kept for the next run")
         for row, msg in errors:
             log.warning("skipping %s", msg)
+        if on_device:  # the worker only decoded: crop and resize where CLIP runs
+            slots, index = render_on_device(slots, rows, spec, clip.device, row_offset)
         emb = _encode(clip, slots, cfg["views"]["normalize"])  # [B, U, D]
         sims_u = (emb @ text.T).float().cpu()  # [B, U, C]
         sims = expand_views(sims_u, index).half()  # [R, B, V, C], rounded as stored

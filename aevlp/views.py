@@ -174,9 +174,10 @@ class ViewBatches(torch.utils.data.Dataset):
     """
 
     def __init__(self, paths: Sequence[str | Path], batches: Sequence[Sequence[int]], spec: ViewSpec,
-                 row_offset: int = 0):
+                 row_offset: int = 0, decode_only: bool = False):
         self.paths, self.batches, self.spec = list(paths), [list(b) for b in batches], spec
         self.row_offset = row_offset  # a shard's first global row: view seeds use global rows
+        self.decode_only = decode_only  # return decoded images; `render_on_device` crops them
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -184,6 +185,15 @@ class ViewBatches(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         rows = self.batches[i]
         s = self.spec
+        if self.decode_only:
+            images, errors = [], []
+            for row in rows:
+                try:
+                    images.append(decode(self.paths[row]))
+                except Exception as e:
+                    images.append(torch.zeros(3, 1, 1, dtype=torch.uint8))
+                    errors.append((row, f"{self.paths[row]}: {str(e).split('.cpp:')[-1].split(', ', 1)[-1]}"))
+            return torch.as_tensor(rows), images, None, errors
         out = torch.empty((len(rows), unique_slots(s), 3, s.size, s.size), dtype=torch.uint8)
         index = torch.zeros((len(rows), s.rounds, s.num_views), dtype=torch.long)
         errors = []
@@ -195,6 +205,19 @@ class ViewBatches(torch.utils.data.Dataset):
                 reason = str(e).split(".cpp:")[-1].split(", ", 1)[-1]  # drop torchvision's C++ location
                 errors.append((row, f"{self.paths[row]}: {reason}"))
         return torch.as_tensor(rows), out, index, errors
+
+
+def render_on_device(images: list[torch.Tensor], rows: torch.Tensor, spec: ViewSpec, device: torch.device,
+                     row_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Crops and resizes decoded images on `device` (the GPU path): slots [B,U,3,S,S], index [B,R,V].
+
+    Bad images arrive as 1x1 placeholders and stay zero, as in the worker path."""
+    out = torch.zeros((len(images), unique_slots(spec), 3, spec.size, spec.size), dtype=torch.uint8, device=device)
+    index = torch.zeros((len(images), spec.rounds, spec.num_views), dtype=torch.long)
+    for j, (img, row) in enumerate(zip(images, rows.tolist())):
+        if img.shape[-1] > 1:
+            index[j] = render_views(img.to(device, non_blocking=True), spec, row + row_offset, out[j])
+    return out, index
 
 
 class GlobalViews(torch.utils.data.Dataset):

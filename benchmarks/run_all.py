@@ -1,7 +1,11 @@
 """Run every benchmark and regenerate docs/performance.md from their measured figures.
 
-    python benchmarks/run_all.py            # about 25 minutes on 2 CPU cores
-    python benchmarks/run_all.py --quick    # ViT-B-32 only, fewer images
+Results are kept in benchmarks/results/*.json; `--only NAME` re-runs one benchmark and renders the
+page with the stored results of the others.
+
+    python benchmarks/run_all.py                # about 25 minutes on 2 CPU cores
+    python benchmarks/run_all.py --quick        # ViT-B-32 only, fewer images
+    python benchmarks/run_all.py --only cache   # stage_one | cache | stage_two
 """
 from __future__ import annotations
 
@@ -9,17 +13,25 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 DOC = HERE.parent / "docs" / "performance.md"
+RESULTS = HERE / "results"
 
 
 def run(script: str, *args: str) -> dict:
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        subprocess.run([sys.executable, str(HERE / script), *args, "--json", f.name], check=True)
-        return json.loads(Path(f.name).read_text())
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / script.replace(".py", ".json")
+    subprocess.run([sys.executable, str(HERE / script), *args, "--json", str(out)], check=True)
+    return json.loads(out.read_text())
+
+
+def stored(script: str) -> dict:
+    path = RESULTS / script.replace(".py", ".json")
+    if not path.exists():
+        raise SystemExit(f"no stored results {path}: run without --only first")
+    return json.loads(path.read_text())
 
 
 def render(s1: dict, s2: dict, ca: dict, notes: str) -> str:
@@ -78,14 +90,16 @@ Grid scaling (first architecture, default precision):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", choices=["stage_one", "cache", "stage_two"], default=None)
     ap.add_argument("--notes", default=str(HERE / "performance_notes.md"),
                     help="hand-written findings appended to the generated page")
     args = ap.parse_args()
     archs = "ViT-B-32" if args.quick else "ViT-B-32,ViT-B-16"
+    todo = {args.only} if args.only else {"stage_one", "cache", "stage_two"}
     s1 = run("stage_one.py", "--archs", archs, "--images", "8" if args.quick else "16", "--precisions",
-             "bf16,fp32", "--grids", "1,2,3,4,5")
-    ca = run("cache.py", "--images", "8" if args.quick else "16")
-    s2 = run("stage_two.py")
+             "bf16,fp32", "--grids", "1,2,3,4,5") if "stage_one" in todo else stored("stage_one.py")
+    ca = run("cache.py", "--images", "8" if args.quick else "16") if "cache" in todo else stored("cache.py")
+    s2 = run("stage_two.py") if "stage_two" in todo else stored("stage_two.py")
     notes = Path(args.notes).read_text() if Path(args.notes).exists() else ""
     DOC.write_text(render(s1, s2, ca, notes))
     print(f"wrote {DOC}")

@@ -236,3 +236,25 @@ def test_clip_ls_cli():
     r = CliRunner().invoke(cli, ["clip", "ls", "--arch", "ViT-B-32", "--json"])
     assert r.exit_code == 0
     assert "openai" in json.loads(r.output)["ViT-B-32"]
+
+
+def test_resize_on_device_matches_workers(tiny_clip, photo_voc, tmp_path):
+    """The GPU path's crop/resize (here on the CPU device) gives the worker path's numbers."""
+    a, b = tmp_path / "worker.h5", tmp_path / "device.h5"
+    run_pseudolabel(cfg_for(tiny_clip, photo_voc, a), progress=False)
+    run_pseudolabel(cfg_for(tiny_clip, photo_voc, b, **{"views.resize_on": "device"}), progress=False)
+    with Cache(a) as ca, Cache(b) as cb:
+        assert cb.fingerprint["resize_on"] == "device"
+        assert np.array_equal(ca.f["pseudo"][:], cb.f["pseudo"][:])
+        assert np.allclose(ca.f["sims"][:].astype(np.float32), cb.f["sims"][:].astype(np.float32), atol=2e-3)
+
+
+@pytest.mark.slow
+def test_compiled_encoder_matches_eager(tiny_clip):
+    from aevlp.clip import load_clip
+    eager = load_clip("tiny-clip", tiny_clip["pretrained"], config=tiny_clip["config"], device="cpu", precision="fp32")
+    compiled = load_clip("tiny-clip", tiny_clip["pretrained"], config=tiny_clip["config"], device="cpu",
+                         precision="fp32", compile=True)
+    x = torch.randn(6, 3, 32, 32)
+    assert compiled.encoder is not None
+    assert torch.allclose(eager.encode_images(x), compiled.encode_images(x), atol=1e-4)
