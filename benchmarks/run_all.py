@@ -5,7 +5,7 @@ page with the stored results of the others.
 
     python benchmarks/run_all.py                # about 25 minutes on 2 CPU cores
     python benchmarks/run_all.py --quick        # ViT-B-32 only, fewer images
-    python benchmarks/run_all.py --only cache   # stage_one | cache | stage_two
+    python benchmarks/run_all.py --only cache   # stage_one | cache | stage_two | render (re-run nothing)
 """
 from __future__ import annotations
 
@@ -90,7 +90,8 @@ Grid scaling (first architecture, default precision):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["stage_one", "cache", "stage_two"], default=None)
+    ap.add_argument("--only", choices=["stage_one", "cache", "stage_two", "render"], default=None,
+                    help="re-run one benchmark (render: none) and use the stored results of the others")
     ap.add_argument("--notes", default=str(HERE / "performance_notes.md"),
                     help="hand-written findings appended to the generated page")
     args = ap.parse_args()
