@@ -30,7 +30,7 @@ from aevlp.clip import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from aevlp.errors import ConfigError
 
 __all__ = ["ViewSpec", "tile_boxes", "view_boxes", "decode", "unique_slots", "render_views", "expand_views",
-           "ViewBatches", "GlobalViews", "normalize"]
+           "ViewBatches", "GlobalViews", "normalize", "bad_image", "render_on_device"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,11 @@ def _flips(spec: ViewSpec, row: int, rnd: int) -> list[bool]:
     if spec.jitter > 0:  # keep the jitter draws and the flip draws independent
         torch.rand(spec.num_views, 4, generator=g)
     return (torch.rand(spec.num_views, generator=g) < 0.5).tolist()
+
+
+def bad_image(path: str | Path, error: Exception) -> str:
+    """'path: reason' for an image that failed to decode, without torchvision's C++ source location."""
+    return f"{path}: {str(error).split('.cpp:')[-1].split(', ', 1)[-1]}"
 
 
 def decode(path: str | Path) -> torch.Tensor:
@@ -192,7 +197,7 @@ class ViewBatches(torch.utils.data.Dataset):
                     images.append(decode(self.paths[row]))
                 except Exception as e:
                     images.append(torch.zeros(3, 1, 1, dtype=torch.uint8))
-                    errors.append((row, f"{self.paths[row]}: {str(e).split('.cpp:')[-1].split(', ', 1)[-1]}"))
+                    errors.append((row, bad_image(self.paths[row], e)))
             return torch.as_tensor(rows), images, None, errors
         out = torch.empty((len(rows), unique_slots(s), 3, s.size, s.size), dtype=torch.uint8)
         index = torch.zeros((len(rows), s.rounds, s.num_views), dtype=torch.long)
@@ -202,8 +207,7 @@ class ViewBatches(torch.utils.data.Dataset):
                 index[j] = render_views(decode(self.paths[row]), s, row + self.row_offset, out[j])
             except Exception as e:  # corrupt, truncated, missing or too-small images
                 out[j].zero_()
-                reason = str(e).split(".cpp:")[-1].split(", ", 1)[-1]  # drop torchvision's C++ location
-                errors.append((row, f"{self.paths[row]}: {reason}"))
+                errors.append((row, bad_image(self.paths[row], e)))
         return torch.as_tensor(rows), out, index, errors
 
 
@@ -237,5 +241,5 @@ class GlobalViews(torch.utils.data.Dataset):
             try:
                 out[j, 0] = _resize(decode(self.paths[row]), self.spec)
             except Exception as e:
-                errors.append((row, f"{self.paths[row]}: {str(e).split('.cpp:')[-1].split(', ', 1)[-1]}"))
+                errors.append((row, bad_image(self.paths[row], e)))
         return torch.as_tensor(rows), out, errors

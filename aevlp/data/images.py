@@ -15,7 +15,7 @@ from torchvision.transforms import InterpolationMode
 
 from aevlp.clip import IMAGENET_MEAN, IMAGENET_STD
 from aevlp.errors import DataError
-from aevlp.views import decode
+from aevlp.views import bad_image, decode
 
 __all__ = ["ImageRows", "EmbeddingRows", "load_image"]
 
@@ -28,7 +28,7 @@ def load_image(path: str | Path, size: int) -> torch.Tensor:
     try:
         img = decode(path)
     except Exception as e:
-        raise DataError(f"cannot read image {path}: {str(e).split(', ')[-1]}") from e
+        raise DataError(f"cannot read image {bad_image(path, e)}") from e
     img = TF.resize(img, [size, size], interpolation=InterpolationMode.BILINEAR, antialias=True)
     return (img.float() / 255 - _MEAN) / _STD
 
