@@ -65,11 +65,11 @@ def pipeline_dirs() -> list[Path]:
 
 def find_pipeline(name_or_path: str) -> Path:
     path = Path(name_or_path)
-    if path.suffix == ".toml" or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"pipeline file {path} not found")
+    if path.is_file():
         return path
-    for d in pipeline_dirs():
+    if path.suffix == ".toml" or len(path.parts) > 1:  # a path, not a name: no search
+        raise ConfigError(f"pipeline file {path} not found")
+    for d in pipeline_dirs():  # a name; a folder of the same name (e.g. the demo's output) is no pipeline
         cand = d / f"{name_or_path}.toml"
         if cand.is_file():
             return cand

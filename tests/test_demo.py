@@ -22,11 +22,12 @@ pytestmark = pytest.mark.slow
 def demo(tmp_path_factory):
     if not DEBIAN_DIR.is_dir():
         pytest.skip(f"Fashion-MNIST not installed at {DEBIAN_DIR} (`make data` installs it)")
-    out = tmp_path_factory.mktemp("demo")
+    cwd = tmp_path_factory.mktemp("user")
     t = time.time()
-    r = subprocess.run([sys.executable, "-m", "aevlp", "demo", "--quick", "--out", str(out), "--no-progress"],
-                       capture_output=True, text=True)
-    return {"out": out, "proc": r, "seconds": time.time() - t}
+    # as `make demo` does: the default --out (./demo) in the user's working directory
+    r = subprocess.run([sys.executable, "-m", "aevlp", "demo", "--quick", "--no-progress"], capture_output=True,
+                       text=True, cwd=cwd)
+    return {"out": cwd / "demo", "proc": r, "seconds": time.time() - t, "cwd": cwd}
 
 
 def test_demo_runs_and_prints_the_table(demo):
@@ -51,8 +52,8 @@ def test_demo_results_follow_the_method(demo):
 
 def test_second_run_reuses_everything(demo):
     t = time.time()
-    r = subprocess.run([sys.executable, "-m", "aevlp", "demo", "--quick", "--out", str(demo["out"]), "--no-progress"],
-                       capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "aevlp", "demo", "--quick", "--no-progress"], capture_output=True,
+                       text=True, cwd=demo["cwd"])
     assert r.returncode == 0
     assert time.time() - t < 60
     assert r.stdout.count("skip") == 10 and "reused" in r.stdout

@@ -189,3 +189,14 @@ def test_cli_quality():
         assert r.exit_code == 0 and "Example" in r.output, cmd
     r = invoke("run", "nonexistent-pipeline")
     assert r.exit_code == 2 and "error: no pipeline named" in r.output and "Traceback" not in r.output
+
+
+def test_pipeline_name_is_not_shadowed_by_a_folder(tmp_path, monkeypatch):
+    """`make demo` creates ./demo/ (its output); `demo` must still name pipelines/demo.toml."""
+    from aevlp.config import find_pipeline
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "voc").mkdir()
+    assert find_pipeline("demo").name == "demo.toml" and find_pipeline("voc").name == "voc.toml"
+    with pytest.raises(ConfigError, match="not found"):
+        find_pipeline("missing/thing.toml")
