@@ -46,7 +46,7 @@ def bare_encoder(arch: str, precision: str, n_views: int) -> float:
 
 def pipeline(arch: str, precision: str, root: Path, out: Path, grid: int, n: int, workers: int) -> float:
     """Source images/s of run_pseudolabel (second run, so one-time start-up is excluded)."""
-    cfg = load_config(None, [f'dataset.name="voc"', f'dataset.data_root="{root}"', f'cache.path="{out}"',
+    cfg = load_config(None, ['dataset.name="voc"', f'dataset.data_root="{root}"', f'cache.path="{out}"',
                              f'clip.arch="{arch}"', 'clip.pretrained=""', f'clip.precision="{precision}"',
                              f"views.grid={grid}", "views.rounds=1", "clip.batch_size=16",
                              f"clip.workers={workers}", "dataset.val_frac=0.0"])

@@ -3,7 +3,6 @@ from click.testing import CliRunner
 from PIL import Image
 
 from aevlp.cli import cli
-from aevlp.cli import data as _data  # noqa: F401
 
 
 def test_help_and_version():

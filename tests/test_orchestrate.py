@@ -7,7 +7,6 @@ import pytest
 from click.testing import CliRunner
 
 from aevlp.cli import cli
-from aevlp.cli import orchestrate, stage_one, stage_two  # noqa: F401
 from aevlp.config import load_config
 from aevlp.errors import ConfigError
 from conftest import make_photo_dataset

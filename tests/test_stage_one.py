@@ -232,7 +232,6 @@ def test_clip_ls_cli():
     from click.testing import CliRunner
 
     from aevlp.cli import cli
-    from aevlp.cli import stage_one  # noqa: F401
     r = CliRunner().invoke(cli, ["clip", "ls", "--arch", "ViT-B-32", "--json"])
     assert r.exit_code == 0
     assert "openai" in json.loads(r.output)["ViT-B-32"]

@@ -7,7 +7,6 @@ import pytest
 from click.testing import CliRunner
 
 from aevlp.cli import cli
-from aevlp.cli import stage_one, stage_two  # noqa: F401
 from aevlp.config import load_config
 from aevlp.errors import AevlpError
 from aevlp.losses import LOSSES
@@ -27,7 +26,7 @@ def setup(tiny_clip, tmp_path_factory):
 
 
 def base_cfg(tiny_clip, root, cache, *extra):
-    return load_config("voc", [f'dataset.data_root="{root}"', f'cache.path="{cache}"', f'clip.arch="tiny-clip"',
+    return load_config("voc", [f'dataset.data_root="{root}"', f'cache.path="{cache}"', "clip.arch=\"tiny-clip\"",
                                f'clip.config="{tiny_clip["config"]}"', f'clip.pretrained="{tiny_clip["pretrained"]}"',
                                "clip.workers=0", "views.grid=2", "views.rounds=2", 'cache.store_embeddings="global"',
                                'clip.precision="fp32"', 'train.backbone="small-cnn"', "train.image_size=32",
@@ -140,7 +139,7 @@ def test_full_labels_and_global_source(setup, tmp_path):
     assert r["labels"] == "full" and r["test_map"] > 0
     g = train(setup, tmp_path, 'damp.source="global"', 'train.backbone="clip-head"', "damp.threshold=0.06",
               name="g")
-    d = train(setup, tmp_path, 'train.backbone="clip-head"', name="d")
+    train(setup, tmp_path, 'train.backbone="clip-head"', name="d")
     assert g["damp_source"] == "global" and history(tmp_path / "g")[0]["pseudo_f1"] != history(tmp_path / "d")[0]["pseudo_f1"]
 
 

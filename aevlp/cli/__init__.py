@@ -50,6 +50,8 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
 
 
 def main() -> None:
-    from aevlp.cli import data, demo, orchestrate, stage_one, stage_two  # noqa: F401  (register their commands)
-
     cli(prog_name="aevlp")
+
+
+# Each module adds its commands to `cli`; importing them here makes `aevlp.cli.cli` complete.
+from aevlp.cli import data, demo, orchestrate, stage_one, stage_two  # noqa: E402,F401
