@@ -10,7 +10,7 @@ import torch
 
 from aevlp.errors import ConfigError
 
-__all__ = ["aggregate", "select", "select_global"]
+__all__ = ["aggregate", "select", "select_global", "pseudo_labels"]
 
 
 def _softmax(sims: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -97,3 +97,20 @@ def select_global(global_sims: torch.Tensor, *, temperature: float = 0.01, thres
     n, c = s.shape
     m = _check_selection(c, 1, negative_ratio)
     return _negatives_and_observed((s > threshold).to(torch.int8), s, m, negatives, observed)
+
+
+def pseudo_labels(sims: torch.Tensor, observed: torch.Tensor, *, temperature: float, eta: float, top_k: int,
+                  threshold: float, negative_ratio: float, negatives: bool = True,
+                  source: str = "damp") -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(f, pseudo) for one round of per-view similarities [N, V, C] (view 0 = global).
+
+    The one place both stages turn cached similarities into labels: stage one for the readable
+    defaults it stores, stage two for every epoch. `source="global"` is the VLPL-style comparator
+    (no f then: None).
+    """
+    if source == "global":
+        return None, select_global(sims[:, 0], temperature=temperature, threshold=threshold,
+                                   negative_ratio=negative_ratio, negatives=negatives, observed=observed)
+    f, g = aggregate(sims[:, 0], sims[:, 1:], observed, temperature=temperature, eta=eta)
+    return f, select(f, g, top_k=top_k, threshold=threshold, negative_ratio=negative_ratio, negatives=negatives,
+                     observed=observed)

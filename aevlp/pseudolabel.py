@@ -13,18 +13,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from aevlp import distributed, shards
 from aevlp.cache import (SCHEMA_VERSION, CacheLock, CacheWriter, dataset_hash, fingerprint_diff, partial_path,
                          read_fingerprint)
 from aevlp.clip import ClipIdentity, ClipModel, file_sha256, identify_clip, load_clip
-from aevlp import distributed, shards
-from aevlp.damp import aggregate, select
+from aevlp.damp import pseudo_labels
 from aevlp.data import load_dataset
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.metrics import pseudo_label_quality
 from aevlp.relation import load_relation, refine_text_features, relation_from_text
+from aevlp.selection import selection_params
 from aevlp.views import GlobalViews, ViewBatches, ViewSpec, expand_views, normalize, render_on_device
 
-__all__ = ["run_pseudolabel", "plan_stage_one", "cache_path", "selection_params", "text_features",
+__all__ = ["run_pseudolabel", "plan_stage_one", "cache_path", "text_features",
            "stage_one_fingerprint"]
 
 log = logging.getLogger("aevlp")
@@ -33,12 +34,6 @@ MAX_VIEWS_PER_FORWARD = 256
 
 def cache_path(cfg: dict) -> Path:
     return Path(cfg["cache"]["path"] or f"cache/{cfg['dataset']['name']}.h5")
-
-
-def selection_params(cfg: dict) -> dict:
-    d = cfg["damp"]
-    return {"temperature": d["temperature"], "eta": d["eta"], "top_k": d["top_k"], "threshold": d["threshold"],
-            "negative_ratio": d["negative_ratio"], "negatives": d["mode"] == "paper"}
 
 
 def view_spec(cfg: dict, image_size: int) -> ViewSpec:
@@ -93,14 +88,6 @@ def _encode(clip: ClipModel, slots: torch.Tensor, stats: str) -> torch.Tensor:
     out = [clip.encode_images(normalize(flat[i:i + step].to(clip.device, non_blocking=True), stats, clip.dtype))
            for i in range(0, flat.shape[0], step)]
     return torch.cat(out).reshape(b, u, -1)
-
-
-def damp_from_sims(sims: torch.Tensor, observed: torch.Tensor, sel: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scores f and pseudo-labels for one round of [N, V, C] similarities (view 0 = global)."""
-    f, g = aggregate(sims[:, 0], sims[:, 1:], observed, temperature=sel["temperature"], eta=sel["eta"])
-    z = select(f, g, top_k=sel["top_k"], threshold=sel["threshold"], negative_ratio=sel["negative_ratio"],
-               negatives=sel["negatives"], observed=observed)
-    return f, z
 
 
 def plan_stage_one(cfg: dict, limit: int | None = None) -> dict:
@@ -195,7 +182,7 @@ def _compute(cfg: dict, plan: dict, clip: ClipModel, feats: torch.Tensor, relati
     start, stop = rows
     split = data.train
     ids, observed, labels = list(split.images[start:stop]), split.observed[start:stop], split.labels[start:stop]
-    sel = selection_params(cfg)
+    sel = selection_params(cfg["damp"])
     emb_mode = cfg["cache"]["store_embeddings"]
     t_start = time.time()
     with CacheLock(path):
@@ -262,7 +249,7 @@ def _fill(writer: CacheWriter, clip: ClipModel, spec: ViewSpec, cfg: dict, paths
         sims_u = (emb @ text.T).float().cpu()  # [B, U, C]
         sims = expand_views(sims_u, index).half()  # [R, B, V, C], rounded as stored
         r_obs = obs_t[rows]
-        scores, pseudo = zip(*(damp_from_sims(sims[r].float(), r_obs, sel) for r in range(spec.rounds)))
+        scores, pseudo = zip(*(pseudo_labels(sims[r].float(), r_obs, **sel) for r in range(spec.rounds)))
         scores, pseudo = torch.stack(scores), torch.stack(pseudo)
         bad = np.zeros(len(rows), dtype=bool)
         for row, _ in errors:

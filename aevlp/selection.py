@@ -9,9 +9,16 @@ import numpy as np
 import torch
 
 from aevlp.cache import Cache
-from aevlp.damp import aggregate, select, select_global
+from aevlp.damp import pseudo_labels
 
-__all__ = ["PseudoLabeler"]
+__all__ = ["PseudoLabeler", "selection_params"]
+
+
+def selection_params(damp: dict) -> dict:
+    """A pipeline's [damp] table as the keyword arguments of `aevlp.damp.pseudo_labels` (DAMP scores)."""
+    return {"temperature": damp["temperature"], "eta": damp["eta"], "top_k": damp["top_k"],
+            "threshold": damp["threshold"], "negative_ratio": damp["negative_ratio"],
+            "negatives": damp["mode"] == "paper"}
 
 
 class PseudoLabeler:
@@ -32,13 +39,5 @@ class PseudoLabeler:
         return self._memo[r]
 
     def compute(self, sims: torch.Tensor) -> np.ndarray:
-        d = self.damp
-        negatives = d["mode"] == "paper"
-        if d["source"] == "global":  # VLPL-style: global view only
-            z = select_global(sims[:, 0], temperature=d["temperature"], threshold=d["threshold"],
-                              negative_ratio=d["negative_ratio"], negatives=negatives, observed=self.observed)
-        else:
-            f, g = aggregate(sims[:, 0], sims[:, 1:], self.observed, temperature=d["temperature"], eta=d["eta"])
-            z = select(f, g, top_k=d["top_k"], threshold=d["threshold"], negative_ratio=d["negative_ratio"],
-                       negatives=negatives, observed=self.observed)
+        _, z = pseudo_labels(sims, self.observed, **selection_params(self.damp), source=self.damp["source"])
         return z.numpy()
