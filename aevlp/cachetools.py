@@ -10,6 +10,7 @@ import pandas as pd
 
 from aevlp.cache import Cache, dataset_hash, lock_path, partial_path, read_fingerprint
 from aevlp.errors import AevlpError
+from aevlp.metrics import pseudo_label_quality_per_class
 
 __all__ = ["list_caches", "inspect_cache", "verify_cache", "clean_candidates"]
 
@@ -38,19 +39,17 @@ def inspect_cache(path: str | Path) -> tuple[dict, pd.DataFrame]:
     """(facts, per-class table): pseudo-label counts per round-average and, with ground truth, P/R."""
     with Cache(path) as c:
         shapes = {k: list(c.f[k].shape) for k in c.f}
-        pseudo = c.f["pseudo"][:]
         keep = ~c.f["bad"][:]
-        obs = c.array("observed") == 1
+        pseudo = c.f["pseudo"][:, keep]  # [R, N, C], readable rows only
+        obs = c.array("observed")[keep]
         table = pd.DataFrame({"class": c.classnames()})
-        pos = (pseudo == 1) & ~obs & keep[None, :, None]
-        table["pseudo_pos"] = pos.sum(axis=(0, 1)) / c.rounds
-        table["pseudo_neg"] = ((pseudo == -1) & keep[None, :, None]).sum(axis=(0, 1)) / c.rounds
-        table["observed"] = obs[keep].sum(0)
-        if "labels" in c.f:
-            truth = (c.array("labels") == 1) & ~obs & keep[:, None]
-            tp = (pos & truth[None]).sum(axis=(0, 1)) / c.rounds
-            table["precision"] = np.where(table["pseudo_pos"] > 0, 100 * tp / np.maximum(table["pseudo_pos"], 1e-9), np.nan)
-            table["recall"] = np.where(truth.sum(0) > 0, 100 * tp / np.maximum(truth.sum(0), 1), np.nan)
+        table["pseudo_pos"] = ((pseudo == 1) & (obs != 1)).sum(axis=(0, 1)) / c.rounds
+        table["pseudo_neg"] = (pseudo == -1).sum(axis=(0, 1)) / c.rounds
+        table["observed"] = (obs == 1).sum(0)
+        if "labels" in c.f:  # rounds pooled: counts summed over R rounds, so the ratios are round-averaged
+            q = pseudo_label_quality_per_class(pseudo.reshape(-1, pseudo.shape[-1]), np.tile(obs, (c.rounds, 1)),
+                                               np.tile(c.array("labels")[keep], (c.rounds, 1)), c.classnames())
+            table["precision"], table["recall"] = q["precision"], q["recall"]
         facts = {"file": str(c.path), "fingerprint": c.fingerprint, "selection": c.selection, "shapes": shapes,
                  "summary": json.loads(c.f.attrs.get("summary", "{}")),
                  "versions": json.loads(c.f.attrs.get("versions", "{}")), "created": c.f.attrs.get("created", "")}
