@@ -129,14 +129,15 @@ def plan_stage_one(cfg: dict, limit: int | None = None) -> dict:
 
 
 def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None, progress: bool = True,
-                    shard: tuple[int, int] | None = None) -> dict:
+                    shard: tuple[int, int] | None = None, plan: dict | None = None) -> dict:
     """Compute (or reuse, or resume) the cache the config asks for; returns a summary dict.
 
     A matching complete cache is reused without loading CLIP at all. Under torchrun each rank
     computes one shard and rank 0 merges them; `shard=(k, w)` computes shard k alone and merges
-    when all W shards are complete (how a failed rank is re-run).
+    when all W shards are complete (how a failed rank is re-run). `plan`: a `plan_stage_one` result
+    for this very cfg and limit, when the caller already made one.
     """
-    plan = plan_stage_one(cfg, limit)
+    plan = plan or plan_stage_one(cfg, limit)
     data, n, spec, fp, eval_ids, target = (plan[k] for k in ("data", "n", "spec", "fingerprint", "eval_ids", "target"))
     if plan["status"] == "up-to-date" and not force:
         return {"cache": str(target), "status": "reused", "images": n}

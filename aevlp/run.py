@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aevlp.cache import read_fingerprint
 from aevlp.config import dump_config
 from aevlp.pseudolabel import cache_path, plan_stage_one, run_pseudolabel
 from aevlp.train import run_train
@@ -65,6 +64,12 @@ def _config_diff(path: Path, cfg: dict) -> list[str]:
 
 def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit: int | None = None) -> list[StagePlan]:
     """The decision and its reason for each stage. Fills in cfg's cache path, as the run will record it."""
+    return _plan(cfg, name, force_stage, limit)[0]
+
+
+def _plan(cfg: dict, name: str, force_stage: str | None, limit: int | None) -> tuple[list[StagePlan], dict]:
+    """The stage plans and stage one's own plan, which the run hands on instead of recomputing
+    (loading the dataset and hashing the weights file again)."""
     cfg["cache"]["path"] = str(cache_path(cfg))
     p1 = plan_stage_one(cfg, limit)
     status, target = p1["status"], p1["target"]
@@ -79,22 +84,22 @@ def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit
     else:
         one = StagePlan("pseudolabel", True, f"no cache at {target}")
     two = _stage_two(cfg, run_dir_for(cfg, name), p1["fingerprint"], one.run, force_stage == "train")
-    return [one, two]
+    return [one, two], p1
 
 
 def run_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit: int | None = None,
                  progress: bool = True, echo=print) -> dict:
     """Run the stale stages; returns the training results (read back if stage two was up to date)."""
-    one, two = plan_pipeline(cfg, name, force_stage=force_stage, limit=limit)
+    (one, two), p1 = _plan(cfg, name, force_stage, limit)
     for plan in (one, two):
         echo(f"{plan.stage}: {'run' if plan.run else 'skip'} - {plan.reason}")
     if one.run:
-        run_pseudolabel(cfg, force=True, limit=limit, progress=progress)
+        run_pseudolabel(cfg, force=True, limit=limit, progress=progress, plan=p1)
     run_dir = run_dir_for(cfg, name)
     if not two.run:
         return json.loads((run_dir / "results.json").read_text())
-    fp, _ = read_fingerprint(Path(cfg["cache"]["path"]))
     results = run_train(cfg, pseudo=cfg["cache"]["path"], run_dir=run_dir, limit=limit, progress=progress)
-    results["cache_fingerprint"] = fingerprint_id(fp)
+    # the cache now carries exactly the planned fingerprint (computed or found up to date)
+    results["cache_fingerprint"] = fingerprint_id(p1["fingerprint"])
     (run_dir / "results.json").write_text(json.dumps(results, indent=1))
     return results

@@ -199,3 +199,27 @@ def test_pipeline_name_is_not_shadowed_by_a_folder(tmp_path, monkeypatch):
     assert find_pipeline("demo").name == "demo.toml" and find_pipeline("voc").name == "voc.toml"
     with pytest.raises(ConfigError, match="not found"):
         find_pipeline("missing/thing.toml")
+
+
+def test_run_plans_stage_one_once(world, tmp_path, monkeypatch):
+    """Planning loads the dataset and hashes the weights: `aevlp run` does it once and hands it on."""
+    import aevlp.pseudolabel as pl
+    import aevlp.run as run_mod
+    calls = []
+    orig = pl.plan_stage_one
+
+    def counting(*a, **k):
+        calls.append(1)
+        return orig(*a, **k)
+    monkeypatch.setattr(pl, "plan_stage_one", counting)
+    monkeypatch.setattr(run_mod, "plan_stage_one", counting)
+    r = invoke("run", world["pipe"], "--no-progress", "--set", "views.rounds=3",
+               "--set", f'cache.path="{tmp_path / "r3.h5"}"', "--set", f'train.out="{tmp_path / "runs"}"')
+    assert r.exit_code == 0, r.output
+    assert "pseudolabel: run" in r.output and "train: run" in r.output
+    assert len(calls) == 1
+    # and the recorded cache identity is the file's
+    from aevlp.cache import read_fingerprint
+    from aevlp.run import fingerprint_id
+    res = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())
+    assert res["cache_fingerprint"] == fingerprint_id(read_fingerprint(tmp_path / "r3.h5")[0])
