@@ -168,10 +168,10 @@ def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None,
             shards.merge_shards(target, fp, w, rows, _merged_summary)
         distributed.barrier()
         return {"cache": str(target), "status": "computed", "shard": f"{k}/{w}", "images": n}
-    if all(shards.shard_complete(target, fp, i, w, rows[i]) for i in range(w)):
+    left = [i for i in range(w) if not shards.shard_complete(target, fp, i, w, rows[i])]
+    if not left:
         shards.merge_shards(target, fp, w, rows, _merged_summary)
         return {"cache": str(target), "status": "merged", "shard": f"{k}/{w}", "images": n}
-    left = [i for i in range(w) if not shards.shard_complete(target, fp, i, w, rows[i])]
     return {"cache": str(shards.shard_path(target, k, w)), "status": "shard done", "shard": f"{k}/{w}",
             "images": rows[k][1] - rows[k][0], "shards_left": left}
 
