@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo test clean
+.PHONY: setup data demo lint test clean
 
 $(BIN)/aevlp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,7 +23,11 @@ data:
 demo: setup data
 	$(BIN)/aevlp demo
 
-test: setup data
+# Style first (ruff, configured in pyproject.toml), then the whole suite; CI runs exactly this.
+lint: setup
+	$(BIN)/ruff check aevlp tests benchmarks
+
+test: setup data lint
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -16,8 +16,9 @@ import hashlib
 import json
 import os
 import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import h5py
 import numpy as np
@@ -25,11 +26,19 @@ import numpy as np
 from aevlp import __version__
 from aevlp.errors import AevlpError
 
-__all__ = ["SCHEMA_VERSION", "dataset_hash", "fingerprint_diff", "CacheLock", "CacheWriter", "Cache",
-           "partial_path", "lock_path", "read_fingerprint"]
+__all__ = ["SCHEMA_VERSION", "EMBEDDING_MODES", "ROW_DATASETS", "default_path", "dataset_hash", "fingerprint_diff",
+           "fingerprint_id", "CacheLock", "CacheLayout", "CacheWriter", "Cache", "partial_path", "lock_path",
+           "read_fingerprint"]
 
 SCHEMA_VERSION = 1
 STR = h5py.string_dtype("utf-8")
+EMBEDDING_MODES = ("none", "global", "all")  # cache.store_embeddings: which image embeddings are kept
+ROW_DATASETS = ("sims", "scores", "pseudo", "embeddings")  # [R, N, ...]: one slice per training row
+
+
+def default_path(dataset: str) -> Path:
+    """Where a dataset's cache goes when `cache.path` is empty: cache/DATASET.h5."""
+    return Path("cache") / f"{dataset}.h5"
 
 
 def partial_path(target: Path) -> Path:
@@ -48,6 +57,11 @@ def dataset_hash(image_ids: Iterable[str], observed: np.ndarray) -> str:
         h.update(b"\0")
     h.update(np.ascontiguousarray(observed, dtype=np.int8).tobytes())
     return h.hexdigest()[:16]
+
+
+def fingerprint_id(fp: dict) -> str:
+    """A short hash of a fingerprint: what a training run records about the cache it read."""
+    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def fingerprint_diff(old: dict, new: dict) -> list[str]:
@@ -76,7 +90,7 @@ class CacheLock:
         self.path = lock_path(target)
         self.held = False
 
-    def __enter__(self) -> "CacheLock":
+    def __enter__(self) -> CacheLock:
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
@@ -91,7 +105,8 @@ class CacheLock:
                     self.path.unlink(missing_ok=True)  # stale: its writer is gone
                     continue
                 raise AevlpError(f"{self.path.with_suffix('')} is being written by pid {other.get('pid')} on "
-                                 f"{other.get('host')}", hint=f"wait for it; if that run is gone, delete {self.path}")
+                                 f"{other.get('host')}",
+                                 hint=f"wait for it; if that run is gone, delete {self.path}") from None
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             self.held = True
@@ -133,17 +148,49 @@ def _versions() -> dict:
             "open_clip": open_clip.__version__, "h5py": h5py.__version__, "numpy": np.__version__}
 
 
+@dataclass(frozen=True)
+class CacheLayout:
+    """The shapes a cache file is created with (docs/cache.md): rounds R, views V, classes C, embeddings."""
+
+    rounds: int
+    num_views: int
+    embeddings: str = "none"  # one of EMBEDDING_MODES
+    embed_dim: int = 0
+
+    def __post_init__(self):
+        if self.embeddings not in EMBEDDING_MODES:
+            raise AevlpError(f"cache.store_embeddings must be one of {', '.join(EMBEDDING_MODES)}, "
+                             f"got {self.embeddings!r}")
+
+    def row_shapes(self, n: int, c: int) -> dict[str, tuple[tuple, type]]:
+        """name -> (shape, dtype) of the per-row datasets for N rows and C classes."""
+        r, v, d = self.rounds, self.num_views, self.embed_dim
+        shapes = {"sims": ((r, n, v, c), np.float16), "scores": ((r, n, c), np.float16),
+                  "pseudo": ((r, n, c), np.int8)}
+        if self.embeddings == "global":
+            shapes["embeddings"] = ((r, n, d), np.float16)
+        elif self.embeddings == "all":
+            shapes["embeddings"] = ((r, n, v, d), np.float16)
+        return shapes
+
+    @classmethod
+    def of_file(cls, f: h5py.File) -> CacheLayout:
+        """The layout of an existing cache file (its embedding mode from the fingerprint)."""
+        r, _, v, _ = f["sims"].shape
+        mode = json.loads(f.attrs["fingerprint"]).get("store_embeddings", "none")
+        dim = int(f["text_features"].shape[-1]) if mode != "none" else 0
+        return cls(rounds=r, num_views=v, embeddings=mode, embed_dim=dim)
+
+
 class CacheWriter:
     """Creates or resumes `<target>.partial`; `finish()` renames it onto the target atomically."""
 
-    def __init__(self, target: Path, fingerprint: dict, *, rounds: int, num_views: int, image_ids: list[str],
+    def __init__(self, target: Path, fingerprint: dict, layout: CacheLayout, *, image_ids: list[str],
                  classnames: list[str], observed: np.ndarray, labels: np.ndarray | None,
                  text_features: np.ndarray, relation: np.ndarray | None, selection: dict,
-                 embeddings: str = "none", embed_dim: int = 0, eval_ids: dict[str, list[str]] | None = None,
-                 info: dict | None = None):
+                 eval_ids: dict[str, list[str]] | None = None, info: dict | None = None):
         self.target, self.tmp = Path(target), partial_path(Path(target))
         self.fingerprint = fingerprint
-        n, c = observed.shape
         self.resumed = False
         if self.tmp.exists():
             try:
@@ -158,15 +205,11 @@ class CacheWriter:
         self.target.parent.mkdir(parents=True, exist_ok=True)
         f = h5py.File(self.tmp, "w")
         try:
-            _early(f, "sims", (rounds, n, num_views, c), np.float16)
-            _early(f, "scores", (rounds, n, c), np.float16)
-            _early(f, "pseudo", (rounds, n, c), np.int8)
-            if embeddings == "global":
-                _early(f, "embeddings", (rounds, n, embed_dim), np.float16)
-            elif embeddings == "all":
-                _early(f, "embeddings", (rounds, n, num_views, embed_dim), np.float16)
+            n, c = observed.shape
+            for name, (shape, dtype) in layout.row_shapes(n, c).items():
+                _early(f, name, shape, dtype)
             for split, ids in (eval_ids or {}).items():  # global-view embeddings of val/test images
-                _early(f, f"{split}_embeddings", (len(ids), embed_dim), np.float16)
+                _early(f, f"{split}_embeddings", (len(ids), layout.embed_dim), np.float16)
                 f.create_dataset(f"{split}_image_ids", data=np.asarray(ids, dtype=object), dtype=STR)
             _early(f, "done", (n,), np.bool_)
             _early(f, "bad", (n,), np.bool_)
@@ -191,6 +234,20 @@ class CacheWriter:
             self.tmp.unlink(missing_ok=True)
             raise
         self.f = f
+
+    @classmethod
+    def like(cls, source: h5py.File, target: Path, fingerprint: dict, *, image_ids: list[str],
+             observed: np.ndarray, labels: np.ndarray | None) -> CacheWriter:
+        """A writer for `target` with `source`'s layout, text side, selection and eval splits, for the
+        rows given (how shards are merged into one cache)."""
+        eval_ids = {sp: list(source[f"{sp}_image_ids"].asstr()[:]) for sp in ("val", "test")
+                    if f"{sp}_image_ids" in source}
+        return cls(target, fingerprint, CacheLayout.of_file(source), image_ids=image_ids,
+                   classnames=list(source["classnames"].asstr()[:]), observed=observed, labels=labels,
+                   text_features=source["text_features"][:],
+                   relation=source["relation"][:] if "relation" in source else None,
+                   selection=json.loads(source.attrs["selection"]), eval_ids=eval_ids or None,
+                   info=json.loads(source.attrs.get("info", "{}")))
 
     def pending(self) -> np.ndarray:
         return np.flatnonzero(~self.f["done"][:])
@@ -276,10 +333,48 @@ class Cache:
         """[N, V, C] float16 similarities of one augmentation round (view 0 = global)."""
         return self.f["sims"][rnd % self.rounds]
 
+    @property
+    def embedding_mode(self) -> str:
+        """Which image embeddings the file keeps: none, global or all (cache.store_embeddings)."""
+        return self.fingerprint.get("store_embeddings", "none")
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.f["embeddings"].shape[-1]) if "embeddings" in self.f else 0
+
+    def has_eval_embeddings(self) -> bool:
+        return self.embedding_mode != "none" and "embeddings" in self.f and "test_embeddings" in self.f
+
+    def global_embeddings(self, rows: np.ndarray | slice = slice(None)) -> np.ndarray:
+        """[R, N, D] float16 global-view embeddings of the training rows (view 0 when all views are kept)."""
+        emb = self.f["embeddings"]
+        return emb[:, rows, 0] if self.embedding_mode == "all" else emb[:, rows]
+
+    def eval_embeddings(self, split: str) -> np.ndarray:
+        """[N, D] float16 unflipped global-view embeddings of the val or test images."""
+        return self.f[f"{split}_embeddings"][:]
+
+    def check_matches(self, ids: list[str], observed: np.ndarray, classnames: list[str]) -> None:
+        """Refuse a cache made for other images, labels or classes, saying which and how to fix it."""
+        fix = "re-run stage one for this dataset (aevlp pseudolabel), or pass the matching --pseudo file"
+        if self.classnames() != list(classnames):
+            raise AevlpError(f"{self.path}: its {len(self.classnames())} classes differ from the dataset's "
+                             f"{len(classnames)}", hint=fix)
+        cids = self.image_ids()
+        if cids != list(ids):
+            if len(cids) < len(ids) and cids == list(ids[:len(cids)]):
+                raise AevlpError(f"{self.path} covers only the first {len(cids)} of {len(ids)} training images",
+                                 hint=f"it was made with --limit {len(cids)}: pass --limit {len(cids)} here too")
+            first = next((i for i, (a, b) in enumerate(zip(cids, ids)) if a != b), min(len(cids), len(ids)))
+            raise AevlpError(f"{self.path}: image ids differ from the dataset's train split "
+                             f"({len(cids)} vs {len(ids)} rows; first difference at row {first})", hint=fix)
+        if not np.array_equal(self.array("observed"), observed.astype(np.int8)):
+            raise AevlpError(f"{self.path}: observed labels differ from the dataset's", hint=fix)
+
     def close(self) -> None:
         self.f.close()
 
-    def __enter__(self) -> "Cache":
+    def __enter__(self) -> Cache:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -7,53 +7,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
+from aevlp.device import DTYPES, resolve_device, resolve_precision
 from aevlp.errors import AevlpError, ConfigError
 
-__all__ = ["ClipModel", "ClipIdentity", "identify_clip", "load_clip", "resolve_device", "resolve_precision", "prompt_name", "file_sha256",
-           "cpu_supports_bf16", "CLIP_MEAN", "CLIP_STD", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["ClipModel", "ClipIdentity", "identify_clip", "load_clip", "prompt_name", "file_sha256"]
 
 log = logging.getLogger("aevlp")
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-@lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """bf16 *weights* are 3-5x faster than fp32 on CPUs with AMX/AVX512-BF16, slower elsewhere."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available here", hint="use --device cpu or auto")
-    return torch.device(device)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        if precision not in DTYPES:
-            raise ConfigError(f"unknown precision '{precision}'", hint="choose auto, fp32, bf16 or fp16")
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if cpu_supports_bf16() else "fp32"
 
 
 def prompt_name(classname: str) -> str:
@@ -198,7 +164,8 @@ def load_clip(arch: str, pretrained: str = "", *, config: str = "", device: str 
                               "--pretrained PATH/TO/weights.safetensors (open_clip_pytorch_model.bin works too)") from e
     model = model.to(DTYPES[prec]).eval().requires_grad_(False)
     encoder = torch.compile(model.encode_image) if compile else None
-    return ClipModel(encoder=encoder, model=model, tokenizer=open_clip.get_tokenizer(arch), arch=arch, pretrained=pretrained,
+    return ClipModel(encoder=encoder, model=model, tokenizer=open_clip.get_tokenizer(arch), arch=arch,
+                     pretrained=pretrained,
                      weights_id=ident.weights_id, config_id=ident.config_id, device=dev, precision=prec,
                      image_size=ident.image_size, embed_dim=int(model.text_projection.shape[-1])
                      if hasattr(model, "text_projection") and model.text_projection is not None

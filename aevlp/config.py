@@ -9,11 +9,13 @@ import copy
 import difflib
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import tomli_w
 
+from aevlp.data.observe import COLE_SEED
 from aevlp.errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -24,7 +26,7 @@ else:  # pragma: no cover
 __all__ = ["DEFAULTS", "load_config", "find_pipeline", "apply_overrides", "dump_config", "pipeline_dirs"]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "dataset": {"name": "", "data_root": "", "image_root": "", "val_frac": 0.2, "split_seed": 1200},
+    "dataset": {"name": "", "data_root": "", "image_root": "", "val_frac": 0.2, "split_seed": COLE_SEED},
     "clip": {"arch": "ViT-B-16", "pretrained": "openai", "config": "", "device": "auto", "precision": "auto",
              "batch_size": 16, "workers": 1, "compile": False},
     "text": {"prompts": ["a photo of a {}."], "gcn": True, "gcn_seed": 0, "sparse_topk": 20, "reweight_p": 0.2,

@@ -1,4 +1,4 @@
-"""Using a trained model: evaluate it on a split, or predict labels for image files."""
+"""Using a trained model: scores on a loader, evaluation on a split, labels for image files."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,13 +8,25 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from aevlp.checkpoint import load_checkpoint
 from aevlp.data import load_dataset
-from aevlp.data.images import ImageRows
 from aevlp.errors import AevlpError
+from aevlp.inputs import ImageRows
 from aevlp.metrics import mean_average_precision, per_class_ap
-from aevlp.train import load_checkpoint, predict_scores
 
-__all__ = ["evaluate_checkpoint", "predict_images"]
+__all__ = ["predict_scores", "evaluate_checkpoint", "predict_images"]
+
+
+@torch.no_grad()
+def predict_scores(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
+    """Sigmoid probabilities [N, C] for every item of the loader, in row order."""
+    model.eval()
+    out = np.zeros((len(loader.dataset), model.head.out_features), dtype=np.float32)
+    for x, rows in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(x.to(device, non_blocking=True))
+        out[rows.numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
+    return out
 
 
 def _checkpoint(path: str | Path):

@@ -7,17 +7,18 @@ and powers of p are computed from log-sigmoids so gradients stay finite for logi
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from aevlp.errors import ConfigError
+from aevlp.registry import Registry
 
 __all__ = ["LOG_EPS", "soft_pseudo_label", "reweight", "gce_positive", "gce_negative", "gr_loss", "gpr_loss",
            "expected_positive_regularizer", "bce_full_loss", "an_loss", "an_pl_loss", "em_loss", "em_pl_loss",
-           "epr_loss", "LOSSES", "build_loss"]
+           "epr_loss", "LossSpec", "LOSSES", "register_loss", "build_loss"]
 
 LOG_EPS = 1e-7  # GR/AEVLP's epsilon inside -log(p + eps); Cole's and VLPL's losses use 1e-5
 
@@ -172,16 +173,22 @@ class LossSpec:
     source: str = ""
 
 
-LOSSES: dict[str, LossSpec] = {
-    "gpr": LossSpec(gpr_loss, uses_pseudo=True, uses_schedule=True, source="AEVLP (Tran et al., ICCV 2025)"),
-    "gr": LossSpec(gr_loss, uses_schedule=True, source="GR Loss (Chen et al., IJCAI 2024)"),
-    "an": LossSpec(an_loss, source="Assume Negative (Cole et al., CVPR 2021)"),
-    "an-pl": LossSpec(an_pl_loss, uses_pseudo=True, source="AN with pseudo-labels (AEVLP code's AN_PL_loss)"),
-    "em": LossSpec(em_loss, source="Entropy maximisation (Zhou et al., ECCV 2022)"),
-    "em-pl": LossSpec(em_pl_loss, uses_pseudo=True, source="VLPL's EM_PL (Xing et al., CVPRW 2024)"),
-    "epr": LossSpec(epr_loss, source="Expected Positive Regularization (Cole et al., CVPR 2021)"),
-    "bce-full": LossSpec(bce_full_loss, uses_full_labels=True, source="full-label BCE (upper bound)"),
-}
+LOSSES: Registry[LossSpec] = Registry("loss")
+
+
+def register_loss(name: str, spec: LossSpec) -> LossSpec:
+    """Make a loss available by name (`--loss NAME`, pipelines, `build_loss`); a taken name is refused."""
+    return LOSSES.register(name, spec)
+
+
+register_loss("gpr", LossSpec(gpr_loss, uses_pseudo=True, uses_schedule=True, source="AEVLP (Tran et al., ICCV 2025)"))
+register_loss("gr", LossSpec(gr_loss, uses_schedule=True, source="GR Loss (Chen et al., IJCAI 2024)"))
+register_loss("an", LossSpec(an_loss, source="Assume Negative (Cole et al., CVPR 2021)"))
+register_loss("an-pl", LossSpec(an_pl_loss, uses_pseudo=True, source="AN with pseudo-labels (AEVLP code's AN_PL_loss)"))
+register_loss("em", LossSpec(em_loss, source="Entropy maximisation (Zhou et al., ECCV 2022)"))
+register_loss("em-pl", LossSpec(em_pl_loss, uses_pseudo=True, source="VLPL's EM_PL (Xing et al., CVPRW 2024)"))
+register_loss("epr", LossSpec(epr_loss, source="Expected Positive Regularization (Cole et al., CVPR 2021)"))
+register_loss("bce-full", LossSpec(bce_full_loss, uses_full_labels=True, source="full-label BCE (upper bound)"))
 
 
 def build_loss(name: str, params: dict) -> Callable[..., torch.Tensor]:
@@ -191,9 +198,7 @@ def build_loss(name: str, params: dict) -> Callable[..., torch.Tensor]:
     training loop calls every loss the same way. Keys of `params` the loss does not take are
     ignored: one pipeline [loss] table serves several losses.
     """
-    if name not in LOSSES:
-        raise ConfigError(f"unknown loss '{name}'", hint=f"choose one of: {', '.join(LOSSES)}")
-    spec = LOSSES[name]
+    spec = LOSSES.get(name)
     sig = inspect.signature(spec.fn)
     kw = [n for n, prm in sig.parameters.items() if prm.kind is prm.KEYWORD_ONLY]
     sched_keys = {"w", "b", "mu", "sigma"} if spec.uses_schedule else set()

@@ -5,7 +5,7 @@ a class without positives scores 0 and still counts in the mean (METHOD.md §1.4
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

@@ -7,17 +7,33 @@ can give it lr × lr_mult, as the official code does.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from aevlp.errors import AevlpError, ConfigError
+from aevlp.errors import AevlpError
+from aevlp.registry import Registry
 
-__all__ = ["Classifier", "build_model", "BACKBONES", "INPUTS"]
+__all__ = ["Classifier", "Backbone", "BACKBONES", "register_backbone", "build_model"]
 
-BACKBONES = ("resnet50", "resnet101", "clip-head", "small-cnn")
-INPUTS = {"resnet50": "image", "resnet101": "image", "small-cnn": "image", "clip-head": "embedding"}
+
+@dataclass(frozen=True)
+class Backbone:
+    """How a backbone is built: `build(weights, embed_dim) -> (module, feature_dim)`; what it reads."""
+
+    build: Callable[[str, int], tuple[nn.Module, int]]
+    input: str  # "image" (image files) or "embedding" (stage one's cached CLIP embeddings)
+    description: str = ""
+
+
+BACKBONES: Registry[Backbone] = Registry("backbone")
+
+
+def register_backbone(name: str, backbone: Backbone) -> Backbone:
+    return BACKBONES.register(name, backbone)
 
 
 class Classifier(nn.Module):
@@ -45,12 +61,14 @@ def _resnet(name: str, weights: str) -> tuple[nn.Module, int]:
 
     ctor = getattr(torchvision.models, name)
     if weights == "imagenet":
-        enum = {"resnet50": torchvision.models.ResNet50_Weights, "resnet101": torchvision.models.ResNet101_Weights}[name]
+        enum = {"resnet50": torchvision.models.ResNet50_Weights,
+                "resnet101": torchvision.models.ResNet101_Weights}[name]
         try:
             net = ctor(weights=enum.IMAGENET1K_V1)  # the papers' torchvision `pretrained=True`
         except Exception as e:  # offline download failures take many forms
             raise AevlpError(f"could not download ImageNet weights for {name} ({type(e).__name__}: {e})",
-                             hint=f"offline? pass --weights PATH/TO/{name}.pth (torchvision's file), or --weights none") from e
+                             hint=f"offline? pass --weights PATH/TO/{name}.pth (torchvision's file), "
+                                  "or --weights none") from e
     else:
         net = ctor(weights=None)
         if weights not in ("none", ""):
@@ -71,16 +89,22 @@ def _load_file(net: nn.Module, path: str) -> None:
                          f"(missing {len(missing)}, unexpected {len(unexpected)} keys)")
 
 
+def _clip_head(weights: str, embed_dim: int) -> tuple[nn.Module, int]:
+    if embed_dim < 1:
+        raise AevlpError("the clip-head backbone needs stored CLIP embeddings",
+                         hint="run stage one with --store-embeddings global")
+    return nn.Identity(), embed_dim
+
+
+register_backbone("resnet50", Backbone(lambda w, d: _resnet("resnet50", w), "image",
+                                       "ResNet-50 (the papers' backbone; ImageNet weights, 448 px)"))
+register_backbone("resnet101", Backbone(lambda w, d: _resnet("resnet101", w), "image", "ResNet-101"))
+register_backbone("clip-head", Backbone(_clip_head, "embedding",
+                                        "a linear head on cached CLIP embeddings (a linear probe; seconds on a CPU)"))
+register_backbone("small-cnn", Backbone(lambda w, d: _small_cnn(), "image",
+                                        "six conv layers for tiny images (the demo)"))
+
+
 def build_model(backbone: str, num_classes: int, *, weights: str = "none", embed_dim: int = 0) -> Classifier:
-    if backbone in ("resnet50", "resnet101"):
-        net, dim = _resnet(backbone, weights)
-    elif backbone == "small-cnn":
-        net, dim = _small_cnn()
-    elif backbone == "clip-head":
-        if embed_dim < 1:
-            raise AevlpError("the clip-head backbone needs stored CLIP embeddings",
-                             hint="run stage one with --store-embeddings global")
-        net, dim = nn.Identity(), embed_dim
-    else:
-        raise ConfigError(f"unknown backbone '{backbone}'", hint=f"choose one of: {', '.join(BACKBONES)}")
+    net, dim = BACKBONES.get(backbone).build(weights, embed_dim)
     return Classifier(net, dim, num_classes)

@@ -11,11 +11,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aevlp.config import dump_config
-from aevlp.pseudolabel import cache_path, plan_stage_one, run_pseudolabel
+from aevlp.cache import fingerprint_id
+from aevlp.config import dump_config, tomllib
+from aevlp.pseudolabel import StageOnePlan, plan_stage_one, run_pseudolabel
+from aevlp.specs import Specs
 from aevlp.train import run_train
 
-__all__ = ["StagePlan", "plan_pipeline", "run_pipeline", "run_dir_for", "fingerprint_id"]
+__all__ = ["StagePlan", "PipelinePlan", "plan_pipeline", "run_pipeline", "run_dir_for"]
 
 
 @dataclass
@@ -26,14 +28,35 @@ class StagePlan:
     details: list[str] = field(default_factory=list)
 
 
-def fingerprint_id(fp: dict) -> str:
-    import hashlib
+@dataclass
+class PipelinePlan:
+    """The decision for each stage, and stage one's own plan (handed on, not recomputed)."""
 
-    return hashlib.sha256(json.dumps(fp, sort_keys=True).encode()).hexdigest()[:16]
+    stages: list[StagePlan]
+    stage_one: StageOnePlan
+    run_dir: Path
 
 
 def run_dir_for(cfg: dict, name: str) -> Path:
     return Path(cfg["train"]["out"]) / name
+
+
+def _config_diff(path: Path, cfg: dict) -> list[str]:
+    if not path.exists():
+        return []
+    old = tomllib.loads(path.read_text())
+    return [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}" for s, table in cfg.items() for k, v in table.items()
+            if old.get(s, {}).get(k) != v]
+
+
+def _stage_one(p1: StageOnePlan, force: bool) -> StagePlan:
+    target = p1.target
+    if force:
+        return StagePlan("pseudolabel", True, "forced (--force-stage pseudolabel)")
+    return {"up-to-date": StagePlan("pseudolabel", False, f"{target} matches the pipeline"),
+            "stale": StagePlan("pseudolabel", True, f"{target} was made with other settings", p1.diff),
+            "resume": StagePlan("pseudolabel", True, f"an unfinished run will be resumed ({target}.partial)"),
+            }.get(p1.status, StagePlan("pseudolabel", True, f"no cache at {target}"))
 
 
 def _stage_two(cfg: dict, run_dir: Path, cache_fp: dict, stage_one_runs: bool, force: bool) -> StagePlan:
@@ -45,61 +68,31 @@ def _stage_two(cfg: dict, run_dir: Path, cache_fp: dict, stage_one_runs: bool, f
     if not results.exists():
         return StagePlan("train", True, f"no results yet in {run_dir}")
     if not config.exists() or config.read_text() != dump_config(cfg):
-        return StagePlan("train", True, f"{config} differs from the resolved pipeline",
-                         _config_diff(config, cfg))
+        return StagePlan("train", True, f"{config} differs from the resolved pipeline", _config_diff(config, cfg))
     if json.loads(results.read_text()).get("cache_fingerprint") != fingerprint_id(cache_fp):
         return StagePlan("train", True, "the cache changed since this run")
     return StagePlan("train", False, f"{results} is current")
 
 
-def _config_diff(path: Path, cfg: dict) -> list[str]:
-    from aevlp.config import tomllib
-
-    if not path.exists():
-        return []
-    old = tomllib.loads(path.read_text())
-    return [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}" for s, table in cfg.items() for k, v in table.items()
-            if old.get(s, {}).get(k) != v]
-
-
-def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit: int | None = None) -> list[StagePlan]:
+def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit: int | None = None) -> PipelinePlan:
     """The decision and its reason for each stage. Fills in cfg's cache path, as the run will record it."""
-    return _plan(cfg, name, force_stage, limit)[0]
-
-
-def _plan(cfg: dict, name: str, force_stage: str | None, limit: int | None) -> tuple[list[StagePlan], dict]:
-    """The stage plans and stage one's own plan, which the run hands on instead of recomputing
-    (loading the dataset and hashing the weights file again)."""
-    cfg["cache"]["path"] = str(cache_path(cfg))
+    cfg["cache"]["path"] = str(Specs.of(cfg).cache_path)
     p1 = plan_stage_one(cfg, limit)
-    status, target = p1["status"], p1["target"]
-    if force_stage == "pseudolabel":
-        one = StagePlan("pseudolabel", True, "forced (--force-stage pseudolabel)")
-    elif status == "up-to-date":
-        one = StagePlan("pseudolabel", False, f"{target} matches the pipeline")
-    elif status == "stale":
-        one = StagePlan("pseudolabel", True, f"{target} was made with other settings", p1["diff"])
-    elif status == "resume":
-        one = StagePlan("pseudolabel", True, f"an unfinished run will be resumed ({target}.partial)")
-    else:
-        one = StagePlan("pseudolabel", True, f"no cache at {target}")
-    two = _stage_two(cfg, run_dir_for(cfg, name), p1["fingerprint"], one.run, force_stage == "train")
-    return [one, two], p1
+    one = _stage_one(p1, force_stage == "pseudolabel")
+    run_dir = run_dir_for(cfg, name)
+    two = _stage_two(cfg, run_dir, p1.fingerprint, one.run, force_stage == "train")
+    return PipelinePlan([one, two], p1, run_dir)
 
 
 def run_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit: int | None = None,
                  progress: bool = True, echo=print) -> dict:
     """Run the stale stages; returns the training results (read back if stage two was up to date)."""
-    (one, two), p1 = _plan(cfg, name, force_stage, limit)
-    for plan in (one, two):
-        echo(f"{plan.stage}: {'run' if plan.run else 'skip'} - {plan.reason}")
+    plan = plan_pipeline(cfg, name, force_stage=force_stage, limit=limit)
+    one, two = plan.stages
+    for stage in plan.stages:
+        echo(f"{stage.stage}: {'run' if stage.run else 'skip'} - {stage.reason}")
     if one.run:
-        run_pseudolabel(cfg, force=True, limit=limit, progress=progress, plan=p1)
-    run_dir = run_dir_for(cfg, name)
+        run_pseudolabel(cfg, force=True, limit=limit, progress=progress, plan=plan.stage_one)
     if not two.run:
-        return json.loads((run_dir / "results.json").read_text())
-    results = run_train(cfg, pseudo=cfg["cache"]["path"], run_dir=run_dir, limit=limit, progress=progress)
-    # the cache now carries exactly the planned fingerprint (computed or found up to date)
-    results["cache_fingerprint"] = fingerprint_id(p1["fingerprint"])
-    (run_dir / "results.json").write_text(json.dumps(results, indent=1))
-    return results
+        return json.loads((plan.run_dir / "results.json").read_text())
+    return run_train(cfg, run_dir=plan.run_dir, limit=limit, progress=progress)

@@ -5,7 +5,7 @@ they never reach w_T/b_T, while μ and σ use max(e-n, 0) and reach their final 
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from aevlp.errors import ConfigError
 

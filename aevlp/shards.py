@@ -8,19 +8,17 @@ docs/performance.md: the copy keeps caches portable and costs seconds), then del
 """
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import h5py
 import numpy as np
 
-from aevlp.cache import CacheLock, CacheWriter, read_fingerprint
+from aevlp.cache import ROW_DATASETS, CacheLock, CacheWriter, read_fingerprint
 from aevlp.errors import AevlpError
 
 __all__ = ["shard_path", "shard_fingerprint", "shard_complete", "merge_shards"]
 
-ROW_DATASETS = ("sims", "scores", "pseudo", "embeddings")  # [R, N, ...]
 ROW_CHUNK = 4096
 
 
@@ -55,20 +53,11 @@ def merge_shards(target: Path, fp: dict, w: int, rows: list[tuple[int, int]],
         shards = [h5py.File(f, "r") for f in files]
         try:
             s0 = shards[0]
-            r, _, v, c = s0["sims"].shape
-            ids = [i for s in shards for i in s["image_ids"].asstr()[:]]
-            emb = s0["embeddings"] if "embeddings" in s0 else None
-            mode = "none" if emb is None else ("all" if emb.ndim == 4 else "global")
-            eval_ids = {sp: list(s0[f"{sp}_image_ids"].asstr()[:]) for sp in ("val", "test")
-                        if f"{sp}_image_ids" in s0}
-            writer = CacheWriter(
-                target, fp, rounds=r, num_views=v, image_ids=ids, classnames=list(s0["classnames"].asstr()[:]),
+            writer = CacheWriter.like(
+                s0, target, fp, image_ids=[i for s in shards for i in s["image_ids"].asstr()[:]],
                 observed=np.concatenate([s["observed"][:] for s in shards]),
-                labels=np.concatenate([s["labels"][:] for s in shards]) if "labels" in s0 else None,
-                text_features=s0["text_features"][:], relation=s0["relation"][:] if "relation" in s0 else None,
-                selection=json.loads(s0.attrs["selection"]), embeddings=mode,
-                embed_dim=emb.shape[-1] if emb is not None else 0, eval_ids=eval_ids or None,
-                info=json.loads(s0.attrs.get("info", "{}")))
+                labels=np.concatenate([s["labels"][:] for s in shards]) if "labels" in s0 else None)
+            eval_splits = [sp for sp in ("val", "test") if f"{sp}_image_ids" in s0]
             try:
                 f = writer.f
                 for s, (start, stop) in zip(shards, rows):
@@ -80,7 +69,7 @@ def merge_shards(target: Path, fp: dict, w: int, rows: list[tuple[int, int]],
                     f["bad"][start:stop] = s["bad"][:]
                     f.flush()
                     f["done"][start:stop] = True
-                for sp in eval_ids:
+                for sp in eval_splits:
                     writer.write_eval(sp, s0[f"{sp}_embeddings"][:])
                 f.attrs["eval_done"] = True
                 stats = summary(f)

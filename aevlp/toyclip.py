@@ -8,15 +8,16 @@ through the same --clip-config/--pretrained PATH route users take for their own 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from aevlp.clip import CLIP_MEAN, CLIP_STD, prompt_name
+from aevlp.clip import prompt_name
+from aevlp.imaging import CLIP_MEAN, CLIP_STD
 
 __all__ = ["TOY_CONFIG", "TEMPLATES", "pretrain_toy_clip"]
 
@@ -53,7 +54,8 @@ def pretrain_toy_clip(fm: dict | Callable[[], dict], out_dir: str | Path, classn
     params = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "config": TOY_CONFIG,
               "templates": TEMPLATES, "version": 1}
     if meta_path.exists() and weights.exists() and json.loads(meta_path.read_text()).get("params") == params:
-        return {**json.loads(meta_path.read_text()), "config": str(cfg_path), "weights": str(weights), "status": "reused"}
+        return {**json.loads(meta_path.read_text()), "config": str(cfg_path), "weights": str(weights),
+                "status": "reused"}
     fm = fm() if callable(fm) else fm  # only loaded when training is needed
     cfg_path.write_text(json.dumps(TOY_CONFIG))
     open_clip.add_model_config(cfg_path)

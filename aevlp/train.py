@@ -3,241 +3,263 @@
 The recipe is the papers' (§3.6): Adam, backbone lr and head lr × lr_mult, GR schedules per epoch,
 val mAP on clean labels each epoch, early stopping, test once with the best checkpoint. Everything
 a run needs to be resumed or compared is written to its run directory.
+
+`run_train` reads top to bottom: set up, (resume,) then per epoch train → judge → save, then test.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from aevlp import distributed
-from aevlp.cache import Cache
-from aevlp.clip import resolve_device
+from aevlp.cache import Cache, fingerprint_id
+from aevlp.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from aevlp.config import dump_config
-from aevlp.data import load_dataset
-from aevlp.data.images import EmbeddingRows, ImageRows
+from aevlp.data import SPMLData
+from aevlp.device import resolve_device
 from aevlp.errors import AevlpError, ConfigError
-from aevlp.losses import LOSSES, build_loss
+from aevlp.evaluate import predict_scores
+from aevlp.inputs import EmbeddingRows, ImageRows, make_loader
+from aevlp.labeler import PseudoLabeler
+from aevlp.losses import LOSSES, LossSpec, build_loss
 from aevlp.metrics import mean_average_precision, per_class_ap, pseudo_label_quality, pseudo_label_quality_per_class
-from aevlp.models import INPUTS, build_model
+from aevlp.models import BACKBONES, Classifier, build_model
 from aevlp.schedules import gr_schedule
-from aevlp.selection import PseudoLabeler
+from aevlp.specs import Specs, TrainSpec
 
-__all__ = ["run_train", "check_cache_matches", "predict_scores", "load_checkpoint"]
-
-
-def check_cache_matches(cache: Cache, ids: list[str], observed: np.ndarray, classnames: list[str]) -> None:
-    """Refuse a cache made for other images, labels or classes, saying which and how to fix it."""
-    fix = "re-run stage one for this dataset (aevlp pseudolabel), or pass the matching --pseudo file"
-    if cache.classnames() != list(classnames):
-        raise AevlpError(f"{cache.path}: its {len(cache.classnames())} classes differ from the dataset's "
-                         f"{len(classnames)}", hint=fix)
-    cids = cache.image_ids()
-    if cids != list(ids):
-        if len(cids) < len(ids) and cids == list(ids[:len(cids)]):
-            raise AevlpError(f"{cache.path} covers only the first {len(cids)} of {len(ids)} training images",
-                             hint=f"it was made with --limit {len(cids)}: pass --limit {len(cids)} here too")
-        first = next((i for i, (a, b) in enumerate(zip(cids, ids)) if a != b), min(len(cids), len(ids)))
-        raise AevlpError(f"{cache.path}: image ids differ from the dataset's train split "
-                         f"({len(cids)} vs {len(ids)} rows; first difference at row {first})", hint=fix)
-    if not np.array_equal(cache.array("observed"), observed.astype(np.int8)):
-        raise AevlpError(f"{cache.path}: observed labels differ from the dataset's", hint=fix)
+__all__ = ["run_train", "should_stop"]
 
 
-def _loader(ds, batch_size: int, workers: int, shuffle_seed: int | None, device: torch.device,
-            epoch: int = 0) -> DataLoader:
-    """Shuffled (seeded per epoch) or ordered; under torchrun each rank reads its DistributedSampler share."""
-    rank, world, _ = distributed.env()
-    if shuffle_seed is not None and world > 1:
-        sampler = torch.utils.data.DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
-                                                      seed=shuffle_seed)
-        sampler.set_epoch(epoch)
-        return DataLoader(ds, batch_size=max(1, batch_size // world), sampler=sampler, num_workers=workers,
-                          pin_memory=device.type == "cuda")
-    gen = torch.Generator().manual_seed(shuffle_seed * 1000 + epoch) if shuffle_seed is not None else None
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=gen,
-                      num_workers=workers, pin_memory=device.type == "cuda", drop_last=False)
+@dataclass
+class TrainRun:
+    """Everything one training run uses, built once by `_setup`."""
+
+    specs: Specs
+    data: SPMLData
+    cache: Cache
+    keep: np.ndarray  # training rows stage one could read
+    observed: np.ndarray  # [N, C] observed labels of the covered rows
+    truth: np.ndarray  # [N, C] full labels (pseudo-label quality; the full-label upper bound)
+    loss_fn: object
+    loss_spec: LossSpec
+    labeler: PseudoLabeler
+    device: torch.device
+    core: Classifier
+    model: torch.nn.Module  # core, or its DistributedDataParallel wrapper
+    opt: torch.optim.Optimizer
+    inputs: tuple  # train, val, test datasets
+    run: Path
+    main: bool
+    meta: dict
+
+    @property
+    def t(self) -> TrainSpec:
+        return self.specs.train
 
 
-@torch.no_grad()
-def predict_scores(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
-    model.eval()
-    out = np.zeros((len(loader.dataset), model.head.out_features), dtype=np.float32)
-    for x, rows in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(x.to(device, non_blocking=True))
-        out[rows.numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
-    return out
+def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path | None = None,
+              resume: bool = False, limit: int | None = None, progress: bool = True) -> dict:
+    """Train, evaluate and write the run directory; with `resume`, continue `run_dir` from its last epoch.
+
+    `cache`: the stage-one cache to train from [default: the config's cache.path, else cache/DATASET.h5].
+    """
+    if cache is not None:
+        cfg["cache"]["path"] = str(cache)
+    r = _setup(cfg, run_dir, limit)
+    state = load_training_state(r.run, r.core, r.opt) if resume else _fresh_state()
+    if r.main:
+        (r.run / "config.toml").write_text(dump_config(cfg))
+    t0 = time.time()
+    for epoch in range(state["epoch"] + 1, r.t.epochs + 1):
+        if state["stopped_early"]:
+            break
+        rec, z_all = _train_epoch(r, epoch, progress)
+        improved = _judge(r, state, rec, z_all, t0)
+        if r.main:
+            _save_epoch(r, state, improved, z_all, progress)
+    if not r.main:
+        r.cache.close()
+        return {"rank": distributed.env()[0], "run_dir": str(r.run)}
+    return _test_and_write_results(r, state)
 
 
-def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(ckpt, dict) or "meta" not in ckpt:
-        raise AevlpError(f"{path} is not an aevlp checkpoint (best.pt of a run directory)")
-    m = ckpt["meta"]
-    model = build_model(m["backbone"], len(m["classnames"]), weights="none", embed_dim=m.get("embed_dim", 0))
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), m
+def _fresh_state() -> dict:
+    return {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "counter": 0, "history": [], "stopped_early": False}
 
 
-def _inputs(cfg: dict, data, cache: Cache, n: int, keep: np.ndarray):
-    """Train/val/test datasets for the backbone's input type (image files or cached embeddings)."""
-    t = cfg["train"]
-    if INPUTS[t["backbone"]] == "embedding":
-        if "embeddings" not in cache.f or "test_embeddings" not in cache.f:
-            raise AevlpError(f"{cache.path} has no stored embeddings for the clip-head backbone",
-                             hint="re-run stage one with --store-embeddings global")
-        emb = cache.f["embeddings"][:]
-        emb = emb[:, :, 0] if emb.ndim == 4 else emb
-        return (EmbeddingRows(emb[:, keep]), EmbeddingRows(cache.f["val_embeddings"][:]),
-                EmbeddingRows(cache.f["test_embeddings"][:]))
-    root = data.image_root
-    size = t["image_size"]
-    return (ImageRows([root / p for p in data.train.images[:n][keep]], size, train=True, seed=t["seed"]),
-            ImageRows([root / p for p in data.val.images], size), ImageRows([root / p for p in data.test.images], size))
-
-
-def run_train(cfg: dict, *, pseudo: str | Path, run_dir: str | Path | None = None, resume: bool = False,
-              limit: int | None = None, progress: bool = True) -> dict:
-    """Train, evaluate and write the run directory; with `resume`, continue `run_dir` from its last epoch."""
-    t, lcfg, ds = cfg["train"], cfg["loss"], cfg["dataset"]
-    if t["epochs"] < 1 or t["batch_size"] < 1:
+def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None) -> TrainRun:
+    specs = Specs.of(cfg)
+    t = specs.train
+    if t.epochs < 1 or t.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size must be >= 1")
-    data = load_dataset(ds["name"], ds["data_root"], image_root=ds["image_root"] or None,
-                        val_frac=ds["val_frac"], split_seed=ds["split_seed"])
+    data = specs.dataset.load()
     n = len(data.train) if limit is None else min(limit, len(data.train))
     observed, truth = data.train.observed[:n], data.train.labels[:n]
-    cache = Cache(pseudo)
-    check_cache_matches(cache, list(data.train.images[:n]), observed, data.classnames)
+    cache = Cache(specs.cache_path)
+    cache.check_matches(list(data.train.images[:n]), observed, data.classnames)
     keep = ~cache.f["bad"][:]  # unreadable images were skipped in stage one
-    params = dict(lcfg, expected_pos=lcfg["expected_pos"] or data.info.expected_pos or
+    params = dict(specs.loss, expected_pos=specs.loss["expected_pos"] or data.info.expected_pos or
                   float(truth.sum(1).mean()))
-    loss_fn = build_loss(lcfg["name"], params)
-    spec = LOSSES[lcfg["name"]]
-    labeler = PseudoLabeler(cache, cfg["damp"], observed)
-    y_obs = truth if t["labels"] == "full" else observed
-    device = resolve_device(t["device"])
-    rank, world, local = distributed.env()
-    if distributed.init(device.type) and device.type == "cuda":
-        device = torch.device("cuda", local)
-    if world > 1 and t["linear_init"] > 0:
-        raise ConfigError("train.linear_init > 0 is not supported under torchrun (DDP needs fixed trainable parameters)")
-    main = rank == 0
-    torch.manual_seed(t["seed"])
-    core = build_model(t["backbone"], data.num_classes, weights=t["weights"],
-                       embed_dim=cache.f["embeddings"].shape[-1] if "embeddings" in cache.f else 0).to(device)
-    if device.type == "cuda" and INPUTS[t["backbone"]] == "image":
-        core = core.to(memory_format=torch.channels_last)
-    model = core
-    if world > 1:  # same seed on every rank, so the replicas start identical
-        model = torch.nn.parallel.DistributedDataParallel(core, device_ids=[local] if device.type == "cuda" else None)
-    opt = torch.optim.Adam([{"params": core.backbone.parameters(), "lr": t["lr"]},
-                            {"params": core.head.parameters(), "lr": t["lr"] * t["lr_mult"]}])
-    train_ds, val_ds, test_ds = _inputs(cfg, data, cache, n, keep)
-    val_loader = _loader(val_ds, t["batch_size"] * 2, t["workers"], None, device)
-    run = Path(run_dir) if run_dir else Path(t["out"]) / f"{data.info.name}-{lcfg['name']}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    device, main = _device(t)
+    core, model, opt = _model(t, data.num_classes, cache, device)
+    run = Path(run_dir) if run_dir else \
+        Path(t.out) / f"{data.info.name}-{specs.loss['name']}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     run = Path(distributed.broadcast(str(run)))  # one run directory for all ranks
     if main:
         run.mkdir(parents=True, exist_ok=True)
-    state = {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "counter": 0, "history": [], "stopped_early": False}
-    if resume:
-        if not (run / "last.pt").exists():
-            raise AevlpError(f"{run}: nothing to resume (no last.pt)", hint="start a new run without --resume")
-        ck = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
-        core.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["optimizer"])
-        state = ck["state"]
-    if main:
-        (run / "config.toml").write_text(dump_config(cfg))
-    meta = {"backbone": t["backbone"], "classnames": data.classnames, "image_size": t["image_size"],
-            "embed_dim": core.head.in_features if t["backbone"] == "clip-head" else 0,
-            "dataset": data.info.name, "loss": lcfg["name"]}
-    idx_obs, idx_truth = torch.as_tensor(y_obs[keep]), torch.as_tensor(truth[keep])
-    t0 = time.time()
-    for epoch in range(state["epoch"] + 1, t["epochs"] + 1):
-        if state["stopped_early"]:
-            break
-        sched = gr_schedule(epoch, t["epochs"], lcfg["beta"], lcfg["alpha"], t["linear_init"])
-        z_all = labeler.for_epoch(epoch) if spec.uses_pseudo else np.zeros_like(observed)
-        z = torch.as_tensor(z_all[keep])
-        core.backbone.requires_grad_(epoch > t["linear_init"])
-        train_ds.set_epoch(epoch)
-        loader = _loader(train_ds, t["batch_size"], t["workers"], t["seed"], device, epoch)
-        model.train()
-        total, count = 0.0, 0
-        for x, rows in tqdm(loader, desc=f"epoch {epoch}/{t['epochs']}", disable=not (progress and main), leave=False):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                logits = model(x.to(device, non_blocking=True))
-            loss = loss_fn(logits.float(), idx_obs[rows].to(device), pseudo=z[rows].to(device),
-                           full=idx_truth[rows].to(device), schedule=sched)
-            if not torch.isfinite(loss):
-                raise AevlpError(f"the loss became {loss.item()} at epoch {epoch}",
-                                 hint="lower train.lr, or check the pseudo-labels (aevlp cache inspect)")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(rows)
-            count += len(rows)
-        total, count = distributed.all_sum([total, count])
-        # rank 0 judges; every rank receives the same number, so all take the same decisions
-        val_map = distributed.broadcast(
-            mean_average_precision(predict_scores(core, val_loader, device), data.val.labels) if main else None)
-        q = pseudo_label_quality(z_all[keep], observed[keep], truth[keep]) if spec.uses_pseudo else {}
-        rec = {"epoch": epoch, "loss": total / max(count, 1), "val_map": val_map, "round": labeler.round_for(epoch),
-               **{k: v for k, v in sched.items()}, **{f"pseudo_{k}": v for k, v in q.items() if k in
-                                                       ("precision", "recall", "f1")},
-               "seconds": round(time.time() - t0, 2)}
-        state["history"].append(rec)
-        state["epoch"] = epoch
-        improved = val_map > state["best_val"]
-        if improved:
-            state.update(best_val=val_map, best_epoch=epoch, counter=0)
-        else:
-            state["counter"] += 1
-        state["stopped_early"] = _should_stop(state, t) and epoch < t["epochs"]
-        if not main:
-            continue
-        if improved:
-            torch.save({"model": core.state_dict(), "meta": meta}, run / "best.pt")
-            if spec.uses_pseudo:
-                pseudo_label_quality_per_class(z_all[keep], observed[keep], truth[keep], data.classnames).to_csv(
-                    run / "pseudo_per_class.csv", index=False)
-        torch.save({"model": core.state_dict(), "optimizer": opt.state_dict(), "state": state}, run / "last.pt")
-        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in state["history"]))
-        if progress:
-            tqdm.write(f"epoch {epoch}: loss {rec['loss']:.4f}  val mAP {val_map:.2f}" +
-                       (f"  pseudo P/R/F1 {q['precision']:.1f}/{q['recall']:.1f}/{q['f1']:.1f}" if q else ""))
-    if not main:
-        cache.close()
-        return {"rank": rank, "run_dir": str(run)}
-    best, _ = load_checkpoint(run / "best.pt")
-    best.to(device)
-    test_scores = predict_scores(best, _loader(test_ds, t["batch_size"] * 2, t["workers"], None, device), device)
-    test_map = mean_average_precision(test_scores, data.test.labels)
-    per_class_ap(test_scores, data.test.labels, data.classnames).to_csv(run / "per_class_ap.csv", index=False)
-    best_rec = next(r for r in state["history"] if r["epoch"] == state["best_epoch"])
-    results = {"dataset": data.info.name, "loss": lcfg["name"], "backbone": t["backbone"], "labels": t["labels"],
-               "damp_source": cfg["damp"]["source"] if spec.uses_pseudo else None,
-               "best_epoch": state["best_epoch"], "epochs_run": state["epoch"], "stopped_early": state["stopped_early"],
-               "val_map": state["best_val"],
-               "test_map": test_map, **{k: best_rec[k] for k in best_rec if k.startswith("pseudo_")},
-               "cache": str(pseudo), "train_images": int(keep.sum()), "run_dir": str(run)}
-    (run / "results.json").write_text(json.dumps(results, indent=1))
-    cache.close()
+    meta = {"backbone": t.backbone, "classnames": data.classnames, "image_size": t.image_size,
+            "embed_dim": core.head.in_features if BACKBONES.get(t.backbone).input == "embedding" else 0,
+            "dataset": data.info.name, "loss": specs.loss["name"]}
+    return TrainRun(specs=specs, data=data, cache=cache, keep=keep, observed=observed, truth=truth,
+                    loss_fn=build_loss(specs.loss["name"], params), loss_spec=LOSSES.get(specs.loss["name"]),
+                    labeler=PseudoLabeler(cache, specs.damp, observed), device=device, core=core, model=model,
+                    opt=opt, inputs=_inputs(specs, data, cache, n, keep), run=run, main=main, meta=meta)
+
+
+def _device(t: TrainSpec) -> tuple[torch.device, bool]:
+    """The device this process trains on (its local GPU under torchrun), and whether it is rank 0."""
+    device = resolve_device(t.device)
+    rank, world, local = distributed.env()
+    if distributed.init(device.type) and device.type == "cuda":
+        device = torch.device("cuda", local)
+    if world > 1 and t.linear_init > 0:
+        raise ConfigError("train.linear_init > 0 is not supported under torchrun "
+                          "(DDP needs fixed trainable parameters)")
+    return device, rank == 0
+
+
+def _model(t: TrainSpec, num_classes: int, cache: Cache, device: torch.device):
+    """(model, the module the loop calls, optimiser): seeded init; DDP under torchrun; head at lr × lr_mult."""
+    torch.manual_seed(t.seed)
+    core = build_model(t.backbone, num_classes, weights=t.weights, embed_dim=cache.embed_dim).to(device)
+    if device.type == "cuda" and BACKBONES.get(t.backbone).input == "image":
+        core = core.to(memory_format=torch.channels_last)
+    model = core
+    if distributed.env()[1] > 1:  # same seed on every rank, so the replicas start identical
+        model = torch.nn.parallel.DistributedDataParallel(
+            core, device_ids=[distributed.env()[2]] if device.type == "cuda" else None)
+    opt = torch.optim.Adam([{"params": core.backbone.parameters(), "lr": t.lr},
+                            {"params": core.head.parameters(), "lr": t.lr * t.lr_mult}])
+    return core, model, opt
+
+
+def _inputs(specs: Specs, data: SPMLData, cache: Cache, n: int, keep: np.ndarray):
+    """Train/val/test datasets for the backbone's input type (image files or cached embeddings)."""
+    t = specs.train
+    if BACKBONES.get(t.backbone).input == "embedding":
+        if not cache.has_eval_embeddings():
+            raise AevlpError(f"{cache.path} has no stored embeddings for the clip-head backbone",
+                             hint="re-run stage one with --store-embeddings global")
+        return (EmbeddingRows(cache.global_embeddings()[:, keep]), EmbeddingRows(cache.eval_embeddings("val")),
+                EmbeddingRows(cache.eval_embeddings("test")))
+    root, size = data.image_root, t.image_size
+    return (ImageRows([root / p for p in data.train.images[:n][keep]], size, train=True, seed=t.seed),
+            ImageRows([root / p for p in data.val.images], size), ImageRows([root / p for p in data.test.images], size))
+
+
+def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndarray]:
+    """One pass over the training rows with this epoch's schedule and pseudo-labels."""
+    t, keep = r.t, r.keep
+    sched = gr_schedule(epoch, t.epochs, r.specs.loss["beta"], r.specs.loss["alpha"], t.linear_init)
+    z_all = r.labeler.for_epoch(epoch) if r.loss_spec.uses_pseudo else np.zeros_like(r.observed)
+    z = torch.as_tensor(z_all[keep])
+    y_obs = torch.as_tensor((r.truth if t.labels == "full" else r.observed)[keep])
+    y_full = torch.as_tensor(r.truth[keep])
+    r.core.backbone.requires_grad_(epoch > t.linear_init)
+    train_ds = r.inputs[0]
+    train_ds.set_epoch(epoch)
+    loader = make_loader(train_ds, t.batch_size, t.workers, r.device, shuffle_seed=t.seed, epoch=epoch)
+    r.model.train()
+    total, count = 0.0, 0
+    for x, rows in tqdm(loader, desc=f"epoch {epoch}/{t.epochs}", disable=not (progress and r.main), leave=False):
+        with torch.autocast(r.device.type, dtype=torch.bfloat16, enabled=r.device.type == "cuda"):
+            logits = r.model(x.to(r.device, non_blocking=True))
+        loss = r.loss_fn(logits.float(), y_obs[rows].to(r.device), pseudo=z[rows].to(r.device),
+                         full=y_full[rows].to(r.device), schedule=sched)
+        if not torch.isfinite(loss):
+            raise AevlpError(f"the loss became {loss.item()} at epoch {epoch}",
+                             hint="lower train.lr, or check the pseudo-labels (aevlp cache inspect)")
+        r.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        r.opt.step()
+        total += loss.item() * len(rows)
+        count += len(rows)
+    total, count = distributed.all_sum([total, count])
+    return {"epoch": epoch, "loss": total / max(count, 1), "round": r.labeler.round_for(epoch), **sched}, z_all
+
+
+def _judge(r: TrainRun, state: dict, rec: dict, z_all: np.ndarray, t0: float) -> bool:
+    """Val mAP (rank 0 computes, every rank receives it) and the early-stopping decision; True if improved."""
+    val_loader = make_loader(r.inputs[1], r.t.batch_size * 2, r.t.workers, r.device)
+    val_map = distributed.broadcast(
+        mean_average_precision(predict_scores(r.core, val_loader, r.device), r.data.val.labels) if r.main else None)
+    keep = r.keep
+    q = pseudo_label_quality(z_all[keep], r.observed[keep], r.truth[keep]) if r.loss_spec.uses_pseudo else {}
+    head = {k: rec[k] for k in ("epoch", "loss")}
+    rec = {**head, "val_map": val_map, **{k: v for k, v in rec.items() if k not in head},
+           **{f"pseudo_{k}": v for k, v in q.items() if k in ("precision", "recall", "f1")},
+           "seconds": round(time.time() - t0, 2)}
+    state["history"].append(rec)
+    state["epoch"] = rec["epoch"]
+    improved = val_map > state["best_val"]
+    if improved:
+        state.update(best_val=val_map, best_epoch=rec["epoch"], counter=0)
+    else:
+        state["counter"] += 1
+    state["stopped_early"] = should_stop(state, r.t) and rec["epoch"] < r.t.epochs
+    return improved
+
+
+def _save_epoch(r: TrainRun, state: dict, improved: bool, z_all: np.ndarray, progress: bool) -> None:
+    """best.pt when val improved, last.pt and metrics.jsonl always (rank 0 only)."""
+    keep = r.keep
+    if improved:
+        save_checkpoint(r.run / "best.pt", r.core, meta=r.meta)
+        if r.loss_spec.uses_pseudo:
+            pseudo_label_quality_per_class(z_all[keep], r.observed[keep], r.truth[keep], r.data.classnames).to_csv(
+                r.run / "pseudo_per_class.csv", index=False)
+    save_checkpoint(r.run / "last.pt", r.core, optimizer=r.opt.state_dict(), state=state)
+    (r.run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in state["history"]))
+    if progress:
+        rec = state["history"][-1]
+        q = (f"  pseudo P/R/F1 {rec['pseudo_precision']:.1f}/{rec['pseudo_recall']:.1f}/{rec['pseudo_f1']:.1f}"
+             if "pseudo_f1" in rec else "")
+        tqdm.write(f"epoch {rec['epoch']}: loss {rec['loss']:.4f}  val mAP {rec['val_map']:.2f}" + q)
+
+
+def _test_and_write_results(r: TrainRun, state: dict) -> dict:
+    """Test the best checkpoint once; write per_class_ap.csv and results.json."""
+    best, _ = load_checkpoint(r.run / "best.pt")
+    best.to(r.device)
+    loader = make_loader(r.inputs[2], r.t.batch_size * 2, r.t.workers, r.device)
+    test_scores = predict_scores(best, loader, r.device)
+    test_map = mean_average_precision(test_scores, r.data.test.labels)
+    per_class_ap(test_scores, r.data.test.labels, r.data.classnames).to_csv(r.run / "per_class_ap.csv", index=False)
+    best_rec = next(x for x in state["history"] if x["epoch"] == state["best_epoch"])
+    results = {"dataset": r.data.info.name, "loss": r.specs.loss["name"], "backbone": r.t.backbone,
+               "labels": r.t.labels, "damp_source": r.specs.damp.source if r.loss_spec.uses_pseudo else None,
+               "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
+               "stopped_early": state["stopped_early"], "val_map": state["best_val"], "test_map": test_map,
+               **{k: best_rec[k] for k in best_rec if k.startswith("pseudo_")},
+               "cache": str(r.cache.path), "cache_fingerprint": fingerprint_id(r.cache.fingerprint),
+               "train_images": int(r.keep.sum()), "run_dir": str(r.run)}
+    (r.run / "results.json").write_text(json.dumps(results, indent=1))
+    r.cache.close()
     return results
 
 
-def _should_stop(state: dict, t: dict) -> bool:
+def should_stop(state: dict, t: TrainSpec) -> bool:
     """AEVLP: patience or a drop > max_drop below the best; GR: the drop only; none: never."""
-    if t["early_stop"] == "none":
+    if t.early_stop == "none":
         return False
     drop = state["best_val"] - state["history"][-1]["val_map"]
-    if drop > t["max_drop"]:
+    if drop > t.max_drop:
         return True
-    return t["early_stop"] == "aevlp" and state["counter"] >= t["patience"]
+    return t.early_stop == "aevlp" and state["counter"] >= t.patience

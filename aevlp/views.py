@@ -8,29 +8,20 @@ official code's per-batch re-drawn flips.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
-import warnings
-
-import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
-with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of torchcodec
-    warnings.simplefilter("ignore", DeprecationWarning)
-    try:
-        from torchvision.io import ImageReadMode, decode_image, read_file
-    except ImportError:  # pragma: no cover - future torchvision without image decoders
-        decode_image = None
-
-from aevlp.clip import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from aevlp.errors import ConfigError
+from aevlp.imaging import STATS, bad_image, decode
 
-__all__ = ["ViewSpec", "tile_boxes", "view_boxes", "decode", "unique_slots", "render_views", "expand_views",
-           "ViewBatches", "GlobalViews", "normalize", "bad_image", "render_on_device"]
+__all__ = ["ViewSpec", "tile_boxes", "view_boxes", "unique_slots", "render_views", "expand_views",
+           "ViewBatches", "GlobalViews", "normalize", "render_on_device"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +33,15 @@ class ViewSpec:
     flip: bool = True
     jitter: float = 0.0
     seed: int = 0
+    normalize: str = "clip"  # clip | imagenet: the statistics the CLIP input is normalised with
+    resize_on: str = "worker"  # worker | device: where crops are resized (device: the GPU path)
+
+    @classmethod
+    def of(cls, views: Mapping[str, Any], image_size: int) -> ViewSpec:
+        """The spec a pipeline's [views] table asks for; size 0 means the CLIP model's own input size."""
+        return cls(grid=views["grid"], size=views["size"] or image_size, rounds=views["rounds"],
+                   resize=views["resize"], flip=views["flip"], jitter=views["jitter"], seed=views["seed"],
+                   normalize=views["normalize"], resize_on=views["resize_on"])
 
     def __post_init__(self):
         if self.grid < 1:
@@ -96,21 +96,6 @@ def _flips(spec: ViewSpec, row: int, rnd: int) -> list[bool]:
     return (torch.rand(spec.num_views, generator=g) < 0.5).tolist()
 
 
-def bad_image(path: str | Path, error: Exception) -> str:
-    """'path: reason' for an image that failed to decode, without torchvision's C++ source location."""
-    return f"{path}: {str(error).split('.cpp:')[-1].split(', ', 1)[-1]}"
-
-
-def decode(path: str | Path) -> torch.Tensor:
-    """uint8 [3, H, W] RGB; raises on unreadable or truncated files."""
-    if decode_image is not None:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
-    from PIL import Image  # pragma: no cover
-
-    with Image.open(path) as im:  # pragma: no cover
-        return torch.from_numpy(np.asarray(im.convert("RGB")).copy()).permute(2, 0, 1)
-
-
 def _resize(crop: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
     if spec.resize == "squash":
         return TF.resize(crop, [spec.size, spec.size], interpolation=InterpolationMode.BILINEAR, antialias=True)
@@ -163,7 +148,7 @@ def expand_views(slots: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 def normalize(batch: torch.Tensor, stats: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 [..., 3, S, S] → normalised float; `stats` is 'clip' or 'imagenet' (the official code's)."""
-    mean, std = (CLIP_MEAN, CLIP_STD) if stats == "clip" else (IMAGENET_MEAN, IMAGENET_STD)
+    mean, std = STATS[stats]
     shape = (1,) * (batch.ndim - 3) + (3, 1, 1)
     m = torch.tensor(mean, device=batch.device).view(shape) * 255
     s = torch.tensor(std, device=batch.device).view(shape) * 255

@@ -27,8 +27,9 @@ from common import machine, make_jpeg_dataset, today  # noqa: E402
 
 from aevlp.cache import Cache  # noqa: E402
 from aevlp.config import load_config  # noqa: E402
+from aevlp.labeler import PseudoLabeler  # noqa: E402
 from aevlp.pseudolabel import run_pseudolabel  # noqa: E402
-from aevlp.selection import PseudoLabeler  # noqa: E402
+from aevlp.specs import DampSpec  # noqa: E402
 
 
 def stage_one(root: Path, out: Path, n: int, rounds: int, arch: str) -> float:
@@ -49,7 +50,7 @@ def retune_time(cache: Path, repeats: int = 5) -> float:
         for i in range(repeats):
             damp = {"source": "damp", "temperature": 0.01 + 0.002 * i, "eta": 0.3, "top_k": 3, "threshold": 0.4,
                     "negative_ratio": 0.2, "mode": "paper"}
-            lab = PseudoLabeler(c, damp, obs)
+            lab = PseudoLabeler(c, DampSpec(**damp), obs)
             for e in range(1, c.rounds + 1):
                 lab.for_epoch(e)
         return (time.perf_counter() - t) / repeats
@@ -120,7 +121,8 @@ def main() -> None:
           f"{res['cached_s']:.1f} s for R={args.rounds} ({res['time_ratio']:.1f}x)")
     print(f"re-tune from cache {res['retune_s'] * 1000:.2f} ms vs re-run stage one {res['stage_one_s']:.1f} s: "
           f"{res['retune_speedup']:,.0f}x (target >= 100)")
-    print(f"merge {m['mb']:.0f} MB in 4 shards: copy {m['copy_s']:.2f} s, virtual dataset {m['vds_create_s'] * 1000:.1f} ms; "
+    print(f"merge {m['mb']:.0f} MB in 4 shards: copy {m['copy_s']:.2f} s, "
+          f"virtual dataset {m['vds_create_s'] * 1000:.1f} ms; "
           f"reading one round: copy {m['read_round_copy_s']:.2f} s, VDS {m['read_round_vds_s']:.2f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))

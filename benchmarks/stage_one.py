@@ -25,9 +25,10 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, make_jpeg_dataset, today  # noqa: E402
 
-from aevlp.clip import IMAGENET_MEAN, IMAGENET_STD, load_clip  # noqa: E402
+from aevlp.clip import load_clip  # noqa: E402
 from aevlp.config import load_config  # noqa: E402
 from aevlp.damp import aggregate  # noqa: E402
+from aevlp.imaging import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from aevlp.pseudolabel import MAX_VIEWS_PER_FORWARD, run_pseudolabel  # noqa: E402
 from aevlp.views import tile_boxes  # noqa: E402
 

@@ -58,7 +58,8 @@ def step_time(backbone: str, size: int, batch: int, c: int, loss_name: str, step
 def cache_read_rate(n: int, v: int, c: int, rounds: int) -> float:
     """Rows/s: read round r of /sims from an HDF5 file and run DAMP aggregate + select on it."""
     from aevlp.cache import Cache
-    from aevlp.selection import PseudoLabeler
+    from aevlp.labeler import PseudoLabeler
+    from aevlp.specs import DampSpec
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.h5"
@@ -75,7 +76,7 @@ def cache_read_rate(n: int, v: int, c: int, rounds: int) -> float:
         damp = {"source": "damp", "temperature": 0.01, "eta": 0.3, "top_k": 3, "threshold": 0.5,
                 "negative_ratio": 0.3, "mode": "paper"}
         cache = Cache(path)
-        labeler = PseudoLabeler(cache, damp, obs)
+        labeler = PseudoLabeler(cache, DampSpec(**damp), obs)
         t = time.perf_counter()
         for e in range(1, rounds + 1):
             labeler.for_epoch(e)
@@ -98,7 +99,8 @@ def main() -> None:
     consume = args.batch / gpr
     read = cache_read_rate(20000, 17, args.classes, 2)
     res = {"machine": machine(), "date": today(), "backbone": args.backbone, "image_size": args.image_size,
-           "batch": args.batch, "classes": args.classes, "gpr_step_s": gpr, "bce_step_s": bce, "gpr_over_bce": gpr / bce,
+           "batch": args.batch, "classes": args.classes, "gpr_step_s": gpr, "bce_step_s": bce,
+           "gpr_over_bce": gpr / bce,
            "cache_rows_per_s": read, "train_images_per_s": consume, "read_over_consume": read / consume}
     print(f"# stage two, {res['machine']}, {res['date']}, {args.backbone} {args.image_size}px batch {args.batch}, "
           f"C={args.classes}")

@@ -19,9 +19,9 @@ GLOBAL = [.6, .3, .05, .05]
 
 def golden():
     g = sims_from_softmax([GLOBAL])
-    l = sims_from_softmax([LOCAL])
+    loc = sims_from_softmax([LOCAL])
     obs = torch.tensor([[1, 0, 0, 0]])
-    return aggregate(g, l, obs, temperature=TAU, eta=0.3)
+    return aggregate(g, loc, obs, temperature=TAU, eta=0.3)
 
 
 def test_golden_scores():
@@ -40,12 +40,12 @@ def test_golden_selection():
 
 def test_eta_zero_uses_alpha_and_identical_views_give_global(rng):
     g = torch.randn(5, 7, dtype=torch.float64) * 0.1
-    l = torch.randn(5, 4, 7, dtype=torch.float64) * 0.1
+    loc = torch.randn(5, 4, 7, dtype=torch.float64) * 0.1
     obs = torch.zeros(5, 7)
     obs[:, 0] = 1
-    f, _ = aggregate(g, l, obs, temperature=0.01, eta=0.0)
+    f, _ = aggregate(g, loc, obs, temperature=0.01, eta=0.0)
     sg = torch.softmax(g / 0.01, -1)
-    alpha = torch.softmax(l / 0.01, -1).amax(1)
+    alpha = torch.softmax(loc / 0.01, -1).amax(1)
     assert torch.allclose(f, (sg + alpha) / 2)
     f2, g2 = aggregate(g, g.unsqueeze(1).repeat(1, 4, 1), obs, temperature=0.01, eta=0.3)
     assert torch.allclose(f2, sg) and torch.allclose(g2, sg)
@@ -55,11 +55,11 @@ def test_eta_zero_uses_alpha_and_identical_views_give_global(rng):
 def test_aggregate_is_per_image():
     """Batched result equals image-by-image results (no leakage across the batch)."""
     torch.manual_seed(1)
-    g, l = torch.randn(6, 5) * .1, torch.randn(6, 9, 5) * .1
+    g, loc = torch.randn(6, 5) * .1, torch.randn(6, 9, 5) * .1
     obs = torch.nn.functional.one_hot(torch.arange(6) % 5, 5)
-    f, ng = aggregate(g, l, obs, temperature=0.02, eta=0.3)
+    f, ng = aggregate(g, loc, obs, temperature=0.02, eta=0.3)
     for i in range(6):
-        fi, gi = aggregate(g[i:i + 1], l[i:i + 1], obs[i:i + 1], temperature=0.02, eta=0.3)
+        fi, gi = aggregate(g[i:i + 1], loc[i:i + 1], obs[i:i + 1], temperature=0.02, eta=0.3)
         assert torch.allclose(fi, f[i:i + 1]) and torch.allclose(gi, ng[i:i + 1])
 
 

@@ -225,5 +225,6 @@ def test_loader_reports_rows_without_positive(tmp_path):
 
 def test_aliases():
     assert get_dataset("NUS").name == "nuswide" and get_dataset("pascal").name == "voc"
-    assert len(builtin_classnames("cub")) == 312 and builtin_classnames("cub")[0] == "has_bill_shape::curved_(up_or_down)"
+    cub = builtin_classnames("cub")
+    assert len(cub) == 312 and cub[0] == "has_bill_shape::curved_(up_or_down)"
     assert len(builtin_classnames("nuswide")) == 81 and len(builtin_classnames("coco")) == 80

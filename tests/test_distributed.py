@@ -7,11 +7,11 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from conftest import make_photo_dataset
 
 from aevlp.distributed import parse_shard, shard_rows
 from aevlp.errors import ConfigError
 from aevlp.shards import shard_path
-from conftest import make_photo_dataset
 
 pytestmark = pytest.mark.slow
 

@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from aevlp.errors import ConfigError
-from aevlp.losses import (LOSSES, build_loss, gce_negative, gce_positive, gpr_loss, gr_loss, reweight,
-                          soft_pseudo_label)
+from aevlp.losses import LOSSES, build_loss, gce_negative, gce_positive, gpr_loss, gr_loss, reweight, soft_pseudo_label
 
 D = torch.float64
 P = torch.tensor([[.9, .6, .2, .05], [.3, .7, .5, .01]], dtype=D)
@@ -48,16 +47,51 @@ def test_component_properties():
     assert not soft_pseudo_label(x, 2.0, 0.0).requires_grad and not reweight(x, 0.5, 1.0).requires_grad
 
 
+def gpr_by_hand(P, Y, Z, *, w, b, mu, sigma, q2, q3, lam1, lam2, rho, reg, expected_pos):
+    """METHOD.md §3.5 written out entry by entry with the math module: an independent reference."""
+    total, n, c = 0.0, len(P), len(P[0])
+    for i in range(n):
+        for j in range(c):
+            p, y, z = float(P[i][j]), int(Y[i][j]), int(Z[i][j])
+            k = 1 / (1 + math.exp(-(w * p + b)))
+            v = math.exp(-((p - mu) ** 2) / (2 * sigma ** 2))
+            if y == 1:
+                ell = -math.log(p + 1e-7)
+            elif z == 1:
+                weight = 1 - min(max(v, 1 - lam1), 1 - lam2)
+                ell = weight * (rho * -math.log(p + 1e-7) + (1 - rho) * -math.log(1 - p + 1e-7))
+            elif z == -1:
+                ell = v * -math.log(1 - p + 1e-7)
+            else:
+                ell = v * (k * (1 - p ** q2) / q2 + (1 - k) * (1 - (1 - p) ** q3) / q3)
+            total += ell
+    row_sum = sum(sum(float(x) for x in row) for row in P) / n
+    return total / (n * c) + reg * (row_sum - expected_pos) ** 2 / c ** 2
+
+
 def test_gpr_golden():
+    """METHOD.md §6 golden example (COCO hyperparameters), checked two ways: the hand-written
+    formula above reproduces METHOD's stated totals, and gpr_loss reproduces the hand-written formula."""
     z = logit(P)
-    assert gpr_loss(z, Y, Z, **E1, **COCO).item() == pytest.approx(0.385679, abs=1e-6)
-    assert gpr_loss(z, Y, Z, **E8, **COCO).item() == pytest.approx(0.230693, abs=1e-6)
-    no = dict(COCO, reg=0.0)
-    assert gpr_loss(z, Y, torch.zeros_like(Z), **E1, **no).item() == pytest.approx(0.405200, abs=1e-6)
-    assert gpr_loss(z, Y, torch.zeros_like(Z), **E8, **no).item() == pytest.approx(0.217573, abs=1e-6)
-    # the regulariser's value before weighting
+    stated = [(Z, E1, COCO, 0.385679), (Z, E8, COCO, 0.230693),
+              (torch.zeros_like(Z), E1, dict(COCO, reg=0.0), 0.405200),
+              (torch.zeros_like(Z), E8, dict(COCO, reg=0.0), 0.217573)]
+    for zl, sch, hp, value in stated:
+        ref = gpr_by_hand(P.tolist(), Y.tolist(), zl.tolist(), **sch, **hp)
+        assert ref == pytest.approx(value, abs=1e-6)
+        assert gpr_loss(z, Y, zl, **sch, **hp).item() == pytest.approx(ref, abs=1e-9)
+    # the regulariser's value before weighting: (mean row sum - E)^2 / C^2 = ((2.25+1.51)/2 - 2.9)^2 / 16
+    assert ((sum(P[0].tolist()) + sum(P[1].tolist())) / 2 - 2.9) ** 2 / 16 == pytest.approx(0.100806, abs=1e-6)
     reg_part = gpr_loss(z, Y, Z, **E1, **COCO) - gpr_loss(z, Y, Z, **E1, **dict(COCO, reg=0.0))
     assert (reg_part / 0.001).item() == pytest.approx(0.100806, abs=1e-6)
+    rng = torch.Generator().manual_seed(0)  # random inputs against the same reference
+    pr = torch.rand(5, 7, generator=rng, dtype=D) * 0.98 + 0.01
+    yr = torch.zeros(5, 7, dtype=torch.long)
+    yr[torch.arange(5), torch.randint(0, 7, (5,), generator=rng)] = 1
+    zr = torch.randint(-1, 2, (5, 7), generator=rng)
+    hp = dict(COCO, expected_pos=1.5, reg=0.05)
+    assert gpr_loss(logit(pr), yr, zr, **E8, **hp).item() == pytest.approx(
+        gpr_by_hand(pr.tolist(), yr.tolist(), zr.tolist(), **E8, **hp), abs=1e-9)
 
 
 def test_gpr_reduces_to_gr(rng):
@@ -66,7 +100,8 @@ def test_gpr_reduces_to_gr(rng):
     y[torch.arange(6), torch.randint(0, 9, (6,))] = 1
     for sch in (E1, E8):
         g = gr_loss(z, y, **sch, q2=0.01, q3=1.0)
-        assert gpr_loss(z, y, torch.zeros_like(y), **sch, **dict(COCO, reg=0.0)).item() == pytest.approx(g.item(), abs=1e-12)
+        gpr = gpr_loss(z, y, torch.zeros_like(y), **sch, **dict(COCO, reg=0.0))
+        assert gpr.item() == pytest.approx(g.item(), abs=1e-12)
 
 
 def test_observed_positive_wins_and_neutral_negatives():
@@ -133,9 +168,9 @@ def test_gradcheck_with_constants():
         unk = V * (K * (1 - p ** hp["q2"]) / hp["q2"] + (1 - K) * (1 - (1 - p) ** hp["q3"]) / hp["q3"])
         pos = (1 - Vc) * (hp["rho"] * nl(p) + (1 - hp["rho"]) * nl(1 - p))
         neg = V * nl(1 - p)
-        l = torch.where(zl == 1, pos, torch.where(zl == -1, neg, unk))
-        l = torch.where(y == 1, nl(p), l)
-        return l.mean() + hp["reg"] * (p.sum(1).mean() - hp["expected_pos"]) ** 2 / 25
+        ent = torch.where(zl == 1, pos, torch.where(zl == -1, neg, unk))
+        ent = torch.where(y == 1, nl(p), ent)
+        return ent.mean() + hp["reg"] * (p.sum(1).mean() - hp["expected_pos"]) ** 2 / 25
 
     z = z0.clone().requires_grad_(True)
     (g_ours,) = torch.autograd.grad(gpr_loss(z, y, zl, **sch, **hp), z)
@@ -173,7 +208,8 @@ def test_baseline_values():
     h = -(0.3 * math.log(0.3 + 1e-5) + 0.7 * math.log(0.7 + 1e-5))
     assert build_loss("em", {"em_alpha": 0.2})(z, y).item() == pytest.approx((-math.log(0.8 + 1e-5) - 0.2 * h) / 2)
     empl = build_loss("em-pl", {"em_alpha": 0.2})(z, y, pseudo=torch.tensor([[0, 1]])).item()
-    assert empl == pytest.approx((-math.log(0.8 + 1e-5) + 0.7 * (0.9 * -math.log(0.3 + 1e-5) + 0.1 * -math.log(0.7 + 1e-5))) / 2)
+    pl_term = 0.7 * (0.9 * -math.log(0.3 + 1e-5) + 0.1 * -math.log(0.7 + 1e-5))
+    assert empl == pytest.approx((-math.log(0.8 + 1e-5) + pl_term) / 2)
     anpl = build_loss("an-pl", {})(z, y, pseudo=torch.tensor([[0, 1]])).item()
     assert anpl == pytest.approx((-math.log(0.8 + 1e-5) - math.log(0.3 + 1e-5)) / 2)
     epr = build_loss("epr", {"expected_pos": 2.0, "reg": 1.0})(z, y).item()

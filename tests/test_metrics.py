@@ -1,8 +1,13 @@
 import numpy as np
 import pytest
 
-from aevlp.metrics import (average_precision, mean_average_precision, per_class_ap, pseudo_label_quality,
-                           topk_precision_recall)
+from aevlp.metrics import (
+    average_precision,
+    mean_average_precision,
+    per_class_ap,
+    pseudo_label_quality,
+    topk_precision_recall,
+)
 
 
 def brute_ap(s, y):

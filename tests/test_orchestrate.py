@@ -5,11 +5,11 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import make_photo_dataset
 
 from aevlp.cli import cli
 from aevlp.config import load_config
 from aevlp.errors import ConfigError
-from conftest import make_photo_dataset
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +47,21 @@ def invoke(*args):
     return r
 
 
-def test_dry_run_then_run_then_nothing_to_do(world, monkeypatch):
-    r = invoke("run", world["pipe"], "--dry-run")
+@pytest.fixture(scope="module")
+def ran(world):
+    """The pipeline run once; the tests below read or compare against it."""
+    r = invoke("run", world["pipe"], "--no-progress")
+    assert r.exit_code == 0, r.output
+    return world
+
+
+def test_dry_run_then_run_then_nothing_to_do(world, tmp_path, monkeypatch):
+    own = ["--set", f'cache.path="{tmp_path / "c.h5"}"', "--set", f'train.out="{tmp_path / "runs"}"']
+    r = invoke("run", world["pipe"], "--dry-run", *own)
     assert r.exit_code == 0, r.output
     assert "pseudolabel: would run - no cache" in r.output and "train: would run" in r.output
-    assert not world["cache"].exists()  # a dry run does nothing
-    r = invoke("run", world["pipe"], "--no-progress")
+    assert not (tmp_path / "c.h5").exists()  # a dry run does nothing
+    r = invoke("run", world["pipe"], "--no-progress", *own)
     assert r.exit_code == 0, r.output
     assert "test mAP" in r.output
     import aevlp.pseudolabel as pl
@@ -62,7 +71,7 @@ def test_dry_run_then_run_then_nothing_to_do(world, monkeypatch):
         raise AssertionError("nothing should run")
     monkeypatch.setattr(pl, "load_clip", forbidden)
     monkeypatch.setattr(run_mod, "run_train", forbidden)
-    r = invoke("run", world["pipe"], "--no-progress")
+    r = invoke("run", world["pipe"], "--no-progress", *own)
     assert r.exit_code == 0, r.output
     assert "pseudolabel: skip" in r.output and "train: skip" in r.output
 
@@ -76,9 +85,8 @@ def test_dry_run_then_run_then_nothing_to_do(world, monkeypatch):
     ('text.prompts=["a picture of a {}."]', True, "prompts"),
     ('clip.precision="bf16"', True, "precision"),
 ])
-def test_dry_run_decisions(world, override, stage_one_runs, field):
-    if not world["cache"].exists():
-        assert invoke("run", world["pipe"], "--no-progress").exit_code == 0
+def test_dry_run_decisions(ran, override, stage_one_runs, field):
+    world = ran
     r = invoke("run", world["pipe"], "--dry-run", "--set", override)
     assert r.exit_code == 0, r.output
     first = r.output.splitlines()[0]
@@ -86,16 +94,14 @@ def test_dry_run_decisions(world, override, stage_one_runs, field):
     assert "train: would run" in r.output and field in r.output
 
 
-def test_force_stage(world):
-    if not world["cache"].exists():
-        invoke("run", world["pipe"], "--no-progress")
+def test_force_stage(ran):
+    world = ran
     r = invoke("run", world["pipe"], "--dry-run", "--force-stage", "train")
     assert "pseudolabel: up to date" in r.output and "train: would run - forced" in r.output
 
 
-def test_cache_verify_good_truncated_nan(world, tmp_path):
-    if not world["cache"].exists():
-        invoke("run", world["pipe"], "--no-progress")
+def test_cache_verify_good_truncated_nan(ran, tmp_path):
+    world = ran
     assert invoke("cache", "verify", world["cache"]).exit_code == 0
     data = world["cache"].read_bytes()
     trunc = tmp_path / "trunc.h5"
@@ -116,18 +122,16 @@ def test_cache_verify_good_truncated_nan(world, tmp_path):
     assert r.exit_code == 1 and "1 of 19 rows not done" in r.output
 
 
-def test_cache_ls_and_inspect(world):
-    if not world["cache"].exists():
-        invoke("run", world["pipe"], "--no-progress")
+def test_cache_ls_and_inspect(ran):
+    world = ran
     r = invoke("cache", "ls", world["cache"].parent)
     assert r.exit_code == 0 and "tiny.h5" in r.output and "tiny-clip" in r.output
     r = invoke("cache", "inspect", world["cache"])
     assert r.exit_code == 0 and "fingerprint:" in r.output and "precision" in r.output and "aeroplane" in r.output
 
 
-def test_cache_clean_asks_and_keeps_wanted(world, tmp_path):
-    if not world["cache"].exists():
-        invoke("run", world["pipe"], "--no-progress")
+def test_cache_clean_asks_and_keeps_wanted(ran, tmp_path):
+    world = ran
     folder = world["cache"].parent
     orphan = folder / "old.h5"
     orphan.write_bytes(world["cache"].read_bytes())
@@ -144,11 +148,11 @@ def test_cache_clean_asks_and_keeps_wanted(world, tmp_path):
     assert "deleted 1 files" in r.output and world["cache"].exists()
 
 
-def test_report(world, tmp_path):
+def test_report(ran, tmp_path):
+    world = ran
     runs = world["dir"] / "runs"
-    if not (runs / "tiny" / "results.json").exists():
-        invoke("run", world["pipe"], "--no-progress")
-    r = invoke("run", world["pipe"], "--no-progress", "--set", 'loss.name="an"', "--set", f'train.out="{tmp_path / "an"}"')
+    r = invoke("run", world["pipe"], "--no-progress", "--set", 'loss.name="an"',
+               "--set", f'train.out="{tmp_path / "an"}"')
     assert r.exit_code == 0, r.output
     out = tmp_path / "rep"
     r = invoke("report", runs / "tiny", tmp_path / "an" / "tiny", "--out", out)
@@ -219,7 +223,6 @@ def test_run_plans_stage_one_once(world, tmp_path, monkeypatch):
     assert "pseudolabel: run" in r.output and "train: run" in r.output
     assert len(calls) == 1
     # and the recorded cache identity is the file's
-    from aevlp.cache import read_fingerprint
-    from aevlp.run import fingerprint_id
+    from aevlp.cache import fingerprint_id, read_fingerprint
     res = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())
     assert res["cache_fingerprint"] == fingerprint_id(read_fingerprint(tmp_path / "r3.h5")[0])

@@ -87,9 +87,11 @@ def test_reuse_refusal_and_force(tiny_clip, photo_voc, tmp_path):
     finally:
         pl.load_clip = orig_load
     # selection parameters are not part of the fingerprint: no recomputation
-    assert run_pseudolabel(cfg_for(tiny_clip, photo_voc, out, **{"damp.threshold": 0.9}), progress=False)["status"] == "reused"
+    same = run_pseudolabel(cfg_for(tiny_clip, photo_voc, out, **{"damp.threshold": 0.9}), progress=False)
+    assert same["status"] == "reused"
     for key, value, field in [("views.grid", 3, "grid"), ("views.rounds", 2, "rounds"),
-                              ("text.prompts", ["a picture of a {}."], "prompts"), ("clip.precision", "bf16", "precision"),
+                              ("text.prompts", ["a picture of a {}."], "prompts"),
+                              ("clip.precision", "bf16", "precision"),
                               ("views.normalize", "imagenet", "normalize"), ("text.gcn", False, "gcn")]:
         with pytest.raises(AevlpError, match=rf"different settings:[\s\S]*{field}:"):
             run_pseudolabel(cfg_for(tiny_clip, photo_voc, out, **{key: value}), progress=False)

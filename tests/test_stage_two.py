@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from conftest import make_photo_dataset
 
 from aevlp.cli import cli
 from aevlp.config import load_config
@@ -12,7 +13,6 @@ from aevlp.errors import AevlpError
 from aevlp.losses import LOSSES
 from aevlp.pseudolabel import run_pseudolabel
 from aevlp.train import run_train
-from conftest import make_photo_dataset
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def base_cfg(tiny_clip, root, cache, *extra):
 
 def train(setup, tmp_path, *extra, **kw):
     cfg = base_cfg(setup["clip"], setup["root"], setup["cache"], *extra)
-    return run_train(cfg, pseudo=setup["cache"], run_dir=tmp_path / kw.pop("name", "run"), progress=False, **kw)
+    return run_train(cfg, cache=setup["cache"], run_dir=tmp_path / kw.pop("name", "run"), progress=False, **kw)
 
 
 def history(run):
@@ -95,41 +95,64 @@ def test_resume_equals_uninterrupted(setup, tmp_path, monkeypatch):
     assert resumed["test_map"] == full["test_map"]
 
 
-def test_early_stopping_rules(setup, tmp_path):
-    from aevlp.train import _should_stop
-    t = {"early_stop": "aevlp", "patience": 2, "max_drop": 2.0}
+def test_early_stopping_rules():
+    from types import SimpleNamespace as NS
+
+    from aevlp.train import should_stop
+    t = dict(early_stop="aevlp", patience=2, max_drop=2.0)
     st = lambda best, cur, counter: {"best_val": best, "counter": counter, "history": [{"val_map": cur}]}  # noqa
-    assert _should_stop(st(50, 47.9, 1), t) and _should_stop(st(50, 49.5, 2), t) and not _should_stop(st(50, 49, 1), t)
-    assert not _should_stop(st(50, 49.5, 5), dict(t, early_stop="gr")) and _should_stop(st(50, 47, 1), dict(t, early_stop="gr"))
-    assert not _should_stop(st(50, 10, 9), dict(t, early_stop="none"))
+    assert should_stop(st(50, 47.9, 1), NS(**t)) and should_stop(st(50, 49.5, 2), NS(**t))
+    assert not should_stop(st(50, 49, 1), NS(**t))
+    assert not should_stop(st(50, 49.5, 5), NS(**dict(t, early_stop="gr")))
+    assert should_stop(st(50, 47, 1), NS(**dict(t, early_stop="gr")))
+    assert not should_stop(st(50, 10, 9), NS(**dict(t, early_stop="none")))
 
 
 def test_refuses_mismatched_cache(setup, tmp_path):
     other = make_photo_dataset(tmp_path / "other", n_train=30, n_test=8, seed=3)  # same images, other labels
     with pytest.raises(AevlpError, match="observed labels differ"):
-        run_train(base_cfg(setup["clip"], other, setup["cache"]), pseudo=setup["cache"], run_dir=tmp_path / "x",
+        run_train(base_cfg(setup["clip"], other, setup["cache"]), cache=setup["cache"], run_dir=tmp_path / "x",
                   progress=False)
     renamed = make_photo_dataset(tmp_path / "renamed", n_train=30, n_test=8)
-    (renamed / "aevlp_dataset.json").write_text(json.dumps({"dataset": "voc", "classnames": [f"c{i}" for i in range(20)],
-                                                            "image_root": "VOCdevkit/VOC2012/JPEGImages"}))
+    meta = {"dataset": "voc", "classnames": [f"c{i}" for i in range(20)], "image_root": "VOCdevkit/VOC2012/JPEGImages"}
+    (renamed / "aevlp_dataset.json").write_text(json.dumps(meta))
     with pytest.raises(AevlpError, match="classes differ"):
-        run_train(base_cfg(setup["clip"], renamed, setup["cache"]), pseudo=setup["cache"], run_dir=tmp_path / "y",
+        run_train(base_cfg(setup["clip"], renamed, setup["cache"]), cache=setup["cache"], run_dir=tmp_path / "y",
                   progress=False)
     cfg = base_cfg(setup["clip"], setup["root"], setup["cache"])
     with pytest.raises(AevlpError, match="image ids differ"):
-        run_train(cfg, pseudo=setup["cache"], run_dir=tmp_path / "z", progress=False, limit=10)
+        run_train(cfg, cache=setup["cache"], run_dir=tmp_path / "z", progress=False, limit=10)
     small = tmp_path / "small.h5"
     run_pseudolabel(base_cfg(setup["clip"], setup["root"], small), limit=10, progress=False)
     with pytest.raises(AevlpError, match="covers only the first 10 of 24") as e:
-        run_train(cfg, pseudo=small, run_dir=tmp_path / "w", progress=False)
+        run_train(cfg, cache=small, run_dir=tmp_path / "w", progress=False)
     assert "--limit 10" in str(e.value)
-    assert run_train(cfg, pseudo=small, run_dir=tmp_path / "w", progress=False, limit=10)["train_images"] == 10
+    assert run_train(cfg, cache=small, run_dir=tmp_path / "w", progress=False, limit=10)["train_images"] == 10
 
 
 @pytest.mark.parametrize("loss", list(LOSSES))
-def test_every_loss_runs_on_clip_head(setup, tmp_path, loss):
-    r = train(setup, tmp_path, f'loss.name="{loss}"', 'train.backbone="clip-head"', "train.epochs=2")
-    assert np.isfinite(r["test_map"]) and all(np.isfinite(x["loss"]) for x in history(tmp_path / "run"))
+def test_every_loss_trains_on_clip_head(setup, tmp_path, loss):
+    import torch
+
+    from aevlp.cache import Cache
+    from aevlp.checkpoint import load_checkpoint
+    from aevlp.metrics import mean_average_precision
+    from aevlp.models import build_model
+    r = train(setup, tmp_path, f'loss.name="{loss}"', 'train.backbone="clip-head"', "train.epochs=2",
+              'train.early_stop="none"')
+    run = tmp_path / "run"
+    assert all(np.isfinite(x["loss"]) for x in history(run))
+    model, meta = load_checkpoint(run / "best.pt")
+    assert meta["loss"] == loss and meta["backbone"] == "clip-head"
+    # results.json's test mAP is best.pt's on the stored test embeddings, recomputed here
+    with Cache(setup["cache"]) as c:
+        emb = torch.as_tensor(c.eval_embeddings("test").astype(np.float32))
+    with torch.no_grad():
+        probs = torch.sigmoid(model(emb)).numpy()
+    truth = np.load(setup["root"] / "formatted_val_labels.npy")
+    assert mean_average_precision(probs, truth) == pytest.approx(r["test_map"], abs=1e-4)
+    torch.manual_seed(0)  # train.seed: the head's initialisation; training moved it
+    assert not torch.allclose(build_model("clip-head", 20, embed_dim=32).head.weight, model.head.weight)
     assert ("pseudo_f1" in r) == LOSSES[loss].uses_pseudo
 
 
@@ -140,14 +163,15 @@ def test_full_labels_and_global_source(setup, tmp_path):
     g = train(setup, tmp_path, 'damp.source="global"', 'train.backbone="clip-head"', "damp.threshold=0.06",
               name="g")
     train(setup, tmp_path, 'train.backbone="clip-head"', name="d")
-    assert g["damp_source"] == "global" and history(tmp_path / "g")[0]["pseudo_f1"] != history(tmp_path / "d")[0]["pseudo_f1"]
+    assert g["damp_source"] == "global"
+    assert history(tmp_path / "g")[0]["pseudo_f1"] != history(tmp_path / "d")[0]["pseudo_f1"]
 
 
 def test_cli_train_eval_predict(setup, tmp_path):
     run = tmp_path / "cli"
-    res = CliRunner().invoke(cli, ["train", "--pseudo", str(setup["cache"]), "--backbone", "small-cnn", "--image-size", "32",
-                                   "--epochs", "1", "--workers", "0", "--run-dir", str(run), "--no-progress",
-                                   "--set", "train.lr=1e-3"])
+    res = CliRunner().invoke(cli, ["train", "--pseudo", str(setup["cache"]), "--backbone", "small-cnn",
+                                   "--image-size", "32", "--epochs", "1", "--workers", "0", "--run-dir", str(run),
+                                   "--no-progress", "--set", "train.lr=1e-3"])
     assert res.exit_code == 0, res.output
     assert "test mAP" in res.output
     # the dataset and data root come from the cache

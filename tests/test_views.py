@@ -1,8 +1,16 @@
 import pytest
 import torch
 
-from aevlp.views import ViewBatches, ViewSpec, expand_views, normalize, render_views, tile_boxes, unique_slots, \
-    view_boxes
+from aevlp.views import (
+    ViewBatches,
+    ViewSpec,
+    expand_views,
+    normalize,
+    render_views,
+    tile_boxes,
+    unique_slots,
+    view_boxes,
+)
 
 
 @pytest.mark.parametrize("w,h,g", [(500, 375, 4), (97, 61, 3), (10, 10, 5), (224, 224, 1)])

@@ -1,10 +1,48 @@
-"""Options and config resolution shared by the stage commands."""
+"""Options and config resolution shared by the commands; choices read from the registries."""
 from __future__ import annotations
+
+import importlib
 
 import click
 
 from aevlp.config import find_pipeline, load_config
 from aevlp.errors import ConfigError
+from aevlp.registry import Registry, did_you_mean
+
+__all__ = ["RegistryChoice", "default_pipeline", "resolve", "set_option", "config_option"]
+
+
+class RegistryChoice(click.Choice):
+    """A click choice whose values are a registry's names, read when shown or checked (so anything
+    registered after import appears in --help and is accepted); aliases are accepted too.
+
+    `registry` may be given as "module:NAME", imported on first use, so that a command line that
+    does not need it (e.g. `aevlp data ls`) does not import torch."""
+
+    def __init__(self, registry: Registry | str):
+        self._registry = registry
+        super().__init__((), case_sensitive=False)
+
+    @property
+    def registry(self) -> Registry:
+        if isinstance(self._registry, str):
+            module, name = self._registry.split(":")
+            self._registry = getattr(importlib.import_module(module), name)
+        return self._registry
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(self.registry.names())
+
+    @choices.setter
+    def choices(self, value) -> None:  # click's __init__ assigns it; the registry is the source
+        pass
+
+    def convert(self, value, param, ctx):
+        if value in self.registry:
+            return self.registry.canonical(value)
+        self.fail(f"{value!r} is not a known {self.registry.kind}{did_you_mean(value, self.registry.names(True))}; "
+                  f"choose one of: {', '.join(self.choices)}", param, ctx)
 
 
 def default_pipeline(dataset: str | None) -> str | None:

@@ -5,7 +5,7 @@ import json
 
 import click
 
-from aevlp.cli import cli
+from aevlp.cli.group import cli
 
 
 def _print_summary(summary: dict) -> None:
@@ -102,7 +102,7 @@ def prepare_table_cmd(csv_path: str, images: str, out: str, image_col: str | Non
 
 
 @data.command("info")
-@click.option("--dataset", required=True, help="Dataset name (voc, coco, nus, cub, table, ...).")
+@click.option("--dataset", required=True, help="Dataset name (aevlp data ls).")
 @click.option("--data-root", required=True, type=click.Path(), help="Folder in the SPML layout.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def info_cmd(dataset: str, data_root: str, as_json: bool) -> None:
@@ -122,8 +122,9 @@ def info_cmd(dataset: str, data_root: str, as_json: bool) -> None:
 @data.command("ls")
 def ls_cmd() -> None:
     """List the datasets aevlp knows, with their aliases."""
-    from aevlp.data.registry import _REGISTRY
+    from aevlp.data.registry import DATASETS
 
-    for info in _REGISTRY.values():
-        alias = f" (also: {', '.join(info.aliases)})" if info.aliases else ""
-        click.echo(f"  {info.name:10s} {info.description}{alias}")
+    rows = [(name, info.description, ", ".join(info.aliases) or "-") for name, info in DATASETS.items()]
+    widths = [max(len(r[i]) for r in rows + [("dataset", "description", "aliases")]) for i in range(3)]
+    for row in [("dataset", "description", "aliases"), *rows]:
+        click.echo("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

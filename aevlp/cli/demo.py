@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import click
 
-from aevlp.cli import cli
 from aevlp.cli.data import _print_summary, prepare
+from aevlp.cli.group import cli
 
 
 @cli.command("demo")

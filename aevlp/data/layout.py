@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from aevlp.data.observe import single_positive
+from aevlp.data.observe import COLE_SEED, single_positive
 from aevlp.data.registry import DatasetInfo, builtin_classnames, get_dataset
 from aevlp.data.splits import train_val_split
 from aevlp.errors import DataError
@@ -107,9 +107,9 @@ def _load_phase(root: Path, phase: str, num_classes: int, hint: str, report: dic
             raise DataError(f"{obs_path}: shape {observed.shape} differs from {lab_path.name} {labels.shape}")
         observed = _check_values(observed, obs_path, (-1, 0, 1))
     else:
-        observed = single_positive(labels, seed=1200).astype(np.int8)
+        observed = single_positive(labels, seed=COLE_SEED).astype(np.int8)
         report[f"{phase}_observed_generated"] = True
-        log.warning("%s missing: generated single-positive labels with seed 1200", obs_path.name)
+        log.warning("%s missing: generated single-positive labels with seed %d", obs_path.name, COLE_SEED)
     no_pos = int((labels.sum(axis=1) == 0).sum())
     if no_pos:
         report[f"{phase}_rows_without_positive"] = no_pos
@@ -123,7 +123,7 @@ def _load_phase(root: Path, phase: str, num_classes: int, hint: str, report: dic
 
 
 def load_dataset(name: str, root: str | Path, *, image_root: str | Path | None = None,
-                 val_frac: float = 0.2, split_seed: int = 1200) -> SPMLData:
+                 val_frac: float = 0.2, split_seed: int = COLE_SEED) -> SPMLData:
     """Load a dataset in the SPML layout and split it as the benchmark does.
 
     train = official train minus val (observed labels); val = `val_frac` of official train
@@ -164,7 +164,7 @@ def load_dataset(name: str, root: str | Path, *, image_root: str | Path | None =
 
 
 def write_layout(out: str | Path, dataset: str, classnames: Sequence[str], image_root: str | Path,
-                 phases: dict[str, tuple[Sequence[str], np.ndarray]], *, seed: int = 1200,
+                 phases: dict[str, tuple[Sequence[str], np.ndarray]], *, seed: int = COLE_SEED,
                  extra: dict | None = None) -> dict:
     """Write formatted files (+ observed labels, Cole's sampler, fresh RNG per phase) and metadata."""
     out = Path(out)

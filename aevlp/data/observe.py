@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["single_positive"]
+__all__ = ["COLE_SEED", "single_positive"]
+
+COLE_SEED = 1200  # Cole et al.'s seed for the observed labels and the train/val split (METHOD.md §1.2-1.3)
 
 
-def single_positive(labels, seed: int = 1200) -> np.ndarray:
+def single_positive(labels, seed: int = COLE_SEED) -> np.ndarray:
     """Keep one random true positive per row (num_pos=1, num_neg=0), 0 everywhere else.
 
     Why the odd RNG use: Cole shuffles the negatives of every row too (and keeps none), which

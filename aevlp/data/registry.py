@@ -5,8 +5,9 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 from aevlp.errors import DataError
+from aevlp.registry import Registry
 
-__all__ = ["DatasetInfo", "register_dataset", "get_dataset", "known_datasets", "builtin_classnames"]
+__all__ = ["DatasetInfo", "DATASETS", "register_dataset", "get_dataset", "known_datasets", "builtin_classnames"]
 
 
 @dataclass(frozen=True)
@@ -21,28 +22,24 @@ class DatasetInfo:
     aliases: tuple[str, ...] = field(default=())
 
 
-_REGISTRY: dict[str, DatasetInfo] = {}
-_ALIASES: dict[str, str] = {}
+DATASETS: Registry[DatasetInfo] = Registry("dataset", error=DataError)
 
 
 def register_dataset(info: DatasetInfo) -> DatasetInfo:
-    for key in (info.name, *info.aliases):
-        _ALIASES[key.lower()] = info.name
-    _REGISTRY[info.name] = info
-    return info
+    return DATASETS.register(info.name, info, aliases=info.aliases)
 
 
 def get_dataset(name: str) -> DatasetInfo:
-    key = _ALIASES.get(name.lower())
-    if key is None:
-        raise DataError(f"unknown dataset '{name}'",
-                        hint=f"known datasets: {', '.join(known_datasets())} "
-                             "(use 'table' for your own CSV, see `aevlp data prepare table --help`)")
-    return _REGISTRY[key]
+    """A dataset by name or alias; unknown names list the known ones (and 'table' for your own CSV)."""
+    try:
+        return DATASETS.get(name)
+    except DataError as e:
+        raise DataError(e.message, hint=f"known datasets: {', '.join(known_datasets())} (use 'table' for your "
+                                        "own CSV, see `aevlp data prepare table --help`)") from None
 
 
 def known_datasets() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted(DATASETS.names())
 
 
 def builtin_classnames(name: str) -> list[str]:

@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from aevlp.data.observe import COLE_SEED
+
 __all__ = ["train_val_split"]
 
 
-def train_val_split(n: int, val_frac: float = 0.2, seed: int = 1200,
+def train_val_split(n: int, val_frac: float = 0.2, seed: int = COLE_SEED,
                     ss_frac: float = 1.0, ss_seed: int = 999) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train_idx, val_idx) of range(n); independent of the labels.
 

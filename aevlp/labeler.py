@@ -10,21 +10,15 @@ import torch
 
 from aevlp.cache import Cache
 from aevlp.damp import pseudo_labels
+from aevlp.specs import DampSpec
 
-__all__ = ["PseudoLabeler", "selection_params"]
-
-
-def selection_params(damp: dict) -> dict:
-    """A pipeline's [damp] table as the keyword arguments of `aevlp.damp.pseudo_labels` (DAMP scores)."""
-    return {"temperature": damp["temperature"], "eta": damp["eta"], "top_k": damp["top_k"],
-            "threshold": damp["threshold"], "negative_ratio": damp["negative_ratio"],
-            "negatives": damp["mode"] == "paper"}
+__all__ = ["PseudoLabeler"]
 
 
 class PseudoLabeler:
     """Builds int8 [N, C] pseudo-labels from cached similarities for a given epoch."""
 
-    def __init__(self, cache: Cache, damp: dict, observed: np.ndarray):
+    def __init__(self, cache: Cache, damp: DampSpec, observed: np.ndarray):
         self.cache, self.damp = cache, damp
         self.observed = torch.as_tensor(observed)
         self._memo: dict[int, np.ndarray] = {}
@@ -39,5 +33,5 @@ class PseudoLabeler:
         return self._memo[r]
 
     def compute(self, sims: torch.Tensor) -> np.ndarray:
-        _, z = pseudo_labels(sims, self.observed, **selection_params(self.damp), source=self.damp["source"])
+        _, z = pseudo_labels(sims, self.observed, **self.damp.selection(), source=self.damp.source)
         return z.numpy()

@@ -1,4 +1,4 @@
-"""Looking after stage-one caches: list, inspect, verify and clean them."""
+"""Looking after stage-one caches: list, inspect, verify and clean them (`aevlp cache ...`)."""
 from __future__ import annotations
 
 import json
@@ -25,7 +25,8 @@ def list_caches(folder: str | Path) -> pd.DataFrame:
         row = {"file": p.name, "size_mb": round(p.stat().st_size / 2 ** 20, 2)}
         try:
             fp, complete = read_fingerprint(p)
-            row.update(dataset=fp.get("dataset"), model=fp.get("clip_arch"), pretrained=str(fp.get("clip_weights"))[:19],
+            row.update(dataset=fp.get("dataset"), model=fp.get("clip_arch"),
+                       pretrained=str(fp.get("clip_weights"))[:19],
                        grid=fp.get("grid"), rounds=fp.get("rounds"), images=fp.get("num_images"),
                        complete=complete and not p.name.endswith(".partial"))
         except AevlpError:
@@ -81,7 +82,8 @@ def verify_cache(path: str | Path) -> list[str]:
         problems += [f"{k} has shape {f[k].shape}, expected {s}" for k, s in expect.items() if f[k].shape != s]
         if (fp.get("rounds"), fp.get("grid", 0) ** 2 + 1, fp.get("num_images"), fp.get("num_classes")) != (r, v, n, c):
             problems.append(f"fingerprint (rounds {fp.get('rounds')}, grid {fp.get('grid')}, images "
-                            f"{fp.get('num_images')}, classes {fp.get('num_classes')}) does not match sims {f['sims'].shape}")
+                            f"{fp.get('num_images')}, classes {fp.get('num_classes')}) does not match "
+                            f"sims {f['sims'].shape}")
         if not f["done"][:].all():
             problems.append(f"{int((~f['done'][:]).sum())} of {n} rows not done")
         for k in ("sims", "scores", "embeddings", "val_embeddings", "test_embeddings"):

@@ -1,19 +1,19 @@
-"""`aevlp pseudolabel` and `aevlp clip ...`: stage one from the command line."""
+"""`aevlp pseudolabel`: stage one from the command line."""
 from __future__ import annotations
-
-import json
 
 import click
 
-from aevlp.cli import cli
-from aevlp.cli.common import config_option, resolve, set_option
+from aevlp.cli.common import RegistryChoice, config_option, resolve, set_option
+from aevlp.cli.group import cli
+from aevlp.data.registry import DATASETS
 
 
 @cli.command("pseudolabel")
-@click.option("--dataset", default=None, help="Dataset name (voc, coco, nus, cub, table, ...).")
+@click.option("--dataset", type=RegistryChoice(DATASETS), default=None, help="Dataset name (aevlp data ls).")
 @click.option("--data-root", default=None, type=click.Path(), help="Folder in the SPML layout.")
 @config_option
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Cache file [default: cache/DATASET.h5].")
+@click.option("--out", "--cache", "out", default=None, type=click.Path(dir_okay=False),
+              help="Cache file [default: cache/DATASET.h5].")
 @click.option("--clip", "arch", default=None, help="open_clip architecture, e.g. ViT-B-16 (aevlp clip ls).")
 @click.option("--pretrained", default=None, help="Pretrained tag (openai, laion2b_s34b_b88k, ...) or a local "
                                                   "weights file; '' for random weights.")
@@ -72,7 +72,7 @@ def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, clip_conf
                                   shard=parse_shard(shard) if shard else None)
     except KeyboardInterrupt:
         click.secho("interrupted: finished rows are kept; run the same command again to resume", fg="yellow", err=True)
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     finally:
         distributed.cleanup()
     if rank != 0:
@@ -88,29 +88,3 @@ def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, clip_conf
     for key, value in summary.items():
         if key not in ("cache", "status"):
             click.echo(f"  {key:28s} {value}")
-
-
-@cli.group("clip")
-def clip_group() -> None:
-    """Inspect the CLIP models open_clip knows."""
-
-
-@clip_group.command("ls")
-@click.option("--arch", default=None, help="Only this architecture (substring match).")
-@click.option("--json", "as_json", is_flag=True, help="JSON output.")
-def clip_ls(arch: str | None, as_json: bool) -> None:
-    """List architectures and their pretrained tags (any pair works with --clip/--pretrained).
-
-    Example: aevlp clip ls --arch ViT-B-16
-    """
-    import open_clip
-
-    tags: dict[str, list[str]] = {}
-    for a, t in open_clip.list_pretrained():
-        tags.setdefault(a, []).append(t)
-    rows = {a: tags.get(a, []) for a in open_clip.list_models() if not arch or arch.lower() in a.lower()}
-    if as_json:
-        click.echo(json.dumps(rows, indent=1))
-        return
-    for a, ts in rows.items():
-        click.echo(f"{a:40s} {', '.join(ts) if ts else '(no pretrained tags: pass a local weights file)'}")

@@ -1,23 +1,25 @@
-"""Stage-two inputs: images (resize + seeded flip) or cached CLIP embeddings, one row per item.
+"""Stage-two inputs: images (resize + seeded flip) or cached CLIP embeddings, one row per item,
+and the DataLoaders that feed them to training (shuffled per epoch, or ordered for evaluation).
 
 The training flip of row i at epoch e is drawn from a generator seeded by (seed, epoch, row), so a
 resumed run sees exactly the augmentations an uninterrupted one would, with no RNG state to save.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
+from torch.utils.data import DataLoader
 from torchvision.transforms import InterpolationMode
 
-from aevlp.clip import IMAGENET_MEAN, IMAGENET_STD
+from aevlp import distributed
 from aevlp.errors import DataError
-from aevlp.views import bad_image, decode
+from aevlp.imaging import IMAGENET_MEAN, IMAGENET_STD, bad_image, decode
 
-__all__ = ["ImageRows", "EmbeddingRows", "load_image"]
+__all__ = ["ImageRows", "EmbeddingRows", "load_image", "make_loader"]
 
 _MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 _STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)
@@ -69,3 +71,18 @@ class EmbeddingRows(torch.utils.data.Dataset):
         if self.emb.ndim == 3:
             return self.emb[(self.epoch - 1) % self.emb.shape[0], i], i
         return self.emb[i], i
+
+
+def make_loader(ds, batch_size: int, workers: int, device: torch.device, *, shuffle_seed: int | None = None,
+                epoch: int = 0) -> DataLoader:
+    """Shuffled (seeded per epoch) or ordered; under torchrun each rank reads its DistributedSampler share."""
+    rank, world, _ = distributed.env()
+    if shuffle_seed is not None and world > 1:
+        sampler = torch.utils.data.DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True,
+                                                      seed=shuffle_seed)
+        sampler.set_epoch(epoch)
+        return DataLoader(ds, batch_size=max(1, batch_size // world), sampler=sampler, num_workers=workers,
+                          pin_memory=device.type == "cuda")
+    gen = torch.Generator().manual_seed(shuffle_seed * 1000 + epoch) if shuffle_seed is not None else None
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle_seed is not None, generator=gen,
+                      num_workers=workers, pin_memory=device.type == "cuda", drop_last=False)

@@ -6,27 +6,30 @@ from pathlib import Path
 
 import click
 
-from aevlp.cli import cli
-from aevlp.cli.common import config_option, resolve, set_option
+from aevlp.cli.common import RegistryChoice, config_option, resolve, set_option
+from aevlp.cli.group import cli
+from aevlp.data.registry import DATASETS
 from aevlp.errors import AevlpError
 
 
-def _cache_info(pseudo: str) -> tuple[str | None, dict]:
+def _cache_info(path: str) -> tuple[str | None, dict]:
     """Dataset name and data root recorded in a cache, so `--pseudo` alone is enough."""
     from aevlp.cache import Cache
 
-    with Cache(pseudo) as c:
+    with Cache(path) as c:
         return c.fingerprint.get("dataset"), json.loads(c.f.attrs.get("info", "{}"))
 
 
 @cli.command("train")
-@click.option("--pseudo", default=None, type=click.Path(dir_okay=False),
+@click.option("--pseudo", "--cache", "cache", default=None, type=click.Path(dir_okay=False),
               help="Stage-one cache (HDF5) [default: cache/DATASET.h5].")
-@click.option("--dataset", default=None, help="Dataset name [default: the cache's].")
+@click.option("--dataset", type=RegistryChoice(DATASETS), default=None, help="Dataset name [default: the cache's].")
 @click.option("--data-root", default=None, type=click.Path(), help="SPML-layout folder [default: the cache's].")
 @config_option
-@click.option("--loss", default=None, help="gpr | gr | an | an-pl | em | em-pl | epr | bce-full.")
-@click.option("--backbone", default=None, help="resnet50 | resnet101 | clip-head | small-cnn.")
+@click.option("--loss", type=RegistryChoice("aevlp.losses:LOSSES"), default=None,
+              help="Training loss / method (docs/training.md) [default: the pipeline's].")
+@click.option("--backbone", type=RegistryChoice("aevlp.models:BACKBONES"), default=None,
+              help="Classifier backbone [default: the pipeline's].")
 @click.option("--weights", default=None, help="Backbone weights: imagenet | none | a local .pth file.")
 @click.option("--labels", type=click.Choice(["observed", "full"]), default=None,
               help="Train on the single positives (the task) or the full ground truth (the upper bound).")
@@ -45,7 +48,7 @@ def _cache_info(pseudo: str) -> tuple[str | None, dict]:
 @click.option("--limit", type=int, default=None, help="Only the first N training images (match stage one's).")
 @click.option("--no-progress", is_flag=True)
 @set_option
-def train_cmd(pseudo, dataset, data_root, config, loss, backbone, weights, labels, damp_source, epochs, batch_size,
+def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels, damp_source, epochs, batch_size,
               lr, image_size, seed, device, workers, run_dir, resume, limit, no_progress, overrides) -> None:
     """Stage two: train a multi-label classifier with GPR Loss (or a baseline) from a stage-one cache.
 
@@ -68,31 +71,30 @@ def train_cmd(pseudo, dataset, data_root, config, loss, backbone, weights, label
 
     if resume:
         cfg = load_config(Path(resume) / "config.toml", overrides)
-        pseudo = cfg["cache"]["path"]
         run_dir = resume
     else:
-        if pseudo is None and dataset is None:
+        if cache is None and dataset is None:
             raise AevlpError("no cache given", hint="pass --pseudo cache/DATASET.h5 (made by aevlp pseudolabel)")
-        cached_name, info = _cache_info(pseudo) if pseudo else (None, {})
+        cached_name, info = _cache_info(cache) if cache else (None, {})
         cfg = resolve(config, dataset or cached_name, overrides,
                       dataset={"data_root": data_root or info.get("data_root")},
                       loss={"name": loss}, damp={"source": damp_source},
                       train={"backbone": backbone, "weights": weights, "labels": labels, "epochs": epochs,
                              "batch_size": batch_size, "lr": lr, "image_size": image_size, "seed": seed,
                              "device": device, "workers": workers})
-        pseudo = pseudo or f"cache/{cfg['dataset']['name']}.h5"
-        cfg["cache"]["path"] = str(pseudo)
+        if cache:
+            cfg["cache"]["path"] = str(cache)
         if limit is None:
             limit = info.get("limit")
     from aevlp import distributed
 
     try:
-        r = run_train(cfg, pseudo=pseudo, run_dir=run_dir, resume=bool(resume), limit=limit,
+        r = run_train(cfg, run_dir=run_dir, resume=bool(resume), limit=limit,
                       progress=not no_progress)
     except KeyboardInterrupt:
         click.secho("interrupted: resume with `aevlp train --resume RUN_DIR` (finished epochs are kept)",
                     fg="yellow", err=True)
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     finally:
         distributed.cleanup()
     if "test_map" not in r:  # a torchrun rank other than 0
@@ -103,7 +105,7 @@ def train_cmd(pseudo, dataset, data_root, config, loss, backbone, weights, label
 
 @cli.command("eval")
 @click.argument("checkpoint", type=click.Path(exists=True))
-@click.option("--dataset", required=True, help="Dataset name.")
+@click.option("--dataset", type=RegistryChoice(DATASETS), required=True, help="Dataset name.")
 @click.option("--data-root", required=True, type=click.Path(), help="SPML-layout folder.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Per-class AP CSV.")

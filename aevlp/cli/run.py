@@ -1,0 +1,48 @@
+"""`aevlp run`: both stages of a pipeline, each only when stale."""
+from __future__ import annotations
+
+import click
+
+from aevlp.cli.common import set_option
+from aevlp.cli.group import cli
+
+
+@cli.command("run")
+@click.argument("pipeline")
+@click.option("--data-root", default=None, type=click.Path(), help="SPML-layout folder (overrides dataset.data_root).")
+@set_option
+@click.option("--dry-run", is_flag=True, help="Only say which stages would run and why (like make -n).")
+@click.option("--force-stage", type=click.Choice(["pseudolabel", "train"]), default=None,
+              help="Run this stage even if it is up to date (forcing pseudolabel re-trains too).")
+@click.option("--limit", type=int, default=None, help="Only the first N training images.")
+@click.option("--no-progress", is_flag=True)
+def run_cmd(pipeline, data_root, overrides, dry_run, force_stage, limit, no_progress) -> None:
+    """Run a pipeline: stage one if its cache is missing or stale, then stage two if stale.
+
+    \b
+    Changing a [damp], [loss] or [train] key re-trains without touching CLIP; changing the CLIP
+    model, prompts, grid or rounds recomputes the cache first. The training run goes to
+    runs/PIPELINE-NAME (train.out).
+
+    \b
+    Examples:
+      aevlp run pipelines/voc.toml --data-root data/voc --dry-run
+      aevlp run voc --data-root data/voc
+      aevlp run voc --data-root data/voc --set damp.threshold=0.4     # re-trains only
+    """
+    from aevlp.config import find_pipeline, load_config
+    from aevlp.run import plan_pipeline, run_pipeline
+
+    path = find_pipeline(pipeline)
+    extra = {"dataset": {"data_root": data_root}} if data_root else {}
+    cfg = load_config(path, overrides, **extra)
+    name = path.stem
+    if dry_run:
+        for plan in plan_pipeline(cfg, name, force_stage=force_stage, limit=limit).stages:
+            click.echo(f"{plan.stage}: {'would run' if plan.run else 'up to date'} - {plan.reason}")
+            for line in plan.details:
+                click.echo(f"    {line}")
+        return
+    r = run_pipeline(cfg, name, force_stage=force_stage, limit=limit, progress=not no_progress, echo=click.echo)
+    click.echo(f"test mAP {r['test_map']:.2f}  (val mAP {r['val_map']:.2f}, best epoch {r['best_epoch']}); "
+               f"run directory {r['run_dir']}")
