@@ -188,7 +188,8 @@ class CacheWriter:
     def __init__(self, target: Path, fingerprint: dict, layout: CacheLayout, *, image_ids: list[str],
                  classnames: list[str], observed: np.ndarray, labels: np.ndarray | None,
                  text_features: np.ndarray, relation: np.ndarray | None, selection: dict,
-                 eval_ids: dict[str, list[str]] | None = None, info: dict | None = None):
+                 eval_ids: dict[str, list[str]] | None = None, info: dict | None = None,
+                 clip_preprocess: dict | None = None):
         self.target, self.tmp = Path(target), partial_path(Path(target))
         self.fingerprint = fingerprint
         self.resumed = False
@@ -227,6 +228,7 @@ class CacheWriter:
             f.attrs["complete"] = False
             f.attrs["eval_done"] = not eval_ids
             f.attrs["info"] = json.dumps(info or {})  # where the data came from; not part of the fingerprint
+            f.attrs["clip_preprocess"] = json.dumps(clip_preprocess or {})  # what every view got (docs/cache.md)
             f.attrs["versions"] = json.dumps(_versions())
             f.flush()
         except Exception:
@@ -247,7 +249,8 @@ class CacheWriter:
                    text_features=source["text_features"][:],
                    relation=source["relation"][:] if "relation" in source else None,
                    selection=json.loads(source.attrs["selection"]), eval_ids=eval_ids or None,
-                   info=json.loads(source.attrs.get("info", "{}")))
+                   info=json.loads(source.attrs.get("info", "{}")),
+                   clip_preprocess=json.loads(source.attrs.get("clip_preprocess", "{}")))
 
     def pending(self) -> np.ndarray:
         return np.flatnonzero(~self.f["done"][:])

@@ -52,6 +52,7 @@ def inspect_cache(path: str | Path) -> tuple[dict, pd.DataFrame]:
                                                np.tile(c.array("labels")[keep], (c.rounds, 1)), c.classnames())
             table["precision"], table["recall"] = q["precision"], q["recall"]
         facts = {"file": str(c.path), "fingerprint": c.fingerprint, "selection": c.selection, "shapes": shapes,
+                 "clip_preprocess": json.loads(c.f.attrs.get("clip_preprocess", "{}")),
                  "summary": json.loads(c.f.attrs.get("summary", "{}")),
                  "versions": json.loads(c.f.attrs.get("versions", "{}")), "created": c.f.attrs.get("created", "")}
     return facts, table

@@ -1,21 +1,24 @@
-"""The frozen open_clip model of stage one: loading by name + tag or local file, precision, prompts.
+"""The frozen open_clip model of stage one, built exactly as its checkpoint was trained.
 
-Only stage one loads CLIP; stage two reads what it wrote to the cache.
+`clip_source.resolve_clip` decides what a CLIP choice means (config, QuickGELU, preprocessing,
+tokenizer, identity) without building anything; `load_clip` builds it. Only stage one loads CLIP;
+stage two reads what it wrote to the cache.
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from aevlp.clip_source import ClipSource, Preprocess, file_sha256, resolve_clip
 from aevlp.device import DTYPES, resolve_device, resolve_precision
 from aevlp.errors import AevlpError, ConfigError
+from aevlp.specs import ClipSpec
 
 __all__ = ["ClipModel", "ClipIdentity", "identify_clip", "load_clip", "prompt_name", "file_sha256"]
 
@@ -31,33 +34,70 @@ def prompt_name(classname: str) -> str:
     return classname.replace("_", " ")
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+@dataclass(frozen=True)
+class ClipIdentity:
+    """What identifies a CLIP setup's numbers, known without loading the model (for fingerprints)."""
+
+    source: ClipSource
+    precision: str
+
+    @property
+    def arch(self) -> str:
+        return self.source.name
+
+    @property
+    def weights_id(self) -> str:
+        return self.source.weights_id
+
+    @property
+    def config_id(self) -> str:
+        return self.source.config_id
+
+    @property
+    def image_size(self) -> int:
+        return self.source.preprocess.image_size
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return self.source.preprocess
+
+
+def identify_clip(spec: ClipSpec) -> ClipIdentity:
+    """Validate a CLIP choice and identify it (weights file hashed), without building the model."""
+    source = resolve_clip(spec.arch, spec.pretrained, config=spec.config, pretrained_cfg=spec.pretrained_cfg,
+                          tokenizer=spec.tokenizer)
+    return ClipIdentity(source, resolve_precision(spec.precision, resolve_device(spec.device)))
 
 
 @dataclass
 class ClipModel:
-    """A loaded, frozen open_clip model with the facts the cache fingerprint needs."""
+    """A loaded, frozen open_clip model."""
 
     model: torch.nn.Module
     tokenizer: object
-    arch: str
-    pretrained: str
-    weights_id: str  # the tag, or "sha256:..." of a local file, or "random"
-    config_id: str  # "" or "sha256:..." of a local model config JSON
+    identity: ClipIdentity
     device: torch.device
-    precision: str
-    image_size: int
-    embed_dim: int
     encoder: object = None  # torch.compile'd encode_image when asked for
+
+    @property
+    def precision(self) -> str:
+        return self.identity.precision
 
     @property
     def dtype(self) -> torch.dtype:
         return DTYPES[self.precision]
+
+    @property
+    def embed_dim(self) -> int:
+        return self.identity.source.embed_dim
+
+    @property
+    def image_size(self) -> int:
+        return self.identity.image_size
+
+    @property
+    def weights_id(self) -> str:
+        return self.identity.weights_id
 
     @torch.inference_mode()
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -66,107 +106,96 @@ class ClipModel:
         return F.normalize((self.encoder or self.model.encode_image)(x).float(), dim=-1)
 
     @torch.inference_mode()
-    def encode_text(self, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
-        """Raw (un-normalised) class text features T0, averaged over prompt templates.
+    def encode_text(self, phrases: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """Raw (un-normalised) class text features T0 of readable class phrases, averaged over templates.
 
         With one template this is exactly the official code's T0 (it feeds the GCN un-normalised).
         """
-        if not templates or any("{}" not in t for t in templates):
-            raise ConfigError(f"each prompt template needs a '{{}}' for the class name, got {list(templates)}")
+        if not templates or any(t.count("{}") != 1 for t in templates):
+            raise ConfigError(f"each prompt template needs exactly one '{{}}' for the class, got {list(templates)}")
         feats = []
         for t in templates:
-            tokens = self.tokenizer([t.format(prompt_name(c)) for c in classnames]).to(self.device)
+            tokens = self.tokenizer([t.format(p) for p in phrases]).to(self.device)
             feats.append(self.model.encode_text(tokens).float())
         return torch.stack(feats).mean(0).cpu()
 
 
-def _is_file(pretrained: str) -> bool:
-    return bool(pretrained) and (Path(pretrained).suffix in (".pt", ".pth", ".bin", ".safetensors")
-                                 or Path(pretrained).is_file())
+@contextlib.contextmanager
+def _quiet_random_init():
+    """Drop open_clip's 'No pretrained weights loaded' warning for a model whose weights we load ourselves."""
+    class Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "No pretrained weights loaded" not in record.getMessage()
+    root, f = logging.getLogger(), Drop()
+    root.addFilter(f)
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
 
 
-@dataclass(frozen=True)
-class ClipIdentity:
-    """What identifies a CLIP setup's numbers, known without loading the model (for fingerprints)."""
-
-    arch: str
-    weights_id: str
-    config_id: str
-    precision: str
-    image_size: int
-
-
-def identify_clip(arch: str, pretrained: str = "", *, config: str = "", device: str = "auto",
-                  precision: str = "auto") -> ClipIdentity:
-    """Validate a CLIP choice and identify it (weights file hashed), without building the model.
-
-    `pretrained`: an open_clip tag ('openai', 'laion2b_s34b_b88k'), a local checkpoint file, or ''
-    for random weights (tests, benchmarks). `config`: a local model-config JSON; its file stem
-    becomes the architecture name, as open_clip's `add_model_config` registers it.
-    """
+def _create(source: ClipSource, dev: torch.device, load_weights: bool) -> torch.nn.Module:
+    """Build the model source describes (QuickGELU as trained); load its weights safely unless told not to."""
     import open_clip
 
-    config_id = ""
-    if config:
-        cfg_path = Path(config)
-        if not cfg_path.is_file():
-            raise AevlpError(f"--clip-config {config}: file not found")
+    kw = {"force_quick_gelu": source.quick_gelu, "device": dev}
+    if "pretrained_text" in inspect.signature(open_clip.create_model).parameters:
+        kw["pretrained_text"] = False  # never download a text tower's base weights behind the user's back
+    if source.kind == "tag" and load_weights:
+        return open_clip.create_model(source.arch, pretrained=source.pretrained, **kw)
+    with _quiet_random_init():  # open_clip warns "initialized randomly"; the weights are loaded next
+        model = open_clip.create_model(source.arch, pretrained=None, **kw)
+    if load_weights and source.kind != "random":
         try:
-            json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise AevlpError(f"--clip-config {config}: not valid JSON ({e})") from e
-        open_clip.add_model_config(cfg_path)
-        arch, config_id = cfg_path.stem, "sha256:" + file_sha256(cfg_path)
-    if arch not in open_clip.list_models():
-        raise AevlpError(f"unknown CLIP architecture '{arch}'",
-                         hint="`aevlp clip ls` lists them; a custom one needs --clip-config FILE.json")
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    if _is_file(pretrained):
-        if not Path(pretrained).is_file():
-            raise AevlpError(f"--pretrained {pretrained}: weights file not found",
-                             hint="give an existing .pt/.safetensors file or an open_clip tag (aevlp clip ls)")
-        weights_id = "sha256:" + file_sha256(pretrained)
-    elif pretrained:
-        tags = [t for a, t in open_clip.list_pretrained() if a == arch]
-        if pretrained not in tags:
-            raise AevlpError(f"'{pretrained}' is not a pretrained tag of {arch}",
-                             hint=f"tags for {arch}: {', '.join(tags) or 'none'}; or pass a local weights file")
-        weights_id = pretrained
-    else:
-        weights_id = "random"
-    size = open_clip.get_model_config(arch)["vision_cfg"]["image_size"]
-    size = size[0] if isinstance(size, (tuple, list)) else int(size)
-    return ClipIdentity(arch, weights_id, config_id, prec, size)
+            open_clip.load_checkpoint(model, source.pretrained, weights_only=True)
+        except TypeError:  # pragma: no cover - open_clip without weights_only
+            open_clip.load_checkpoint(model, source.pretrained)
+    return model
 
 
-def load_clip(arch: str, pretrained: str = "", *, config: str = "", device: str = "auto",
-              precision: str = "auto", compile: bool = False) -> ClipModel:
-    """Create a frozen open_clip model (see `identify_clip` for the arguments).
+def _tokenizer(source: ClipSource):
+    import open_clip
 
-    `compile=True` wraps the image encoder in torch.compile: a one-off compilation (seconds to a
+    try:
+        if source.tokenizer and source.tokenizer != source.model_cfg.get("text_cfg", {}).get("hf_tokenizer_name"):
+            from open_clip.tokenizer import HFTokenizer
+
+            t = source.model_cfg.get("text_cfg", {})
+            return HFTokenizer(source.tokenizer, context_length=t.get("context_length", 77),
+                               **t.get("tokenizer_kwargs", {}))
+        return open_clip.get_tokenizer(source.arch)
+    except Exception as e:  # offline hub lookups and a missing `transformers` raise many types
+        raise AevlpError(f"could not load the tokenizer {source.tokenizer or 'of ' + source.name} "
+                         f"({type(e).__name__}: {e})",
+                         hint=f"it comes from the Hugging Face hub: on a machine with internet run `huggingface-cli "
+                              f"download {source.tokenizer}` (needs `pip install transformers`), then copy the "
+                              "folder here and pass --set clip.tokenizer=PATH (or put its files beside the "
+                              "weights in an HF-layout folder)") from e
+
+
+def load_clip(spec: ClipSpec, *, load_weights: bool = True) -> ClipModel:
+    """Create the frozen open_clip model a ClipSpec names (see `clip_source` for what it can name).
+
+    `clip.compile` wraps the image encoder in torch.compile: a one-off compilation (seconds to a
     minute) for a faster steady state, worth it for large datasets.
     """
-    import open_clip
-
-    ident = identify_clip(arch, pretrained, config=config, device=device, precision=precision)
-    arch, prec, dev = ident.arch, ident.precision, resolve_device(device)
-    if ident.weights_id == "random":
-        log.warning("no --pretrained given: %s has RANDOM weights (fine for tests and benchmarks only)", arch)
+    ident = identify_clip(spec)
+    source, dev = ident.source, resolve_device(spec.device)
+    if source.kind == "random":
+        log.warning("no --pretrained given: %s has RANDOM weights (fine for tests and benchmarks only)", source.name)
     try:
-        model = open_clip.create_model(arch, pretrained=pretrained or None, device=dev)
-    except Exception as e:  # download failures surface as many exception types (HTTP, OSError, hub errors)
-        if _is_file(pretrained):
-            raise AevlpError(f"could not load weights {pretrained} into {arch}: {e}",
-                             hint="check that the file matches the architecture (and --clip-config)") from e
-        raise AevlpError(f"could not fetch pretrained weights '{pretrained}' for {arch} ({type(e).__name__}: {e})",
-                         hint="offline? download the checkpoint elsewhere and pass it with "
-                              "--pretrained PATH/TO/weights.safetensors (open_clip_pytorch_model.bin works too)") from e
-    model = model.to(DTYPES[prec]).eval().requires_grad_(False)
-    encoder = torch.compile(model.encode_image) if compile else None
-    return ClipModel(encoder=encoder, model=model, tokenizer=open_clip.get_tokenizer(arch), arch=arch,
-                     pretrained=pretrained,
-                     weights_id=ident.weights_id, config_id=ident.config_id, device=dev, precision=prec,
-                     image_size=ident.image_size, embed_dim=int(model.text_projection.shape[-1])
-                     if hasattr(model, "text_projection") and model.text_projection is not None
-                     else int(model.visual.output_dim))
+        model = _create(source, dev, load_weights)
+    except AevlpError:
+        raise
+    except Exception as e:  # download failures and mismatched files surface as many exception types
+        if source.kind != "tag":
+            raise AevlpError(f"could not load weights {source.pretrained} into {source.name}: {e}",
+                             hint="check that the file matches the architecture (and --clip-config), and that it is "
+                                  "a state dict (.safetensors/.bin/.pt), not a pickled program") from e
+        raise AevlpError(f"could not fetch pretrained weights '{source.pretrained}' for {source.name} "
+                         f"({type(e).__name__}: {e})",
+                         hint="offline? download the checkpoint elsewhere and pass it with --pretrained "
+                              "PATH/TO/weights.safetensors --pretrained-cfg TAG, or an HF-layout folder") from e
+    model = model.to(DTYPES[ident.precision]).eval().requires_grad_(False)
+    encoder = torch.compile(model.encode_image) if spec.compile else None
+    return ClipModel(model=model, tokenizer=_tokenizer(source), identity=ident, device=dev, encoder=encoder)

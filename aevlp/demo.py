@@ -42,8 +42,8 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, raw: str | None =
     clip = pretrain_toy_clip(lambda: load_fashion_mnist(raw, out / "fashion-mnist"), out / f"clip-{tag}", CLASSNAMES,
                              steps=size["clip_steps"], seed=seed, progress=progress)
     echo(f"      {clip['status']}: zero-shot accuracy on single test items {clip['zero_shot_accuracy']:.1f}%")
-    base = [f'dataset.data_root="{data_root}"', f'clip.config="{clip["config"]}"',
-            f'clip.pretrained="{clip["weights"]}"', f'cache.path="{out / "cache" / f"fashion-mosaic-{tag}.h5"}"',
+    base = [f'dataset.data_root="{data_root}"', f'clip.pretrained="{clip["folder"]}"',
+            f'cache.path="{out / "cache" / f"fashion-mosaic-{tag}.h5"}"',
             f'train.out="{out / f"runs-{tag}"}"', f"train.epochs={size['epochs']}", f"train.seed={seed}"]
     results = {}
     for i, (name, overrides) in enumerate(METHODS.items()):

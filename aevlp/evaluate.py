@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader
 
 from aevlp.checkpoint import load_checkpoint
 from aevlp.data import load_dataset
+from aevlp.device import autocast
 from aevlp.errors import AevlpError
 from aevlp.inputs import ImageRows
 from aevlp.metrics import mean_average_precision, per_class_ap
@@ -18,12 +19,14 @@ __all__ = ["predict_scores", "evaluate_checkpoint", "predict_images"]
 
 
 @torch.no_grad()
-def predict_scores(model: torch.nn.Module, loader: DataLoader, device: torch.device) -> np.ndarray:
-    """Sigmoid probabilities [N, C] for every item of the loader, in row order."""
+def predict_scores(model: torch.nn.Module, loader: DataLoader, device: torch.device,
+                   precision: str = "fp32") -> np.ndarray:
+    """Sigmoid probabilities [N, C] for every item of the loader, in row order (`precision`: resolved
+    autocast dtype, as training used)."""
     model.eval()
     out = np.zeros((len(loader.dataset), model.head.out_features), dtype=np.float32)
     for x, rows in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device, precision):
             logits = model(x.to(device, non_blocking=True))
         out[rows.numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
     return out

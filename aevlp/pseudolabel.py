@@ -34,10 +34,11 @@ from aevlp.data import SPMLData
 from aevlp.errors import AevlpError
 from aevlp.metrics import pseudo_label_quality
 from aevlp.specs import Specs
-from aevlp.text import relation_id, text_features
+from aevlp.text import class_phrases, relation_id, text_features
 from aevlp.views import GlobalViews, ViewBatches, ViewSpec, expand_views, normalize, render_on_device
 
-__all__ = ["StageOnePlan", "run_pseudolabel", "plan_stage_one", "stage_one_fingerprint", "MAX_VIEWS_PER_FORWARD"]
+__all__ = ["StageOnePlan", "run_pseudolabel", "plan_stage_one", "stage_one_fingerprint", "clip_preprocess",
+           "MAX_VIEWS_PER_FORWARD"]
 
 log = logging.getLogger("aevlp")
 MAX_VIEWS_PER_FORWARD = 256
@@ -81,20 +82,26 @@ class _Scorer:
         self.text_on_device = self.text.to(self.clip.device)
 
 
+def clip_preprocess(clip: ClipIdentity, views: ViewSpec) -> dict:
+    """The preprocessing every view gets and the activation the model is built with (the cache's
+    `clip_preprocess` attribute)."""
+    return {**views.preprocess_json(), "quick_gelu": clip.source.quick_gelu}
+
+
 def stage_one_fingerprint(specs: Specs, clip: ClipIdentity, views: ViewSpec, ids: list[str], observed: np.ndarray,
-                          rel_id: str, eval_ids: dict[str, list[str]] | None = None) -> dict:
+                          phrases: list[str], rel_id: str, eval_ids: dict[str, list[str]] | None = None) -> dict:
     """Everything that changes the cached numbers — and nothing that does not (e.g. DAMP selection)."""
     t = specs.text
     return {
         "schema_version": SCHEMA_VERSION, "dataset": specs.dataset.name,
         "dataset_hash": dataset_hash(ids, observed), "num_images": len(ids), "num_classes": int(observed.shape[1]),
         "clip_arch": clip.arch, "clip_weights": clip.weights_id, "clip_config": clip.config_id,
-        "precision": clip.precision, "prompts": list(t.prompts), "gcn": t.gcn,
-        "gcn_seed": t.gcn_seed if t.gcn else None, "sparse_topk": t.sparse_topk if t.gcn else None,
-        "reweight_p": t.reweight_p if t.gcn else None, "relation": rel_id,
-        "grid": views.grid, "rounds": views.rounds, "image_size": views.size, "resize": views.resize,
-        "resize_on": views.resize_on, "normalize": views.normalize, "flip": views.flip, "jitter": views.jitter,
-        "view_seed": views.seed, "store_embeddings": specs.cache.store_embeddings,
+        "precision": clip.precision, **clip_preprocess(clip, views), "prompts": list(t.prompts),
+        "phrases": list(phrases), "gcn": t.gcn, "gcn_seed": t.gcn_seed if t.gcn else None,
+        "sparse_topk": t.sparse_topk if t.gcn else None, "reweight_p": t.reweight_p if t.gcn else None,
+        "relation": rel_id, "grid": views.grid, "rounds": views.rounds, "resize_on": views.resize_on,
+        "flip": views.flip, "jitter": views.jitter, "view_seed": views.seed,
+        "store_embeddings": specs.cache.store_embeddings,
         "eval_hash": dataset_hash(eval_ids["val"] + eval_ids["test"], np.zeros((0, 1))) if eval_ids else None,
     }
 
@@ -120,13 +127,14 @@ def plan_stage_one(cfg: dict, limit: int | None = None) -> StageOnePlan:
     n = len(data.train) if limit is None else min(limit, len(data.train))
     if n < 1:
         raise AevlpError(f"{data.root}: the train split is empty")
-    c = specs.clip
-    ident = identify_clip(c.arch, c.pretrained, config=c.config, device=c.device, precision=c.precision)
-    views = ViewSpec.of(specs.views, ident.image_size)
+    ident = identify_clip(specs.clip)
+    views = ViewSpec.of(specs.views, ident.preprocess)
     ids = list(data.train.images[:n])
     eval_ids = None if specs.cache.store_embeddings == "none" else \
         {"val": list(data.val.images), "test": list(data.test.images)}
-    fp = stage_one_fingerprint(specs, ident, views, ids, data.train.observed[:n], relation_id(specs.text), eval_ids)
+    phrases = class_phrases(data.classnames, specs.text)
+    fp = stage_one_fingerprint(specs, ident, views, ids, data.train.observed[:n], phrases, relation_id(specs.text),
+                               eval_ids)
     target = specs.cache_path
     status, diff = _status(target, fp)
     return StageOnePlan(specs=specs, data=data, n=n, views=views, clip=ident, fingerprint=fp, eval_ids=eval_ids,
@@ -134,9 +142,7 @@ def plan_stage_one(cfg: dict, limit: int | None = None) -> StageOnePlan:
 
 
 def _load_scorer(plan: StageOnePlan) -> _Scorer:
-    c = plan.specs.clip
-    clip = load_clip(c.arch, c.pretrained, config=c.config, device=c.device, precision=c.precision,
-                     compile=c.compile)
+    clip = load_clip(plan.specs.clip)
     feats, relation = text_features(clip, plan.data.classnames, plan.specs.text)
     return _Scorer(clip=clip, text=feats, relation=relation, views=plan.views)
 
@@ -203,6 +209,7 @@ def _writer(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tup
                        text_features=scorer.text.numpy(),
                        relation=None if scorer.relation is None else scorer.relation.numpy(),
                        selection=plan.specs.damp.selection(), eval_ids=eval_ids,
+                       clip_preprocess=clip_preprocess(plan.clip, plan.views),
                        info={"data_root": str(Path(ds.data_root).resolve()), "image_root": ds.image_root,
                              "limit": plan.limit})
 
@@ -237,12 +244,12 @@ def _merged_summary(f) -> dict:
     return {**stats, "images": int(len(bad)), "bad_images": int(bad.sum())}
 
 
-def _encode(clip: ClipModel, slots: torch.Tensor, stats: str) -> torch.Tensor:
+def _encode(clip: ClipModel, slots: torch.Tensor, views: ViewSpec) -> torch.Tensor:
     """[B, U, 3, S, S] uint8 → [B, U, D] normalised embeddings, in fixed-size forward chunks."""
     b, u = slots.shape[:2]
     flat = slots.reshape(b * u, *slots.shape[2:])
     step = -(-flat.shape[0] // -(-flat.shape[0] // MAX_VIEWS_PER_FORWARD))  # equal chunks: 272 -> 2 x 136
-    out = [clip.encode_images(normalize(flat[i:i + step].to(clip.device, non_blocking=True), stats, clip.dtype))
+    out = [clip.encode_images(normalize(flat[i:i + step].to(clip.device, non_blocking=True), views, clip.dtype))
            for i in range(0, flat.shape[0], step)]
     return torch.cat(out).reshape(b, u, -1)
 
@@ -268,7 +275,7 @@ def _raise_or_warn(errors: list, skip: bool) -> None:
 
 def _score_batch(plan: StageOnePlan, scorer: _Scorer, slots, index, observed: torch.Tensor, bad: np.ndarray):
     """One batch's views → (sims [R,B,V,C] f16, scores, pseudo [R,B,C], embeddings to store or None)."""
-    emb = _encode(scorer.clip, slots, plan.views.normalize)  # [B, U, D]
+    emb = _encode(scorer.clip, slots, plan.views)  # [B, U, D]
     sims_u = (emb @ scorer.text_on_device.T).float().cpu()  # [B, U, C]
     sims = expand_views(sims_u, index).half()  # [R, B, V, C], rounded as stored
     sel = plan.specs.damp.selection()
@@ -321,7 +328,7 @@ def _embed_global(plan: StageOnePlan, scorer: _Scorer, paths: list[str], progres
     for rows, slots, errors in tqdm(loader, desc=f"{split} embeddings", disable=not progress, unit="batch"):
         if errors:
             raise AevlpError(f"{len(errors)} unreadable {split} image(s):\n    " + "\n    ".join(m for _, m in errors))
-        out[rows.numpy()] = _encode(scorer.clip, slots, plan.views.normalize)[:, 0].cpu().numpy()
+        out[rows.numpy()] = _encode(scorer.clip, slots, plan.views)[:, 0].cpu().numpy()
     return out
 
 

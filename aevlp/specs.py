@@ -43,19 +43,24 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class ClipSpec:
-    arch: str
-    pretrained: str
-    config: str
-    device: str
-    precision: str
-    batch_size: int
-    workers: int
-    compile: bool
+    """A CLIP choice and how stage one runs it (defaults as `config.DEFAULTS`, for use from Python)."""
+
+    arch: str = "ViT-B-16"
+    pretrained: str = ""
+    config: str = ""
+    pretrained_cfg: str = ""
+    tokenizer: str = ""
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 16
+    workers: int = 1
+    compile: bool = False
 
 
 @dataclass(frozen=True)
 class TextSpec:
     prompts: tuple[str, ...]
+    phrases: str
     gcn: bool
     gcn_seed: int
     sparse_topk: int
@@ -103,6 +108,7 @@ class TrainSpec:
     seed: int
     workers: int
     device: str
+    precision: str
     out: str
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from aevlp.clip import prompt_name
+from aevlp.clip_source import FOLDER_WEIGHTS, register_model_config, write_clip_folder
 from aevlp.imaging import CLIP_MEAN, CLIP_STD
 
 __all__ = ["TOY_CONFIG", "TEMPLATES", "pretrain_toy_clip"]
@@ -26,6 +27,9 @@ TOY_CONFIG = {"embed_dim": 64,
               "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 2}}
 TEMPLATES = ["a photo of a {}.", "a picture of a {}.", "an image of a {}.", "a {} on a dark background."]
 ARCH = "fashion-clip"
+# How the toy CLIP's inputs were prepared in pretraining (`_place`): bilinear, no crop, CLIP statistics.
+PREPROCESS = {"mean": list(CLIP_MEAN), "std": list(CLIP_STD), "interpolation": "bilinear", "resize_mode": "squash",
+              "size": 32}
 
 
 def _place(items: np.ndarray, rng: np.random.Generator, train: bool) -> torch.Tensor:
@@ -45,29 +49,43 @@ def _place(items: np.ndarray, rng: np.random.Generator, train: bool) -> torch.Te
 
 def pretrain_toy_clip(fm: dict | Callable[[], dict], out_dir: str | Path, classnames: list[str], *, steps: int = 1200,
                       batch_size: int = 256, lr: float = 2e-3, seed: int = 0, progress: bool = True) -> dict:
-    """Train and save `fashion-clip.json` + `fashion-clip.pt`; reuse them if made with the same settings."""
+    """Train and save the toy CLIP as an HF-layout folder; reuse it if made with the same settings.
+
+    The folder (open_clip_config.json with its preprocessing + open_clip_model.safetensors) is what
+    a user copies to an offline machine; stage one reads it with `--pretrained DIR` alone.
+    """
     import open_clip
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg_path, weights, meta_path = out / f"{ARCH}.json", out / f"{ARCH}.pt", out / "meta.json"
+    meta_path = out / "meta.json"
     params = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "config": TOY_CONFIG,
-              "templates": TEMPLATES, "version": 1}
-    if meta_path.exists() and weights.exists() and json.loads(meta_path.read_text()).get("params") == params:
-        return {**json.loads(meta_path.read_text()), "config": str(cfg_path), "weights": str(weights),
-                "status": "reused"}
+              "templates": TEMPLATES, "version": 2}
+    if meta_path.exists() and (out / FOLDER_WEIGHTS[0]).exists() and \
+            json.loads(meta_path.read_text()).get("params") == params:
+        return {**json.loads(meta_path.read_text()), "folder": str(out), "status": "reused"}
     fm = fm() if callable(fm) else fm  # only loaded when training is needed
-    cfg_path.write_text(json.dumps(TOY_CONFIG))
-    open_clip.add_model_config(cfg_path)
+    arch = register_model_config(TOY_CONFIG, ARCH)
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model = open_clip.create_model(ARCH)
-    tok = open_clip.get_tokenizer(ARCH)
+    model = open_clip.create_model(arch)
+    tok = open_clip.get_tokenizer(arch)
+    _train(model, tok, fm["train"], classnames, steps=steps, batch_size=batch_size, lr=lr,
+           rng=np.random.default_rng(seed), progress=progress)
+    acc = zero_shot_accuracy(model, tok, fm["test"], classnames)
+    write_clip_folder(out, TOY_CONFIG, model.state_dict(), PREPROCESS)
+    meta = {"params": params, "zero_shot_accuracy": acc, "test_items": int(len(fm["test"][1]))}
+    meta_path.write_text(json.dumps(meta, indent=1))
+    return {**meta, "folder": str(out), "status": "trained"}
+
+
+def _train(model, tok, train: tuple[np.ndarray, np.ndarray], classnames: list[str], *, steps: int, batch_size: int,
+           lr: float, rng: np.random.Generator, progress: bool) -> None:
+    """Contrastive pretraining on single items against one random caption per class (InfoNCE both ways)."""
     captions = tok([t.format(prompt_name(c)) for c in classnames for t in TEMPLATES]).view(len(classnames),
                                                                                           len(TEMPLATES), -1)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    images, labels = fm["train"]
+    images, labels = train
     model.train()
     for _ in tqdm(range(steps), desc="pretrain toy CLIP", disable=not progress, unit="step"):
         idx = rng.integers(0, len(images), size=batch_size)
@@ -85,11 +103,7 @@ def pretrain_toy_clip(fm: dict | Callable[[], dict], out_dir: str | Path, classn
         sched.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, np.log(100))
-    acc = zero_shot_accuracy(model, tok, fm["test"], classnames)
-    torch.save(model.state_dict(), weights)
-    meta = {"params": params, "zero_shot_accuracy": acc, "test_items": int(len(fm["test"][1]))}
-    meta_path.write_text(json.dumps(meta, indent=1))
-    return {**meta, "config": str(cfg_path), "weights": str(weights), "status": "trained"}
+    model.eval()
 
 
 def _soft_targets(y: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ from aevlp.cache import Cache, fingerprint_id
 from aevlp.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from aevlp.config import dump_config
 from aevlp.data import SPMLData
-from aevlp.device import resolve_device
+from aevlp.device import autocast, resolve_device, resolve_train_precision
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.evaluate import predict_scores
 from aevlp.inputs import EmbeddingRows, ImageRows, make_loader
@@ -51,6 +51,7 @@ class TrainRun:
     loss_spec: LossSpec
     labeler: PseudoLabeler
     device: torch.device
+    precision: str  # resolved autocast dtype of the forward passes: fp32 | bf16 | fp16
     core: Classifier
     model: torch.nn.Module  # core, or its DistributedDataParallel wrapper
     opt: torch.optim.Optimizer
@@ -119,7 +120,8 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None) -> TrainRun
             "dataset": data.info.name, "loss": specs.loss["name"]}
     return TrainRun(specs=specs, data=data, cache=cache, keep=keep, observed=observed, truth=truth,
                     loss_fn=build_loss(specs.loss["name"], params), loss_spec=LOSSES.get(specs.loss["name"]),
-                    labeler=PseudoLabeler(cache, specs.damp, observed), device=device, core=core, model=model,
+                    labeler=PseudoLabeler(cache, specs.damp, observed), device=device,
+                    precision=resolve_train_precision(t.precision, device), core=core, model=model,
                     opt=opt, inputs=_inputs(specs, data, cache, n, keep), run=run, main=main, meta=meta)
 
 
@@ -177,9 +179,10 @@ def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndar
     train_ds.set_epoch(epoch)
     loader = make_loader(train_ds, t.batch_size, t.workers, r.device, shuffle_seed=t.seed, epoch=epoch)
     r.model.train()
+    scaler = torch.amp.GradScaler(r.device.type, enabled=r.precision == "fp16")  # fp16 needs loss scaling
     total, count = 0.0, 0
     for x, rows in tqdm(loader, desc=f"epoch {epoch}/{t.epochs}", disable=not (progress and r.main), leave=False):
-        with torch.autocast(r.device.type, dtype=torch.bfloat16, enabled=r.device.type == "cuda"):
+        with autocast(r.device, r.precision):
             logits = r.model(x.to(r.device, non_blocking=True))
         loss = r.loss_fn(logits.float(), y_obs[rows].to(r.device), pseudo=z[rows].to(r.device),
                          full=y_full[rows].to(r.device), schedule=sched)
@@ -187,8 +190,9 @@ def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndar
             raise AevlpError(f"the loss became {loss.item()} at epoch {epoch}",
                              hint="lower train.lr, or check the pseudo-labels (aevlp cache inspect)")
         r.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        r.opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(r.opt)
+        scaler.update()
         total += loss.item() * len(rows)
         count += len(rows)
     total, count = distributed.all_sum([total, count])
@@ -199,7 +203,8 @@ def _judge(r: TrainRun, state: dict, rec: dict, z_all: np.ndarray, t0: float) ->
     """Val mAP (rank 0 computes, every rank receives it) and the early-stopping decision; True if improved."""
     val_loader = make_loader(r.inputs[1], r.t.batch_size * 2, r.t.workers, r.device)
     val_map = distributed.broadcast(
-        mean_average_precision(predict_scores(r.core, val_loader, r.device), r.data.val.labels) if r.main else None)
+        mean_average_precision(predict_scores(r.core, val_loader, r.device, r.precision), r.data.val.labels)
+        if r.main else None)
     keep = r.keep
     q = pseudo_label_quality(z_all[keep], r.observed[keep], r.truth[keep]) if r.loss_spec.uses_pseudo else {}
     head = {k: rec[k] for k in ("epoch", "loss")}
@@ -239,7 +244,7 @@ def _test_and_write_results(r: TrainRun, state: dict) -> dict:
     best, _ = load_checkpoint(r.run / "best.pt")
     best.to(r.device)
     loader = make_loader(r.inputs[2], r.t.batch_size * 2, r.t.workers, r.device)
-    test_scores = predict_scores(best, loader, r.device)
+    test_scores = predict_scores(best, loader, r.device, r.precision)
     test_map = mean_average_precision(test_scores, r.data.test.labels)
     per_class_ap(test_scores, r.data.test.labels, r.data.classnames).to_csv(r.run / "per_class_ap.csv", index=False)
     best_rec = next(x for x in state["history"] if x["epoch"] == state["best_epoch"])

@@ -18,30 +18,46 @@ import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from aevlp.errors import ConfigError
-from aevlp.imaging import STATS, bad_image, decode
+from aevlp.imaging import CLIP_MEAN, CLIP_STD, STATS, bad_image, decode
 
 __all__ = ["ViewSpec", "tile_boxes", "view_boxes", "unique_slots", "render_views", "expand_views",
            "ViewBatches", "GlobalViews", "normalize", "render_on_device"]
 
 
+RESIZE_MODES = ("squash", "shortest", "longest")  # open_clip's names; "crop" is accepted for "shortest"
+INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
+                  "nearest": InterpolationMode.NEAREST}
+
+
 @dataclass(frozen=True)
 class ViewSpec:
+    """How each view is cropped, resized and normalised; `of` resolves "checkpoint" values from the
+    CLIP checkpoint's own preprocessing."""
+
     grid: int = 4
     size: int = 224
     rounds: int = 1
-    resize: str = "squash"  # squash: distorting resize (official) | crop: shorter side + center crop (CLIP's)
+    resize: str = "squash"  # squash (distorting, official) | shortest (+ centre crop, CLIP's) | longest (+ pad)
     flip: bool = True
     jitter: float = 0.0
     seed: int = 0
-    normalize: str = "clip"  # clip | imagenet: the statistics the CLIP input is normalised with
+    interpolation: str = "bilinear"  # bilinear | bicubic | nearest
+    mean: tuple[float, ...] = CLIP_MEAN  # the statistics the CLIP input is normalised with
+    std: tuple[float, ...] = CLIP_STD
     resize_on: str = "worker"  # worker | device: where crops are resized (device: the GPU path)
 
     @classmethod
-    def of(cls, views: Mapping[str, Any], image_size: int) -> ViewSpec:
-        """The spec a pipeline's [views] table asks for; size 0 means the CLIP model's own input size."""
-        return cls(grid=views["grid"], size=views["size"] or image_size, rounds=views["rounds"],
-                   resize=views["resize"], flip=views["flip"], jitter=views["jitter"], seed=views["seed"],
-                   normalize=views["normalize"], resize_on=views["resize_on"])
+    def of(cls, views: Mapping[str, Any], pre) -> ViewSpec:
+        """The spec a pipeline's [views] table asks for, given the checkpoint's `Preprocess`: size 0 and
+        "checkpoint" take the checkpoint's own values; "clip"/"imagenet" name fixed statistics."""
+        norm = views["normalize"]
+        mean, std = (pre.mean, pre.std) if norm == "checkpoint" else STATS[norm]
+        resize = pre.resize_mode if views["resize"] == "checkpoint" else views["resize"]
+        interp = pre.interpolation if views["interpolation"] == "checkpoint" else views["interpolation"]
+        return cls(grid=views["grid"], size=views["size"] or pre.image_size, rounds=views["rounds"],
+                   resize="shortest" if resize == "crop" else resize, flip=views["flip"], jitter=views["jitter"],
+                   seed=views["seed"], interpolation=interp, mean=tuple(mean), std=tuple(std),
+                   resize_on=views["resize_on"])
 
     def __post_init__(self):
         if self.grid < 1:
@@ -52,8 +68,16 @@ class ViewSpec:
             raise ConfigError(f"views.size must be >= 8, got {self.size}")
         if not 0.0 <= self.jitter <= 0.5:
             raise ConfigError(f"views.jitter must be in [0, 0.5], got {self.jitter}")
-        if self.resize not in ("squash", "crop"):
-            raise ConfigError(f"views.resize must be squash or crop, got {self.resize!r}")
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"views.resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"views.interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                              f"got {self.interpolation!r}")
+
+    def preprocess_json(self) -> dict:
+        """The preprocessing applied to every view, in open_clip's terms (the cache's clip_preprocess)."""
+        return {"mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation,
+                "resize_mode": self.resize, "image_size": self.size}
 
     @property
     def num_views(self) -> int:
@@ -97,10 +121,19 @@ def _flips(spec: ViewSpec, row: int, rnd: int) -> list[bool]:
 
 
 def _resize(crop: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
+    """uint8 [3, h, w] → [3, S, S]: squash, shorter side + centre crop, or longer side + zero padding."""
+    mode = INTERPOLATIONS[spec.interpolation]
+    aa = spec.interpolation != "nearest"
+    s = spec.size
     if spec.resize == "squash":
-        return TF.resize(crop, [spec.size, spec.size], interpolation=InterpolationMode.BILINEAR, antialias=True)
-    out = TF.resize(crop, spec.size, interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return TF.center_crop(out, [spec.size, spec.size])
+        return TF.resize(crop, [s, s], interpolation=mode, antialias=aa)
+    if spec.resize == "shortest":
+        return TF.center_crop(TF.resize(crop, s, interpolation=mode, antialias=aa), [s, s])
+    h, w = crop.shape[-2:]
+    scale = s / max(h, w)
+    out = TF.resize(crop, [max(1, round(h * scale)), max(1, round(w * scale))], interpolation=mode, antialias=aa)
+    top, left = (s - out.shape[-2]) // 2, (s - out.shape[-1]) // 2
+    return TF.pad(out, [left, top, s - out.shape[-1] - left, s - out.shape[-2] - top], fill=0)
 
 
 def unique_slots(spec: ViewSpec) -> int:
@@ -146,12 +179,11 @@ def expand_views(slots: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return gathered.reshape(b, r, v, *slots.shape[2:]).transpose(0, 1)
 
 
-def normalize(batch: torch.Tensor, stats: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 [..., 3, S, S] → normalised float; `stats` is 'clip' or 'imagenet' (the official code's)."""
-    mean, std = STATS[stats]
+def normalize(batch: torch.Tensor, spec: ViewSpec, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 [..., 3, S, S] → float normalised with the spec's mean and std."""
     shape = (1,) * (batch.ndim - 3) + (3, 1, 1)
-    m = torch.tensor(mean, device=batch.device).view(shape) * 255
-    s = torch.tensor(std, device=batch.device).view(shape) * 255
+    m = torch.tensor(spec.mean, device=batch.device).view(shape) * 255
+    s = torch.tensor(spec.std, device=batch.device).view(shape) * 255
     return ((batch.float() - m) / s).to(dtype)
 
 

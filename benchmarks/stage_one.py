@@ -30,12 +30,13 @@ from aevlp.config import load_config  # noqa: E402
 from aevlp.damp import aggregate  # noqa: E402
 from aevlp.imaging import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from aevlp.pseudolabel import MAX_VIEWS_PER_FORWARD, run_pseudolabel  # noqa: E402
+from aevlp.specs import ClipSpec  # noqa: E402
 from aevlp.views import tile_boxes  # noqa: E402
 
 
 def bare_encoder(arch: str, precision: str, n_views: int) -> float:
     """Views/s of encode_image alone on pre-normalised tensors of the model's dtype."""
-    clip = load_clip(arch, "", device="cpu", precision=precision)
+    clip = load_clip(ClipSpec(arch, "", device="cpu", precision=precision))
     x = torch.randn(n_views, 3, clip.image_size, clip.image_size)
     clip.encode_images(x[:MAX_VIEWS_PER_FORWARD // 4])  # warm-up
     x = x.to(clip.dtype)
@@ -57,7 +58,7 @@ def pipeline(arch: str, precision: str, root: Path, out: Path, grid: int, n: int
 
 def reference_loop(arch: str, paths: list[Path], grid: int, classes: int = 20) -> float:
     """The official code's way: PIL crop + Resize/Flip/ToTensor/Normalize per tile, fp32 weights."""
-    clip = load_clip(arch, "", device="cpu", precision="fp32")
+    clip = load_clip(ClipSpec(arch, "", device="cpu", precision="fp32"))
     text = torch.nn.functional.normalize(torch.randn(classes, clip.embed_dim), dim=-1)
     tx = transforms.Compose([transforms.Resize((clip.image_size, clip.image_size)),
                              transforms.RandomHorizontalFlip(0.5), transforms.ToTensor(),
@@ -99,7 +100,7 @@ def main() -> None:
         for arch in args.archs.split(","):
             ref = reference_loop(arch, paths, args.grid)
             for precision in args.precisions.split(","):
-                prec = load_clip(arch, "", device="cpu", precision=precision).precision
+                prec = load_clip(ClipSpec(arch, "", device="cpu", precision=precision)).precision
                 bare = bare_encoder(arch, prec, args.images * (args.grid ** 2 + 1)) / (args.grid ** 2 + 1)
                 pipe = pipeline(arch, prec, root, Path(tmp) / f"{arch}-{prec}.h5", args.grid, args.images,
                                 args.workers)
@@ -111,7 +112,7 @@ def main() -> None:
                       flush=True)
         if args.grids:
             arch = args.archs.split(",")[0]
-            prec = load_clip(arch, "", device="cpu", precision="auto").precision
+            prec = load_clip(ClipSpec(arch, "", device="cpu", precision="auto")).precision
             print(f"\n# grid scaling, {arch} {prec}: views = G*G+1")
             print(f"{'grid':>4s} {'views':>5s} {'pipeline img/s':>14s} {'bare img/s':>10s} {'pipe/bare':>9s}")
             results["grids"] = []

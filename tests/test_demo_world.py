@@ -86,8 +86,10 @@ def test_toy_clip_trains_saves_and_is_reused(fake_fm, tmp_path, tiny_clip):
     again = pretrain_toy_clip(lambda: pytest.fail("must not load data when reusing"), tmp_path / "clip", CLASSNAMES,
                               steps=3, batch_size=16, progress=False)
     assert again["status"] == "reused" and again["zero_shot_accuracy"] == r["zero_shot_accuracy"]
-    clip = load_clip("fashion-clip", r["weights"], config=r["config"], device="cpu", precision="fp32")
+    from aevlp.specs import ClipSpec
+    clip = load_clip(ClipSpec("", r["folder"], device="cpu", precision="fp32"))  # an HF-layout folder alone
     assert clip.image_size == 32 and clip.weights_id.startswith("sha256:")
+    assert clip.identity.preprocess.interpolation == "bilinear" and clip.identity.preprocess.resize_mode == "squash"
     # the reported zero-shot accuracy, recomputed through stage one's loader from the saved files:
     # each 28-px test item centred in a 32-px frame, CLIP-normalised, against "a photo of a {}."
     import torch

@@ -92,7 +92,8 @@ def test_reuse_refusal_and_force(tiny_clip, photo_voc, tmp_path):
     for key, value, field in [("views.grid", 3, "grid"), ("views.rounds", 2, "rounds"),
                               ("text.prompts", ["a picture of a {}."], "prompts"),
                               ("clip.precision", "bf16", "precision"),
-                              ("views.normalize", "imagenet", "normalize"), ("text.gcn", False, "gcn")]:
+                              ("views.normalize", "clip", "mean"), ("views.interpolation", "bicubic", "interpolation"),
+                              ("views.resize", "shortest", "resize_mode"), ("text.gcn", False, "gcn")]:
         with pytest.raises(AevlpError, match=rf"different settings:[\s\S]*{field}:"):
             run_pseudolabel(cfg_for(tiny_clip, photo_voc, out, **{key: value}), progress=False)
     with pytest.raises(AevlpError, match="num_images"):
@@ -217,17 +218,18 @@ def test_missing_weights_and_offline_errors(tiny_clip, photo_voc, tmp_path, monk
     import open_clip
 
     from aevlp.clip import load_clip
+    from aevlp.specs import ClipSpec
 
     def offline(*a, **k):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
     monkeypatch.setattr(open_clip, "create_model", offline)
     with pytest.raises(AevlpError, match="could not fetch pretrained weights 'openai'") as e:
-        load_clip("ViT-B-32", "openai", device="cpu")
+        load_clip(ClipSpec("ViT-B-32", "openai", device="cpu"))
     assert "--pretrained PATH" in str(e.value)
     with pytest.raises(AevlpError, match="not a pretrained tag"):
-        load_clip("ViT-B-32", "made-up-tag", device="cpu")
+        load_clip(ClipSpec("ViT-B-32", "made-up-tag", device="cpu"))
     with pytest.raises(AevlpError, match="unknown CLIP architecture"):
-        load_clip("ViT-Q-99", "", device="cpu")
+        load_clip(ClipSpec("ViT-Q-99", "", device="cpu"))
 
 
 def test_clip_ls_cli():
@@ -253,9 +255,10 @@ def test_resize_on_device_matches_workers(tiny_clip, photo_voc, tmp_path):
 @pytest.mark.slow
 def test_compiled_encoder_matches_eager(tiny_clip):
     from aevlp.clip import load_clip
-    eager = load_clip("tiny-clip", tiny_clip["pretrained"], config=tiny_clip["config"], device="cpu", precision="fp32")
-    compiled = load_clip("tiny-clip", tiny_clip["pretrained"], config=tiny_clip["config"], device="cpu",
-                         precision="fp32", compile=True)
+    from aevlp.specs import ClipSpec
+    spec = ClipSpec("tiny-clip", tiny_clip["pretrained"], config=tiny_clip["config"], device="cpu", precision="fp32")
+    eager = load_clip(spec)
+    compiled = load_clip(ClipSpec(**{**spec.__dict__, "compile": True}))
     x = torch.randn(6, 3, 32, 32)
     assert compiled.encoder is not None
     assert torch.allclose(eager.encode_images(x), compiled.encode_images(x), atol=1e-4)

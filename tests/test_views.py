@@ -81,6 +81,9 @@ def test_batches_report_bad_images(tmp_path):
 
 def test_normalize_stats():
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
-    assert torch.allclose(normalize(x, "imagenet")[0, :, 0, 0],
+    imagenet = ViewSpec(mean=(.485, .456, .406), std=(.229, .224, .225))
+    assert torch.allclose(normalize(x, imagenet)[0, :, 0, 0],
                           torch.tensor([(1 - .485) / .229, (1 - .456) / .224, (1 - .406) / .225]))
-    assert not torch.allclose(normalize(x, "clip"), normalize(x, "imagenet"))
+    half = ViewSpec(mean=(.5, .5, .5), std=(.5, .5, .5))
+    assert torch.allclose(normalize(torch.full((1, 3, 2, 2), 0, dtype=torch.uint8), half), torch.tensor(-1.0))
+    assert not torch.allclose(normalize(x, ViewSpec()), normalize(x, imagenet))

@@ -45,6 +45,7 @@ def cache_inspect(file: str, csv_out: str | None) -> None:
     for k, v in facts["fingerprint"].items():
         click.echo(f"  {k:18s} {v}")
     click.echo(f"selection: {json.dumps(facts['selection'])}")
+    click.echo(f"clip_preprocess: {json.dumps(facts['clip_preprocess'])}")
     click.echo("shapes: " + ", ".join(f"{k} {v}" for k, v in facts["shapes"].items()))
     if facts["summary"]:
         click.echo("summary: " + ", ".join(f"{k} {v}" for k, v in facts["summary"].items()))

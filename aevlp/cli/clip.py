@@ -32,3 +32,37 @@ def clip_ls(arch: str | None, as_json: bool) -> None:
         return
     for a, ts in rows.items():
         click.echo(f"{a:40s} {', '.join(ts) if ts else '(no pretrained tags: pass a local weights file)'}")
+
+
+@clip_group.command("info")
+@click.argument("arch", required=False, default="")
+@click.option("--pretrained", default="", help="A tag, a local weights file, an HF-layout folder or hf-hub:ORG/NAME.")
+@click.option("--pretrained-cfg", default="", metavar="TAG",
+              help="For a weights file: the tag whose settings (QuickGELU, preprocessing) it carries.")
+@click.option("--clip-config", default="", type=click.Path(dir_okay=False), help="Local model-config JSON.")
+@click.option("--json", "as_json", is_flag=True, help="JSON output.")
+def clip_info(arch: str, pretrained: str, pretrained_cfg: str, clip_config: str, as_json: bool) -> None:
+    """What stage one would build for a CLIP choice, without downloading anything.
+
+    \b
+    Activation (QuickGELU or GELU), embedding size, input size, preprocessing (mean, std,
+    interpolation, resize mode), tokenizer, and whether the weights are already on this machine.
+
+    \b
+    Examples:
+      aevlp clip info ViT-B-16 --pretrained openai            # QuickGELU, CLIP statistics
+      aevlp clip info ViT-B-16-SigLIP --pretrained webli --json   # mean = std = 0.5
+      aevlp clip info --pretrained ~/ckpt/my-clip-folder      # an HF-layout folder needs no ARCH
+      aevlp clip info ViT-B-32 --pretrained vitb32.pt --pretrained-cfg openai
+    """
+    from aevlp.clip_source import resolve_clip
+    from aevlp.errors import AevlpError
+
+    if not arch and not pretrained:
+        raise AevlpError("name a CLIP", hint="aevlp clip info ARCH [--pretrained TAG|FILE|DIR|hf-hub:NAME]")
+    info = resolve_clip(arch, pretrained, config=clip_config, pretrained_cfg=pretrained_cfg).describe()
+    if as_json:
+        click.echo(json.dumps(info, indent=1))
+        return
+    for key, value in info.items():
+        click.echo(f"  {key:14s} {value}")

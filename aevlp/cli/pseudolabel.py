@@ -15,18 +15,23 @@ from aevlp.data.registry import DATASETS
 @click.option("--out", "--cache", "out", default=None, type=click.Path(dir_okay=False),
               help="Cache file [default: cache/DATASET.h5].")
 @click.option("--clip", "arch", default=None, help="open_clip architecture, e.g. ViT-B-16 (aevlp clip ls).")
-@click.option("--pretrained", default=None, help="Pretrained tag (openai, laion2b_s34b_b88k, ...) or a local "
-                                                  "weights file; '' for random weights.")
+@click.option("--pretrained", default=None, help="A pretrained tag (openai, laion2b_s34b_b88k, ...), a local weights "
+                                                  "file, an HF-layout folder (needs no --clip) or hf-hub:ORG/NAME; "
+                                                  "'' for random weights.")
+@click.option("--pretrained-cfg", default=None, metavar="TAG",
+              help="For a local weights file: the tag whose settings it carries (QuickGELU, mean/std, resize).")
 @click.option("--clip-config", default=None, type=click.Path(dir_okay=False),
               help="Local open_clip model config JSON (its file name is the architecture).")
 @click.option("--prompt", "prompts", multiple=True, help="Prompt template with {} (repeat to ensemble).")
+@click.option("--phrases", default=None, type=click.Path(dir_okay=False),
+              help="Class phrases: CSV classname,phrase or one phrase per line in class order.")
 @click.option("--grid", type=int, default=None, help="G: global view + G x G tiles.")
 @click.option("--rounds", type=int, default=None, help="Augmentation rounds R (epoch e reads round e mod R).")
 @click.option("--batch-size", type=int, default=None, help="Source images per batch.")
 @click.option("--workers", type=int, default=None, help="DataLoader worker processes decoding images.")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
-              help="CLIP weights dtype (auto: fp16/bf16 on CUDA, bf16 on a bf16-capable CPU, else fp32).")
+              help="CLIP weights dtype (auto: fp16 on CUDA, bf16 on a bf16-capable CPU, else fp32).")
 @click.option("--store-embeddings", type=click.Choice(["none", "global", "all"]), default=None,
               help="Also store L2-normalised image embeddings (for clip-head training or new prompts).")
 @click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default=None,
@@ -38,9 +43,9 @@ from aevlp.data.registry import DATASETS
                    "merged once all W shards are complete. Under torchrun, shards are the ranks.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @set_option
-def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, clip_config, prompts, grid, rounds,
-                    batch_size, workers, device, precision, store_embeddings, on_bad_image, limit, force,
-                    shard, no_progress, overrides) -> None:
+def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, pretrained_cfg, clip_config, prompts, phrases,
+                    grid, rounds, batch_size, workers, device, precision, store_embeddings, on_bad_image, limit,
+                    force, shard, no_progress, overrides) -> None:
     """Stage one: score DAMP views of every training image with a frozen CLIP into an HDF5 cache.
 
     \b
@@ -52,7 +57,10 @@ def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, clip_conf
     Examples:
       aevlp pseudolabel --dataset voc --data-root data/voc
       aevlp pseudolabel --dataset nus --data-root data/nus --clip ViT-L-14 --pretrained openai
-      aevlp pseudolabel --dataset voc --data-root data/voc --clip ViT-B-32 --pretrained ~/ckpt/vitb32.safetensors
+      aevlp pseudolabel --dataset voc --data-root data/voc --clip ViT-B-32 --pretrained ~/ckpt/vitb32.safetensors \\
+          --pretrained-cfg openai
+      aevlp pseudolabel --dataset voc --data-root data/voc --pretrained ~/ckpt/ViT-B-16-SigLIP   # HF-layout folder
+      aevlp pseudolabel --dataset cub --data-root data/cub --phrases cub_phrases.csv
       torchrun --nproc-per-node 8 -m aevlp pseudolabel --dataset nus --data-root data/nus   # 8 shards
     """
     from aevlp import distributed
@@ -61,9 +69,10 @@ def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, clip_conf
 
     cfg = resolve(config, dataset, overrides,
                   dataset={"data_root": data_root},
-                  clip={"arch": arch, "pretrained": pretrained, "config": clip_config, "batch_size": batch_size,
-                        "workers": workers, "device": device, "precision": precision},
-                  text={"prompts": list(prompts) or None},
+                  clip={"arch": arch, "pretrained": pretrained, "pretrained_cfg": pretrained_cfg,
+                        "config": clip_config, "batch_size": batch_size, "workers": workers, "device": device,
+                        "precision": precision},
+                  text={"prompts": list(prompts) or None, "phrases": phrases},
                   views={"grid": grid, "rounds": rounds},
                   cache={"path": out, "store_embeddings": store_embeddings, "on_bad_image": on_bad_image})
     rank = distributed.env()[0]
