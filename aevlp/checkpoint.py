@@ -24,14 +24,17 @@ def load_checkpoint(path: str | Path) -> tuple[Classifier, dict]:
     m = ckpt["meta"]
     model = build_model(m["backbone"], len(m["classnames"]), weights="none", embed_dim=m.get("embed_dim", 0))
     model.load_state_dict(ckpt["model"])
+    model.boost_alpha = float(m.get("boost_alpha", 0.0))
     return model.eval(), m
 
 
-def load_training_state(run: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
-    """Restore model and optimizer from RUN/last.pt; returns the loop state saved with them."""
+def load_training_state(run: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, method=None) -> dict:
+    """Restore model, optimizer and the method's state from RUN/last.pt; returns the loop state."""
     if not (run / "last.pt").exists():
         raise AevlpError(f"{run}: nothing to resume (no last.pt)", hint="start a new run without --resume")
     ck = torch.load(run / "last.pt", map_location="cpu", weights_only=False)
     model.load_state_dict(ck["model"])
     optimizer.load_state_dict(ck["optimizer"])
+    if method is not None:
+        method.load_state_dict(ck.get("method", {}))
     return ck["state"]

@@ -13,7 +13,7 @@ from aevlp.data import load_dataset
 from aevlp.device import autocast
 from aevlp.errors import AevlpError
 from aevlp.inputs import ImageRows
-from aevlp.metrics import mean_average_precision, per_class_ap
+from aevlp.metrics import evaluation_report, per_class_ap
 
 __all__ = ["predict_scores", "evaluate_checkpoint", "predict_images"]
 
@@ -51,7 +51,7 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str, split: s
     s = data.split(split)
     loader = DataLoader(ImageRows([data.image_root / p for p in s.images], meta["image_size"]), batch_size=batch_size)
     scores = predict_scores(model, loader, torch.device("cpu"))
-    return ({"map": mean_average_precision(scores, s.labels), "images": len(s)},
+    return ({**evaluation_report(scores, s.labels), "images": len(s)},
             per_class_ap(scores, s.labels, data.classnames))
 
 

@@ -13,9 +13,12 @@ import pandas as pd
 __all__ = [
     "average_precision",
     "mean_average_precision",
+    "micro_average_precision",
     "per_class_ap",
     "pseudo_label_quality",
     "topk_precision_recall",
+    "threshold_scores",
+    "evaluation_report",
     "pseudo_label_quality_per_class",
 ]
 
@@ -54,6 +57,41 @@ def mean_average_precision(scores, targets) -> float:
     if s.shape[1] == 0:
         raise ValueError("mean_average_precision needs at least one class")
     return 100.0 * float(np.mean([average_precision(s[:, c], y[:, c]) for c in range(s.shape[1])]))
+
+
+def micro_average_precision(scores, targets) -> float:
+    """100 × AP over all N·C (image, class) pairs pooled: the "micro" mAP some papers report."""
+    s, y = _as_numpy(scores), _as_numpy(targets)
+    if s.shape != y.shape:
+        raise ValueError(f"scores {s.shape} and targets {y.shape} differ")
+    return 100.0 * average_precision(s.ravel(), y.ravel())
+
+
+def threshold_scores(scores, targets, threshold: float = 0.5) -> dict:
+    """CP, CR, CF1 (per-class precision/recall averaged, F1 of those averages) and OP, OR, OF1 (over all
+    entries), in %, predicting a label where score >= threshold, as the multi-label literature reports
+    them (e.g. ML-GCN). A class never predicted has precision 0; one never present has recall 0."""
+    s, y = _as_numpy(scores), _as_numpy(targets) == 1
+    pred = s >= threshold
+    tp, fp, fn = (pred & y).sum(0), (pred & ~y).sum(0), (~pred & y).sum(0)
+    cp = float(np.mean(np.divide(tp, tp + fp, out=np.zeros(len(tp)), where=(tp + fp) > 0)))
+    cr = float(np.mean(np.divide(tp, tp + fn, out=np.zeros(len(tp)), where=(tp + fn) > 0)))
+    op = float(tp.sum() / max(tp.sum() + fp.sum(), 1))
+    orr = float(tp.sum() / max(tp.sum() + fn.sum(), 1))
+    f1 = lambda a, b: 2 * a * b / (a + b) if a + b > 0 else 0.0  # noqa: E731
+    return {k: 100.0 * v for k, v in {"CP": cp, "CR": cr, "CF1": f1(cp, cr), "OP": op, "OR": orr,
+                                      "OF1": f1(op, orr)}.items()}
+
+
+def evaluation_report(scores, targets, threshold: float = 0.5) -> dict:
+    """Everything aevlp reports for a split: Cole's mAP, micro mAP, CP/CR/CF1/OP/OR/OF1 at the
+    threshold, and per-image precision/recall of the top 3 labels."""
+    s, y = _as_numpy(scores), _as_numpy(targets)
+    out = {"map": mean_average_precision(s, y), "micro_map": micro_average_precision(s, y),
+           **threshold_scores(s, y, threshold)}
+    if s.shape[1] >= 3:
+        out.update(topk_precision_recall(s, y, 3))
+    return out
 
 
 def per_class_ap(scores, targets, classnames: Sequence[str] | None = None) -> pd.DataFrame:

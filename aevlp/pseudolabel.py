@@ -8,6 +8,7 @@ pseudo-labels; stage two re-derives them from the cached similarities with its o
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -34,8 +35,9 @@ from aevlp.data import SPMLData
 from aevlp.errors import AevlpError
 from aevlp.metrics import pseudo_label_quality
 from aevlp.specs import Specs
+from aevlp.teacher import zero_shot_summary
 from aevlp.text import class_phrases, relation_id, text_features
-from aevlp.views import GlobalViews, ViewBatches, ViewSpec, expand_views, normalize, render_on_device
+from aevlp.views import GlobalViews, ViewBatches, ViewSpec, expand_views, normalize, render_on_device, unique_slots
 
 __all__ = ["StageOnePlan", "run_pseudolabel", "plan_stage_one", "stage_one_fingerprint", "clip_preprocess",
            "MAX_VIEWS_PER_FORWARD"]
@@ -203,12 +205,14 @@ def _writer(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tup
     start, stop = rows
     split, ds = plan.data.train, plan.specs.dataset
     layout = CacheLayout(rounds=plan.views.rounds, num_views=plan.views.num_views,
-                         embeddings=plan.specs.cache.store_embeddings, embed_dim=scorer.clip.embed_dim)
+                         embeddings=plan.specs.cache.store_embeddings, embed_dim=scorer.clip.embed_dim,
+                         unique_views=unique_slots(plan.views))
+    eval_labels = {"val": plan.data.val.labels, "test": plan.data.test.labels} if eval_ids else None
     return CacheWriter(path, fp, layout, image_ids=list(split.images[start:stop]), classnames=plan.data.classnames,
                        observed=split.observed[start:stop], labels=split.labels[start:stop],
                        text_features=scorer.text.numpy(),
                        relation=None if scorer.relation is None else scorer.relation.numpy(),
-                       selection=plan.specs.damp.selection(), eval_ids=eval_ids,
+                       selection=plan.specs.damp.selection(), eval_ids=eval_ids, eval_labels=eval_labels,
                        clip_preprocess=clip_preprocess(plan.clip, plan.views),
                        info={"data_root": str(Path(ds.data_root).resolve()), "image_root": ds.image_root,
                              "limit": plan.limit})
@@ -225,7 +229,7 @@ def _compute(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tu
             if eval_ids and not writer.f.attrs["eval_done"]:
                 for split_name, split_ids in eval_ids.items():
                     paths = [str(plan.data.image_root / i) for i in split_ids]
-                    writer.write_eval(split_name, _embed_global(plan, scorer, paths, progress, split_name))
+                    writer.write_eval(split_name, _embed_eval(plan, scorer, paths, progress, split_name))
                 writer.f.attrs["eval_done"] = True
             stats = _merged_summary(writer.f)
             stats.update({"computed_images": done, "seconds": round(time.time() - t_start, 2),
@@ -238,10 +242,10 @@ def _compute(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tu
 
 
 def _merged_summary(f) -> dict:
-    """Pseudo-label quality and counts of a filled cache file."""
+    """Pseudo-label quality, the zero-shot teacher's test mAP, and counts of a filled cache file."""
     bad = f["bad"][:]
     stats = _quality(f["pseudo"][:], f["observed"][:], f["labels"][:], bad) if "labels" in f else {}
-    return {**stats, "images": int(len(bad)), "bad_images": int(bad.sum())}
+    return {**stats, **zero_shot_summary(f), "images": int(len(bad)), "bad_images": int(bad.sum())}
 
 
 def _encode(clip: ClipModel, slots: torch.Tensor, views: ViewSpec) -> torch.Tensor:
@@ -274,7 +278,8 @@ def _raise_or_warn(errors: list, skip: bool) -> None:
 
 
 def _score_batch(plan: StageOnePlan, scorer: _Scorer, slots, index, observed: torch.Tensor, bad: np.ndarray):
-    """One batch's views → (sims [R,B,V,C] f16, scores, pseudo [R,B,C], embeddings to store or None)."""
+    """One batch's views → (sims [R,B,V,C] f16, scores, pseudo [R,B,C], embeddings to store or None,
+    their view index or None)."""
     emb = _encode(scorer.clip, slots, plan.views)  # [B, U, D]
     sims_u = (emb @ scorer.text_on_device.T).float().cpu()  # [B, U, C]
     sims = expand_views(sims_u, index).half()  # [R, B, V, C], rounded as stored
@@ -284,11 +289,10 @@ def _score_batch(plan: StageOnePlan, scorer: _Scorer, slots, index, observed: to
     if bad.any():
         sims[:, bad], scores[:, bad], pseudo[:, bad] = 0, 0, 0
     mode = plan.specs.cache.store_embeddings
-    e = None
-    if mode != "none":
-        e = expand_views(emb.cpu(), index)  # [R, B, V, D]
-        e = (e[:, :, 0] if mode == "global" else e).numpy()
-    return sims.numpy(), scores.numpy(), pseudo.numpy(), e
+    if mode == "all":  # each distinct (tile, flip) view once, and which one each round used
+        return sims.numpy(), scores.numpy(), pseudo.numpy(), emb.cpu().numpy(), index.numpy()
+    e = expand_views(emb.cpu(), index)[:, :, 0].numpy() if mode == "global" else None  # [R, B, D]
+    return sims.numpy(), scores.numpy(), pseudo.numpy(), e, None
 
 
 def _fill(writer: CacheWriter, plan: StageOnePlan, scorer: _Scorer, rows: tuple[int, int], progress: bool) -> int:
@@ -310,25 +314,31 @@ def _fill(writer: CacheWriter, plan: StageOnePlan, scorer: _Scorer, rows: tuple[
         bad = np.zeros(len(batch_rows), dtype=bool)
         for row, _ in errors:
             bad[int(row) - int(batch_rows[0])] = True
-        sims, scores, pseudo, emb = _score_batch(plan, scorer, slots, index, obs_t[batch_rows], bad)
-        writer.write(int(batch_rows[0]), sims, scores, pseudo, bad, emb)
+        sims, scores, pseudo, emb, emb_index = _score_batch(plan, scorer, slots, index, obs_t[batch_rows], bad)
+        writer.write(int(batch_rows[0]), sims, scores, pseudo, bad, emb, emb_index)
         computed += len(batch_rows)
         bar.update(len(batch_rows))
     bar.close()
     return computed
 
 
-def _embed_global(plan: StageOnePlan, scorer: _Scorer, paths: list[str], progress: bool, split: str) -> np.ndarray:
-    """Unflipped global-view embeddings [N, D] of val/test images, for the clip-head backbone."""
-    bs = max(1, plan.specs.clip.batch_size) * plan.views.num_views
+def _embed_eval(plan: StageOnePlan, scorer: _Scorer, paths: list[str], progress: bool, split: str) -> np.ndarray:
+    """Unflipped embeddings of val/test images: the global view [N, D] (clip-head, the teacher), or every
+    view [N, V, D] with --store-embeddings all (the DAMP teacher)."""
+    spec = dataclasses.replace(plan.views, rounds=1, flip=False, jitter=0.0)
+    every = plan.specs.cache.store_embeddings == "all"
+    bs = max(1, plan.specs.clip.batch_size) * (1 if every else spec.num_views)
     batches = [list(range(s, min(s + bs, len(paths)))) for s in range(0, len(paths), bs)]
-    loader = torch.utils.data.DataLoader(GlobalViews(paths, batches, plan.views), batch_size=None,
-                                         num_workers=plan.specs.clip.workers)
-    out = np.zeros((len(paths), scorer.clip.embed_dim), dtype=np.float32)
-    for rows, slots, errors in tqdm(loader, desc=f"{split} embeddings", disable=not progress, unit="batch"):
+    ds = ViewBatches(paths, batches, spec) if every else GlobalViews(paths, batches, spec)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=plan.specs.clip.workers)
+    shape = (len(paths), spec.num_views, scorer.clip.embed_dim) if every else (len(paths), scorer.clip.embed_dim)
+    out = np.zeros(shape, dtype=np.float32)
+    for item in tqdm(loader, desc=f"{split} embeddings", disable=not progress, unit="batch"):
+        rows, slots, errors = item[0], item[1], item[-1]
         if errors:
             raise AevlpError(f"{len(errors)} unreadable {split} image(s):\n    " + "\n    ".join(m for _, m in errors))
-        out[rows.numpy()] = _encode(scorer.clip, slots, plan.views)[:, 0].cpu().numpy()
+        emb = _encode(scorer.clip, slots, plan.views).cpu().numpy()
+        out[rows.numpy()] = emb if every else emb[:, 0]
     return out
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from aevlp.cache import ROW_DATASETS, CacheLock, CacheWriter, read_fingerprint
+from aevlp.cache import CacheLayout, CacheLock, CacheWriter, read_fingerprint
 from aevlp.errors import AevlpError
 
 __all__ = ["shard_path", "shard_fingerprint", "shard_complete", "merge_shards"]
@@ -60,11 +60,15 @@ def merge_shards(target: Path, fp: dict, w: int, rows: list[tuple[int, int]],
             eval_splits = [sp for sp in ("val", "test") if f"{sp}_image_ids" in s0]
             try:
                 f = writer.f
+                layout = CacheLayout.of_file(s0)
+                names = list(layout.row_shapes(1, 1))
                 for s, (start, stop) in zip(shards, rows):
                     for lo in range(0, stop - start, ROW_CHUNK):
                         hi = min(lo + ROW_CHUNK, stop - start)
-                        for name in ROW_DATASETS:
-                            if name in s:
+                        for name in names:
+                            if layout.row_axis(name) == 0:
+                                f[name][start + lo:start + hi] = s[name][lo:hi]
+                            else:
                                 f[name][:, start + lo:start + hi] = s[name][:, lo:hi]
                     f["bad"][start:stop] = s["bad"][:]
                     f.flush()

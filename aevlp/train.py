@@ -28,8 +28,14 @@ from aevlp.errors import AevlpError, ConfigError
 from aevlp.evaluate import predict_scores
 from aevlp.inputs import EmbeddingRows, ImageRows, make_loader
 from aevlp.labeler import PseudoLabeler
-from aevlp.losses import LOSSES, LossSpec, build_loss
-from aevlp.metrics import mean_average_precision, per_class_ap, pseudo_label_quality, pseudo_label_quality_per_class
+from aevlp.losses import LOSSES, LossSpec, Method, RunInfo, build_method
+from aevlp.metrics import (
+    evaluation_report,
+    mean_average_precision,
+    per_class_ap,
+    pseudo_label_quality,
+    pseudo_label_quality_per_class,
+)
 from aevlp.models import BACKBONES, Classifier, build_model
 from aevlp.schedules import gr_schedule
 from aevlp.specs import Specs, TrainSpec
@@ -47,7 +53,7 @@ class TrainRun:
     keep: np.ndarray  # training rows stage one could read
     observed: np.ndarray  # [N, C] observed labels of the covered rows
     truth: np.ndarray  # [N, C] full labels (pseudo-label quality; the full-label upper bound)
-    loss_fn: object
+    method: Method  # the loss as the loop runs it, with any per-run state (ROLE, LL-Cp, APL)
     loss_spec: LossSpec
     labeler: PseudoLabeler
     device: torch.device
@@ -74,7 +80,7 @@ def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path
     if cache is not None:
         cfg["cache"]["path"] = str(cache)
     r = _setup(cfg, run_dir, limit)
-    state = load_training_state(r.run, r.core, r.opt) if resume else _fresh_state()
+    state = load_training_state(r.run, r.core, r.opt, r.method) if resume else _fresh_state()
     if r.main:
         (r.run / "config.toml").write_text(dump_config(cfg))
     t0 = time.time()
@@ -108,27 +114,35 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None) -> TrainRun
     keep = ~cache.f["bad"][:]  # unreadable images were skipped in stage one
     params = dict(specs.loss, expected_pos=specs.loss["expected_pos"] or data.info.expected_pos or
                   float(truth.sum(1).mean()))
-    device, main = _device(t)
-    core, model, opt = _model(t, data.num_classes, cache, device)
+    name, spec = specs.loss["name"], LOSSES.get(specs.loss["name"])
+    method = build_method(name, params, RunInfo(num_rows=int(keep.sum()), num_classes=data.num_classes,
+                                                observed=observed[keep], seed=t.seed, epochs=t.epochs, lr=t.lr))
+    device, main = _device(t, stateful=spec.method is not None)
+    core, model, opt = _model(t, data.num_classes, cache, device, method)
     run = Path(run_dir) if run_dir else \
         Path(t.out) / f"{data.info.name}-{specs.loss['name']}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     run = Path(distributed.broadcast(str(run)))  # one run directory for all ranks
     if main:
         run.mkdir(parents=True, exist_ok=True)
-    meta = {"backbone": t.backbone, "classnames": data.classnames, "image_size": t.image_size,
+    meta = {"backbone": t.backbone, "classnames": data.classnames, "image_size": _image_size(t, data),
+            "boost_alpha": float(core.boost_alpha),
             "embed_dim": core.head.in_features if BACKBONES.get(t.backbone).input == "embedding" else 0,
             "dataset": data.info.name, "loss": specs.loss["name"]}
+    damp = spec.pseudo_labels(specs.damp, params) if spec.pseudo_labels else specs.damp
     return TrainRun(specs=specs, data=data, cache=cache, keep=keep, observed=observed, truth=truth,
-                    loss_fn=build_loss(specs.loss["name"], params), loss_spec=LOSSES.get(specs.loss["name"]),
-                    labeler=PseudoLabeler(cache, specs.damp, observed), device=device,
+                    method=method, loss_spec=spec, labeler=PseudoLabeler(cache, damp, observed), device=device,
                     precision=resolve_train_precision(t.precision, device), core=core, model=model,
-                    opt=opt, inputs=_inputs(specs, data, cache, n, keep), run=run, main=main, meta=meta)
+                    opt=opt, inputs=_inputs(specs, data, cache, n, keep, meta["image_size"]), run=run, main=main,
+                    meta=meta)
 
 
-def _device(t: TrainSpec) -> tuple[torch.device, bool]:
+def _device(t: TrainSpec, stateful: bool) -> tuple[torch.device, bool]:
     """The device this process trains on (its local GPU under torchrun), and whether it is rank 0."""
     device = resolve_device(t.device)
     rank, world, local = distributed.env()
+    if world > 1 and stateful:
+        raise ConfigError("this method keeps per-entry state (ROLE, LL, APL, BoostLU) and is not supported under "
+                          "torchrun", hint="train it in one process")
     if distributed.init(device.type) and device.type == "cuda":
         device = torch.device("cuda", local)
     if world > 1 and t.linear_init > 0:
@@ -137,10 +151,12 @@ def _device(t: TrainSpec) -> tuple[torch.device, bool]:
     return device, rank == 0
 
 
-def _model(t: TrainSpec, num_classes: int, cache: Cache, device: torch.device):
-    """(model, the module the loop calls, optimiser): seeded init; DDP under torchrun; head at lr × lr_mult."""
+def _model(t: TrainSpec, num_classes: int, cache: Cache, device: torch.device, method: Method):
+    """(model, the module the loop calls, optimiser): seeded init; DDP under torchrun; head at lr × lr_mult;
+    the method's own parameters (ROLE's label estimator) in their own group."""
     torch.manual_seed(t.seed)
     core = build_model(t.backbone, num_classes, weights=t.weights, embed_dim=cache.embed_dim).to(device)
+    method.prepare_model(core)
     if device.type == "cuda" and BACKBONES.get(t.backbone).input == "image":
         core = core.to(memory_format=torch.channels_last)
     model = core
@@ -148,11 +164,23 @@ def _model(t: TrainSpec, num_classes: int, cache: Cache, device: torch.device):
         model = torch.nn.parallel.DistributedDataParallel(
             core, device_ids=[distributed.env()[2]] if device.type == "cuda" else None)
     opt = torch.optim.Adam([{"params": core.backbone.parameters(), "lr": t.lr},
-                            {"params": core.head.parameters(), "lr": t.lr * t.lr_mult}])
+                            {"params": core.head.parameters(), "lr": t.lr * t.lr_mult}, *method.param_groups()])
     return core, model, opt
 
 
-def _inputs(specs: Specs, data: SPMLData, cache: Cache, n: int, keep: np.ndarray):
+def _image_size(t: TrainSpec, data: SPMLData) -> int:
+    """train.image_size, or the backbone's default (448 for the ResNets), or the training images' own size."""
+    if t.image_size or BACKBONES.get(t.backbone).input != "image":
+        return t.image_size
+    if BACKBONES.get(t.backbone).image_size:
+        return BACKBONES.get(t.backbone).image_size
+    from PIL import Image
+
+    with Image.open(data.image_root / data.train.images[0]) as im:
+        return max(im.size)
+
+
+def _inputs(specs: Specs, data: SPMLData, cache: Cache, n: int, keep: np.ndarray, size: int):
     """Train/val/test datasets for the backbone's input type (image files or cached embeddings)."""
     t = specs.train
     if BACKBONES.get(t.backbone).input == "embedding":
@@ -161,7 +189,7 @@ def _inputs(specs: Specs, data: SPMLData, cache: Cache, n: int, keep: np.ndarray
                              hint="re-run stage one with --store-embeddings global")
         return (EmbeddingRows(cache.global_embeddings()[:, keep]), EmbeddingRows(cache.eval_embeddings("val")),
                 EmbeddingRows(cache.eval_embeddings("test")))
-    root, size = data.image_root, t.image_size
+    root = data.image_root
     return (ImageRows([root / p for p in data.train.images[:n][keep]], size, train=True, seed=t.seed),
             ImageRows([root / p for p in data.val.images], size), ImageRows([root / p for p in data.test.images], size))
 
@@ -184,8 +212,8 @@ def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndar
     for x, rows in tqdm(loader, desc=f"epoch {epoch}/{t.epochs}", disable=not (progress and r.main), leave=False):
         with autocast(r.device, r.precision):
             logits = r.model(x.to(r.device, non_blocking=True))
-        loss = r.loss_fn(logits.float(), y_obs[rows].to(r.device), pseudo=z[rows].to(r.device),
-                         full=y_full[rows].to(r.device), schedule=sched)
+        loss = r.method.loss(logits.float(), y_obs[rows].to(r.device), rows=rows, pseudo=z[rows].to(r.device),
+                             full=y_full[rows].to(r.device), schedule=sched, epoch=epoch)
         if not torch.isfinite(loss):
             raise AevlpError(f"the loss became {loss.item()} at epoch {epoch}",
                              hint="lower train.lr, or check the pseudo-labels (aevlp cache inspect)")
@@ -196,7 +224,15 @@ def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndar
         total += loss.item() * len(rows)
         count += len(rows)
     total, count = distributed.all_sum([total, count])
-    return {"epoch": epoch, "loss": total / max(count, 1), "round": r.labeler.round_for(epoch), **sched}, z_all
+    extra = r.method.end_epoch(epoch, lambda: _train_scores(r))
+    return {"epoch": epoch, "loss": total / max(count, 1), "round": r.labeler.round_for(epoch), **sched,
+            **extra}, z_all
+
+
+def _train_scores(r: TrainRun) -> np.ndarray:
+    """Predictions [N, C] on the training rows, in order, with this epoch's training flips (APL's input)."""
+    loader = make_loader(r.inputs[0], r.t.batch_size * 2, r.t.workers, r.device)
+    return predict_scores(r.core, loader, r.device, r.precision)
 
 
 def _judge(r: TrainRun, state: dict, rec: dict, z_all: np.ndarray, t0: float) -> bool:
@@ -219,6 +255,8 @@ def _judge(r: TrainRun, state: dict, rec: dict, z_all: np.ndarray, t0: float) ->
     else:
         state["counter"] += 1
     state["stopped_early"] = should_stop(state, r.t) and rec["epoch"] < r.t.epochs
+    if state["stopped_early"]:
+        state["stop_reason"] = stop_reason(state, r.t)
     return improved
 
 
@@ -230,13 +268,16 @@ def _save_epoch(r: TrainRun, state: dict, improved: bool, z_all: np.ndarray, pro
         if r.loss_spec.uses_pseudo:
             pseudo_label_quality_per_class(z_all[keep], r.observed[keep], r.truth[keep], r.data.classnames).to_csv(
                 r.run / "pseudo_per_class.csv", index=False)
-    save_checkpoint(r.run / "last.pt", r.core, optimizer=r.opt.state_dict(), state=state)
+    save_checkpoint(r.run / "last.pt", r.core, optimizer=r.opt.state_dict(), state=state,
+                    method=r.method.state_dict())
     (r.run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in state["history"]))
     if progress:
         rec = state["history"][-1]
         q = (f"  pseudo P/R/F1 {rec['pseudo_precision']:.1f}/{rec['pseudo_recall']:.1f}/{rec['pseudo_f1']:.1f}"
              if "pseudo_f1" in rec else "")
         tqdm.write(f"epoch {rec['epoch']}: loss {rec['loss']:.4f}  val mAP {rec['val_map']:.2f}" + q)
+        if state["stopped_early"]:
+            tqdm.write(state["stop_reason"])
 
 
 def _test_and_write_results(r: TrainRun, state: dict) -> dict:
@@ -245,13 +286,16 @@ def _test_and_write_results(r: TrainRun, state: dict) -> dict:
     best.to(r.device)
     loader = make_loader(r.inputs[2], r.t.batch_size * 2, r.t.workers, r.device)
     test_scores = predict_scores(best, loader, r.device, r.precision)
-    test_map = mean_average_precision(test_scores, r.data.test.labels)
+    test_metrics = evaluation_report(test_scores, r.data.test.labels)
+    test_map = test_metrics["map"]
     per_class_ap(test_scores, r.data.test.labels, r.data.classnames).to_csv(r.run / "per_class_ap.csv", index=False)
     best_rec = next(x for x in state["history"] if x["epoch"] == state["best_epoch"])
     results = {"dataset": r.data.info.name, "loss": r.specs.loss["name"], "backbone": r.t.backbone,
                "labels": r.t.labels, "damp_source": r.specs.damp.source if r.loss_spec.uses_pseudo else None,
                "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-               "stopped_early": state["stopped_early"], "val_map": state["best_val"], "test_map": test_map,
+               "stopped_early": state["stopped_early"], "stop_reason": state.get("stop_reason"),
+               "early_stop": r.t.early_stop, "val_map": state["best_val"], "test_map": test_map,
+               "test_metrics": test_metrics,
                **{k: best_rec[k] for k in best_rec if k.startswith("pseudo_")},
                "cache": str(r.cache.path), "cache_fingerprint": fingerprint_id(r.cache.fingerprint),
                "train_images": int(r.keep.sum()), "run_dir": str(r.run)}
@@ -260,11 +304,27 @@ def _test_and_write_results(r: TrainRun, state: dict) -> dict:
     return results
 
 
+def stop_reason(state: dict, t: TrainSpec) -> str:
+    """Why training stopped early, in words: the epoch, the val mAP and the rule that fired."""
+    cur, best = state["history"][-1], state["best_val"]
+    if t.early_stop == "first-drop":
+        why = f"val mAP {cur['val_map']:.2f} did not improve on the best {best:.2f}"
+    elif best - cur["val_map"] > t.max_drop:
+        why = f"val mAP {cur['val_map']:.2f} fell more than {t.max_drop:g} points below the best {best:.2f}"
+    else:
+        why = f"no val improvement for {t.patience} epochs (best {best:.2f})"
+    return f"stopped after epoch {cur['epoch']}: {why} (train.early_stop = \"{t.early_stop}\"; best epoch " \
+           f"{state['best_epoch']} is tested)"
+
+
 def should_stop(state: dict, t: TrainSpec) -> bool:
-    """AEVLP: patience or a drop > max_drop below the best; GR: the drop only; none: never."""
+    """AEVLP: patience or a drop > max_drop below the best; GR: the drop only; first-drop: the first epoch
+    without improvement (Zhou et al.'s EM/APL code); none: never."""
     if t.early_stop == "none":
         return False
     drop = state["best_val"] - state["history"][-1]["val_map"]
+    if t.early_stop == "first-drop":
+        return state["counter"] >= 1
     if drop > t.max_drop:
         return True
     return t.early_stop == "aevlp" and state["counter"] >= t.patience

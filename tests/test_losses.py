@@ -181,19 +181,22 @@ def test_gradcheck_with_constants():
 
 @pytest.mark.parametrize("name", list(LOSSES))
 def test_every_loss_finite_at_extremes_and_bf16(name):
-    params = dict(q2=0.01, q3=1.0, lam1=0.7, lam2=0.5, rho=0.9, reg=0.001, expected_pos=2.0, em_alpha=0.1)
-    fn = build_loss(name, params)
-    z = torch.tensor([[-50.0, 50.0, 0.0, 10.0], [50.0, -50.0, -10.0, 0.0]], requires_grad=True)
+    from aevlp.config import DEFAULTS
+    from aevlp.losses import RunInfo, build_method
+    params = dict(DEFAULTS["loss"], q2=0.01, q3=1.0, lam1=0.7, lam2=0.5, rho=0.9, reg=0.001, expected_pos=2.0)
     y = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0]])
+    fn = build_method(name, params, RunInfo(num_rows=2, num_classes=4, observed=y.numpy(), seed=0, epochs=8, lr=1e-3))
+    z = torch.tensor([[-50.0, 50.0, 0.0, 10.0], [50.0, -50.0, -10.0, 0.0]], requires_grad=True)
     zl = torch.tensor([[0, 1, -1, 0], [1, 0, 0, -1]])
     full = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 0]])
     sch = dict(w=8.75, b=-7.25, mu=0.8, sigma=0.5)
-    out = fn(z, y, pseudo=zl, full=full, schedule=sch)
+    kw = dict(rows=[0, 1], pseudo=zl, full=full, schedule=sch, epoch=3)
+    out = fn.loss(z, y, **kw)
     (g,) = torch.autograd.grad(out, z)
     assert torch.isfinite(out) and torch.all(torch.isfinite(g))
     zb = z.detach().bfloat16().requires_grad_(True)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        outb = fn(zb, y, pseudo=zl, full=full, schedule=sch)
+        outb = fn.loss(zb, y, **kw)
     (gb,) = torch.autograd.grad(outb, zb)
     assert outb.dtype == torch.float32 and torch.isfinite(outb) and torch.all(torch.isfinite(gb.float()))
 

@@ -100,3 +100,29 @@ def test_topk():
     assert r["recall@1"] == pytest.approx(75.0)
     with pytest.raises(ValueError):
         topk_precision_recall(s, y, 4)
+
+
+def test_reported_metrics_match_scikit_learn():
+    from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score
+
+    from aevlp.metrics import evaluation_report, micro_average_precision, threshold_scores
+    g = np.random.default_rng(7)
+    y = (g.random((60, 6)) < 0.3).astype(int)
+    y[:, 5] = 0  # a class with no positives
+    s = np.clip(y * 0.3 + g.random((60, 6)) * 0.8, 0, 1)
+    s[:, 4] = 0.1  # a class never predicted at 0.5
+    assert micro_average_precision(s, y) == pytest.approx(100 * average_precision_score(y.ravel(), s.ravel()))
+    m = threshold_scores(s, y)
+    pred = (s >= 0.5).astype(int)
+    cp = precision_score(y, pred, average="macro", zero_division=0)
+    cr = recall_score(y, pred, average="macro", zero_division=0)
+    assert m["CP"] == pytest.approx(100 * cp) and m["CR"] == pytest.approx(100 * cr)
+    assert m["CF1"] == pytest.approx(100 * 2 * cp * cr / (cp + cr))
+    assert m["OP"] == pytest.approx(100 * precision_score(y, pred, average="micro", zero_division=0))
+    assert m["OR"] == pytest.approx(100 * recall_score(y, pred, average="micro", zero_division=0))
+    assert m["OF1"] == pytest.approx(100 * f1_score(y, pred, average="micro", zero_division=0))
+    rep = evaluation_report(s, y)
+    assert set(rep) >= {"map", "micro_map", "CP", "CR", "CF1", "OP", "OR", "OF1", "precision@3", "recall@3"}
+    top3 = np.argsort(-s, axis=1)[:, :3]
+    hits = np.take_along_axis(y, top3, 1).sum(1)
+    assert rep["precision@3"] == pytest.approx(100 * np.mean(hits / 3))

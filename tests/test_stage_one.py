@@ -262,3 +262,31 @@ def test_compiled_encoder_matches_eager(tiny_clip):
     x = torch.randn(6, 3, 32, 32)
     assert compiled.encoder is not None
     assert torch.allclose(eager.encode_images(x), compiled.encode_images(x), atol=1e-4)
+
+
+def test_all_views_stored_once_and_the_zero_shot_teacher(tiny_clip, photo_voc, tmp_path):
+    from sklearn.metrics import average_precision_score
+    g, a = tmp_path / "g.h5", tmp_path / "a.h5"
+    run_pseudolabel(cfg_for(tiny_clip, photo_voc, g, **{"cache.store_embeddings": "global"}), progress=False)
+    run_pseudolabel(cfg_for(tiny_clip, photo_voc, a, **{"cache.store_embeddings": "all"}), progress=False)
+    with Cache(g) as cg, Cache(a) as ca:
+        assert np.array_equal(cg.global_embeddings(), ca.global_embeddings())
+        emb, idx = ca.f["embeddings"][:], ca.f["embedding_index"][:]
+        assert emb.shape == (16, 10, 32) and idx.shape == (16, 3, 5)  # 2V distinct views, index [N, R, V]
+        sims = ca.f["sims"][:].astype(np.float32)
+        text = ca.f["text_features"][:]
+        for r in range(3):
+            per_view = np.einsum("nvd,cd->nvc", emb[np.arange(16)[:, None], idx[:, r]].astype(np.float32), text)
+            assert np.allclose(per_view, sims[r], atol=3e-3)
+        test_views = ca.eval_embeddings("test", views=True)
+        assert test_views.shape == (6, 5, 32) and np.array_equal(test_views[:, 0], ca.eval_embeddings("test"))
+        summary = json.loads(ca.f.attrs["summary"])
+        labels, tau = ca.eval_labels("test"), ca.selection["temperature"]
+    assert np.array_equal(labels, np.load(photo_voc / "formatted_val_labels.npy").astype(np.int8))
+    logits = test_views[:, 0].astype(np.float64) @ text.T / tau
+    soft = np.exp(logits - logits.max(1, keepdims=True))
+    soft /= soft.sum(1, keepdims=True)
+    aps = [average_precision_score(labels[:, c], soft[:, c]) if labels[:, c].any() else 0.0 for c in range(20)]
+    assert summary["zero_shot_global_map"] == pytest.approx(100 * np.mean(aps), abs=1e-3)
+    assert "zero_shot_damp_map" in summary and "zero_shot_damp_map" not in json.loads(
+        h5py.File(g).attrs["summary"])  # tiles of the test images exist only with "all"

@@ -20,7 +20,7 @@ def cache_group() -> None:
 @click.argument("folder", default="cache", type=click.Path(file_okay=False))
 def cache_ls(folder: str) -> None:
     """A table of the caches in FOLDER. Example: aevlp cache ls cache/"""
-    from aevlp.cache_admin import list_caches
+    from aevlp.cache.admin import list_caches
 
     if not Path(folder).is_dir():
         raise AevlpError(f"{folder} is not a folder")
@@ -36,7 +36,7 @@ def cache_inspect(file: str, csv_out: str | None) -> None:
 
     Example: aevlp cache inspect cache/voc.h5
     """
-    from aevlp.cache_admin import inspect_cache
+    from aevlp.cache.admin import inspect_cache
 
     facts, table = inspect_cache(file)
     for key in ("file", "created"):
@@ -61,7 +61,7 @@ def cache_verify(file: str) -> None:
 
     Example: aevlp cache verify cache/voc.h5
     """
-    from aevlp.cache_admin import verify_cache
+    from aevlp.cache.admin import verify_cache
 
     problems = verify_cache(file)
     if problems:
@@ -85,7 +85,7 @@ def cache_clean(folder: str, pipelines: tuple[str, ...], data_root: str | None, 
 
     Example: aevlp cache clean cache/ --stale-for voc --data-root data/voc
     """
-    from aevlp.cache_admin import clean_candidates
+    from aevlp.cache.admin import clean_candidates
     from aevlp.config import find_pipeline, load_config
     from aevlp.pseudolabel import plan_stage_one
 

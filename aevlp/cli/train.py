@@ -99,6 +99,8 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
         distributed.cleanup()
     if "test_map" not in r:  # a torchrun rank other than 0
         return
+    if r.get("stop_reason"):
+        click.echo(r["stop_reason"])
     click.echo(f"test mAP {r['test_map']:.2f}  (val mAP {r['val_map']:.2f} at epoch {r['best_epoch']})")
     click.echo(f"run directory: {r['run_dir']}")
 
@@ -120,6 +122,7 @@ def eval_cmd(checkpoint, dataset, data_root, split, out, batch_size) -> None:
     r, table = evaluate_checkpoint(checkpoint, dataset, data_root, split, batch_size)
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     click.echo(f"{split} mAP {r['map']:.2f} over {r['images']} images")
+    click.echo("  " + "  ".join(f"{k} {v:.2f}" for k, v in r.items() if k not in ("map", "images")))
     if out:
         table.to_csv(out, index=False)
 

@@ -8,7 +8,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from aevlp.cache import Cache, dataset_hash, lock_path, partial_path, read_fingerprint
+from aevlp.cache.reader import Cache
+from aevlp.cache.schema import dataset_hash, lock_path, partial_path, read_fingerprint
 from aevlp.errors import AevlpError
 from aevlp.metrics import pseudo_label_quality_per_class
 

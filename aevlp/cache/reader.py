@@ -1,0 +1,116 @@
+"""Reading a complete stage-one cache (stage two, the cache tools); plain h5py works just as well."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from aevlp.cache.schema import partial_path, read_fingerprint
+from aevlp.errors import AevlpError
+
+__all__ = ["Cache"]
+
+
+class Cache:
+    """Read access to a complete cache (stage two, cache tools); plain h5py works just as well."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            partial = partial_path(self.path)
+            hint = (f"an unfinished run left {partial.name}: re-run `aevlp pseudolabel` to finish it"
+                    if partial.exists() else "create it with `aevlp pseudolabel --dataset NAME --out PATH`")
+            raise AevlpError(f"cache {self.path} not found", hint=hint)
+        self.fingerprint, complete = read_fingerprint(self.path)
+        if not complete:
+            raise AevlpError(f"cache {self.path} is incomplete", hint="re-run `aevlp pseudolabel` to finish it")
+        self.f = h5py.File(self.path, "r")
+        self.selection = json.loads(self.f.attrs.get("selection", "{}"))
+
+    @property
+    def rounds(self) -> int:
+        return self.f["sims"].shape[0]
+
+    @property
+    def num_views(self) -> int:
+        return self.f["sims"].shape[2]
+
+    def __len__(self) -> int:
+        return self.f["sims"].shape[1]
+
+    def array(self, name: str) -> np.ndarray:
+        ds = self.f[name]
+        return ds.asstr()[:] if ds.dtype.kind == "O" else ds[:]
+
+    def image_ids(self) -> list[str]:
+        return list(self.array("image_ids"))
+
+    def classnames(self) -> list[str]:
+        return list(self.array("classnames"))
+
+    def sims(self, rnd: int) -> np.ndarray:
+        """[N, V, C] float16 similarities of one augmentation round (view 0 = global)."""
+        return self.f["sims"][rnd % self.rounds]
+
+    @property
+    def embedding_mode(self) -> str:
+        """Which image embeddings the file keeps: none, global or all (cache.store_embeddings)."""
+        return self.fingerprint.get("store_embeddings", "none")
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.f["embeddings"].shape[-1]) if "embeddings" in self.f else 0
+
+    def has_eval_embeddings(self) -> bool:
+        return self.embedding_mode != "none" and "embeddings" in self.f and "test_embeddings" in self.f
+
+    def global_embeddings(self) -> np.ndarray:
+        """[R, N, D] float16 global-view embeddings of the training rows, per round."""
+        emb = self.f["embeddings"]
+        if self.embedding_mode != "all":
+            return emb[:]
+        if "embedding_index" not in self.f:  # schema 1: [R, N, V, D]
+            return emb[:, :, 0]
+        idx = self.f["embedding_index"][:, :, 0]  # [N, R]: the slot of the global view per round
+        slots = emb[:]
+        return np.stack([slots[np.arange(len(idx)), idx[:, r]] for r in range(idx.shape[1])])
+
+    def eval_embeddings(self, split: str, views: bool = False) -> np.ndarray:
+        """Unflipped embeddings of the val or test images: the global view [N, D], or with `views`
+        every view [N, V, D] (caches that stored all views)."""
+        emb = self.f[f"{split}_embeddings"][:]
+        if views:
+            return emb if emb.ndim == 3 else emb[:, None]
+        return emb[:, 0] if emb.ndim == 3 else emb
+
+    def eval_labels(self, split: str) -> np.ndarray | None:
+        """The full labels of the val or test images, where the cache stored them."""
+        return self.f[f"{split}_labels"][:] if f"{split}_labels" in self.f else None
+
+    def check_matches(self, ids: list[str], observed: np.ndarray, classnames: list[str]) -> None:
+        """Refuse a cache made for other images, labels or classes, saying which and how to fix it."""
+        fix = "re-run stage one for this dataset (aevlp pseudolabel), or pass the matching --pseudo file"
+        if self.classnames() != list(classnames):
+            raise AevlpError(f"{self.path}: its {len(self.classnames())} classes differ from the dataset's "
+                             f"{len(classnames)}", hint=fix)
+        cids = self.image_ids()
+        if cids != list(ids):
+            if len(cids) < len(ids) and cids == list(ids[:len(cids)]):
+                raise AevlpError(f"{self.path} covers only the first {len(cids)} of {len(ids)} training images",
+                                 hint=f"it was made with --limit {len(cids)}: pass --limit {len(cids)} here too")
+            first = next((i for i, (a, b) in enumerate(zip(cids, ids)) if a != b), min(len(cids), len(ids)))
+            raise AevlpError(f"{self.path}: image ids differ from the dataset's train split "
+                             f"({len(cids)} vs {len(ids)} rows; first difference at row {first})", hint=fix)
+        if not np.array_equal(self.array("observed"), observed.astype(np.int8)):
+            raise AevlpError(f"{self.path}: observed labels differ from the dataset's", hint=fix)
+
+    def close(self) -> None:
+        self.f.close()
+
+    def __enter__(self) -> Cache:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

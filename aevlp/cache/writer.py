@@ -1,0 +1,215 @@
+"""Writing a stage-one cache: a lock per target, `<target>.partial`, flushed rows before done flags.
+
+Datasets are contiguous and allocated when the file is created, so later writes touch raw data
+only: a kill -9 mid-write cannot corrupt HDF5 metadata, and rows are marked done only after their
+data is flushed. Work happens in `<target>.partial`; the target appears only when complete.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import socket
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from aevlp import __version__
+from aevlp.cache.schema import SCHEMA_VERSION, STR, CacheLayout, lock_path, partial_path, read_fingerprint
+from aevlp.errors import AevlpError
+
+__all__ = ["CacheLock", "CacheWriter"]
+
+
+class CacheLock:
+    """Exclusive lock file next to the target, so two runs never write one cache.
+
+    A lock left by a dead process on this host is taken over; any other live lock is an error.
+    """
+
+    def __init__(self, target: Path):
+        self.path = lock_path(target)
+        self.held = False
+
+    def __enter__(self) -> CacheLock:
+        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    other = json.loads(self.path.read_text() or "{}")
+                except (OSError, json.JSONDecodeError):
+                    other = {}
+                if other.get("host") == me["host"] and not _alive(other.get("pid", -1)):
+                    self.path.unlink(missing_ok=True)  # stale: its writer is gone
+                    continue
+                raise AevlpError(f"{self.path.with_suffix('')} is being written by pid {other.get('pid')} on "
+                                 f"{other.get('host')}",
+                                 hint=f"wait for it; if that run is gone, delete {self.path}") from None
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            self.held = True
+            return self
+        raise AevlpError(f"could not take the lock {self.path}")
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+            self.held = False
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _early(f: h5py.File, name: str, shape: tuple, dtype) -> h5py.Dataset:
+    """A contiguous dataset allocated (zero-filled) now, so later writes never touch metadata."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_ALLOC)
+    return f.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl)
+
+
+def _versions() -> dict:
+    import open_clip
+    import torch
+    import torchvision
+
+    return {"aevlp": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "open_clip": open_clip.__version__, "h5py": h5py.__version__, "numpy": np.__version__}
+
+
+class CacheWriter:
+    """Creates or resumes `<target>.partial`; `finish()` renames it onto the target atomically."""
+
+    def __init__(self, target: Path, fingerprint: dict, layout: CacheLayout, *, image_ids: list[str],
+                 classnames: list[str], observed: np.ndarray, labels: np.ndarray | None,
+                 text_features: np.ndarray, relation: np.ndarray | None, selection: dict,
+                 eval_ids: dict[str, list[str]] | None = None, eval_labels: dict[str, np.ndarray] | None = None,
+                 info: dict | None = None, clip_preprocess: dict | None = None):
+        self.target, self.tmp = Path(target), partial_path(Path(target))
+        self.fingerprint = fingerprint
+        self.resumed = False
+        if self.tmp.exists():
+            try:
+                old, _ = read_fingerprint(self.tmp)
+            except AevlpError:
+                old = None  # unreadable leftover (e.g. killed during creation): start over
+            if old == fingerprint:
+                self.f = h5py.File(self.tmp, "r+")
+                self.resumed = True
+                return
+            self.tmp.unlink()
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        f = h5py.File(self.tmp, "w")
+        try:
+            n, c = observed.shape
+            for name, (shape, dtype) in layout.row_shapes(n, c).items():
+                _early(f, name, shape, dtype)
+            for split, ids in (eval_ids or {}).items():  # unflipped embeddings of the val/test images
+                _early(f, f"{split}_embeddings", layout.eval_shape(len(ids)), np.float16)
+                f.create_dataset(f"{split}_image_ids", data=np.asarray(ids, dtype=object), dtype=STR)
+                if eval_labels and split in eval_labels:
+                    f.create_dataset(f"{split}_labels", data=np.asarray(eval_labels[split], dtype=np.int8))
+            _early(f, "done", (n,), np.bool_)
+            _early(f, "bad", (n,), np.bool_)
+            f.create_dataset("image_ids", data=np.asarray(image_ids, dtype=object), dtype=STR)
+            f.create_dataset("classnames", data=np.asarray(classnames, dtype=object), dtype=STR)
+            f.create_dataset("observed", data=observed.astype(np.int8))
+            if labels is not None:
+                f.create_dataset("labels", data=labels.astype(np.int8))
+            f.create_dataset("text_features", data=np.asarray(text_features, dtype=np.float32))
+            if relation is not None:
+                f.create_dataset("relation", data=np.asarray(relation, dtype=np.float32))
+            f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.attrs["selection"] = json.dumps(selection, sort_keys=True)
+            f.attrs["complete"] = False
+            f.attrs["eval_done"] = not eval_ids
+            f.attrs["info"] = json.dumps(info or {})  # where the data came from; not part of the fingerprint
+            f.attrs["clip_preprocess"] = json.dumps(clip_preprocess or {})  # what every view got (docs/cache.md)
+            f.attrs["versions"] = json.dumps(_versions())
+            f.flush()
+        except Exception:
+            f.close()
+            self.tmp.unlink(missing_ok=True)
+            raise
+        self.f = f
+
+    @classmethod
+    def like(cls, source: h5py.File, target: Path, fingerprint: dict, *, image_ids: list[str],
+             observed: np.ndarray, labels: np.ndarray | None) -> CacheWriter:
+        """A writer for `target` with `source`'s layout, text side, selection and eval splits, for the
+        rows given (how shards are merged into one cache)."""
+        eval_ids = {sp: list(source[f"{sp}_image_ids"].asstr()[:]) for sp in ("val", "test")
+                    if f"{sp}_image_ids" in source}
+        eval_labels = {sp: source[f"{sp}_labels"][:] for sp in eval_ids if f"{sp}_labels" in source}
+        return cls(target, fingerprint, CacheLayout.of_file(source), image_ids=image_ids,
+                   classnames=list(source["classnames"].asstr()[:]), observed=observed, labels=labels,
+                   text_features=source["text_features"][:],
+                   relation=source["relation"][:] if "relation" in source else None,
+                   selection=json.loads(source.attrs["selection"]), eval_ids=eval_ids or None,
+                   eval_labels=eval_labels or None,
+                   info=json.loads(source.attrs.get("info", "{}")),
+                   clip_preprocess=json.loads(source.attrs.get("clip_preprocess", "{}")))
+
+    def pending(self) -> np.ndarray:
+        return np.flatnonzero(~self.f["done"][:])
+
+    def write(self, start: int, sims: np.ndarray, scores: np.ndarray, pseudo: np.ndarray, bad: np.ndarray,
+              embeddings: np.ndarray | None = None, embedding_index: np.ndarray | None = None) -> None:
+        """Rows [start, start+B): data first, flushed, then the done flags (so a crash re-does them).
+
+        `embeddings`: [R, B, D] (global) or [B, U, D] with `embedding_index` [B, R, V] (all)."""
+        stop = start + sims.shape[1]
+        try:
+            self.f["sims"][:, start:stop] = sims.astype(np.float16)
+            self.f["scores"][:, start:stop] = scores.astype(np.float16)
+            self.f["pseudo"][:, start:stop] = pseudo.astype(np.int8)
+            if embeddings is not None and "embeddings" in self.f:
+                if embedding_index is not None:
+                    self.f["embeddings"][start:stop] = embeddings.astype(np.float16)
+                    self.f["embedding_index"][start:stop] = embedding_index.astype(np.int16)
+                else:
+                    self.f["embeddings"][:, start:stop] = embeddings.astype(np.float16)
+            self.f["bad"][start:stop] = bad
+            self.f.flush()
+            self.f["done"][start:stop] = True
+            self.f.flush()
+        except OSError as e:
+            raise AevlpError(f"writing {self.tmp} failed: {e}",
+                             hint="free disk space and re-run the same command: finished rows are kept, "
+                                  "and any previous complete cache is untouched") from e
+
+    def write_eval(self, split: str, embeddings: np.ndarray) -> None:
+        self.f[f"{split}_embeddings"][:] = embeddings.astype(np.float16)
+        self.f.flush()
+
+    def finish(self, stats: dict | None = None) -> Path:
+        if not self.f["done"][:].all():
+            raise AevlpError(f"{self.tmp}: not every row is done")
+        self.f.attrs["complete"] = True
+        self.f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        if stats:
+            self.f.attrs["summary"] = json.dumps(stats)
+        self.f.close()
+        os.replace(self.tmp, self.target)
+        return self.target
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.flush()
+            self.f.close()
+
+

@@ -1,0 +1,80 @@
+"""GR Loss (Chen et al., IJCAI 2024) and GPR Loss (AEVLP, Tran et al., ICCV 2025; METHOD.md §2-3.5).
+
+Powers of p are computed from log-sigmoids so gradients stay finite for logits in ±50.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from aevlp.errors import ConfigError
+from aevlp.losses.common import expected_positive_regularizer, neg_log, prep
+
+__all__ = ["soft_pseudo_label", "reweight", "gce_positive", "gce_negative", "gr_loss", "gpr_loss"]
+
+
+def soft_pseudo_label(p: torch.Tensor, w: float, b: float) -> torch.Tensor:
+    """k̂ = σ(w·p̄ + b): estimated chance that an unobserved entry is positive (no gradient)."""
+    return torch.sigmoid(w * p.detach() + b)
+
+
+def reweight(p: torch.Tensor, mu: float, sigma: float) -> torch.Tensor:
+    """v = exp(-(p̄-μ)²/2σ²): down-weights entries the model is confident about (no gradient)."""
+    if sigma <= 0:
+        raise ConfigError(f"sigma must be > 0, got {sigma}")
+    return torch.exp(-((p.detach() - mu) ** 2) / (2 * sigma ** 2))
+
+
+def gce_positive(logits: torch.Tensor, q: float) -> torch.Tensor:
+    """L2(p;q) = (1 - p^q)/q, from logits so that d/dz stays finite when p underflows to 0."""
+    if q <= 0:
+        raise ConfigError(f"q2 must be > 0, got {q}")
+    return (1 - torch.exp(q * F.logsigmoid(logits))) / q
+
+
+def gce_negative(logits: torch.Tensor, q: float) -> torch.Tensor:
+    """L3(p;q) = (1 - (1-p)^q)/q; equals p when q = 1."""
+    if q <= 0:
+        raise ConfigError(f"q3 must be > 0, got {q}")
+    return (1 - torch.exp(q * F.logsigmoid(-logits))) / q
+
+
+def _gr_terms(z, p, w, b, mu, sigma, q2, q3):
+    K = soft_pseudo_label(p, w, b)
+    V = reweight(p, mu, sigma)
+    return K, V, V * (K * gce_positive(z, q2) + (1 - K) * gce_negative(z, q3))
+
+
+def gr_loss(logits: torch.Tensor, observed: torch.Tensor, *, w: float, b: float, mu: float, sigma: float,
+            q2: float, q3: float) -> torch.Tensor:
+    """GR Loss (Chen et al., IJCAI 2024), mean over all B×C entries."""
+    z, p, y = prep(logits, observed)
+    _, _, unknown = _gr_terms(z, p, w, b, mu, sigma, q2, q3)
+    return torch.where(y == 1, neg_log(p), unknown).mean()
+
+
+def gpr_loss(logits: torch.Tensor, observed: torch.Tensor, pseudo: torch.Tensor, *, w: float, b: float,
+             mu: float, sigma: float, q2: float, q3: float, lam1: float, lam2: float, rho: float,
+             reg: float, expected_pos: float) -> torch.Tensor:
+    """GPR Loss (AEVLP, ICCV 2025; METHOD.md §3.5).
+
+    Observed positives: -log p. Unknown (z=0): the GR term. Positive pseudo-labels: label-smoothed
+    CE towards ρ, weighted by 1-clip(v, 1-λ1, 1-λ2) ∈ [λ2, λ1]. Negative pseudo-labels: v·(-log(1-p)).
+    Plus reg·EPR on p with gradient. Equals `gr_loss` when pseudo ≡ 0 and reg = 0.
+    """
+    if lam1 < lam2:
+        raise ConfigError(f"lam1 must be >= lam2 (the positive pseudo-label weight lies in [lam2, lam1]), "
+                          f"got lam1={lam1}, lam2={lam2}")
+    if not 0.0 <= rho <= 1.0:
+        raise ConfigError(f"rho must be in [0, 1], got {rho}")
+    z, p, y, zl = prep(logits, observed, pseudo)
+    _, V, unknown = _gr_terms(z, p, w, b, mu, sigma, q2, q3)
+    v_clip = V.clamp(min=1 - lam1, max=1 - lam2)
+    positive = (1 - v_clip) * (rho * neg_log(p) + (1 - rho) * neg_log(1 - p))
+    negative = V * neg_log(1 - p)
+    loss = torch.where(zl == 1, positive, torch.where(zl == -1, negative, unknown))
+    loss = torch.where(y == 1, neg_log(p), loss)
+    total = loss.mean()
+    if reg:
+        total = total + reg * expected_positive_regularizer(p, expected_pos)
+    return total
