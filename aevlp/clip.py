@@ -6,7 +6,6 @@ stage two reads what it wrote to the cache.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from aevlp.clip_source import ClipSource, Preprocess, file_sha256, resolve_clip
+from aevlp.clip_source import ClipSource, Preprocess, file_sha256, quiet_random_init, resolve_clip
 from aevlp.device import DTYPES, resolve_device, resolve_precision
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.specs import ClipSpec
@@ -120,20 +119,6 @@ class ClipModel:
         return torch.stack(feats).mean(0).cpu()
 
 
-@contextlib.contextmanager
-def _quiet_random_init():
-    """Drop open_clip's 'No pretrained weights loaded' warning for a model whose weights we load ourselves."""
-    class Drop(logging.Filter):
-        def filter(self, record: logging.LogRecord) -> bool:
-            return "No pretrained weights loaded" not in record.getMessage()
-    root, f = logging.getLogger(), Drop()
-    root.addFilter(f)
-    try:
-        yield
-    finally:
-        root.removeFilter(f)
-
-
 def _create(source: ClipSource, dev: torch.device, load_weights: bool) -> torch.nn.Module:
     """Build the model source describes (QuickGELU as trained); load its weights safely unless told not to."""
     import open_clip
@@ -143,7 +128,7 @@ def _create(source: ClipSource, dev: torch.device, load_weights: bool) -> torch.
         kw["pretrained_text"] = False  # never download a text tower's base weights behind the user's back
     if source.kind == "tag" and load_weights:
         return open_clip.create_model(source.arch, pretrained=source.pretrained, **kw)
-    with _quiet_random_init():  # open_clip warns "initialized randomly"; the weights are loaded next
+    with quiet_random_init():  # open_clip warns "initialized randomly"; the weights are loaded next
         model = open_clip.create_model(source.arch, pretrained=None, **kw)
     if load_weights and source.kind != "random":
         try:

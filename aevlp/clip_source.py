@@ -15,6 +15,7 @@ with QuickGELU; resolving here is what makes the model built the one the weights
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ from pathlib import Path
 from aevlp.errors import AevlpError
 
 __all__ = ["Preprocess", "ClipSource", "resolve_clip", "file_sha256", "weights_available_locally", "write_clip_folder",
-           "register_model_config",
+           "register_model_config", "quiet_random_init",
            "FOLDER_WEIGHTS"]
 
 log = logging.getLogger("aevlp")
@@ -266,6 +267,20 @@ def resolve_clip(arch: str = "", pretrained: str = "", *, config: str = "", pret
         raise AevlpError("no CLIP architecture given", hint="pass --clip ARCH (aevlp clip ls) with --pretrained "
                                                             "TAG|FILE, or --pretrained DIR for an HF-layout folder")
     return _builtin(arch, pretrained, config, pretrained_cfg, tokenizer)
+
+
+@contextlib.contextmanager
+def quiet_random_init():
+    """Drop open_clip's 'No pretrained weights loaded' warning for a model whose weights we load ourselves."""
+    class Drop(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "No pretrained weights loaded" not in record.getMessage()
+    root, f = logging.getLogger(), Drop()
+    root.addFilter(f)
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
 
 
 def write_clip_folder(folder: str | Path, model_cfg: dict, state_dict: dict,

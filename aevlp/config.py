@@ -15,6 +15,7 @@ from typing import Any
 
 import tomli_w
 
+from aevlp.config_checks import check_ranges
 from aevlp.data.observe import COLE_SEED
 from aevlp.errors import ConfigError
 
@@ -23,10 +24,13 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DEFAULTS", "load_config", "find_pipeline", "apply_overrides", "dump_config", "pipeline_dirs"]
+__all__ = ["DEFAULTS", "load_config", "find_pipeline", "list_pipelines", "apply_overrides", "dump_config",
+           "pipeline_dirs"]
 
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "dataset": {"name": "", "data_root": "", "image_root": "", "val_frac": 0.2, "split_seed": COLE_SEED},
+    "pipeline": {"name": ""},  # the pipeline file this config came from (recorded, so caches and runs know it)
+    "dataset": {"name": "", "data_root": "", "image_root": "", "val_frac": 0.2, "split_seed": COLE_SEED,
+                "image_check": "stat"},
     "clip": {"arch": "ViT-B-16", "pretrained": "openai", "config": "", "pretrained_cfg": "", "tokenizer": "",
              "device": "auto", "precision": "auto", "batch_size": 16, "workers": 1, "compile": False},
     "text": {"prompts": ["a photo of a {}."], "phrases": "", "gcn": True, "gcn_seed": 0, "sparse_topk": 20,
@@ -49,6 +53,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 CHOICES = {
     ("clip", "precision"): ("auto", "fp32", "bf16", "fp16"),
+    ("dataset", "image_check"): ("stat", "content", "none"),
     ("views", "resize"): ("checkpoint", "squash", "shortest", "longest", "crop"),
     ("views", "interpolation"): ("checkpoint", "bilinear", "bicubic", "nearest"),
     ("views", "normalize"): ("checkpoint", "clip", "imagenet"),
@@ -80,8 +85,14 @@ def find_pipeline(name_or_path: str) -> Path:
         cand = d / f"{name_or_path}.toml"
         if cand.is_file():
             return cand
-    raise ConfigError(f"no pipeline named '{name_or_path}'",
-                      hint=f"looked in {', '.join(str(d) for d in pipeline_dirs())}; pass a .toml path")
+    names, dirs = list_pipelines(), dict.fromkeys(str(d) for d in pipeline_dirs() if d.is_dir())
+    raise ConfigError(f"no pipeline named '{name_or_path}'{_closest(name_or_path, names)}",
+                      hint=f"pipelines: {', '.join(names) or 'none'} (in {', '.join(dirs)}); or pass a .toml path")
+
+
+def list_pipelines() -> list[str]:
+    """Pipeline names that `find_pipeline` resolves, each once (the first directory wins)."""
+    return sorted({p.stem for d in pipeline_dirs() if d.is_dir() for p in d.glob("*.toml")})
 
 
 def _closest(key: str, options: Iterable[str]) -> str:
@@ -150,8 +161,10 @@ def load_config(pipeline: str | Path | None = None, overrides: Iterable[str] = (
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML ({e})") from e
         _merge(cfg, data, str(path))
+        if not data.get("pipeline", {}).get("name"):
+            cfg["pipeline"]["name"] = str(path.resolve())
     _merge(cfg, {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}, "options")
-    return apply_overrides(cfg, overrides)
+    return check_ranges(apply_overrides(cfg, overrides))
 
 
 def dump_config(cfg: dict) -> str:

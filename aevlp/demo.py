@@ -1,65 +1,91 @@
 """`aevlp demo`: the whole pipeline on a toy world, offline, on a CPU, in minutes.
 
-prepare fashion-mosaic → pretrain the toy CLIP → stage one → stage two for five methods → report.
-Every step reuses its output when still valid, so a second run takes seconds.
+fashion-mosaic → the toy CLIP (pretrained on single items) → a small-cnn backbone pretrained on
+single items (the toy world's ImageNet) → stage one → stage two end to end for AN, GR, GPR with
+global-only and with DAMP pseudo-labels, and full labels, over seeds → one table (mean ± sd) with
+the zero-shot teacher and a linear probe on CLIP features beside them. Every step reuses its output
+when still valid, so a second run takes seconds.
 """
 from __future__ import annotations
 
+import functools
 import json
+import time
 from pathlib import Path
 
-from aevlp.config import load_config
+from aevlp.bench import run_bench, write_bench
 from aevlp.data.fashion import CLASSNAMES, load_fashion_mnist, prepare_fashion_mosaic
-from aevlp.report import write_report
-from aevlp.run import run_pipeline
+from aevlp.toybackbone import pretrain_small_cnn
 from aevlp.toyclip import pretrain_toy_clip
 
-__all__ = ["METHODS", "SIZES", "run_demo"]
+__all__ = ["METHODS", "PROBES", "SIZES", "run_demo"]
 
-# name -> overrides: the rows of the paper's comparison that the toy world can show
-METHODS = {
-    "an": ['loss.name="an"'],
-    "gr": ['loss.name="gr"'],
-    "gpr-global": ['loss.name="gpr"', 'damp.source="global"'],
-    "gpr-damp": ['loss.name="gpr"', 'damp.source="damp"'],
-    "full-labels": ['loss.name="bce-full"', 'train.labels="full"'],
-}
-SIZES = {"full": {"n_train": 8000, "n_test": 2000, "clip_steps": 1500, "epochs": 25},
-         "quick": {"n_train": 2500, "n_test": 800, "clip_steps": 600, "epochs": 25}}
+METHODS = ["an", "gr", "gpr-global", "gpr-damp", "full-labels"]  # end to end, small-cnn from the toy backbone
+_PROBE = ['train.backbone="clip-head"', 'train.weights="none"', "train.epochs=25", "train.batch_size=16",
+          "train.lr=1e-3"]
+PROBES = {"probe-an": ("linear probe on CLIP features: AN", ['loss.name="an"', *_PROBE]),
+          "probe-gpr-damp": ("linear probe on CLIP features: GPR + DAMP", ['loss.name="gpr"', *_PROBE])}
+SIZES = {"full": {"n_train": 2500, "n_test": 800, "clip_steps": 600, "backbone_steps": 300, "epochs": 8},
+         "quick": {"n_train": 1250, "n_test": 400, "clip_steps": 300, "backbone_steps": 150, "epochs": 6}}
 
 
-def run_demo(out: str | Path = "demo", *, quick: bool = False, raw: str | None = None, seed: int = 0,
-             progress: bool = True, echo=print) -> dict:
-    out = Path(out)
-    size = SIZES["quick" if quick else "full"]
-    tag = "quick" if quick else "full"
+def _paths(out: Path) -> dict[str, Path]:
+    return {"data": out / "data", "clip": out / "clip", "backbone": out / "backbone", "cache": out / "cache" /
+            "fashion-mosaic.h5", "bench": out, "runs": out / "runs", "report": out / "report",
+            "raw": out / "fashion-mnist"}
+
+
+def _base(p: dict[str, Path], size: dict, backbone: str) -> list[str]:
+    """The demo pipeline's settings that depend on where `--out` put things and on the demo's size."""
+    return [f'dataset.data_root="{p["data"]}"', f'clip.pretrained="{p["clip"]}"', f'cache.path="{p["cache"]}"',
+            f'train.weights="{backbone}"', f"train.epochs={size['epochs']}"]
+
+
+def _world(p: dict[str, Path], size: dict, raw: str | None, seed: int, progress: bool, echo) -> dict:
+    """Steps 1-3: the data, the toy CLIP and the toy backbone (each reused when still valid)."""
     echo(f"[1/5] data: fashion-mosaic ({size['n_train']} train / {size['n_test']} test mosaics)")
-    data_root = out / f"data-{tag}"
-    d = prepare_fashion_mosaic(data_root, raw=raw, n_train=size["n_train"], n_test=size["n_test"], seed=seed,
-                               download_to=out / "fashion-mnist")
-    echo(f"      {d['status']}: {data_root}")
+    d = prepare_fashion_mosaic(p["data"], raw=raw, n_train=size["n_train"], n_test=size["n_test"], seed=seed,
+                               download_to=p["raw"])
+    echo(f"      {d['status']}: {p['data']}")
+    @functools.cache
+    def fm() -> dict:  # read once, and only if a model has to be trained
+        return load_fashion_mnist(raw, p["raw"])
+
     echo(f"[2/5] toy CLIP: contrastive pretraining on single Fashion-MNIST items ({size['clip_steps']} steps)")
-    clip = pretrain_toy_clip(lambda: load_fashion_mnist(raw, out / "fashion-mnist"), out / f"clip-{tag}", CLASSNAMES,
-                             steps=size["clip_steps"], seed=seed, progress=progress)
+    clip = pretrain_toy_clip(fm, p["clip"], CLASSNAMES, steps=size["clip_steps"], seed=seed, progress=progress)
     echo(f"      {clip['status']}: zero-shot accuracy on single test items {clip['zero_shot_accuracy']:.1f}%")
-    base = [f'dataset.data_root="{data_root}"', f'clip.pretrained="{clip["folder"]}"',
-            f'cache.path="{out / "cache" / f"fashion-mosaic-{tag}.h5"}"',
-            f'train.out="{out / f"runs-{tag}"}"', f"train.epochs={size['epochs']}", f"train.seed={seed}"]
-    results = {}
-    for i, (name, overrides) in enumerate(METHODS.items()):
-        step = "[3/5] stage one + [4/5] stage two" if i == 0 else "      stage two"
-        echo(f"{step}: {name}")
-        cfg = load_config("demo", base + overrides)
-        results[name] = run_pipeline(cfg, name, progress=progress, echo=lambda s: echo("      " + s))
+    echo(f"      backbone: small-cnn classifying single items ({size['backbone_steps']} steps; the toy ImageNet)")
+    bb = pretrain_small_cnn(fm, p["backbone"], steps=size["backbone_steps"], seed=seed, progress=progress)
+    echo(f"      {bb['status']}: accuracy on single test items {bb['item_accuracy']:.1f}%")
+    return {"clip": clip, "backbone": bb}
+
+
+def run_demo(out: str | Path = "demo", *, quick: bool = False, seeds: int = 1, raw: str | None = None,
+             seed: int = 0, progress: bool = True, echo=print) -> dict:
+    """Run (or reuse) the demo into `out` (`out/quick` for --quick); returns the summary it also writes."""
+    t0 = time.time()
+    out = Path(out) / "quick" if quick else Path(out)
+    size, p = SIZES["quick" if quick else "full"], _paths(out)
+    world = _world(p, size, raw, seed, progress, echo)
+    base = _base(p, size, world["backbone"]["weights"])
+    train_seeds = list(range(seed, seed + max(1, seeds)))
+    echo(f"[3/5] stage one + [4/5] stage two: {len(METHODS)} methods end to end and 2 linear probes, "
+         f"seed(s) {', '.join(map(str, train_seeds))}")
+    runs = run_bench("demo", [*METHODS, *PROBES], train_seeds, out=p["bench"], base=base, presets=PROBES,
+                     progress=progress, echo=lambda s: echo("      " + s))
     echo("[5/5] report")
-    rep = write_report([r["run_dir"] for r in results.values()], out / f"report-{tag}")
-    summary = {"clip_zero_shot_accuracy": clip["zero_shot_accuracy"],
-               "methods": {k: {m: r.get(m) for m in ("test_map", "val_map", "pseudo_precision", "pseudo_recall",
-                                                      "pseudo_f1")} for k, r in results.items()},
-               "report": rep["files"]}
-    (out / f"report-{tag}" / "demo.json").write_text(json.dumps(summary, indent=1))
+    rep = write_bench(runs, p["report"], title=f"fashion-mosaic, small-cnn end to end; mean ± sd over "
+                                               f"{len(train_seeds)} seed(s)")
+    summary = {"clip_zero_shot_accuracy": world["clip"]["zero_shot_accuracy"],
+               "backbone_item_accuracy": world["backbone"]["item_accuracy"], "seeds": train_seeds,
+               "table": json.loads(rep["table"].to_json(orient="records")),
+               "runs": json.loads(runs.drop(columns=["cache"]).to_json(orient="records")),
+               "files": rep["files"], "seconds": round(time.time() - t0, 1)}
+    (p["report"] / "demo.json").write_text(json.dumps(summary, indent=1))
     echo("")
     echo(rep["markdown"])
-    for kind, path in rep["files"].items():
-        echo(f"{kind:14s} {path}")
+    echo(f"report: {rep['files']['table']} (table), {rep['files']['plot']} (plot), {p['report'] / 'demo.json'}")
+    echo(f"next:   aevlp train --pseudo {p['cache']} --loss an        # train one method yourself")
+    echo(f"next:   aevlp predict {p['runs'] / f'gpr-damp-s{seed}'} {p['data'] / 'images' / 'val'} --out preds.csv"
+         "        # label images with the AEVLP model")
     return summary

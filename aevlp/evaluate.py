@@ -32,14 +32,62 @@ def predict_scores(model: torch.nn.Module, loader: DataLoader, device: torch.dev
     return out
 
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
 def _checkpoint(path: str | Path):
     p = Path(path)
     p = p / "best.pt" if p.is_dir() else p
-    model, meta = load_checkpoint(p)
+    return load_checkpoint(p)
+
+
+def expand_images(items: list[str]) -> list[str]:
+    """Image files as given, and the image files inside any folder given (recursively, sorted)."""
+    out: list[str] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found = sorted(str(f) for f in item.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise AevlpError(f"{item}: no image files in this folder",
+                                 hint=f"looked for {', '.join(IMAGE_SUFFIXES)}")
+            out += found
+        else:
+            out.append(str(item))
+    return out
+
+
+def _clip_embeddings(meta: dict, paths: list[str]) -> torch.Tensor:
+    """For a clip-head model: the unflipped global view of each image, embedded by the very CLIP the
+    cache was made with (its weights must be the same file; checked by hash)."""
+    from aevlp.clip import load_clip
+    from aevlp.specs import ClipSpec
+    from aevlp.views import GlobalViews, ViewSpec, normalize
+
+    if not meta.get("clip"):
+        raise AevlpError("this clip-head model does not record the CLIP it was trained on (an older run)",
+                         hint="re-train it with this version of aevlp, or use an image backbone")
+    clip = load_clip(ClipSpec(**{**meta["clip"], "device": "cpu"}))
+    if clip.weights_id != meta.get("clip_weights"):
+        raise AevlpError(f"the CLIP weights {meta['clip'].get('pretrained')} differ from the ones this model was "
+                         "trained on", hint="point clip.pretrained at the original checkpoint")
+    pre = meta["clip_preprocess"]
+    spec = ViewSpec(grid=1, size=pre["image_size"], resize=pre["resize_mode"], interpolation=pre["interpolation"],
+                    mean=tuple(pre["mean"]), std=tuple(pre["std"]), flip=False)
+    batches = [list(range(i, min(i + 64, len(paths)))) for i in range(0, len(paths), 64)]
+    out = []
+    for _, slots, errors in GlobalViews(paths, batches, spec):
+        if errors:
+            raise AevlpError(f"cannot read image {errors[0][1]}")
+        out.append(clip.encode_images(normalize(slots[:, 0], spec, clip.dtype)))
+    return torch.cat(out)
+
+
+def _scores(model, meta: dict, paths: list[str], batch_size: int = 32) -> np.ndarray:
     if meta["backbone"] == "clip-head":
-        raise AevlpError(f"{p} is a clip-head model: it takes CLIP embeddings, not images",
-                         hint="its test mAP is in the run's results.json; image models are resnet50/101 or small-cnn")
-    return model, meta
+        with torch.no_grad():
+            return torch.sigmoid(model(_clip_embeddings(meta, paths))).numpy()
+    return predict_scores(model, DataLoader(ImageRows(paths, meta["image_size"]), batch_size=batch_size),
+                          torch.device("cpu"))
 
 
 def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str, split: str = "test",
@@ -49,19 +97,20 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str, split: s
     if data.classnames != meta["classnames"]:
         raise AevlpError(f"{path} was trained on other classes than {data.info.name}'s")
     s = data.split(split)
-    loader = DataLoader(ImageRows([data.image_root / p for p in s.images], meta["image_size"]), batch_size=batch_size)
-    scores = predict_scores(model, loader, torch.device("cpu"))
+    scores = _scores(model, meta, [str(data.image_root / p) for p in s.images], batch_size)
     return ({**evaluation_report(scores, s.labels), "images": len(s)},
             per_class_ap(scores, s.labels, data.classnames))
 
 
 def predict_images(path: str | Path, images: list[str], threshold: float = 0.5) -> pd.DataFrame:
+    """path, one probability column per class, labels (>= threshold, joined by |), num_labels, top3."""
     model, meta = _checkpoint(path)
-    loader = DataLoader(ImageRows(images, meta["image_size"]), batch_size=32)
-    scores = predict_scores(model, loader, torch.device("cpu"))
+    paths = expand_images(images)
+    scores = _scores(model, meta, paths)
     names = meta["classnames"]
     df = pd.DataFrame(scores, columns=names)
-    df.insert(0, "path", images)
+    df.insert(0, "path", paths)
     df["labels"] = ["|".join(n for n, s in zip(names, row) if s >= threshold) for row in scores]
     df["num_labels"] = (scores >= threshold).sum(1).astype(np.int64)
+    df["top3"] = [" ".join(f"{names[c]}:{row[c]:.2f}" for c in np.argsort(-row)[:3]) for row in scores]
     return df

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -29,9 +30,10 @@ from aevlp.cache import (
     partial_path,
     read_fingerprint,
 )
+from aevlp.cache.validate import problems as cache_problems
 from aevlp.clip import ClipIdentity, ClipModel, identify_clip, load_clip
 from aevlp.damp import pseudo_labels
-from aevlp.data import SPMLData
+from aevlp.data import SPMLData, image_identity
 from aevlp.errors import AevlpError
 from aevlp.metrics import pseudo_label_quality
 from aevlp.specs import Specs
@@ -91,12 +93,14 @@ def clip_preprocess(clip: ClipIdentity, views: ViewSpec) -> dict:
 
 
 def stage_one_fingerprint(specs: Specs, clip: ClipIdentity, views: ViewSpec, ids: list[str], observed: np.ndarray,
-                          phrases: list[str], rel_id: str, eval_ids: dict[str, list[str]] | None = None) -> dict:
+                          phrases: list[str], rel_id: str, eval_ids: dict[str, list[str]] | None = None,
+                          images_hash: str = "") -> dict:
     """Everything that changes the cached numbers — and nothing that does not (e.g. DAMP selection)."""
     t = specs.text
     return {
         "schema_version": SCHEMA_VERSION, "dataset": specs.dataset.name,
-        "dataset_hash": dataset_hash(ids, observed), "num_images": len(ids), "num_classes": int(observed.shape[1]),
+        "dataset_hash": dataset_hash(ids, observed), "images_hash": images_hash, "num_images": len(ids),
+        "num_classes": int(observed.shape[1]),
         "clip_arch": clip.arch, "clip_weights": clip.weights_id, "clip_config": clip.config_id,
         "precision": clip.precision, **clip_preprocess(clip, views), "prompts": list(t.prompts),
         "phrases": list(phrases), "gcn": t.gcn, "gcn_seed": t.gcn_seed if t.gcn else None,
@@ -109,10 +113,21 @@ def stage_one_fingerprint(specs: Specs, clip: ClipIdentity, views: ViewSpec, ids
 
 
 def _status(target: Path, fp: dict) -> tuple[str, list[str]]:
+    """up-to-date, stale (other settings: the changed fields), damaged (what is wrong), incomplete,
+    resume (a matching .partial) or missing."""
     if target.exists():
-        old, complete = read_fingerprint(target)
+        try:
+            old, complete = read_fingerprint(target)
+        except AevlpError as e:
+            return "damaged", [e.message]
         diff = fingerprint_diff(old, fp)
-        return ("up-to-date" if (complete and not diff) else "stale"), diff
+        if diff:
+            return "stale", diff
+        if not complete:
+            return "incomplete", []
+        with h5py.File(target, "r") as f:
+            found = cache_problems(f)
+        return ("damaged", found) if found else ("up-to-date", [])
     if partial_path(target).exists():
         try:
             old, _ = read_fingerprint(partial_path(target))
@@ -135,8 +150,10 @@ def plan_stage_one(cfg: dict, limit: int | None = None) -> StageOnePlan:
     eval_ids = None if specs.cache.store_embeddings == "none" else \
         {"val": list(data.val.images), "test": list(data.test.images)}
     phrases = class_phrases(data.classnames, specs.text)
+    images = image_identity(data.image_root, ids + (eval_ids["val"] + eval_ids["test"] if eval_ids else []),
+                            specs.dataset.image_check)
     fp = stage_one_fingerprint(specs, ident, views, ids, data.train.observed[:n], phrases, relation_id(specs.text),
-                               eval_ids)
+                               eval_ids, images)
     target = specs.cache_path
     status, diff = _status(target, fp)
     return StageOnePlan(specs=specs, data=data, n=n, views=views, clip=ident, fingerprint=fp, eval_ids=eval_ids,
@@ -162,8 +179,10 @@ def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None,
     target = plan.target
     if plan.status == "up-to-date" and not force:
         return {"cache": str(target), "status": "reused", "images": plan.n}
-    if plan.status == "stale" and not force:
-        raise AevlpError(f"{target} was made with different settings:\n    " + "\n    ".join(plan.diff),
+    if plan.status in ("stale", "damaged", "incomplete") and not force:
+        what = {"stale": "was made with different settings:", "damaged": "is damaged:",
+                "incomplete": "is marked incomplete (a run that did not finish)"}[plan.status]
+        raise AevlpError(f"{target} {what}" + "".join("\n    " + d for d in plan.diff),
                          hint="pass --force to recompute (the old file stays until the new one is complete), "
                               "or --out another path")
     scorer = _load_scorer(plan)
@@ -209,13 +228,18 @@ def _writer(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tup
                          unique_views=unique_slots(plan.views))
     eval_labels = {"val": plan.data.val.labels, "test": plan.data.test.labels} if eval_ids else None
     return CacheWriter(path, fp, layout, image_ids=list(split.images[start:stop]), classnames=plan.data.classnames,
-                       observed=split.observed[start:stop], labels=split.labels[start:stop],
+                       observed=split.observed[start:stop],
+                       labels=split.labels[start:stop] if plan.data.train_labels_known else None,
                        text_features=scorer.text.numpy(),
                        relation=None if scorer.relation is None else scorer.relation.numpy(),
                        selection=plan.specs.damp.selection(), eval_ids=eval_ids, eval_labels=eval_labels,
                        clip_preprocess=clip_preprocess(plan.clip, plan.views),
                        info={"data_root": str(Path(ds.data_root).resolve()), "image_root": ds.image_root,
-                             "limit": plan.limit})
+                             "limit": plan.limit, "pipeline": plan.specs.pipeline,
+                             "clip": dataclasses.asdict(plan.specs.clip),
+                             "stage_one": {"text": {**dataclasses.asdict(plan.specs.text),
+                                                    "prompts": list(plan.specs.text.prompts)},
+                                           "views": dict(plan.specs.views)}})
 
 
 def _compute(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tuple[int, int],

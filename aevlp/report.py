@@ -8,7 +8,7 @@ import pandas as pd
 
 from aevlp.errors import AevlpError
 
-__all__ = ["collect_runs", "method_name", "write_report"]
+__all__ = ["collect_runs", "method_name", "teacher_rows", "compared_pair", "distinguishing_names", "write_report"]
 
 
 def method_name(r: dict) -> str:
@@ -21,32 +21,79 @@ def method_name(r: dict) -> str:
     return name
 
 
+def distinguishing_names(dirs: list[Path]) -> list[str]:
+    """The shortest path suffixes that tell the run directories apart (runs-a/gr vs runs-b/gr)."""
+    parts = [Path(d).resolve().parts for d in dirs]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(d) for d in dirs]
+
+
 def collect_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
+    dirs = [Path(d) for d in run_dirs]
     rows = []
-    for d in map(Path, run_dirs):
+    for d, name in zip(dirs, distinguishing_names(dirs)):
         f = d / "results.json"
         if not f.exists():
             raise AevlpError(f"{d} has no results.json", hint="pass finished `aevlp train` run directories")
         r = json.loads(f.read_text())
-        rows.append({"run": d.name, "method": method_name(r), "dataset": r.get("dataset"),
-                     "backbone": r.get("backbone"),
-                     "val_map": r.get("val_map"), "test_map": r.get("test_map"),
+        m = r.get("test_metrics", {})
+        rows.append({"run": name, "method": method_name(r), "dataset": r.get("dataset"),
+                     "backbone": r.get("backbone"), "labels": r.get("labels"), "loss": r.get("loss"),
+                     "damp_source": r.get("damp_source"), "val_map": r.get("val_map"), "test_map": r.get("test_map"),
+                     "micro_map": m.get("micro_map"), "CF1": m.get("CF1"), "OF1": m.get("OF1"),
                      "pseudo_precision": r.get("pseudo_precision"), "pseudo_recall": r.get("pseudo_recall"),
-                     "pseudo_f1": r.get("pseudo_f1"), "best_epoch": r.get("best_epoch"), "dir": str(d)})
+                     "pseudo_f1": r.get("pseudo_f1"), "best_epoch": r.get("best_epoch"), "cache": r.get("cache"),
+                     "dir": str(d)})
+    return pd.DataFrame(rows)
+
+
+def teacher_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The zero-shot teacher (the CLIP model's own test mAP) of each cache the runs were trained from."""
+    from aevlp.cache import Cache
+
+    rows = []
+    for cache in dict.fromkeys(c for c in df.get("cache", pd.Series(dtype=object)).dropna() if Path(c).exists()):
+        with Cache(cache) as c:
+            summary = json.loads(c.f.attrs.get("summary", "{}"))
+        for key, label in (("zero_shot_global_map", "zero-shot teacher (CLIP, global view)"),
+                           ("zero_shot_damp_map", "zero-shot teacher (CLIP, DAMP)")):
+            if key in summary:
+                rows.append({"run": Path(cache).name, "method": label, "test_map": summary[key], "dir": ""})
     return pd.DataFrame(rows)
 
 
 def _markdown(df: pd.DataFrame) -> str:
-    cols = ["method", "dataset", "backbone", "test_map", "val_map", "pseudo_precision", "pseudo_recall", "pseudo_f1",
-            "best_epoch", "run"]
+    cols = ["method", "dataset", "backbone", "test_map", "micro_map", "CF1", "OF1", "val_map", "pseudo_precision",
+            "pseudo_recall", "pseudo_f1", "best_epoch", "run"]
+
     def fmt(v) -> str:
         if v is None or (isinstance(v, float) and v != v):
             return "—"
         return f"{v:.2f}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(row[c]) for c in cols) + " |" for _, row in df.iterrows()]
+    lines += ["| " + " | ".join(fmt(row.get(c)) for c in cols) + " |" for _, row in df.iterrows()]
     return "\n".join(lines) + "\n"
+
+
+def compared_pair(df: pd.DataFrame, pair: tuple[str, str] | None = None) -> tuple[pd.Series, pd.Series | None]:
+    """(ours, baseline) for the per-class plot: the pair named (run names), or the best AEVLP run (GPR +
+    DAMP; else the best single-positive run) against the best other single-positive run."""
+    if pair:
+        pick = [df[(df["run"] == p) | (df["dir"] == p)] for p in pair]
+        missing = [p for p, rows in zip(pair, pick) if rows.empty]
+        if missing:
+            raise AevlpError(f"--compare: no run named {missing[0]}", hint=f"runs: {', '.join(df['run'])}")
+        return pick[0].iloc[0], pick[1].iloc[0]
+    sp = df[df["labels"] != "full"]
+    sp = sp if len(sp) else df
+    ours_pool = sp[(sp["loss"] == "gpr") & (sp["damp_source"] == "damp")]
+    ours = (ours_pool if len(ours_pool) else sp).sort_values("test_map").iloc[-1]
+    others = sp[sp["dir"] != ours["dir"]]
+    return ours, (others.sort_values("test_map").iloc[-1] if len(others) else None)
 
 
 def _save(fig, path: Path) -> str:
@@ -58,25 +105,25 @@ def _save(fig, path: Path) -> str:
     return str(path)
 
 
-def _plot_per_class_ap(df: pd.DataFrame, out: Path) -> str:
-    """Per-class test AP: the best run beside the weakest baseline."""
+def _plot_per_class_ap(df: pd.DataFrame, out: Path, pair: tuple[str, str] | None = None) -> str:
+    """Per-class test AP of two runs side by side (see `compared_pair`)."""
     import matplotlib.pyplot as plt
 
-    best = df.loc[df["test_map"].idxmax()]
-    others = df[(df["dir"] != best["dir"]) & ~df["method"].str.contains("full labels")]
-    base = others.loc[others["test_map"].idxmin()] if len(others) else None
-    ap_best = pd.read_csv(Path(best["dir"]) / "per_class_ap.csv")
-    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(ap_best)), 4))
-    x = range(len(ap_best))
+    ours, base = compared_pair(df, pair)
+    ap_ours = pd.read_csv(Path(ours["dir"]) / "per_class_ap.csv")
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(ap_ours)), 4))
+    x = range(len(ap_ours))
     if base is not None:
         ap_base = pd.read_csv(Path(base["dir"]) / "per_class_ap.csv")
         ax.bar([i - 0.2 for i in x], ap_base["ap"], width=0.4, label=f"{base['method']} ({base['test_map']:.1f})")
-        ax.bar([i + 0.2 for i in x], ap_best["ap"], width=0.4, label=f"{best['method']} ({best['test_map']:.1f})")
+        ax.bar([i + 0.2 for i in x], ap_ours["ap"], width=0.4, label=f"{ours['method']} ({ours['test_map']:.1f})")
+        title = f"Per-class test AP: {ours['run']} vs {base['run']}"
     else:
-        ax.bar(list(x), ap_best["ap"], label=best["method"])
-    ax.set_xticks(list(x), ap_best["class"], rotation=90)
+        ax.bar(list(x), ap_ours["ap"], label=ours["method"])
+        title = f"Per-class test AP: {ours['run']}"
+    ax.set_xticks(list(x), ap_ours["class"], rotation=90)
     ax.set_ylabel("test AP (%)")
-    ax.set_title("Per-class AP: best run vs weakest baseline")
+    ax.set_title(title, fontsize=9)
     ax.legend()
     return _save(fig, out / "per_class_ap.png")
 
@@ -116,19 +163,21 @@ def _plot_curves(df: pd.DataFrame, out: Path) -> str:
     return _save(fig, out / "curves.png")
 
 
-def write_report(run_dirs: list[str | Path], out: str | Path) -> dict:
-    """results.md + results.csv + PNGs (per-class AP, pseudo-label P/R per class, curves) in `out`."""
+def write_report(run_dirs: list[str | Path], out: str | Path, compare: tuple[str, str] | None = None) -> dict:
+    """results.md + results.csv + PNGs (per-class AP, pseudo-label P/R per class, curves) in `out`; the
+    zero-shot teacher of the runs' cache(s) is a row of the table."""
     import matplotlib
 
     matplotlib.use("Agg")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     df = collect_runs(run_dirs)
-    df.to_csv(out / "results.csv", index=False)
-    (out / "results.md").write_text(_markdown(df))
+    table = pd.concat([df, teacher_rows(df)], ignore_index=True)
+    table.drop(columns=["dir"]).to_csv(out / "results.csv", index=False)
+    (out / "results.md").write_text(_markdown(table))
     files = {"table": str(out / "results.md"), "csv": str(out / "results.csv"),
-             "per_class_ap": _plot_per_class_ap(df, out)}
+             "per_class_ap": _plot_per_class_ap(df, out, compare)}
     if (pseudo := _plot_pseudo_labels(df, out)) is not None:
         files["pseudo_labels"] = pseudo
     files["curves"] = _plot_curves(df, out)
-    return {"table": df, "files": files, "markdown": _markdown(df)}
+    return {"table": table, "files": files, "markdown": _markdown(table)}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aevlp.cache import fingerprint_id
 from aevlp.config import dump_config, tomllib
+from aevlp.data import training_data_hash
 from aevlp.pseudolabel import StageOnePlan, plan_stage_one, run_pseudolabel
 from aevlp.specs import Specs
 from aevlp.train import run_train
@@ -59,7 +60,8 @@ def _stage_one(p1: StageOnePlan, force: bool) -> StagePlan:
             }.get(p1.status, StagePlan("pseudolabel", True, f"no cache at {target}"))
 
 
-def _stage_two(cfg: dict, run_dir: Path, cache_fp: dict, stage_one_runs: bool, force: bool) -> StagePlan:
+def _stage_two(cfg: dict, run_dir: Path, cache_fp: dict, data_hash: str, stage_one_runs: bool,
+               force: bool) -> StagePlan:
     results, config = run_dir / "results.json", run_dir / "config.toml"
     if force:
         return StagePlan("train", True, "forced (--force-stage train)")
@@ -69,8 +71,11 @@ def _stage_two(cfg: dict, run_dir: Path, cache_fp: dict, stage_one_runs: bool, f
         return StagePlan("train", True, f"no results yet in {run_dir}")
     if not config.exists() or config.read_text() != dump_config(cfg):
         return StagePlan("train", True, f"{config} differs from the resolved pipeline", _config_diff(config, cfg))
-    if json.loads(results.read_text()).get("cache_fingerprint") != fingerprint_id(cache_fp):
+    done = json.loads(results.read_text())
+    if done.get("cache_fingerprint") != fingerprint_id(cache_fp):
         return StagePlan("train", True, "the cache changed since this run")
+    if done.get("data_hash") != data_hash:
+        return StagePlan("train", True, "the data changed since this run (labels, splits or val/test images)")
     return StagePlan("train", False, f"{results} is current")
 
 
@@ -80,7 +85,8 @@ def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit
     p1 = plan_stage_one(cfg, limit)
     one = _stage_one(p1, force_stage == "pseudolabel")
     run_dir = run_dir_for(cfg, name)
-    two = _stage_two(cfg, run_dir, p1.fingerprint, one.run, force_stage == "train")
+    data_hash = training_data_hash(p1.data, p1.specs.dataset.image_check)
+    two = _stage_two(cfg, run_dir, p1.fingerprint, data_hash, one.run, force_stage == "train")
     return PipelinePlan([one, two], p1, run_dir)
 
 

@@ -29,6 +29,7 @@ class DatasetSpec:
     image_root: str
     val_frac: float
     split_seed: int
+    image_check: str = "stat"  # how images are identified in fingerprints: stat (size, mtime) | content | none
 
     def load(self):
         """The dataset, split as the benchmark does (`aevlp.data.load_dataset`)."""
@@ -125,10 +126,12 @@ class Specs:
     loss: Mapping[str, Any]
     train: TrainSpec
     cache: CacheSpec
+    pipeline: str = ""  # the pipeline file the config came from, if any
 
     @classmethod
     def of(cls, cfg: Mapping[str, Mapping[str, Any]]) -> Specs:
-        return cls(dataset=_build(DatasetSpec, cfg["dataset"]), clip=_build(ClipSpec, cfg["clip"]),
+        return cls(pipeline=cfg.get("pipeline", {}).get("name", ""),
+                   dataset=_build(DatasetSpec, cfg["dataset"]), clip=_build(ClipSpec, cfg["clip"]),
                    text=_build(TextSpec, cfg["text"]), views=MappingProxyType(dict(cfg["views"])),
                    damp=_build(DampSpec, cfg["damp"]), loss=MappingProxyType(dict(cfg["loss"])),
                    train=_build(TrainSpec, cfg["train"]), cache=_build(CacheSpec, cfg["cache"]))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from aevlp.clip import prompt_name
-from aevlp.clip_source import FOLDER_WEIGHTS, register_model_config, write_clip_folder
+from aevlp.clip_source import FOLDER_WEIGHTS, quiet_random_init, register_model_config, write_clip_folder
 from aevlp.imaging import CLIP_MEAN, CLIP_STD
 
 __all__ = ["TOY_CONFIG", "TEMPLATES", "pretrain_toy_clip"]
@@ -67,7 +67,8 @@ def pretrain_toy_clip(fm: dict | Callable[[], dict], out_dir: str | Path, classn
     fm = fm() if callable(fm) else fm  # only loaded when training is needed
     arch = register_model_config(TOY_CONFIG, ARCH)
     torch.manual_seed(seed)
-    model = open_clip.create_model(arch)
+    with quiet_random_init():  # a fresh model is the point here: no "initialized randomly" warning
+        model = open_clip.create_model(arch)
     tok = open_clip.get_tokenizer(arch)
     _train(model, tok, fm["train"], classnames, steps=steps, batch_size=batch_size, lr=lr,
            rng=np.random.default_rng(seed), progress=progress)

@@ -22,7 +22,7 @@ from aevlp import distributed
 from aevlp.cache import Cache, fingerprint_id
 from aevlp.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from aevlp.config import dump_config
-from aevlp.data import SPMLData
+from aevlp.data import SPMLData, training_data_hash
 from aevlp.device import autocast, resolve_device, resolve_train_precision
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.evaluate import predict_scores
@@ -72,14 +72,18 @@ class TrainRun:
 
 
 def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path | None = None,
-              resume: bool = False, limit: int | None = None, progress: bool = True) -> dict:
+              resume: bool = False, limit: int | None = None, progress: bool = True,
+              explicit: tuple[str, ...] = ()) -> dict:
     """Train, evaluate and write the run directory; with `resume`, continue `run_dir` from its last epoch.
 
     `cache`: the stage-one cache to train from [default: the config's cache.path, else cache/DATASET.h5].
+    The config's stage-one sections ([clip], [text], [views]) are replaced by the cache's own, so the
+    run records what its pseudo-labels really came from; a key named in `explicit` (the user's --set
+    keys) that contradicts the cache is refused.
     """
     if cache is not None:
         cfg["cache"]["path"] = str(cache)
-    r = _setup(cfg, run_dir, limit)
+    r = _setup(cfg, run_dir, limit, explicit)
     state = load_training_state(r.run, r.core, r.opt, r.method) if resume else _fresh_state()
     if r.main:
         (r.run / "config.toml").write_text(dump_config(cfg))
@@ -94,6 +98,9 @@ def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path
     if not r.main:
         r.cache.close()
         return {"rank": distributed.env()[0], "run_dir": str(r.run)}
+    if not r.data.train_labels_known and progress:
+        tqdm.write("note: observed-only data: pseudo-label precision/recall are not reported (no full training "
+                   f"labels); val mAP is measured on {r.data.val_labels} labels")
     return _test_and_write_results(r, state)
 
 
@@ -101,20 +108,38 @@ def _fresh_state() -> dict:
     return {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "counter": 0, "history": [], "stopped_early": False}
 
 
-def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None) -> TrainRun:
+def _align_with_cache(cfg: dict, cache: Cache, explicit: tuple[str, ...]) -> None:
+    """cfg's [clip], [text] and [views] become the cache's (what stage one recorded); an explicit
+    --set of one of them that differs is an error."""
+    recorded = json.loads(cache.f.attrs.get("info", "{}")).get("stage_one", {})
+    for section, table in recorded.items():
+        for key, value in table.items():
+            if key not in cfg.get(section, {}) or cfg[section][key] == value:
+                continue
+            if f"{section}.{key}" in explicit:
+                raise ConfigError(f"--set {section}.{key}={cfg[section][key]!r} contradicts the cache {cache.path}, "
+                                  f"which was made with {section}.{key} = {value!r}",
+                                  hint="stage-one settings belong to stage one: re-run `aevlp pseudolabel` (or "
+                                       "`aevlp run`) with them, or drop the --set")
+            cfg[section][key] = value
+
+
+def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: tuple[str, ...] = ()) -> TrainRun:
+    cache = Cache(Specs.of(cfg).cache_path)
+    _align_with_cache(cfg, cache, explicit)
     specs = Specs.of(cfg)
     t = specs.train
-    if t.epochs < 1 or t.batch_size < 1:
-        raise ConfigError("train.epochs and train.batch_size must be >= 1")
     data = specs.dataset.load()
     n = len(data.train) if limit is None else min(limit, len(data.train))
     observed, truth = data.train.observed[:n], data.train.labels[:n]
-    cache = Cache(specs.cache_path)
     cache.check_matches(list(data.train.images[:n]), observed, data.classnames)
     keep = ~cache.f["bad"][:]  # unreadable images were skipped in stage one
     params = dict(specs.loss, expected_pos=specs.loss["expected_pos"] or data.info.expected_pos or
                   float(truth.sum(1).mean()))
     name, spec = specs.loss["name"], LOSSES.get(specs.loss["name"])
+    if not data.train_labels_known and (spec.uses_full_labels or spec.needs_truth or t.labels == "full"):
+        raise ConfigError(f"loss '{name}' (or train.labels = full) needs full training labels, which this "
+                          "observed-only dataset does not have", hint="choose a single-positive method")
     method = build_method(name, params, RunInfo(num_rows=int(keep.sum()), num_classes=data.num_classes,
                                                 observed=observed[keep], seed=t.seed, epochs=t.epochs, lr=t.lr))
     device, main = _device(t, stateful=spec.method is not None)
@@ -127,7 +152,7 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None) -> TrainRun
     meta = {"backbone": t.backbone, "classnames": data.classnames, "image_size": _image_size(t, data),
             "boost_alpha": float(core.boost_alpha),
             "embed_dim": core.head.in_features if BACKBONES.get(t.backbone).input == "embedding" else 0,
-            "dataset": data.info.name, "loss": specs.loss["name"]}
+            "dataset": data.info.name, "loss": specs.loss["name"], **_clip_meta(cache, t)}
     damp = spec.pseudo_labels(specs.damp, params) if spec.pseudo_labels else specs.damp
     return TrainRun(specs=specs, data=data, cache=cache, keep=keep, observed=observed, truth=truth,
                     method=method, loss_spec=spec, labeler=PseudoLabeler(cache, damp, observed), device=device,
@@ -166,6 +191,15 @@ def _model(t: TrainSpec, num_classes: int, cache: Cache, device: torch.device, m
     opt = torch.optim.Adam([{"params": core.backbone.parameters(), "lr": t.lr},
                             {"params": core.head.parameters(), "lr": t.lr * t.lr_mult}, *method.param_groups()])
     return core, model, opt
+
+
+def _clip_meta(cache: Cache, t: TrainSpec) -> dict:
+    """What a clip-head model needs to embed new images itself: the CLIP the cache was made with."""
+    if BACKBONES.get(t.backbone).input != "embedding":
+        return {}
+    info = json.loads(cache.f.attrs.get("info", "{}"))
+    return {"clip": info.get("clip"), "clip_weights": cache.fingerprint.get("clip_weights"),
+            "clip_preprocess": json.loads(cache.f.attrs.get("clip_preprocess", "{}"))}
 
 
 def _image_size(t: TrainSpec, data: SPMLData) -> int:
@@ -242,7 +276,8 @@ def _judge(r: TrainRun, state: dict, rec: dict, z_all: np.ndarray, t0: float) ->
         mean_average_precision(predict_scores(r.core, val_loader, r.device, r.precision), r.data.val.labels)
         if r.main else None)
     keep = r.keep
-    q = pseudo_label_quality(z_all[keep], r.observed[keep], r.truth[keep]) if r.loss_spec.uses_pseudo else {}
+    q = pseudo_label_quality(z_all[keep], r.observed[keep], r.truth[keep]) \
+        if r.loss_spec.uses_pseudo and r.data.train_labels_known else {}
     head = {k: rec[k] for k in ("epoch", "loss")}
     rec = {**head, "val_map": val_map, **{k: v for k, v in rec.items() if k not in head},
            **{f"pseudo_{k}": v for k, v in q.items() if k in ("precision", "recall", "f1")},
@@ -265,10 +300,10 @@ def _save_epoch(r: TrainRun, state: dict, improved: bool, z_all: np.ndarray, pro
     keep = r.keep
     if improved:
         save_checkpoint(r.run / "best.pt", r.core, meta=r.meta)
-        if r.loss_spec.uses_pseudo:
+        if r.loss_spec.uses_pseudo and r.data.train_labels_known:
             pseudo_label_quality_per_class(z_all[keep], r.observed[keep], r.truth[keep], r.data.classnames).to_csv(
                 r.run / "pseudo_per_class.csv", index=False)
-    save_checkpoint(r.run / "last.pt", r.core, optimizer=r.opt.state_dict(), state=state,
+    save_checkpoint(r.run / "last.pt", r.core, keep_previous=True, optimizer=r.opt.state_dict(), state=state,
                     method=r.method.state_dict())
     (r.run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in state["history"]))
     if progress:
@@ -294,10 +329,12 @@ def _test_and_write_results(r: TrainRun, state: dict) -> dict:
                "labels": r.t.labels, "damp_source": r.specs.damp.source if r.loss_spec.uses_pseudo else None,
                "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
                "stopped_early": state["stopped_early"], "stop_reason": state.get("stop_reason"),
-               "early_stop": r.t.early_stop, "val_map": state["best_val"], "test_map": test_map,
+               "early_stop": r.t.early_stop, "val_map": state["best_val"], "val_labels": r.data.val_labels,
+               "train_labels": "full" if r.data.train_labels_known else "observed only", "test_map": test_map,
                "test_metrics": test_metrics,
                **{k: best_rec[k] for k in best_rec if k.startswith("pseudo_")},
                "cache": str(r.cache.path), "cache_fingerprint": fingerprint_id(r.cache.fingerprint),
+               "data_hash": training_data_hash(r.data, r.specs.dataset.image_check),
                "train_images": int(r.keep.sum()), "run_dir": str(r.run)}
     (r.run / "results.json").write_text(json.dumps(results, indent=1))
     r.cache.close()

@@ -127,7 +127,7 @@ def test_cub(tmp_path):
             lines.append(f"{img} {a} {int(a in truth[img])} 3 12.5{extra}")
     (base / "attributes" / "image_attribute_labels.txt").write_text("\n".join(lines) + "\n")
     s = prepare_cub(tmp_path, tmp_path / "out")
-    assert (s["train_images"], s["val_images"]) == (2, 1)
+    assert (s["train_images"], s["test_images"]) == (2, 1)
     y = np.load(tmp_path / "out" / "formatted_train_labels.npy")
     assert y.dtype == np.int64 and y.shape == (2, 312)
     assert [set(np.flatnonzero(r) + 1) for r in y] == [truth[1], truth[3]]
@@ -146,7 +146,7 @@ def test_table_labels_column(tmp_path):
                                      for i in range(10)]
     (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
     s = prepare_table(tmp_path / "t.csv", tmp_path / "img", tmp_path / "out")
-    assert (s["train_images"], s["val_images"]) == (8, 2)
+    assert (s["train_images"], s["test_images"]) == (8, 2)
     d = load_dataset("table", tmp_path / "out")
     assert d.classnames == ["cat", "dog"]
     assert d.test.labels.tolist() == [[0, 1], [1, 1]]
@@ -159,8 +159,8 @@ def test_table_onehot_and_errors(tmp_path):
     csv = tmp_path / "t.csv"
     csv.write_text("path,x,y\na.png,1,0\nb.png,0,1\nc.png,1,1\nd.png,0,0\ne.png,1,0\n")
     s = prepare_table(csv, tmp_path / "img", tmp_path / "out", test_frac=0.4)
-    assert s["train_images"] + s["val_images"] == 5
-    assert s["train_rows_without_positive"] + s["val_rows_without_positive"] == 1  # d.png reported
+    assert s["train_images"] + s["test_images"] == 5
+    assert s["train_rows_without_positive"] + s["test_rows_without_positive"] == 1  # d.png reported
     csv.write_text("path,x,y\na.png,1,2\n")
     with pytest.raises(DataError, match="row 2, column 'y' is '2'"):
         prepare_table(csv, tmp_path / "img", tmp_path / "o2")

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from aevlp.cache.reader import Cache
-from aevlp.cache.schema import dataset_hash, lock_path, partial_path, read_fingerprint
 from aevlp.errors import AevlpError
+from aevlp.cache.schema import dataset_hash, lock_path, partial_path, read_fingerprint
+from aevlp.cache.validate import problems
 from aevlp.metrics import pseudo_label_quality_per_class
 
 __all__ = ["list_caches", "inspect_cache", "verify_cache", "clean_candidates"]
@@ -23,24 +24,38 @@ def _files(folder: Path) -> list[Path]:
 def list_caches(folder: str | Path) -> pd.DataFrame:
     rows = []
     for p in _files(Path(folder)):
-        row = {"file": p.name, "size_mb": round(p.stat().st_size / 2 ** 20, 2)}
+        row = {"file": p.name, "size_mb": round(p.stat().st_size / 2 ** 20, 2), "embeddings_mb": None}
         try:
             fp, complete = read_fingerprint(p)
             row.update(dataset=fp.get("dataset"), model=fp.get("clip_arch"),
                        pretrained=str(fp.get("clip_weights"))[:19],
                        grid=fp.get("grid"), rounds=fp.get("rounds"), images=fp.get("num_images"),
                        complete=complete and not p.name.endswith(".partial"))
-        except AevlpError:
+            with h5py.File(p, "r") as f:
+                row["embeddings_mb"] = round(sum(f[k].id.get_storage_size() for k in f if "embeddings" in k)
+                                             / 2 ** 20, 2)
+        except (AevlpError, OSError):
             row.update(complete=False, dataset="(unreadable)")
         rows.append(row)
-    cols = ["file", "dataset", "model", "pretrained", "grid", "rounds", "images", "size_mb", "complete"]
+    cols = ["file", "dataset", "model", "pretrained", "grid", "rounds", "images", "size_mb", "embeddings_mb",
+            "complete"]
     return pd.DataFrame(rows, columns=cols)
 
 
 def inspect_cache(path: str | Path) -> tuple[dict, pd.DataFrame]:
-    """(facts, per-class table): pseudo-label counts per round-average and, with ground truth, P/R."""
+    """(facts, per-class table): pseudo-label counts per round-average and, with ground truth, P/R.
+    A damaged or foreign file is an AevlpError naming what is wrong, never a traceback."""
+    try:
+        return _inspect(path)
+    except (OSError, KeyError, ValueError, TypeError, IndexError) as e:
+        raise AevlpError(f"{path} cannot be inspected: {type(e).__name__}: {e}",
+                         hint=f"`aevlp cache verify {path}` lists what is wrong") from None
+
+
+def _inspect(path: str | Path) -> tuple[dict, pd.DataFrame]:
     with Cache(path) as c:
         shapes = {k: list(c.f[k].shape) for k in c.f}
+        sizes = {k: round(c.f[k].id.get_storage_size() / 2 ** 20, 2) for k in c.f}
         keep = ~c.f["bad"][:]
         pseudo = c.f["pseudo"][:, keep]  # [R, N, C], readable rows only
         obs = c.array("observed")[keep]
@@ -53,6 +68,7 @@ def inspect_cache(path: str | Path) -> tuple[dict, pd.DataFrame]:
                                                np.tile(c.array("labels")[keep], (c.rounds, 1)), c.classnames())
             table["precision"], table["recall"] = q["precision"], q["recall"]
         facts = {"file": str(c.path), "fingerprint": c.fingerprint, "selection": c.selection, "shapes": shapes,
+                 "sizes_mb": sizes,
                  "clip_preprocess": json.loads(c.f.attrs.get("clip_preprocess", "{}")),
                  "summary": json.loads(c.f.attrs.get("summary", "{}")),
                  "versions": json.loads(c.f.attrs.get("versions", "{}")), "created": c.f.attrs.get("created", "")}
@@ -60,45 +76,27 @@ def inspect_cache(path: str | Path) -> tuple[dict, pd.DataFrame]:
 
 
 def verify_cache(path: str | Path) -> list[str]:
-    """Problems found (empty list: the cache is sound)."""
+    """Problems found by reading everything (empty list: the cache is sound); never raises."""
     path = Path(path)
     try:
         f = h5py.File(path, "r")
     except OSError as e:
         return [f"cannot be opened as HDF5 ({e}): truncated or not a cache"]
-    problems: list[str] = []
     with f:
+        found = [] if f.attrs.get("complete", False) else ["not marked complete"]
+        found += problems(f, thorough=True)
+        if found and found[-1].startswith(("missing datasets", "no readable")):
+            return found
         try:
+            ok_values = np.isin(f["pseudo"][:], (-1, 0, 1)).all()
             fp = json.loads(f.attrs["fingerprint"])
-        except (KeyError, json.JSONDecodeError):
-            return ["no aevlp fingerprint attribute"]
-        if not f.attrs.get("complete", False):
-            problems.append("not marked complete")
-        need = ["sims", "scores", "pseudo", "done", "bad", "image_ids", "classnames", "observed", "text_features"]
-        missing = [k for k in need if k not in f]
-        if missing:
-            return problems + [f"missing datasets: {', '.join(missing)}"]
-        r, n, v, c = f["sims"].shape
-        expect = {"scores": (r, n, c), "pseudo": (r, n, c), "done": (n,), "bad": (n,), "image_ids": (n,),
-                  "classnames": (c,), "observed": (n, c)}
-        problems += [f"{k} has shape {f[k].shape}, expected {s}" for k, s in expect.items() if f[k].shape != s]
-        if (fp.get("rounds"), fp.get("grid", 0) ** 2 + 1, fp.get("num_images"), fp.get("num_classes")) != (r, v, n, c):
-            problems.append(f"fingerprint (rounds {fp.get('rounds')}, grid {fp.get('grid')}, images "
-                            f"{fp.get('num_images')}, classes {fp.get('num_classes')}) does not match "
-                            f"sims {f['sims'].shape}")
-        if not f["done"][:].all():
-            problems.append(f"{int((~f['done'][:]).sum())} of {n} rows not done")
-        for k in ("sims", "scores", "embeddings", "val_embeddings", "test_embeddings"):
-            if k in f:
-                bad = sum(int((~np.isfinite(f[k][i].astype(np.float32))).sum()) for i in range(f[k].shape[0]))
-                if bad:
-                    problems.append(f"{k}: {bad} NaN/inf values")
-        if not np.isin(f["pseudo"][:], (-1, 0, 1)).all():
-            problems.append("pseudo has values outside {-1, 0, 1}")
-        ids = f["image_ids"].asstr()[:]
-        if dataset_hash(ids, f["observed"][:]) != fp.get("dataset_hash"):
-            problems.append("image ids / observed labels do not match the fingerprint's dataset_hash")
-    return problems
+            if not ok_values:
+                found.append("pseudo has values outside {-1, 0, 1}")
+            if dataset_hash(f["image_ids"].asstr()[:], f["observed"][:]) != fp.get("dataset_hash"):
+                found.append("image ids / observed labels do not match the fingerprint's dataset_hash")
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            found.append(f"cannot be read: {type(e).__name__}: {e}")
+    return found
 
 
 def clean_candidates(folder: str | Path, wanted: list[Path] | None = None) -> list[tuple[Path, str]]:

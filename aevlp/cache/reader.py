@@ -8,25 +8,46 @@ import h5py
 import numpy as np
 
 from aevlp.cache.schema import partial_path, read_fingerprint
+from aevlp.cache.validate import problems
 from aevlp.errors import AevlpError
 
 __all__ = ["Cache"]
+
+RECOMPUTE = "recompute it: `aevlp pseudolabel ... --force` (or `aevlp run`), or `aevlp cache verify` for details"
+
+
+def _missing_hint(path: Path) -> str:
+    partial = partial_path(path)
+    if not partial.exists():
+        return "create it with `aevlp pseudolabel --dataset NAME --out PATH`"
+    from aevlp.cache.writer import lock_owner
+
+    owner = lock_owner(path)
+    if owner:
+        return f"it is being computed right now (pid {owner.get('pid')} on {owner.get('host')}): wait for it"
+    return f"an unfinished run left {partial.name}: re-run the same `aevlp pseudolabel` command to finish it"
 
 
 class Cache:
     """Read access to a complete cache (stage two, cache tools); plain h5py works just as well."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, *, check: bool = True):
+        """Open a complete cache; with `check` (the default) its structure and a sample of its values are
+        validated first, and a damaged file is refused with what is wrong."""
         self.path = Path(path)
         if not self.path.exists():
-            partial = partial_path(self.path)
-            hint = (f"an unfinished run left {partial.name}: re-run `aevlp pseudolabel` to finish it"
-                    if partial.exists() else "create it with `aevlp pseudolabel --dataset NAME --out PATH`")
-            raise AevlpError(f"cache {self.path} not found", hint=hint)
+            raise AevlpError(f"cache {self.path} not found", hint=_missing_hint(self.path))
         self.fingerprint, complete = read_fingerprint(self.path)
         if not complete:
             raise AevlpError(f"cache {self.path} is incomplete", hint="re-run `aevlp pseudolabel` to finish it")
-        self.f = h5py.File(self.path, "r")
+        try:
+            self.f = h5py.File(self.path, "r")
+        except OSError as e:
+            raise AevlpError(f"{self.path} cannot be opened as HDF5 ({e})", hint=RECOMPUTE) from None
+        found = problems(self.f) if check else []
+        if found:
+            self.f.close()
+            raise AevlpError(f"{self.path} is damaged:\n    " + "\n    ".join(found), hint=RECOMPUTE)
         self.selection = json.loads(self.f.attrs.get("selection", "{}"))
 
     @property

@@ -17,9 +17,13 @@ import numpy as np
 
 from aevlp import __version__
 from aevlp.cache.schema import SCHEMA_VERSION, STR, CacheLayout, lock_path, partial_path, read_fingerprint
+from aevlp.cache.validate import checksums
 from aevlp.errors import AevlpError
 
-__all__ = ["CacheLock", "CacheWriter"]
+__all__ = ["CacheLock", "CacheWriter", "lock_owner"]
+
+ROW_CONTENT = ("sims", "scores", "pseudo", "embeddings", "embedding_index", "val_embeddings", "test_embeddings",
+               "observed", "done", "bad")
 
 
 class CacheLock:
@@ -59,6 +63,18 @@ class CacheLock:
         if self.held:
             self.path.unlink(missing_ok=True)
             self.held = False
+
+
+def lock_owner(target: Path) -> dict | None:
+    """{"pid", "host"} of a live process writing `target`, or None (no lock, or its writer is gone)."""
+    path = lock_path(Path(target))
+    try:
+        other = json.loads(path.read_text() or "{}")
+    except (OSError, json.JSONDecodeError):
+        return None
+    if other.get("host") == socket.gethostname() and not _alive(other.get("pid", -1)):
+        return None
+    return other
 
 
 def _alive(pid: int) -> bool:
@@ -106,8 +122,7 @@ class CacheWriter:
                 old, _ = read_fingerprint(self.tmp)
             except AevlpError:
                 old = None  # unreadable leftover (e.g. killed during creation): start over
-            if old == fingerprint:
-                self.f = h5py.File(self.tmp, "r+")
+            if old == fingerprint and self._reopen(layout, observed.shape):
                 self.resumed = True
                 return
             self.tmp.unlink()
@@ -164,6 +179,37 @@ class CacheWriter:
                    info=json.loads(source.attrs.get("info", "{}")),
                    clip_preprocess=json.loads(source.attrs.get("clip_preprocess", "{}")))
 
+    def _reopen(self, layout: CacheLayout, nc: tuple[int, int]) -> bool:
+        """Reopen an unfinished file to resume it, after checking it: a wrong structure means start over;
+        rows marked done whose data is not finite or all zero (a torn write) are done again."""
+        try:
+            f = h5py.File(self.tmp, "r+")
+        except OSError:
+            return False
+        try:
+            shapes = layout.row_shapes(*nc)
+            if any(k not in f or f[k].shape != s for k, (s, _) in shapes.items()) or \
+                    any(k not in f or f[k].shape != (nc[0],) for k in ("done", "bad")):
+                f.close()
+                return False
+            done, bad = f["done"][:].astype(bool), f["bad"][:].astype(bool)
+            for start in range(0, nc[0], 1024):
+                sims = f["sims"][:, start:start + 1024].astype(np.float32)
+                torn = ~np.isfinite(sims).all(axis=(0, 2, 3)) | ((sims == 0).all(axis=(0, 2, 3)) & ~bad[start:start + 1024])
+                done[start:start + 1024] &= ~torn
+            f["done"][:] = done
+            for split in ("val", "test"):
+                if f.attrs.get("eval_done", False) and f"{split}_embeddings" in f:
+                    e = f[f"{split}_embeddings"][:].astype(np.float32)
+                    if len(e) and (not np.isfinite(e).all() or (e == 0).all(axis=tuple(range(1, e.ndim))).any()):
+                        f.attrs["eval_done"] = False
+            f.flush()
+        except (OSError, KeyError, ValueError):
+            f.close()
+            return False
+        self.f = f
+        return True
+
     def pending(self) -> np.ndarray:
         return np.flatnonzero(~self.f["done"][:])
 
@@ -199,6 +245,7 @@ class CacheWriter:
     def finish(self, stats: dict | None = None) -> Path:
         if not self.f["done"][:].all():
             raise AevlpError(f"{self.tmp}: not every row is done")
+        self.f.attrs["checksums"] = json.dumps(checksums(self.f, [k for k in ROW_CONTENT if k in self.f]))
         self.f.attrs["complete"] = True
         self.f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         if stats:

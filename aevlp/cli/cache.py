@@ -46,7 +46,7 @@ def cache_inspect(file: str, csv_out: str | None) -> None:
         click.echo(f"  {k:18s} {v}")
     click.echo(f"selection: {json.dumps(facts['selection'])}")
     click.echo(f"clip_preprocess: {json.dumps(facts['clip_preprocess'])}")
-    click.echo("shapes: " + ", ".join(f"{k} {v}" for k, v in facts["shapes"].items()))
+    click.echo("datasets: " + ", ".join(f"{k} {v} ({facts['sizes_mb'][k]} MB)" for k, v in facts["shapes"].items()))
     if facts["summary"]:
         click.echo("summary: " + ", ".join(f"{k} {v}" for k, v in facts["summary"].items()))
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))

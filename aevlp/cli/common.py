@@ -9,7 +9,7 @@ from aevlp.config import find_pipeline, load_config
 from aevlp.errors import ConfigError
 from aevlp.registry import Registry, did_you_mean
 
-__all__ = ["RegistryChoice", "default_pipeline", "resolve", "set_option", "config_option"]
+__all__ = ["RegistryChoice", "default_pipeline", "resolve", "set_option", "config_option", "check_limit"]
 
 
 class RegistryChoice(click.Choice):
@@ -72,6 +72,13 @@ def resolve(config: str | None, dataset_name: str | None, overrides: tuple[str, 
 
     cfg["dataset"]["name"] = get_dataset(cfg["dataset"]["name"]).name
     return cfg
+
+
+def check_limit(ctx, param, value):
+    """--limit N: a positive number of training images."""
+    if value is not None and value < 1:
+        raise click.BadParameter(f"{value} images: give a positive number, or drop --limit to use every image")
+    return value
 
 
 set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",

@@ -84,39 +84,68 @@ def prepare_cub_cmd(raw: str, out: str) -> None:
 @click.option("--sep", default="|", help="Separator inside the labels column.")
 @click.option("--test-frac", default=0.2, type=float, help="Test fraction when the CSV has no 'split' column.")
 @click.option("--seed", default=0, type=int, help="Seed of that train/test draw.")
+@click.option("--observed-only", is_flag=True,
+              help="The training rows' labels are only what is known (one tag, or a few positives), as real "
+                   "single-positive data is; test (and val) rows carry full labels.")
+@click.option("--allow-outside-images", is_flag=True,
+              help="Accept image paths that resolve outside --images (absolute paths, ../).")
 def prepare_table_cmd(csv_path: str, images: str, out: str, image_col: str | None, labels_col: str,
-                      sep: str, test_frac: float, seed: int) -> None:
+                      sep: str, test_frac: float, seed: int, observed_only: bool, allow_outside_images: bool) -> None:
     """Your own images from a CSV.
 
     \b
     Either a labels column:      image,labels            or 0/1 columns:  image,cat,dog
                                  a.jpg,cat|dog                            a.jpg,1,1
-    An optional 'split' column (train/test) fixes the test rows.
+    An optional 'split' column: train, test (the held-out test split, full labels) and, if you
+    have one, val (a fully labelled validation split for early stopping; otherwise a seeded 20 %
+    of the train rows is held out as val).
 
-    Example: aevlp data prepare table --csv tags.csv --images photos/ --out data/mine
+    \b
+    Examples:
+      aevlp data prepare table --csv tags.csv --images photos/ --out data/mine
+      aevlp data prepare table --csv one_tag_each.csv --images photos/ --out data/mine --observed-only
     """
     from aevlp.data.table import prepare_table
 
     _print_summary(prepare_table(csv_path, images, out, image_col=image_col, labels_col=labels_col, sep=sep,
-                                 test_frac=test_frac, seed=seed))
+                                 test_frac=test_frac, seed=seed, observed_only=observed_only,
+                                 allow_outside_images=allow_outside_images))
 
 
 @data.command("info")
 @click.option("--dataset", required=True, help="Dataset name (aevlp data ls).")
 @click.option("--data-root", required=True, type=click.Path(), help="Folder in the SPML layout.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def info_cmd(dataset: str, data_root: str, as_json: bool) -> None:
-    """Validate a prepared dataset and print its splits. Example: aevlp data info --dataset voc --data-root data/voc"""
-    from aevlp.data import load_dataset
+@click.option("--check-images/--no-check-images", default=True, show_default=True,
+              help="Open every image's header (missing, empty or unreadable files are listed; exit 1).")
+def info_cmd(dataset: str, data_root: str, as_json: bool, check_images: bool) -> None:
+    """Validate a prepared dataset and print its splits; exit 1 listing any missing, empty or unreadable image.
+
+    Example: aevlp data info --dataset voc --data-root data/voc
+    """
+    from aevlp.data import image_problems, load_dataset
 
     d = load_dataset(dataset, data_root)
     out = {"dataset": d.info.name, "classes": d.num_classes, "image_root": str(d.image_root),
            **{f"{s}_images": len(d.split(s)) for s in ("train", "val", "test")},
+           "train_labels": "full" if d.train_labels_known else "observed only",
+           "val_labels": d.val_labels if d.val_labels == "full" else "observed (a proxy: no fully labelled val)",
            "mean_positives_train": float(d.train.labels.sum(1).mean()) if len(d.train) else 0.0, **d.report}
+    problems = []
+    if check_images:
+        paths = [p for s in ("train", "val", "test") for p in d.split(s).images]
+        problems = image_problems(d.image_root, paths, progress=not as_json)
+        out["image_problems"] = len(problems)
     if as_json:
-        click.echo(json.dumps(out, indent=1))
+        click.echo(json.dumps({**out, "problems": problems}, indent=1))
     else:
         _print_summary(out)
+        for p in problems[:50]:
+            click.secho(f"  bad image: {p}", fg="red")
+        if len(problems) > 50:
+            click.echo(f"  ... and {len(problems) - 50} more")
+    if problems:
+        raise SystemExit(1)
 
 
 @data.command("ls")

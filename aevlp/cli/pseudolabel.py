@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from aevlp.cli.common import RegistryChoice, config_option, resolve, set_option
+from aevlp.cli.common import RegistryChoice, check_limit, config_option, resolve, set_option
 from aevlp.cli.group import cli
 from aevlp.data.registry import DATASETS
 
@@ -36,7 +36,8 @@ from aevlp.data.registry import DATASETS
               help="Also store L2-normalised image embeddings (for clip-head training or new prompts).")
 @click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default=None,
               help="Unreadable images: stop with their paths, or mark them skipped in the cache.")
-@click.option("--limit", type=int, default=None, help="Only the first N training images (a quick try).")
+@click.option("--limit", type=int, default=None, callback=check_limit,
+              help="Only the first N training images (a quick try).")
 @click.option("--force", is_flag=True, help="Recompute even if a matching cache exists.")
 @click.option("--shard", default=None, metavar="K/W",
               help="Compute only shard K of W (e.g. to re-run a failed torchrun rank alone); the cache is "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from aevlp.cli.common import set_option
+from aevlp.cli.common import check_limit, set_option
 from aevlp.cli.group import cli
 
 
@@ -14,7 +14,7 @@ from aevlp.cli.group import cli
 @click.option("--dry-run", is_flag=True, help="Only say which stages would run and why (like make -n).")
 @click.option("--force-stage", type=click.Choice(["pseudolabel", "train"]), default=None,
               help="Run this stage even if it is up to date (forcing pseudolabel re-trains too).")
-@click.option("--limit", type=int, default=None, help="Only the first N training images.")
+@click.option("--limit", type=int, default=None, callback=check_limit, help="Only the first N training images.")
 @click.option("--no-progress", is_flag=True)
 def run_cmd(pipeline, data_root, overrides, dry_run, force_stage, limit, no_progress) -> None:
     """Run a pipeline: stage one if its cache is missing or stale, then stage two if stale.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from aevlp.cli.common import RegistryChoice, config_option, resolve, set_option
+from aevlp.cli.common import RegistryChoice, check_limit, config_option, resolve, set_option
 from aevlp.cli.group import cli
 from aevlp.data.registry import DATASETS
 from aevlp.errors import AevlpError
@@ -45,7 +45,8 @@ def _cache_info(path: str) -> tuple[str | None, dict]:
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="Output folder [default: runs/...].")
 @click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
               help="Continue an interrupted run directory from its last finished epoch.")
-@click.option("--limit", type=int, default=None, help="Only the first N training images (match stage one's).")
+@click.option("--limit", type=int, default=None, callback=check_limit,
+              help="Only the first N training images (match stage one's).")
 @click.option("--no-progress", is_flag=True)
 @set_option
 def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels, damp_source, epochs, batch_size,
@@ -56,6 +57,7 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
     Pseudo-labels are rebuilt every epoch from the cached CLIP similarities with the [damp]
     parameters (round e mod R), so no CLIP model is loaded. Writes RUN_DIR/config.toml,
     metrics.jsonl, results.json, per_class_ap.csv, best.pt (and last.pt, for --resume).
+    Without --config, the settings are those of the pipeline the cache was made with.
 
     \b
     Examples:
@@ -76,7 +78,8 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
         if cache is None and dataset is None:
             raise AevlpError("no cache given", hint="pass --pseudo cache/DATASET.h5 (made by aevlp pseudolabel)")
         cached_name, info = _cache_info(cache) if cache else (None, {})
-        cfg = resolve(config, dataset or cached_name, overrides,
+        recorded = info.get("pipeline") if info.get("pipeline") and Path(info["pipeline"]).is_file() else None
+        cfg = resolve(config or recorded, dataset or cached_name, overrides,
                       dataset={"data_root": data_root or info.get("data_root")},
                       loss={"name": loss}, damp={"source": damp_source},
                       train={"backbone": backbone, "weights": weights, "labels": labels, "epochs": epochs,
@@ -89,7 +92,8 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
     from aevlp import distributed
 
     try:
-        r = run_train(cfg, run_dir=run_dir, resume=bool(resume), limit=limit,
+        explicit = tuple(o.split("=", 1)[0].strip() for o in overrides)
+        r = run_train(cfg, run_dir=run_dir, explicit=explicit, resume=bool(resume), limit=limit,
                       progress=not no_progress)
     except KeyboardInterrupt:
         click.secho("interrupted: resume with `aevlp train --resume RUN_DIR` (finished epochs are kept)",
@@ -129,16 +133,29 @@ def eval_cmd(checkpoint, dataset, data_root, split, out, batch_size) -> None:
 
 @cli.command("predict")
 @click.argument("checkpoint", type=click.Path(exists=True))
-@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--threshold", type=float, default=0.5, help="Probability at which a label is predicted.")
+@click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5,
+              help="Probability at which a label is predicted.")
 @click.option("--out", default="preds.csv", type=click.Path(dir_okay=False), help="CSV output.")
 def predict_cmd(checkpoint, images, threshold, out) -> None:
-    """Label images with a trained model: a CSV of path, one probability column per class, labels.
+    """Label image files (or every image in a folder) with a trained model (RUN_DIR or its best.pt).
 
-    Example: aevlp predict runs/voc-gpr/best.pt photos/*.jpg --out preds.csv
+    \b
+    Prints each image's top three tags with their probabilities and writes a CSV: path, one
+    probability column per class, labels (those >= --threshold, joined by |), num_labels, top3.
+    A clip-head model embeds the images with the CLIP checkpoint its cache was made with.
+
+    \b
+    Examples:
+      aevlp predict runs/voc-gpr/best.pt photos/*.jpg --out preds.csv
+      aevlp predict demo/runs/gpr-damp-s0 demo/data/images/val
     """
     from aevlp.evaluate import predict_images
 
     df = predict_images(checkpoint, list(images), threshold)
     df.to_csv(out, index=False)
+    for _, row in df.head(20).iterrows():
+        click.echo(f"  {row['path']}: {row['top3']}")
+    if len(df) > 20:
+        click.echo(f"  ... and {len(df) - 20} more")
     click.echo(f"wrote {out} ({len(df)} images)")

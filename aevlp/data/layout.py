@@ -5,6 +5,7 @@ Reading validates everything a later stage would otherwise trip over, and names 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from aevlp.data.registry import DatasetInfo, builtin_classnames, get_dataset
 from aevlp.data.splits import train_val_split
 from aevlp.errors import DataError
 
-__all__ = ["META_FILE", "Split", "SPMLData", "load_dataset", "write_layout", "read_meta"]
+__all__ = ["META_FILE", "Split", "SPMLData", "load_dataset", "write_layout", "read_meta", "image_problems",
+           "image_identity", "training_data_hash"]
 
 log = logging.getLogger("aevlp")
 META_FILE = "aevlp_dataset.json"
@@ -48,6 +50,8 @@ class SPMLData:
     val: Split
     test: Split
     report: dict = field(default_factory=dict)
+    train_labels_known: bool = True  # False for observed-only data: train "labels" are the known positives
+    val_labels: str = "full"  # "full", or "observed" (a proxy: no fully labelled val split exists)
 
     @property
     def num_classes(self) -> int:
@@ -73,7 +77,13 @@ def _load_array(path: Path, hint: str) -> np.ndarray:
     if not path.exists():
         raise DataError(f"missing file {path}", hint=hint)
     try:
-        return np.load(path, allow_pickle=True)
+        return np.load(path, allow_pickle=False)  # never unpickle: an object array could run code
+    except ValueError as e:
+        if "pickle" in str(e).lower():
+            raise DataError(f"{path} holds Python objects, which aevlp does not unpickle (a file could run code)",
+                            hint="image ids must be a plain string array: np.save(path, np.asarray(ids, dtype=str))"
+                            ) from None
+        raise DataError(f"{path}: cannot be read as a .npy array ({e})", hint=hint) from e
     except Exception as e:  # numpy raises several types for corrupt files
         raise DataError(f"{path}: cannot be read as a .npy array ({e})", hint=hint) from e
 
@@ -151,22 +161,88 @@ def load_dataset(name: str, root: str | Path, *, image_root: str | Path | None =
     phases = {p: _load_phase(root, p, len(classnames), hint, report) for p in PHASES}
     img_root = Path(image_root) if image_root is not None else root / meta.get("image_root", info.image_root)
     images, labels, observed = phases["train"]
-    tr, va = train_val_split(len(images), val_frac=val_frac, seed=split_seed)
+    tr, va = _train_val(meta, len(images), val_frac, split_seed)
     test_imgs, test_labels, test_obs = phases["val"]
+    known = meta.get("train_labels", "full") != "observed-only"
     return SPMLData(
         info=info, root=root, image_root=img_root, classnames=classnames,
         train=Split(images[tr], labels[tr], observed[tr], tr),
         # Val and test are judged against clean labels: their "observed" matrix is the truth.
         val=Split(images[va], labels[va], labels[va].copy(), va),
         test=Split(test_imgs, test_labels, test_labels.copy(), np.arange(len(test_imgs))),
-        report=report,
+        report=report, train_labels_known=known,
+        val_labels="full" if known or "val_rows" in meta else "observed",
     )
+
+
+def _train_val(meta: dict, n: int, val_frac: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark's seeded split of the train file, or the explicit val rows the preparer recorded."""
+    if "val_rows" not in meta:
+        return train_val_split(n, val_frac=val_frac, seed=split_seed)
+    va = np.asarray(sorted(meta["val_rows"]), dtype=np.int64)
+    if va.size and (va.min() < 0 or va.max() >= n):
+        raise DataError(f"{META_FILE}: val_rows point outside the {n} train rows", hint="re-run `aevlp data prepare`")
+    return np.setdiff1d(np.arange(n), va), va
+
+
+def image_identity(image_root: Path, paths: Sequence[str], mode: str = "stat") -> str:
+    """A short hash of the image files themselves: their sizes and modification times ("stat"), their
+    bytes ("content": slower, exact), or nothing ("none"), so that replaced images are noticed."""
+    if mode == "none":
+        return "none"
+    h = hashlib.sha256()
+    for rel in paths:
+        path = Path(image_root) / rel
+        try:
+            if mode == "content":
+                h.update(hashlib.sha256(path.read_bytes()).digest())
+            else:
+                st = path.stat()
+                h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        except OSError:
+            h.update(b"missing")
+        h.update(b"\0")
+    return f"{mode}:{h.hexdigest()[:16]}"
+
+
+def training_data_hash(data: SPMLData, mode: str = "stat") -> str:
+    """Identity of everything stage two reads besides the cache: the splits' ids and labels, and the
+    val/test image files (the train images are in the cache's own fingerprint)."""
+    h = hashlib.sha256()
+    for split in (data.train, data.val, data.test):
+        h.update("\0".join(map(str, split.images)).encode())
+        h.update(np.ascontiguousarray(split.labels, dtype=np.int8).tobytes())
+        h.update(np.ascontiguousarray(split.observed, dtype=np.int8).tobytes())
+    h.update(image_identity(data.image_root, [*data.val.images, *data.test.images], mode).encode())
+    return h.hexdigest()[:16]
+
+
+def image_problems(image_root: Path, paths: Sequence[str], progress: bool = False) -> list[str]:
+    """'path: reason' for every image that is missing, empty, or whose header no decoder reads."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm.auto import tqdm
+
+    problems = []
+    for rel in tqdm(paths, desc="checking images", unit="img", disable=not progress, leave=False):
+        path = Path(image_root) / rel
+        try:
+            if path.stat().st_size == 0:
+                problems.append(f"{path}: empty file")
+                continue
+            with Image.open(path) as im:
+                im.size  # noqa: B018  (reading the header is the check)
+        except FileNotFoundError:
+            problems.append(f"{path}: missing")
+        except (UnidentifiedImageError, OSError) as e:
+            problems.append(f"{path}: not a readable image ({type(e).__name__})")
+    return problems
 
 
 def write_layout(out: str | Path, dataset: str, classnames: Sequence[str], image_root: str | Path,
                  phases: dict[str, tuple[Sequence[str], np.ndarray]], *, seed: int = COLE_SEED,
-                 extra: dict | None = None) -> dict:
-    """Write formatted files (+ observed labels, Cole's sampler, fresh RNG per phase) and metadata."""
+                 extra: dict | None = None, observed: dict[str, np.ndarray] | None = None) -> dict:
+    """Write formatted files (+ observed labels: Cole's sampler with a fresh RNG per phase, or the
+    `observed` matrices given) and metadata."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary: dict = {"dataset": dataset, "num_classes": len(classnames), "out": str(out)}
@@ -176,10 +252,11 @@ def write_layout(out: str | Path, dataset: str, classnames: Sequence[str], image
             raise DataError(f"internal: {phase} labels {labels.shape} vs {len(images)} images")
         np.save(out / f"formatted_{phase}_images.npy", np.asarray(images, dtype=str))
         np.save(out / f"formatted_{phase}_labels.npy", labels)
-        np.save(out / f"formatted_{phase}_labels_obs.npy",
-                single_positive(labels.astype(np.int64), seed=seed).astype(labels.dtype))
-        summary[f"{phase}_images"] = len(images)
-        summary[f"{phase}_rows_without_positive"] = int((labels.sum(axis=1) == 0).sum())
+        obs = observed[phase] if observed and phase in observed else single_positive(labels.astype(np.int64), seed=seed)
+        np.save(out / f"formatted_{phase}_labels_obs.npy", np.asarray(obs).astype(labels.dtype))
+        name = "test" if phase == "val" else phase  # the "val" files are the held-out test split (Cole's naming)
+        summary[f"{name}_images"] = len(images)
+        summary[f"{name}_rows_without_positive"] = int((labels.sum(axis=1) == 0).sum())
     try:
         rel = Path(image_root).resolve().relative_to(out.resolve())
         img_root = str(rel)

@@ -1,11 +1,18 @@
 """Your own data: a CSV (one row per image) → SPML layout.
 
 Labels come either from one column of names joined by a separator ("cat|dog") or from one 0/1
-column per class. A `split` column (train/test) picks the test rows; without one, a seeded
-`test_frac` of rows becomes the test set. Observed single positives use Cole's sampler.
+column per class. A `split` column picks the rows: `train`, `test` (the held-out test split, with
+full labels) and, optionally, `val` (a fully labelled validation split; without one, a seeded 20 % of
+the training rows is held out). Without a split column a seeded `test_frac` of rows is the test split.
+
+Two modes for the training rows:
+  * full labels (the benchmark's way): observed single positives are drawn with Cole's sampler;
+  * `observed_only`: the CSV's training labels *are* what is known (one tag per image, or a few
+    positives, all kept as observed); no full training labels exist anywhere in the prepared folder.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -16,25 +23,21 @@ from aevlp.errors import DataError
 
 __all__ = ["prepare_table"]
 
+log = logging.getLogger("aevlp")
 IMAGE_COLUMNS = ("image", "path", "file", "filename", "image_path")
+SPLITS = ("train", "val", "test")
 
 
 def _read_csv(csv: Path) -> pd.DataFrame:
-    if not csv.exists():
+    if not csv.is_file():
         raise DataError(f"missing CSV {csv}")
     try:
         return pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise DataError(f"{csv}: cannot be parsed as CSV ({e})") from e
 
 
-def prepare_table(csv: str | Path, images: str | Path, out: str | Path, *, image_col: str | None = None,
-                  labels_col: str = "labels", sep: str = "|", split_col: str = "split",
-                  test_frac: float = 0.2, seed: int = 0, check_images: bool = True) -> dict:
-    csv, images = Path(csv), Path(images)
-    df = _read_csv(csv)
-    if df.empty:
-        raise DataError(f"{csv}: no rows")
+def _image_column(df: pd.DataFrame, csv: Path, image_col: str | None) -> str:
     if image_col is None:
         image_col = next((c for c in IMAGE_COLUMNS if c in df.columns), None)
         if image_col is None:
@@ -42,15 +45,37 @@ def prepare_table(csv: str | Path, images: str | Path, out: str | Path, *, image
                             hint="name it with --image-col")
     elif image_col not in df.columns:
         raise DataError(f"{csv}: no column '{image_col}'", hint=f"columns are: {', '.join(df.columns)}")
+    return image_col
+
+
+def _check_tag_names(tags: list[list[str]], csv: Path, sep: str) -> None:
+    """Tags that look like another separator, or that differ only by case or spaces, are user errors."""
+    for other in {",", ";", "|", "/"} - {sep}:
+        odd = sorted({t for row in tags for t in row if other in t})
+        if odd:
+            raise DataError(f"{csv}: label {odd[0]!r} contains '{other}' but the separator is '{sep}'",
+                            hint=f"pass --sep '{other}' if that is the separator, or rename the label")
+    seen: dict[str, str] = {}
+    for t in sorted({t for row in tags for t in row}):
+        key = " ".join(t.lower().split())
+        if key in seen:
+            log.warning("%s: labels %r and %r differ only by case or spaces; they are kept as two classes",
+                        csv, seen[key], t)
+        seen.setdefault(key, t)
+
+
+def _labels(df: pd.DataFrame, csv: Path, cols: tuple[str, ...], labels_col: str, sep: str):
+    """(classnames, labels [N, C] int64) from a labels column or from 0/1 columns."""
     if labels_col in df.columns:
         tags = [[t.strip() for t in s.split(sep) if t.strip()] for s in df[labels_col]]
+        _check_tag_names(tags, csv, sep)
         classnames = sorted({t for row in tags for t in row})
         col = {c: i for i, c in enumerate(classnames)}
         labels = np.zeros((len(df), len(classnames)), dtype=np.int64)
         for r, row in enumerate(tags):
             labels[r, [col[t] for t in row]] = 1
     else:
-        classnames = [c for c in df.columns if c not in (image_col, split_col)]
+        classnames = [c for c in df.columns if c not in cols]
         if not classnames:
             raise DataError(f"{csv}: no '{labels_col}' column and no 0/1 class columns",
                             hint=f"add a '{labels_col}' column like 'cat{sep}dog' or one 0/1 column per class")
@@ -62,26 +87,76 @@ def prepare_table(csv: str | Path, images: str | Path, out: str | Path, *, image
         labels = vals.to_numpy().astype(np.int64)
     if not classnames:
         raise DataError(f"{csv}: no labels found in column '{labels_col}'")
+    return classnames, labels
+
+
+def _paths(df: pd.DataFrame, csv: Path, image_col: str, images: Path, allow_outside: bool,
+           check_images: bool) -> np.ndarray:
+    """Image paths relative to --images: unique, inside it (unless allowed), and existing."""
     paths = df[image_col].str.strip().to_numpy()
+    dup = pd.Series(paths)[pd.Series(paths).duplicated()].tolist()
+    if dup:
+        raise DataError(f"{csv}: image {dup[0]!r} appears {int((paths == dup[0]).sum())} times",
+                        hint="one row per image, with all its labels in that row")
+    root = images.resolve()
+    if not allow_outside:
+        outside = [p for p in paths if Path(p).is_absolute() or not (root / p).resolve().is_relative_to(root)]
+        if outside:
+            raise DataError(f"{csv}: {len(outside)} image path(s) point outside --images {images}, e.g. "
+                            f"{outside[0]!r}", hint="paths must be relative to --images; pass "
+                                                    "--allow-outside-images if that is really meant")
     if check_images:
         missing = [p for p in paths if not (images / p).is_file()]
         if missing:
             raise DataError(f"{csv}: {len(missing)} image files not found under {images}, e.g. {missing[:3]}",
                             hint="--images must be the folder the CSV paths are relative to")
+    return paths
+
+
+def _splits(df: pd.DataFrame, csv: Path, split_col: str, test_frac: float, seed: int) -> np.ndarray:
+    """One of train / val / test per row."""
     if split_col in df.columns:
-        split = df[split_col].str.strip().str.lower()
-        unknown = sorted(set(split) - {"train", "test", "val"})
+        split = df[split_col].str.strip().str.lower().to_numpy()
+        unknown = sorted(set(split) - set(SPLITS))
         if unknown:
-            raise DataError(f"{csv}: column '{split_col}' has {unknown}; use train or test")
-        is_test = split.isin(["test", "val"]).to_numpy()
-    else:
-        if not 0.0 < test_frac < 1.0:
-            raise DataError(f"--test-frac must be in (0, 1), got {test_frac}")
-        n_test = int(round(test_frac * len(df)))
-        is_test = np.zeros(len(df), dtype=bool)
-        is_test[np.random.RandomState(seed).permutation(len(df))[:n_test]] = True
-    if is_test.all() or not is_test.any():
-        raise DataError(f"{csv}: need both train and test rows, got {int((~is_test).sum())} and {int(is_test.sum())}")
-    phases = {"train": (paths[~is_test], labels[~is_test]), "val": (paths[is_test], labels[is_test])}
-    summary = write_layout(out, "table", classnames, images, phases, extra={"source": str(csv)})
+            raise DataError(f"{csv}: column '{split_col}' has {unknown}; use train, val (optional) or test")
+        return split
+    if not 0.0 < test_frac < 1.0:
+        raise DataError(f"--test-frac must be in (0, 1), got {test_frac}")
+    split = np.full(len(df), "train", dtype=object)
+    split[np.random.RandomState(seed).permutation(len(df))[:int(round(test_frac * len(df)))]] = "test"
+    return split
+
+
+def prepare_table(csv: str | Path, images: str | Path, out: str | Path, *, image_col: str | None = None,
+                  labels_col: str = "labels", sep: str = "|", split_col: str = "split", test_frac: float = 0.2,
+                  seed: int = 0, check_images: bool = True, observed_only: bool = False,
+                  allow_outside_images: bool = False) -> dict:
+    csv, images = Path(csv), Path(images)
+    df = _read_csv(csv)
+    if df.empty:
+        raise DataError(f"{csv}: no rows")
+    image_col = _image_column(df, csv, image_col)
+    classnames, labels = _labels(df, csv, (image_col, split_col), labels_col, sep)
+    paths = _paths(df, csv, image_col, images, allow_outside_images, check_images)
+    split = _splits(df, csv, split_col, test_frac, seed)
+    if not (split == "test").any() or not (split == "train").any():
+        raise DataError(f"{csv}: need both train and test rows, got {int((split == 'train').sum())} and "
+                        f"{int((split == 'test').sum())}")
+    train = np.flatnonzero(split != "test")  # explicit val rows live in the train file, as in Cole's layout
+    extra = {"source": str(csv), "train_labels": "observed-only" if observed_only else "full"}
+    if (split == "val").any():
+        extra["val_rows"] = [int(i) for i in np.flatnonzero(split[train] == "val")]
+    observed = None
+    if observed_only:  # the known positives are the observed labels; nothing else is known of these rows
+        if (labels[split == "train"].sum(1) == 0).any():
+            raise DataError(f"{csv}: {int((labels[split == 'train'].sum(1) == 0).sum())} training row(s) have no "
+                            "label", hint="in --observed-only mode every training image needs its known tag")
+        obs = np.where((split[train] == "train")[:, None], labels[train], 0)
+        observed = {"train": obs}
+    phases = {"train": (paths[train], labels[train]), "val": (paths[split == "test"], labels[split == "test"])}
+    summary = write_layout(out, "table", classnames, images, phases, extra=extra, observed=observed)
+    summary["val_images"] = len(extra.get("val_rows", [])) or "a seeded 20 % of the train rows"
+    if observed_only:
+        summary["train_labels"] = "observed only (pseudo-label precision/recall will not be reported)"
     return summary
