@@ -19,7 +19,8 @@ from aevlp.device import DTYPES, resolve_device, resolve_precision
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.specs import ClipSpec
 
-__all__ = ["ClipModel", "ClipIdentity", "identify_clip", "load_clip", "prompt_name", "file_sha256"]
+__all__ = ["ClipModel", "ClipIdentity", "identify_clip", "load_clip", "load_text_encoder", "prompt_name",
+           "file_sha256"]
 
 log = logging.getLogger("aevlp")
 
@@ -184,3 +185,53 @@ def load_clip(spec: ClipSpec, *, load_weights: bool = True) -> ClipModel:
     model = model.to(DTYPES[ident.precision]).eval().requires_grad_(False)
     encoder = torch.compile(model.encode_image) if spec.compile else None
     return ClipModel(model=model, tokenizer=_tokenizer(source), identity=ident, device=dev, encoder=encoder)
+
+
+class _TextOnly(torch.nn.Module):
+    """Just the text tower of a CLIP model, with CLIP's `encode_text` (for re-prompting a cache)."""
+
+    def __init__(self, tower: torch.nn.Module):
+        super().__init__()
+        self.text = tower
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.text(tokens)
+
+
+def _text_weights(source: ClipSource) -> dict:
+    """The text tower's part of the checkpoint (weights_only), keys as the tower names them."""
+    import open_clip
+
+    if source.kind == "tag":
+        from open_clip.pretrained import download_pretrained
+
+        path = download_pretrained(open_clip.get_pretrained_cfg(source.arch, source.pretrained))
+    else:
+        path = source.pretrained
+    state = open_clip.factory.load_state_dict(path, weights_only=True)
+    if any(k.startswith("text.") for k in state):
+        return {k[5:]: v for k, v in state.items() if k.startswith("text.")}
+    names = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+    return {k: v for k, v in state.items() if k.startswith(names)}
+
+
+def load_text_encoder(spec: ClipSpec) -> ClipModel:
+    """The text side only: what re-prompting a cache needs. Standard open_clip text towers are built
+    alone (no image encoder); others (HF text models, converted checkpoints) fall back to the full model."""
+    from open_clip.model import CLIPTextCfg, _build_text_tower
+
+    ident = identify_clip(spec)
+    source, dev = ident.source, resolve_device(spec.device)
+    text_cfg = source.model_cfg.get("text_cfg", {})
+    if "hf_model_name" in text_cfg or source.kind == "random":
+        return load_clip(spec)
+    try:
+        tower = _build_text_tower(source.embed_dim, CLIPTextCfg(**text_cfg), source.quick_gelu)
+        missing, unexpected = tower.load_state_dict(_text_weights(source), strict=False)
+        if [k for k in missing if k != "attn_mask"] or unexpected:
+            raise ValueError(f"text weights do not fit (missing {len(missing)}, unexpected {len(unexpected)})")
+    except Exception as e:  # unusual checkpoint layouts: build the whole model rather than guess
+        log.info("text tower alone not possible (%s): building the full CLIP", e)
+        return load_clip(spec)
+    model = _TextOnly(tower).to(dev, DTYPES[ident.precision]).eval().requires_grad_(False)
+    return ClipModel(model=model, tokenizer=_tokenizer(source), identity=ident, device=dev)

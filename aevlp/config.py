@@ -46,7 +46,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
              "vlpl_temperature": 0.01},
     "train": {"backbone": "resnet50", "weights": "default", "labels": "observed", "epochs": 8, "batch_size": 16,
               "lr": 1e-5, "lr_mult": 10.0, "image_size": 0, "early_stop": "aevlp", "patience": 2,
-              "max_drop": 2.0, "linear_init": 0, "seed": 0, "workers": 2, "device": "auto", "precision": "auto",
+              "max_drop": 2.0, "linear_init": 0, "seed": 0, "workers": -1, "device": "auto", "precision": "auto",
+              "image_cache": False, "decode_on": "worker", "channels_last": "auto", "compile": False,
               "out": "runs"},
     "cache": {"path": "", "store_embeddings": "none", "on_bad_image": "fail"},
 }
@@ -58,6 +59,8 @@ CHOICES = {
     ("views", "interpolation"): ("checkpoint", "bilinear", "bicubic", "nearest"),
     ("views", "normalize"): ("checkpoint", "clip", "imagenet"),
     ("views", "resize_on"): ("worker", "device"),
+    ("train", "decode_on"): ("worker", "device"),
+    ("train", "channels_last"): ("auto", "on", "off"),
     ("damp", "source"): ("damp", "global"),
     ("damp", "mode"): ("paper", "official"),
     ("train", "labels"): ("observed", "full"),

@@ -23,6 +23,7 @@ def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False)
 POS = (lambda v: v > 0, "> 0")
 NONNEG = (lambda v: v >= 0, ">= 0")
 ONE_UP = (lambda v: v >= 1, ">= 1")
+MINUS_ONE_UP = (lambda v: v >= -1, ">= 0, or -1 for one per core but one")
 UNIT = _between(0, 1)
 DEVICE = (lambda v: bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)), "auto, cpu, cuda or cuda:N")
 FOUR_NUMBERS = (lambda v: len(v) == 4 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v),
@@ -46,7 +47,7 @@ RANGES: dict[tuple[str, str], tuple[Callable[[Any], bool], str]] = {
     ("loss", "boost_alpha"): POS, ("loss", "vlpl_threshold"): UNIT, ("loss", "vlpl_temperature"): POS,
     ("train", "epochs"): ONE_UP, ("train", "batch_size"): ONE_UP, ("train", "lr"): _between(0, 10, True),
     ("train", "lr_mult"): POS, ("train", "image_size"): NONNEG, ("train", "patience"): NONNEG,
-    ("train", "max_drop"): NONNEG, ("train", "linear_init"): NONNEG, ("train", "workers"): NONNEG,
+    ("train", "max_drop"): NONNEG, ("train", "linear_init"): NONNEG, ("train", "workers"): MINUS_ONE_UP,
     ("train", "device"): DEVICE,
 }
 

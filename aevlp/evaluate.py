@@ -12,7 +12,7 @@ from aevlp.checkpoint import load_checkpoint
 from aevlp.data import load_dataset
 from aevlp.device import autocast
 from aevlp.errors import AevlpError
-from aevlp.inputs import ImageRows
+from aevlp.inputs import ImageRows, to_model_input
 from aevlp.metrics import evaluation_report, per_class_ap
 
 __all__ = ["predict_scores", "evaluate_checkpoint", "predict_images"]
@@ -20,14 +20,16 @@ __all__ = ["predict_scores", "evaluate_checkpoint", "predict_images"]
 
 @torch.no_grad()
 def predict_scores(model: torch.nn.Module, loader: DataLoader, device: torch.device,
-                   precision: str = "fp32") -> np.ndarray:
+                   precision: str = "fp32", prepare=None) -> np.ndarray:
     """Sigmoid probabilities [N, C] for every item of the loader, in row order (`precision`: resolved
-    autocast dtype, as training used)."""
+    autocast dtype, as training used; `prepare(x, rows)`: the batch as the model takes it, by default
+    `to_model_input` without flips)."""
     model.eval()
+    prepare = prepare or (lambda x, rows: to_model_input(x, device))
     out = np.zeros((len(loader.dataset), model.head.out_features), dtype=np.float32)
     for x, rows in loader:
         with autocast(device, precision):
-            logits = model(x.to(device, non_blocking=True))
+            logits = model(prepare(x, rows))
         out[rows.numpy()] = torch.sigmoid(logits.float()).cpu().numpy()
     return out
 

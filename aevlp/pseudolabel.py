@@ -30,14 +30,14 @@ from aevlp.cache import (
     partial_path,
     read_fingerprint,
 )
+from aevlp.cache.summary import filled_summary
 from aevlp.cache.validate import problems as cache_problems
 from aevlp.clip import ClipIdentity, ClipModel, identify_clip, load_clip
 from aevlp.damp import pseudo_labels
 from aevlp.data import SPMLData, image_identity
 from aevlp.errors import AevlpError
-from aevlp.metrics import pseudo_label_quality
+from aevlp.reprompt import can_reprompt, rederive
 from aevlp.specs import Specs
-from aevlp.teacher import zero_shot_summary
 from aevlp.text import class_phrases, relation_id, text_features
 from aevlp.views import GlobalViews, ViewBatches, ViewSpec, expand_views, normalize, render_on_device, unique_slots
 
@@ -98,7 +98,7 @@ def stage_one_fingerprint(specs: Specs, clip: ClipIdentity, views: ViewSpec, ids
     """Everything that changes the cached numbers — and nothing that does not (e.g. DAMP selection)."""
     t = specs.text
     return {
-        "schema_version": SCHEMA_VERSION, "dataset": specs.dataset.name,
+        "schema_version": SCHEMA_VERSION, "dataset": specs.dataset.name, "ids_hash": dataset_hash(ids, np.zeros(0)),
         "dataset_hash": dataset_hash(ids, observed), "images_hash": images_hash, "num_images": len(ids),
         "num_classes": int(observed.shape[1]),
         "clip_arch": clip.arch, "clip_weights": clip.weights_id, "clip_config": clip.config_id,
@@ -113,14 +113,17 @@ def stage_one_fingerprint(specs: Specs, clip: ClipIdentity, views: ViewSpec, ids
 
 
 def _status(target: Path, fp: dict) -> tuple[str, list[str]]:
-    """up-to-date, stale (other settings: the changed fields), damaged (what is wrong), incomplete,
-    resume (a matching .partial) or missing."""
+    """up-to-date, reprompt (only the text side changed and every view's embedding is stored: the
+    changed fields), stale (other settings), damaged (what is wrong), incomplete, resume (a matching
+    .partial) or missing."""
     if target.exists():
         try:
             old, complete = read_fingerprint(target)
         except AevlpError as e:
             return "damaged", [e.message]
         diff = fingerprint_diff(old, fp)
+        if diff and can_reprompt(old, fp) and complete:
+            return "reprompt", diff
         if diff:
             return "stale", diff
         if not complete:
@@ -167,20 +170,27 @@ def _load_scorer(plan: StageOnePlan) -> _Scorer:
 
 
 def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None, progress: bool = True,
-                    shard: tuple[int, int] | None = None, plan: StageOnePlan | None = None) -> dict:
+                    shard: tuple[int, int] | None = None, plan: StageOnePlan | None = None,
+                    reprompt: bool = True) -> dict:
     """Compute (or reuse, or resume) the cache the config asks for; returns a summary dict.
 
     A matching complete cache is reused without loading CLIP at all. Under torchrun each rank
     computes one shard and rank 0 merges them; `shard=(k, w)` computes shard k alone and merges
     when all W shards are complete (how a failed rank is re-run). `plan`: a `plan_stage_one` result
-    for this very cfg and limit, when the caller already made one.
+    for this very cfg and limit, when the caller already made one. When only the text side changed
+    (prompts, phrases, classes, GCN) and the cache stores every view's embedding, the new cache is
+    re-derived from those embeddings without decoding or encoding an image (`reprompt=False`: the
+    full path).
     """
     plan = plan or plan_stage_one(cfg, limit)
     target = plan.target
     if plan.status == "up-to-date" and not force:
         return {"cache": str(target), "status": "reused", "images": plan.n}
-    if plan.status in ("stale", "damaged", "incomplete") and not force:
-        what = {"stale": "was made with different settings:", "damaged": "is damaged:",
+    if plan.status == "reprompt" and reprompt:
+        return {"cache": str(target), "status": "re-prompted", **rederive(plan, progress=progress)}
+    if plan.status in ("stale", "reprompt", "damaged", "incomplete") and not force:
+        what = {"stale": "was made with different settings:", "reprompt": "was made with different settings:",
+                "damaged": "is damaged:",
                 "incomplete": "is marked incomplete (a run that did not finish)"}[plan.status]
         raise AevlpError(f"{target} {what}" + "".join("\n    " + d for d in plan.diff),
                          hint="pass --force to recompute (the old file stays until the new one is complete), "
@@ -208,12 +218,12 @@ def _run_shard(plan: StageOnePlan, scorer: _Scorer, shard: tuple[int, int], prog
     if world > 1:  # under torchrun: everyone waits, rank 0 merges
         distributed.barrier()
         if rank == 0:
-            shards.merge_shards(target, fp, w, rows, _merged_summary)
+            shards.merge_shards(target, fp, w, rows, filled_summary)
         distributed.barrier()
         return {"cache": str(target), "status": "computed", "shard": f"{k}/{w}", "images": n}
     left = [i for i in range(w) if not shards.shard_complete(target, fp, i, w, rows[i])]
     if not left:
-        shards.merge_shards(target, fp, w, rows, _merged_summary)
+        shards.merge_shards(target, fp, w, rows, filled_summary)
         return {"cache": str(target), "status": "merged", "shard": f"{k}/{w}", "images": n}
     return {"cache": str(shards.shard_path(target, k, w)), "status": "shard done", "shard": f"{k}/{w}",
             "images": rows[k][1] - rows[k][0], "shards_left": left}
@@ -255,7 +265,7 @@ def _compute(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tu
                     paths = [str(plan.data.image_root / i) for i in split_ids]
                     writer.write_eval(split_name, _embed_eval(plan, scorer, paths, progress, split_name))
                 writer.f.attrs["eval_done"] = True
-            stats = _merged_summary(writer.f)
+            stats = filled_summary(writer.f)
             stats.update({"computed_images": done, "seconds": round(time.time() - t_start, 2),
                           "images_per_s": round(done / max(time.time() - t_start, 1e-9), 2)})
             writer.finish(stats)
@@ -263,13 +273,6 @@ def _compute(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tu
             writer.close()
             raise
     return stats, writer.resumed
-
-
-def _merged_summary(f) -> dict:
-    """Pseudo-label quality, the zero-shot teacher's test mAP, and counts of a filled cache file."""
-    bad = f["bad"][:]
-    stats = _quality(f["pseudo"][:], f["observed"][:], f["labels"][:], bad) if "labels" in f else {}
-    return {**stats, **zero_shot_summary(f), "images": int(len(bad)), "bad_images": int(bad.sum())}
 
 
 def _encode(clip: ClipModel, slots: torch.Tensor, views: ViewSpec) -> torch.Tensor:
@@ -364,15 +367,3 @@ def _embed_eval(plan: StageOnePlan, scorer: _Scorer, paths: list[str], progress:
         emb = _encode(scorer.clip, slots, plan.views).cpu().numpy()
         out[rows.numpy()] = emb if every else emb[:, 0]
     return out
-
-
-def _quality(pseudo: np.ndarray, observed: np.ndarray, labels: np.ndarray, bad: np.ndarray) -> dict:
-    """Mean over rounds of pseudo-label P/R/F1 against the ground truth (non-observed entries)."""
-    keep = ~bad
-    if not keep.any():
-        return {}
-    qs = [pseudo_label_quality(pseudo[r][keep], observed[keep], labels[keep]) for r in range(pseudo.shape[0])]
-    return {f"pseudo_{k}": round(float(np.mean([q[k] for q in qs])), 3)
-            for k in ("precision", "recall", "f1", "f1_official")} | \
-        {"pseudo_positives_per_image": round(float(np.mean([(p[keep] == 1).sum(1).mean() for p in pseudo])), 3),
-         "pseudo_negatives_per_image": round(float(np.mean([(p[keep] == -1).sum(1).mean() for p in pseudo])), 3)}

@@ -55,6 +55,10 @@ def _stage_one(p1: StageOnePlan, force: bool) -> StagePlan:
     if force:
         return StagePlan("pseudolabel", True, "forced (--force-stage pseudolabel)")
     return {"up-to-date": StagePlan("pseudolabel", False, f"{target} matches the pipeline"),
+            "reprompt": StagePlan("pseudolabel", True, "re-prompt from embeddings: only the text side changed "
+                                                       "(no image is encoded)", p1.diff),
+            "damaged": StagePlan("pseudolabel", True, f"{target} is damaged", p1.diff),
+            "incomplete": StagePlan("pseudolabel", True, f"{target} is marked incomplete"),
             "stale": StagePlan("pseudolabel", True, f"{target} was made with other settings", p1.diff),
             "resume": StagePlan("pseudolabel", True, f"an unfinished run will be resumed ({target}.partial)"),
             }.get(p1.status, StagePlan("pseudolabel", True, f"no cache at {target}"))
@@ -79,10 +83,13 @@ def _stage_two(cfg: dict, run_dir: Path, cache_fp: dict, data_hash: str, stage_o
     return StagePlan("train", False, f"{results} is current")
 
 
-def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit: int | None = None) -> PipelinePlan:
+def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit: int | None = None,
+                  reprompt: bool = True) -> PipelinePlan:
     """The decision and its reason for each stage. Fills in cfg's cache path, as the run will record it."""
     cfg["cache"]["path"] = str(Specs.of(cfg).cache_path)
     p1 = plan_stage_one(cfg, limit)
+    if p1.status == "reprompt" and not reprompt:
+        p1.status = "stale"
     one = _stage_one(p1, force_stage == "pseudolabel")
     run_dir = run_dir_for(cfg, name)
     data_hash = training_data_hash(p1.data, p1.specs.dataset.image_check)
@@ -91,14 +98,14 @@ def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit
 
 
 def run_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit: int | None = None,
-                 progress: bool = True, echo=print) -> dict:
+                 progress: bool = True, echo=print, reprompt: bool = True) -> dict:
     """Run the stale stages; returns the training results (read back if stage two was up to date)."""
-    plan = plan_pipeline(cfg, name, force_stage=force_stage, limit=limit)
+    plan = plan_pipeline(cfg, name, force_stage=force_stage, limit=limit, reprompt=reprompt)
     one, two = plan.stages
     for stage in plan.stages:
         echo(f"{stage.stage}: {'run' if stage.run else 'skip'} - {stage.reason}")
     if one.run:
-        run_pseudolabel(cfg, force=True, limit=limit, progress=progress, plan=plan.stage_one)
+        run_pseudolabel(cfg, force=True, limit=limit, progress=progress, plan=plan.stage_one, reprompt=reprompt)
     if not two.run:
         return json.loads((plan.run_dir / "results.json").read_text())
     return run_train(cfg, run_dir=plan.run_dir, limit=limit, progress=progress)

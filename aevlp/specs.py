@@ -107,10 +107,14 @@ class TrainSpec:
     max_drop: float
     linear_init: int
     seed: int
-    workers: int
+    workers: int  # DataLoader processes; -1: the machine's cores but one (at most 8)
     device: str
     precision: str
     out: str
+    image_cache: bool = False  # read pre-resized uint8 images (aevlp.cache.images) instead of decoding JPEGs
+    decode_on: str = "worker"  # worker | device (JPEGs decoded on the GPU by torchvision.io.decode_jpeg)
+    channels_last: str = "auto"  # auto (= on) | on | off: the image backbone's memory format
+    compile: bool = False  # torch.compile the model
 
 
 @dataclass(frozen=True)

@@ -20,13 +20,14 @@ from tqdm.auto import tqdm
 
 from aevlp import distributed
 from aevlp.cache import Cache, fingerprint_id
+from aevlp.cache.images import CachedImages, ensure_image_cache, image_cache_path
 from aevlp.checkpoint import load_checkpoint, load_training_state, save_checkpoint
 from aevlp.config import dump_config
 from aevlp.data import SPMLData, training_data_hash
 from aevlp.device import autocast, resolve_device, resolve_train_precision
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.evaluate import predict_scores
-from aevlp.inputs import EmbeddingRows, ImageRows, make_loader
+from aevlp.inputs import EmbeddingRows, ImageRows, flips, make_loader, to_model_input
 from aevlp.labeler import PseudoLabeler
 from aevlp.losses import LOSSES, LossSpec, Method, RunInfo, build_method
 from aevlp.metrics import (
@@ -62,6 +63,7 @@ class TrainRun:
     model: torch.nn.Module  # core, or its DistributedDataParallel wrapper
     opt: torch.optim.Optimizer
     inputs: tuple  # train, val, test datasets
+    train_loader: torch.utils.data.DataLoader  # built once (persistent workers); reshuffled per epoch
     run: Path
     main: bool
     meta: dict
@@ -69,6 +71,15 @@ class TrainRun:
     @property
     def t(self) -> TrainSpec:
         return self.specs.train
+
+    def batch(self, x, rows: torch.Tensor, epoch: int | None = None) -> torch.Tensor:
+        """A loader batch as the model takes it, on the device; `epoch`: apply that epoch's training flips."""
+        flip = flips(self.t.seed, epoch, rows) if epoch is not None and self.inputs[0].input == "image" else None
+        return to_model_input(x, self.device, flip, size=self.meta["image_size"],
+                              channels_last=_channels_last(self.t))
+
+    def ordered(self, split: int) -> torch.utils.data.DataLoader:
+        return make_loader(self.inputs[split], self.t.batch_size * 2, self.t.workers, self.device)
 
 
 def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path | None = None,
@@ -154,11 +165,12 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: t
             "embed_dim": core.head.in_features if BACKBONES.get(t.backbone).input == "embedding" else 0,
             "dataset": data.info.name, "loss": specs.loss["name"], **_clip_meta(cache, t)}
     damp = spec.pseudo_labels(specs.damp, params) if spec.pseudo_labels else specs.damp
+    inputs = _inputs(specs, data, cache, n, keep, meta["image_size"], device, main)
     return TrainRun(specs=specs, data=data, cache=cache, keep=keep, observed=observed, truth=truth,
                     method=method, loss_spec=spec, labeler=PseudoLabeler(cache, damp, observed), device=device,
                     precision=resolve_train_precision(t.precision, device), core=core, model=model,
-                    opt=opt, inputs=_inputs(specs, data, cache, n, keep, meta["image_size"]), run=run, main=main,
-                    meta=meta)
+                    opt=opt, inputs=inputs, run=run, main=main, meta=meta,
+                    train_loader=make_loader(inputs[0], t.batch_size, t.workers, device, shuffle_seed=t.seed))
 
 
 def _device(t: TrainSpec, stateful: bool) -> tuple[torch.device, bool]:
@@ -182,15 +194,23 @@ def _model(t: TrainSpec, num_classes: int, cache: Cache, device: torch.device, m
     torch.manual_seed(t.seed)
     core = build_model(t.backbone, num_classes, weights=t.weights, embed_dim=cache.embed_dim).to(device)
     method.prepare_model(core)
-    if device.type == "cuda" and BACKBONES.get(t.backbone).input == "image":
+    if _channels_last(t):
         core = core.to(memory_format=torch.channels_last)
     model = core
     if distributed.env()[1] > 1:  # same seed on every rank, so the replicas start identical
         model = torch.nn.parallel.DistributedDataParallel(
             core, device_ids=[distributed.env()[2]] if device.type == "cuda" else None)
+    if t.compile:
+        model = torch.compile(model)
     opt = torch.optim.Adam([{"params": core.backbone.parameters(), "lr": t.lr},
                             {"params": core.head.parameters(), "lr": t.lr * t.lr_mult}, *method.param_groups()])
     return core, model, opt
+
+
+def _channels_last(t: TrainSpec) -> bool:
+    """Image backbones in channels_last memory format unless train.channels_last = off ("auto" is on:
+    1.1-1.3x faster training steps on CPU and on GPU, docs/performance.md; the batches arrive in it)."""
+    return BACKBONES.get(t.backbone).input == "image" and t.channels_last != "off"
 
 
 def _clip_meta(cache: Cache, t: TrainSpec) -> dict:
@@ -214,8 +234,13 @@ def _image_size(t: TrainSpec, data: SPMLData) -> int:
         return max(im.size)
 
 
-def _inputs(specs: Specs, data: SPMLData, cache: Cache, n: int, keep: np.ndarray, size: int):
-    """Train/val/test datasets for the backbone's input type (image files or cached embeddings)."""
+SPLITS = ("train", "val", "test")
+
+
+def _inputs(specs: Specs, data: SPMLData, cache: Cache, n: int, keep: np.ndarray, size: int,
+            device: torch.device, main: bool):
+    """Train/val/test datasets for the backbone's input type: cached embeddings, or images decoded in
+    the workers, decoded on the GPU (train.decode_on), or read pre-resized (train.image_cache)."""
     t = specs.train
     if BACKBONES.get(t.backbone).input == "embedding":
         if not cache.has_eval_embeddings():
@@ -224,8 +249,29 @@ def _inputs(specs: Specs, data: SPMLData, cache: Cache, n: int, keep: np.ndarray
         return (EmbeddingRows(cache.global_embeddings()[:, keep]), EmbeddingRows(cache.eval_embeddings("val")),
                 EmbeddingRows(cache.eval_embeddings("test")))
     root = data.image_root
-    return (ImageRows([root / p for p in data.train.images[:n][keep]], size, train=True, seed=t.seed),
-            ImageRows([root / p for p in data.val.images], size), ImageRows([root / p for p in data.test.images], size))
+    paths = {"train": [root / p for p in data.train.images[:n][keep]], "val": [root / p for p in data.val.images],
+             "test": [root / p for p in data.test.images]}
+    if t.image_cache:
+        path = image_cache_path(specs.cache_path, data.info.name, size)
+        if main:
+            ensure_image_cache(data, size, path)
+        distributed.barrier()
+        rows = {"train": np.flatnonzero(keep), "val": None, "test": None}
+        return tuple(ImageRows(paths[s], size, images=CachedImages(path, s, rows[s])) for s in SPLITS)
+    if t.decode_on == "device":
+        _check_device_decode(device, paths)
+    return tuple(ImageRows(paths[s], size, encoded=t.decode_on == "device") for s in SPLITS)
+
+
+def _check_device_decode(device: torch.device, paths: dict) -> None:
+    """train.decode_on = device needs a CUDA device and JPEG files (the GPU decoder reads JPEG only)."""
+    if device.type != "cuda":
+        raise ConfigError(f"train.decode_on = device needs a CUDA device (training runs on {device})",
+                          hint="leave train.decode_on = worker")
+    other = next((p for ps in paths.values() for p in ps if Path(p).suffix.lower() not in (".jpg", ".jpeg")), None)
+    if other is not None:
+        raise ConfigError(f"train.decode_on = device decodes JPEG only, and {other} is not one",
+                          hint="leave train.decode_on = worker, or use train.image_cache = true")
 
 
 def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndarray]:
@@ -237,15 +283,15 @@ def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndar
     y_obs = torch.as_tensor((r.truth if t.labels == "full" else r.observed)[keep])
     y_full = torch.as_tensor(r.truth[keep])
     r.core.backbone.requires_grad_(epoch > t.linear_init)
-    train_ds = r.inputs[0]
-    train_ds.set_epoch(epoch)
-    loader = make_loader(train_ds, t.batch_size, t.workers, r.device, shuffle_seed=t.seed, epoch=epoch)
+    r.inputs[0].set_epoch(epoch)
+    r.train_loader.sampler.set_epoch(epoch)
     r.model.train()
     scaler = torch.amp.GradScaler(r.device.type, enabled=r.precision == "fp16")  # fp16 needs loss scaling
     total, count = 0.0, 0
-    for x, rows in tqdm(loader, desc=f"epoch {epoch}/{t.epochs}", disable=not (progress and r.main), leave=False):
+    for x, rows in tqdm(r.train_loader, desc=f"epoch {epoch}/{t.epochs}", disable=not (progress and r.main),
+                        leave=False):
         with autocast(r.device, r.precision):
-            logits = r.model(x.to(r.device, non_blocking=True))
+            logits = r.model(r.batch(x, rows, epoch))
         loss = r.method.loss(logits.float(), y_obs[rows].to(r.device), rows=rows, pseudo=z[rows].to(r.device),
                              full=y_full[rows].to(r.device), schedule=sched, epoch=epoch)
         if not torch.isfinite(loss):
@@ -258,23 +304,21 @@ def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndar
         total += loss.item() * len(rows)
         count += len(rows)
     total, count = distributed.all_sum([total, count])
-    extra = r.method.end_epoch(epoch, lambda: _train_scores(r))
+    extra = r.method.end_epoch(epoch, lambda: _train_scores(r, epoch))
     return {"epoch": epoch, "loss": total / max(count, 1), "round": r.labeler.round_for(epoch), **sched,
             **extra}, z_all
 
 
-def _train_scores(r: TrainRun) -> np.ndarray:
+def _train_scores(r: TrainRun, epoch: int) -> np.ndarray:
     """Predictions [N, C] on the training rows, in order, with this epoch's training flips (APL's input)."""
-    loader = make_loader(r.inputs[0], r.t.batch_size * 2, r.t.workers, r.device)
-    return predict_scores(r.core, loader, r.device, r.precision)
+    return predict_scores(r.core, r.ordered(0), r.device, r.precision, prepare=lambda x, rows: r.batch(x, rows, epoch))
 
 
 def _judge(r: TrainRun, state: dict, rec: dict, z_all: np.ndarray, t0: float) -> bool:
     """Val mAP (rank 0 computes, every rank receives it) and the early-stopping decision; True if improved."""
-    val_loader = make_loader(r.inputs[1], r.t.batch_size * 2, r.t.workers, r.device)
     val_map = distributed.broadcast(
-        mean_average_precision(predict_scores(r.core, val_loader, r.device, r.precision), r.data.val.labels)
-        if r.main else None)
+        mean_average_precision(predict_scores(r.core, r.ordered(1), r.device, r.precision, prepare=r.batch),
+                               r.data.val.labels) if r.main else None)
     keep = r.keep
     q = pseudo_label_quality(z_all[keep], r.observed[keep], r.truth[keep]) \
         if r.loss_spec.uses_pseudo and r.data.train_labels_known else {}
@@ -319,8 +363,9 @@ def _test_and_write_results(r: TrainRun, state: dict) -> dict:
     """Test the best checkpoint once; write per_class_ap.csv and results.json."""
     best, _ = load_checkpoint(r.run / "best.pt")
     best.to(r.device)
-    loader = make_loader(r.inputs[2], r.t.batch_size * 2, r.t.workers, r.device)
-    test_scores = predict_scores(best, loader, r.device, r.precision)
+    if _channels_last(r.t):
+        best = best.to(memory_format=torch.channels_last)
+    test_scores = predict_scores(best, r.ordered(2), r.device, r.precision, prepare=r.batch)
     test_metrics = evaluation_report(test_scores, r.data.test.labels)
     test_map = test_metrics["map"]
     per_class_ap(test_scores, r.data.test.labels, r.data.classnames).to_csv(r.run / "per_class_ap.csv", index=False)

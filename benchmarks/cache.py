@@ -35,7 +35,7 @@ from aevlp.specs import DampSpec  # noqa: E402
 def stage_one(root: Path, out: Path, n: int, rounds: int, arch: str) -> float:
     cfg = load_config(None, ['dataset.name="voc"', f'dataset.data_root="{root}"', f'cache.path="{out}"',
                              f'clip.arch="{arch}"', 'clip.pretrained=""', "views.grid=4", f"views.rounds={rounds}",
-                             "clip.batch_size=16", "clip.workers=1", "dataset.val_frac=0.0"])
+                             "clip.batch_size=16", "clip.workers=1", "dataset.val_frac=0.01"])
     run_pseudolabel(cfg, limit=min(n, 8), progress=False, force=True)  # warm-up
     t = time.perf_counter()
     run_pseudolabel(cfg, limit=n, progress=False, force=True)

@@ -51,7 +51,7 @@ def pipeline(arch: str, precision: str, root: Path, out: Path, grid: int, n: int
     cfg = load_config(None, ['dataset.name="voc"', f'dataset.data_root="{root}"', f'cache.path="{out}"',
                              f'clip.arch="{arch}"', 'clip.pretrained=""', f'clip.precision="{precision}"',
                              f"views.grid={grid}", "views.rounds=1", "clip.batch_size=16",
-                             f"clip.workers={workers}", "dataset.val_frac=0.0"])
+                             f"clip.workers={workers}", "dataset.val_frac=0.01"])
     run_pseudolabel(cfg, limit=min(n, 16), progress=False, force=True)
     return run_pseudolabel(cfg, limit=n, progress=False, force=True)["images_per_s"]
 

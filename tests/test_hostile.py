@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import make_photo_dataset
 
 from aevlp.cli import cli
 from aevlp.config import load_config
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.pseudolabel import plan_stage_one, run_pseudolabel
 from aevlp.train import run_train
-from conftest import make_photo_dataset
 
 
 class Payload:
@@ -277,7 +277,7 @@ def test_data_info_lists_bad_images(tmp_path):
     ("loss.lam1=0.3", "below loss.lam2"), ("loss.reg=-0.1", "loss.reg"), ("loss.expected_pos=-1", "expected_pos"),
     ("train.lr_mult=0", "lr_mult"), ("train.patience=-1", "patience"), ("train.max_drop=-2", "max_drop"),
     ("train.batch_size=0", "batch_size"), ("clip.batch_size=0", "clip.batch_size"), ("damp.eta=-0.1", "damp.eta"),
-    ("damp.threshold=1.5", "damp.threshold"), ("train.image_size=-4", "image_size"), ("train.workers=-1", "workers"),
+    ("damp.threshold=1.5", "damp.threshold"), ("train.image_size=-4", "image_size"), ("train.workers=-2", "workers"),
     ("dataset.val_frac=1.0", "val_frac"), ('text.prompts=["a {} and a {}"]', "exactly one {}"),
     ("loss.beta=[1, 2]", "4 numbers"), ('loss.alpha=["a", 1, 2, 3]', "4 numbers"),
     ('train.device="gpu0"', "train.device"),

@@ -112,3 +112,54 @@ def cache_clean(folder: str, pipelines: tuple[str, ...], data_root: str | None, 
     for path, _ in items:
         path.unlink(missing_ok=True)
     click.echo(f"deleted {len(items)} files")
+
+
+@cache_group.command("export")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--round", "rnd", type=int, default=0, show_default=True, help="Augmentation round to export.")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "npz"]), default="csv", show_default=True)
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Output file [default: FILE.round0.csv].")
+def cache_export(file: str, rnd: int, fmt: str, out: str | None) -> None:
+    """Pseudo-labels and DAMP scores per image, with image ids and class names, for training elsewhere.
+
+    \b
+    csv/parquet: image, unreadable, positives, negatives, pseudo:CLASS (1/0/-1), score:CLASS.
+    npz: image_ids, classnames, pseudo [N, C], scores [N, C], bad [N].
+
+    Example: aevlp cache export cache/voc.h5 --round 0 --format csv --out voc_pseudo.csv
+    """
+    from aevlp.cache.export import export_pseudo_labels
+
+    target = out or f"{Path(file).with_suffix('')}.round{rnd}.{fmt}"
+    click.echo(f"wrote {export_pseudo_labels(file, target, rnd=rnd, fmt=fmt)}")
+
+
+@cache_group.command("gallery")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--class", "classname", default=None, help="One class: a PNG contact sheet [default: every class, "
+                                                         "with an index.html].")
+@click.option("--round", "rnd", type=int, default=0, show_default=True)
+@click.option("--per-panel", type=int, default=24, show_default=True, help="Images per panel.")
+@click.option("--out", default=None, type=click.Path(), help="PNG (one class) or folder [default: gallery/].")
+def cache_gallery(file: str, classname: str | None, rnd: int, per_panel: int, out: str | None) -> None:
+    """Look at the pseudo-labels: the images given a class, with the tile that fired outlined in red.
+
+    \b
+    Beside them, where the cache holds the ground truth: the images wrongly given the class, and
+    those that have it but were not pseudo-labelled. The image ids shown are listed in a JSON file
+    next to each PNG.
+
+    \b
+    Examples:
+      aevlp cache gallery demo/cache/fashion-mosaic.h5 --class sandal --out sandal.png
+      aevlp cache gallery cache/voc.h5 --out gallery/      # every class + gallery/index.html
+    """
+    from aevlp.cache.export import gallery, gallery_html
+
+    if classname:
+        g = gallery(file, classname, out or f"gallery/{classname}.png", rnd=rnd, per_panel=per_panel)
+        for title, ids in g["panels"].items():
+            click.echo(f"  {title}: {len(ids)}")
+        click.echo(f"wrote {g['png']}")
+    else:
+        click.echo(f"wrote {gallery_html(file, out or 'gallery', rnd=rnd, per_panel=per_panel)}")

@@ -39,6 +39,9 @@ from aevlp.data.registry import DATASETS
 @click.option("--limit", type=int, default=None, callback=check_limit,
               help="Only the first N training images (a quick try).")
 @click.option("--force", is_flag=True, help="Recompute even if a matching cache exists.")
+@click.option("--no-reprompt", is_flag=True,
+              help="When only prompts/phrases/classes/GCN changed, recompute fully (with --force) instead of "
+                   "re-deriving the cache from its stored embeddings.")
 @click.option("--shard", default=None, metavar="K/W",
               help="Compute only shard K of W (e.g. to re-run a failed torchrun rank alone); the cache is "
                    "merged once all W shards are complete. Under torchrun, shards are the ranks.")
@@ -46,7 +49,7 @@ from aevlp.data.registry import DATASETS
 @set_option
 def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, pretrained_cfg, clip_config, prompts, phrases,
                     grid, rounds, batch_size, workers, device, precision, store_embeddings, on_bad_image, limit,
-                    force, shard, no_progress, overrides) -> None:
+                    force, no_reprompt, shard, no_progress, overrides) -> None:
     """Stage one: score DAMP views of every training image with a frozen CLIP into an HDF5 cache.
 
     \b
@@ -79,7 +82,7 @@ def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, pretraine
     rank = distributed.env()[0]
     try:
         summary = run_pseudolabel(cfg, force=force, limit=limit, progress=not no_progress and rank == 0,
-                                  shard=parse_shard(shard) if shard else None)
+                                  shard=parse_shard(shard) if shard else None, reprompt=not no_reprompt)
     except KeyboardInterrupt:
         click.secho("interrupted: finished rows are kept; run the same command again to resume", fg="yellow", err=True)
         raise SystemExit(130) from None

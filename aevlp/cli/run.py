@@ -15,8 +15,11 @@ from aevlp.cli.group import cli
 @click.option("--force-stage", type=click.Choice(["pseudolabel", "train"]), default=None,
               help="Run this stage even if it is up to date (forcing pseudolabel re-trains too).")
 @click.option("--limit", type=int, default=None, callback=check_limit, help="Only the first N training images.")
+@click.option("--no-reprompt", is_flag=True,
+              help="When only prompts/phrases/classes/GCN changed, recompute stage one fully instead of re-deriving "
+                   "the cache from its stored embeddings.")
 @click.option("--no-progress", is_flag=True)
-def run_cmd(pipeline, data_root, overrides, dry_run, force_stage, limit, no_progress) -> None:
+def run_cmd(pipeline, data_root, overrides, dry_run, force_stage, limit, no_reprompt, no_progress) -> None:
     """Run a pipeline: stage one if its cache is missing or stale, then stage two if stale.
 
     \b
@@ -38,11 +41,12 @@ def run_cmd(pipeline, data_root, overrides, dry_run, force_stage, limit, no_prog
     cfg = load_config(path, overrides, **extra)
     name = path.stem
     if dry_run:
-        for plan in plan_pipeline(cfg, name, force_stage=force_stage, limit=limit).stages:
+        for plan in plan_pipeline(cfg, name, force_stage=force_stage, limit=limit, reprompt=not no_reprompt).stages:
             click.echo(f"{plan.stage}: {'would run' if plan.run else 'up to date'} - {plan.reason}")
             for line in plan.details:
                 click.echo(f"    {line}")
         return
-    r = run_pipeline(cfg, name, force_stage=force_stage, limit=limit, progress=not no_progress, echo=click.echo)
+    r = run_pipeline(cfg, name, force_stage=force_stage, limit=limit, progress=not no_progress, echo=click.echo,
+                     reprompt=not no_reprompt)
     click.echo(f"test mAP {r['test_map']:.2f}  (val mAP {r['val_map']:.2f}, best epoch {r['best_epoch']}); "
                f"run directory {r['run_dir']}")

@@ -1,0 +1,100 @@
+"""Re-prompting: a new text side (prompts, phrases, classes, GCN) for an existing cache, without images.
+
+Stage one's expensive half is the image encoder; its text side costs seconds. A cache made with
+`--store-embeddings all` keeps every distinct view's embedding, so when only the text side of the
+fingerprint changed, the new cache is derived from them: new class features (the text encoder
+alone), similarities, DAMP scores and pseudo-labels, written atomically like any cache. No image is
+decoded and no image encoder is built.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import h5py
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from aevlp.cache import CacheLayout, CacheLock, CacheWriter
+from aevlp.cache.summary import filled_summary
+from aevlp.damp import pseudo_labels
+
+__all__ = ["IMAGE_SIDE", "can_reprompt", "rederive"]
+
+# Fingerprint fields that describe the images and how they were encoded; everything else is the text side.
+IMAGE_SIDE = ("schema_version", "dataset", "ids_hash", "images_hash", "num_images", "clip_arch", "clip_weights",
+              "clip_config", "precision", "mean", "std", "interpolation", "resize_mode", "image_size", "quick_gelu",
+              "grid", "rounds", "resize_on", "flip", "jitter", "view_seed", "store_embeddings", "eval_hash")
+ROWS = 1024
+
+
+def can_reprompt(old: dict, new: dict) -> bool:
+    """True when the cache `old` describes stores every view and only its text side differs from `new`."""
+    return old.get("store_embeddings") == "all" == new.get("store_embeddings") and \
+        all(old.get(k) == new.get(k) for k in IMAGE_SIDE) and "ids_hash" in old
+
+
+def _sims(emb: np.ndarray, index: np.ndarray, text: torch.Tensor) -> torch.Tensor:
+    """[n, U, D] slot embeddings and their [n, R, V] index → [R, n, V, C] float16-rounded similarities."""
+    s = torch.as_tensor(emb.astype(np.float32)) @ text.T  # [n, U, C]
+    idx = torch.as_tensor(index.astype(np.int64))  # [n, R, V]
+    n, r, v = idx.shape
+    gathered = torch.gather(s, 1, idx.reshape(n, r * v, 1).expand(-1, -1, s.shape[-1]))
+    return gathered.reshape(n, r, v, -1).transpose(0, 1).half()
+
+
+def rederive(plan, progress: bool = True) -> dict:
+    """Write plan.target from the embeddings of the existing plan.target with the plan's text side."""
+    from aevlp.clip import load_text_encoder
+    from aevlp.text import text_features
+
+    t0 = time.time()
+    target, data, specs = plan.target, plan.data, plan.specs
+    clip = load_text_encoder(specs.clip)
+    feats, relation = text_features(clip, data.classnames, specs.text)
+    sel = specs.damp.selection()
+    with CacheLock(target):
+        with h5py.File(target, "r") as src:
+            writer = _writer_like(src, plan, feats, relation, sel)
+            try:
+                _fill_from(src, writer, feats, data.train.observed[:plan.n], sel, progress)
+                for split in ("val", "test"):
+                    if f"{split}_embeddings" in src and f"{split}_embeddings" in writer.f:
+                        writer.write_eval(split, src[f"{split}_embeddings"][:])
+                writer.f.attrs["eval_done"] = True
+                stats = {**filled_summary(writer.f), "reprompt_seconds": round(time.time() - t0, 2)}
+            except BaseException:
+                writer.close()
+                raise
+        writer.finish(stats)  # the source is closed: the new file replaces it atomically
+    return stats
+
+
+def _writer_like(src: h5py.File, plan, feats: torch.Tensor, relation, sel: dict) -> CacheWriter:
+    """A writer with the source's image-side layout and the plan's text side, rows and labels."""
+    data, n = plan.data, plan.n
+    return CacheWriter(plan.target, plan.fingerprint, CacheLayout.of_file(src), image_ids=list(data.train.images[:n]),
+                       classnames=data.classnames, observed=data.train.observed[:n],
+                       labels=data.train.labels[:n] if data.train_labels_known else None,
+                       text_features=feats.numpy(), relation=None if relation is None else relation.numpy(),
+                       selection=sel, eval_ids=plan.eval_ids,
+                       eval_labels={"val": data.val.labels, "test": data.test.labels} if plan.eval_ids else None,
+                       info={**json.loads(src.attrs.get("info", "{}")), "reprompted": True},
+                       clip_preprocess=json.loads(src.attrs["clip_preprocess"]))
+
+
+def _fill_from(src: h5py.File, writer: CacheWriter, feats: torch.Tensor, observed: np.ndarray, sel: dict,
+               progress: bool) -> None:
+    """Rows in chunks: never more than ROWS rows of embeddings in memory."""
+    n = src["embeddings"].shape[0]
+    obs = torch.as_tensor(observed)
+    for start in tqdm(range(0, n, ROWS), desc="re-prompt", unit="chunk", disable=not progress):
+        stop = min(start + ROWS, n)
+        emb, index, bad = src["embeddings"][start:stop], src["embedding_index"][start:stop], src["bad"][start:stop]
+        sims = _sims(emb, index, feats)  # [R, n, V, C]
+        scores, pseudo = zip(*(pseudo_labels(sims[r].float(), obs[start:stop], **sel) for r in range(sims.shape[0])))
+        scores, pseudo = torch.stack(scores), torch.stack(pseudo)
+        if bad.any():
+            sims[:, bad], scores[:, bad], pseudo[:, bad] = 0, 0, 0
+        writer.write(start, sims.numpy(), scores.numpy(), pseudo.numpy(), bad, emb, index)
