@@ -127,19 +127,54 @@ def loader_rates(paths: list, size: int, batch: int, cache_dir: Path, device: st
     return out
 
 
-def _rate(ds, batch: int, workers: int, normalise_on, size: int) -> float:
-    """Images/s after the first batch (so a worker's start-up is not counted)."""
+def parallel_rates(paths: list, size: int, batch: int, workers: int, cache: Path, device: str) -> dict:
+    """Images/s of a whole training loader with `workers` processes, the batches made model input on
+    `device` (aevlp: normalised and flipped there), best of two interleaved rounds."""
+    from aevlp.cache.images import CachedImages
+    from aevlp.inputs import ImageRows
+
+    dev = torch.device(device)
+    reps = max(1, -(-64 * workers * batch // len(paths)))  # >= 64 batches per worker: start-up and prefetch amortised
+    many, rows = paths * reps, np.tile(np.arange(len(paths)), reps)
+    specs = {"pil": (PILRows(many, size), None), "aevlp": (ImageRows(many, size), dev),
+             "cache": (ImageRows(many, size, images=CachedImages(cache, "train", rows)), dev)}
+    out = dict.fromkeys(specs, 0.0)
+    for name, (ds, normalise_on) in specs.items():
+        out[name] = _rate(ds, batch, workers, normalise_on, size, to=dev, from_start=True)
+    return out
+
+
+def decode_agreement(paths: list, size: int, device: str) -> dict:
+    """How far train.decode_on = device (GPU decode_jpeg + tensor resize) is from the workers' pixels."""
+    from aevlp.inputs import ImageRows, make_loader, to_model_input
+
+    dev = torch.device(device)
+    a, _ = next(iter(make_loader(ImageRows(paths[:16], size), 16, 0, torch.device("cpu"))))
+    b, _ = next(iter(make_loader(ImageRows(paths[:16], size, encoded=True), 16, 0, torch.device("cpu"))))
+    x, y = to_model_input(a, dev), to_model_input(b, dev, size=size)
+    level = 1 / 255 / 0.225
+    return {"max_levels": float((x - y).abs().max() / level), "mean_levels": float((x - y).abs().mean() / level)}
+
+
+def _rate(ds, batch: int, workers: int, normalise_on, size: int, to: torch.device | None = None,
+          from_start: bool = False) -> float:
+    """Images/s after the first batch (so a worker's start-up is not counted), or `from_start`;
+    `to`: the device the batches are moved to (pinned memory when it is CUDA)."""
     from aevlp.inputs import make_loader, to_model_input
 
-    it = iter(make_loader(ds, batch, workers, torch.device("cpu")))
-    next(it)
+    to = to or torch.device("cpu")
     t, n = time.perf_counter(), 0
+    it = iter(make_loader(ds, batch, workers, to))
+    if not from_start:
+        next(it)
+        t = time.perf_counter()
     for x, rows in it:
         if normalise_on is not None:
             to_model_input(x, normalise_on, torch.zeros(len(rows), dtype=torch.bool), size=size)
+        else:
+            x.to(to, non_blocking=True)
         n += len(rows)
-    if normalise_on is not None:
-        _sync(normalise_on)
+    _sync(to)
     return n / (time.perf_counter() - t)
 
 
@@ -218,8 +253,17 @@ def main() -> None:
     ap.add_argument("--images", default="", help="a folder of JPEGs to use (default: photo JPEGs made here)")
     ap.add_argument("--device", default="cpu", help="where the model (and aevlp's normalisation) runs")
     ap.add_argument("--compile", action="store_true", help="also time the step under torch.compile")
+    ap.add_argument("--workers", type=int, default=0, help="also time whole loaders with this many workers")
+    ap.add_argument("--only-loaders", action="store_true", help="skip the step and cache measurements")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if args.only_loaders:
+        res = loaders(args)
+        _print_loaders({**res, "consume_images_per_s": {}, "backbone": args.backbone, "consume_batch": 0,
+                        "consume_precision": ""})
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1))
+        return
     gpr = step_time(args.backbone, args.image_size, args.batch, args.classes, "gpr", args.steps)
     bce = step_time(args.backbone, args.image_size, args.batch, args.classes, "bce-full", args.steps)
     consume = args.batch / gpr
@@ -248,8 +292,16 @@ def loaders(args) -> dict:
             root = make_jpeg_dataset(Path(tmp) / "voc", args.loader_images)
             paths = sorted(str(p) for p in (root / "VOCdevkit/VOC2012/JPEGImages").glob("train*.jpg"))
         rates = loader_rates(paths, args.loader_size, 16, Path(tmp), args.device)
-    return {"loader_size": args.loader_size, "loader_images": len(paths), "loader_images_per_s": rates,
-            "aevlp_over_pil": rates["aevlp"] / rates["pil"], "cache_over_pil": rates["cache"] / rates["pil"]}
+        res = {"loader_size": args.loader_size, "loader_images": len(paths), "loader_images_per_s": rates,
+               "aevlp_over_pil": rates["aevlp"] / rates["pil"], "cache_over_pil": rates["cache"] / rates["pil"]}
+        if args.workers:
+            cache = Path(tmp) / f"bench-{args.loader_size}px.h5"
+            res["parallel_workers"] = args.workers
+            res["parallel_images_per_s"] = parallel_rates(paths, args.loader_size, 32, args.workers, cache,
+                                                          args.device)
+        if args.device == "cuda":
+            res["gpu_decode_agreement"] = decode_agreement(paths, args.loader_size, args.device)
+    return res
 
 
 def consumption(args) -> dict:
@@ -271,6 +323,12 @@ def _print_loaders(res: dict) -> None:
     print(f"loader at {res['loader_size']} px, one core, images/s: " + ", ".join(f"{k} {v:.1f}" for k, v in r.items()))
     print(f"aevlp / PIL = {res['aevlp_over_pil']:.2f} (target >= 2), cache / PIL = {res['cache_over_pil']:.2f} "
           "(target >= 5)")
+    if "parallel_images_per_s" in res:
+        print(f"whole loader, {res['parallel_workers']} workers, from its start, images/s: " +
+              ", ".join(f"{k} {v:.1f}" for k, v in res["parallel_images_per_s"].items()))
+    if "gpu_decode_agreement" in res:
+        print("GPU decode vs workers, in uint8 levels: max {max_levels:.2f}, mean {mean_levels:.3f}".format(
+            **res["gpu_decode_agreement"]))
     print(f"model consumption ({res['backbone']} {res['loader_size']} px, batch {res['consume_batch']}, "
           f"{res['consume_precision']}), images/s: " +
           ", ".join(f"{k} {v:.1f}" for k, v in res["consume_images_per_s"].items()))
