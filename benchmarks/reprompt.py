@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, make_jpeg_dataset, today  # noqa: E402
 
 MEM_SCRIPT = r"""
-import json, resource, sys, time
+import json, sys, time
 from aevlp.config import load_config
 from aevlp.pseudolabel import run_pseudolabel
 root, out, n, prompt, cfgf, weights = sys.argv[1:7]
@@ -33,8 +33,9 @@ cfg = load_config(None, ['dataset.name="voc"', f'dataset.data_root="{root}"', f'
                          f'text.prompts=["{prompt}"]'])
 t = time.perf_counter()
 s = run_pseudolabel(cfg, limit=int(n), progress=False)
-print(json.dumps({"status": s["status"], "seconds": time.perf_counter() - t,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the parent that forked this process
+hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM"))
+print(json.dumps({"status": s["status"], "seconds": time.perf_counter() - t, "peak_mb": hwm / 1024}))
 """
 
 TINY = {"embed_dim": 64, "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},

@@ -5,7 +5,10 @@ page with the stored results of the others.
 
     python benchmarks/run_all.py                # about 25 minutes on 2 CPU cores
     python benchmarks/run_all.py --quick        # ViT-B-32 only, fewer images
-    python benchmarks/run_all.py --only cache   # stage_one | cache | stage_two | render (re-run nothing)
+    python benchmarks/run_all.py --only cache   # stage_one | cache | stage_two | reprompt | render (none)
+
+GPU-box results (benchmarks/results/stage_two_*h200*.json, from `stage_two.py --device cuda`) are
+rendered beside this machine's.
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ def stored(script: str) -> dict:
     return json.loads(path.read_text())
 
 
-def render(s1: dict, s2: dict, ca: dict, notes: str) -> str:
+def render(s1: dict, s2: dict, ca: dict, notes: str, gpu: list[dict], rp: dict | None) -> str:
     rows = "\n".join(f"| {r['arch']} | {r['precision']} | {r['bare_images_per_s']:.2f} | {r['pipeline_images_per_s']:.2f} "
                      f"| {r['reference_images_per_s']:.2f} | **{r['pipeline_over_bare']:.2f}** | "
                      f"{r['pipeline_over_reference']:.2f} |" for r in s1["rows"])
@@ -83,26 +86,95 @@ Grid scaling (first architecture, default precision):
 | GPR step / BCE step ({s2['backbone']}, {s2['image_size']} px, batch {s2['batch']}, C = {s2['classes']}) | {s2['gpr_step_s'] * 1000:.0f} ms / {s2['bce_step_s'] * 1000:.0f} ms = **{s2['gpr_over_bce']:.3f}** | ≤ 1.10 |
 | cache read + DAMP selection vs training consumption | {s2['cache_rows_per_s']:,.0f} rows/s vs {s2['train_images_per_s']:.1f} images/s = **{s2['read_over_consume']:,.0f}×** | ≥ 10× |
 
+{loaders(s2, gpu)}
+{reprompt_section(rp)}
 {notes}
 """
+
+
+LOADER_ROWS = (("pil", "official-style PIL loader (decode, Resize, flip, ToTensor, Normalize)"),
+               ("aevlp", "aevlp, uint8 out (normalise + flip on the GPU)"),
+               ("aevlp+normalise", "aevlp, normalised on this core too (CPU training)"),
+               ("cache", "aevlp from the pre-resized image cache"),
+               ("cache+normalise", "image cache, normalised on this core too"),
+               ("pil, 1 worker", "PIL loader, one worker process feeding the main one"),
+               ("aevlp, 1 worker", "aevlp, one worker process feeding the main one"),
+               ("gpu-decode", "train.decode_on = device (nvJPEG decode + resize on the GPU)"))
+
+
+def loaders(s2: dict, gpu: list[dict]) -> str:
+    """The loader table (images/s per core, this machine and the stored GPU-box runs) and the GPU model rates."""
+    runs = [("this machine", s2)] + [(f"GPU box, run {i} ({g['loader_images']} images)", g)
+                                     for i, g in enumerate(gpu, 1)]
+    head = " | ".join(name for name, _ in runs)
+    rows = [f"| {label} | " + " | ".join(f"{r['loader_images_per_s'][key]:,.0f}" if key in r.get(
+        "loader_images_per_s", {}) else "—" for _, r in runs) + " |" for key, label in LOADER_ROWS]
+    ratios = " | ".join(f"{r['aevlp_over_pil']:.2f} / {r['cache_over_pil']:.1f}" for _, r in runs)
+    box = gpu[0]["machine"].split(", torch")[0] if gpu else ""
+    out = [f"### Loaders at {s2['loader_size']} px, images/s of one core", "",
+           *([f"GPU box: {box}, measured {gpu[0]['date']} (`stage_two.py --device cuda`, results stored in "
+              "benchmarks/results/).", ""] if gpu else []),
+           f"| loader | {head} |", "|---|" + "---|" * len(runs), *rows,
+           f"| **aevlp / PIL (target ≥ 2) / cache / PIL (target ≥ 5)** | {ratios} |", ""]
+    par = [(name, r) for name, r in runs if "parallel_images_per_s" in r]
+    if par:
+        out += ["Whole loaders (N workers; on the GPU box the batches are moved to the GPU and, for aevlp, "
+                "normalised there), images/s:", "",
+                "| machine | workers | PIL | aevlp | image cache | aevlp / PIL |", "|---|---|---|---|---|---|"]
+        out += [f"| {name} | {r['parallel_workers']} | {r['parallel_images_per_s']['pil']:,.0f} | "
+                f"{r['parallel_images_per_s']['aevlp']:,.0f} | {r['parallel_images_per_s']['cache']:,.0f} | "
+                f"{r['parallel_images_per_s']['aevlp'] / r['parallel_images_per_s']['pil']:.2f} |" for name, r in par]
+        out.append("")
+    cons = [(name, r) for name, r in runs if r.get("consume_images_per_s")]
+    if cons:
+        out += ["Model consumption, ResNet-50 training step (forward, GPR loss, backward, Adam), images/s:", "",
+                "| machine | size, batch, precision | plain | channels_last | channels_last + torch.compile |",
+                "|---|---|---|---|---|"]
+        out += [f"| {name} | {r['loader_size']} px, {r['consume_batch']}, {r['consume_precision']} | "
+                + " | ".join(f"{r['consume_images_per_s'][k]:,.1f}" if k in r["consume_images_per_s"] else "—"
+                             for k in ("plain", "channels_last", "channels_last+compile")) + " |" for name, r in cons]
+    return "\n".join(out)
+
+
+def reprompt_section(rp: dict | None) -> str:
+    if not rp:
+        return ""
+    mem = "; ".join(f"{k} images: stage one {m['stage_one_mb']:.0f} MB, re-derive {m['rederive_mb']:.0f} MB"
+                    for k, m in rp["memory"].items())
+    return f"""## Re-prompting (`benchmarks/reprompt.py`)
+
+| measure | value |
+|---|---|
+| a new prompt template on {rp['images']} images ({rp['arch']}, grid 4, R = 4): stage one from scratch vs re-derived from the stored embeddings | {rp['full_s']:.1f} s vs {rp['rederive_s']:.2f} s: **{rp['ratio']:.0f}×** |
+| peak memory (tiny model, N and 4N images) | {mem} |
+"""
+
+
+def precisions() -> str:
+    """bf16 and fp32 where the CPU has bf16 instructions; fp32 alone where bf16 would be emulated."""
+    from aevlp.device import cpu_supports_bf16
+
+    return "bf16,fp32" if cpu_supports_bf16() else "fp32"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["stage_one", "cache", "stage_two", "render"], default=None,
+    ap.add_argument("--only", choices=["stage_one", "cache", "stage_two", "reprompt", "render"], default=None,
                     help="re-run one benchmark (render: none) and use the stored results of the others")
     ap.add_argument("--notes", default=str(HERE / "performance_notes.md"),
                     help="hand-written findings appended to the generated page")
     args = ap.parse_args()
     archs = "ViT-B-32" if args.quick else "ViT-B-32,ViT-B-16"
-    todo = {args.only} if args.only else {"stage_one", "cache", "stage_two"}
+    todo = {args.only} if args.only else {"stage_one", "cache", "stage_two", "reprompt"}
     s1 = run("stage_one.py", "--archs", archs, "--images", "8" if args.quick else "16", "--precisions",
-             "bf16,fp32", "--grids", "1,2,3,4,5") if "stage_one" in todo else stored("stage_one.py")
+             precisions(), "--grids", "1,2,3,4,5") if "stage_one" in todo else stored("stage_one.py")
     ca = run("cache.py", "--images", "8" if args.quick else "16") if "cache" in todo else stored("cache.py")
-    s2 = run("stage_two.py") if "stage_two" in todo else stored("stage_two.py")
+    s2 = run("stage_two.py", "--workers", "1") if "stage_two" in todo else stored("stage_two.py")
+    rp = run("reprompt.py") if "reprompt" in todo else stored("reprompt.py")
+    gpu = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("stage_two_*h200*.json"))]  # GPU-box runs
     notes = Path(args.notes).read_text() if Path(args.notes).exists() else ""
-    DOC.write_text(render(s1, s2, ca, notes))
+    DOC.write_text(render(s1, s2, ca, notes, gpu, rp))
     print(f"wrote {DOC}")
 
 

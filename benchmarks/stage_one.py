@@ -86,7 +86,8 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=32)
     ap.add_argument("--grid", type=int, default=4)
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--grids", default="", help="also measure grid sizes, e.g. 1,2,3,4,5 (first arch, bf16)")
+    ap.add_argument("--grids", default="", help="also measure grid sizes, e.g. 1,2,3,4,5 (first arch, default "
+                    "precision), each on as many images as make --images x (--grid^2+1) views")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -113,14 +114,17 @@ def main() -> None:
         if args.grids:
             arch = args.archs.split(",")[0]
             prec = load_clip(ClipSpec(arch, "", device="cpu", precision="auto")).precision
-            print(f"\n# grid scaling, {arch} {prec}: views = G*G+1")
+            print(f"\n# grid scaling, {arch} {prec}: views = G*G+1; images per grid: the same number of views")
             print(f"{'grid':>4s} {'views':>5s} {'pipeline img/s':>14s} {'bare img/s':>10s} {'pipe/bare':>9s}")
             results["grids"] = []
+            total = args.images * (args.grid ** 2 + 1)  # every grid encodes the same number of views
+            root = make_jpeg_dataset(Path(tmp) / "data", max(total // 2, args.images))
             for g in map(int, args.grids.split(",")):
                 views = g * g + 1
-                bare = bare_encoder(arch, prec, args.images * views) / views
-                pipe = pipeline(arch, prec, root, Path(tmp) / f"grid{g}.h5", g, args.images, args.workers)
-                results["grids"].append({"grid": g, "views": views, "pipeline_images_per_s": pipe,
+                n = max(args.images, total // views)
+                bare = bare_encoder(arch, prec, n * views) / views
+                pipe = pipeline(arch, prec, root, Path(tmp) / f"grid{g}.h5", g, n, args.workers)
+                results["grids"].append({"grid": g, "views": views, "images": n, "pipeline_images_per_s": pipe,
                                          "bare_images_per_s": bare})
                 print(f"{g:4d} {views:5d} {pipe:14.2f} {bare:10.2f} {pipe / bare:9.2f}", flush=True)
     if args.json:

@@ -258,7 +258,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     if args.only_loaders:
-        res = loaders(args)
+        res = {"machine": machine(), "date": today(), **loaders(args)}
         _print_loaders({**res, "consume_images_per_s": {}, "backbone": args.backbone, "consume_batch": 0,
                         "consume_precision": ""})
         if args.json:

@@ -30,7 +30,8 @@ def _cache_info(path: str) -> tuple[str | None, dict]:
               help="Training loss / method (docs/training.md) [default: the pipeline's].")
 @click.option("--backbone", type=RegistryChoice("aevlp.models:BACKBONES"), default=None,
               help="Classifier backbone [default: the pipeline's].")
-@click.option("--weights", default=None, help="Backbone weights: imagenet | none | a local .pth file.")
+@click.option("--weights", default=None, help="Backbone weights: default (ImageNet for the ResNets) | imagenet | "
+                                              "none (from scratch) | a .pth/.safetensors state dict.")
 @click.option("--labels", type=click.Choice(["observed", "full"]), default=None,
               help="Train on the single positives (the task) or the full ground truth (the upper bound).")
 @click.option("--damp-source", type=click.Choice(["damp", "global"]), default=None,
@@ -41,7 +42,11 @@ def _cache_info(path: str) -> tuple[str | None, dict]:
 @click.option("--image-size", type=int, default=None)
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="auto, cpu, cuda, ...")
-@click.option("--workers", type=int, default=None, help="DataLoader workers.")
+@click.option("--workers", type=int, default=None,
+              help="DataLoader processes decoding images [default: -1, the machine's cores but one, at most 8].")
+@click.option("--image-cache/--no-image-cache", default=None,
+              help="Read images pre-resized from one HDF5 file per dataset and size (built once, shared by all "
+                   "runs; 20-35x faster per core than decoding JPEGs; 3*S^2 bytes an image).")
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="Output folder [default: runs/...].")
 @click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
               help="Continue an interrupted run directory from its last finished epoch.")
@@ -50,7 +55,8 @@ def _cache_info(path: str) -> tuple[str | None, dict]:
 @click.option("--no-progress", is_flag=True)
 @set_option
 def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels, damp_source, epochs, batch_size,
-              lr, image_size, seed, device, workers, run_dir, resume, limit, no_progress, overrides) -> None:
+              lr, image_size, seed, device, workers, image_cache, run_dir, resume, limit, no_progress,
+              overrides) -> None:
     """Stage two: train a multi-label classifier with GPR Loss (or a baseline) from a stage-one cache.
 
     \b
@@ -65,6 +71,7 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
       aevlp train --pseudo cache/voc.h5 --loss an --run-dir runs/voc-an
       aevlp train --pseudo cache/voc.h5 --labels full --loss bce-full      # upper bound
       aevlp train --pseudo cache/voc.h5 --set damp.threshold=0.4           # re-tuned selection, no CLIP
+      aevlp train --pseudo cache/coco.h5 --image-cache                      # decode the JPEGs once, for all runs
       aevlp train --resume runs/voc-gpr-20261124-101500
       torchrun --nproc-per-node 4 -m aevlp train --pseudo cache/nus.h5      # DDP, global batch kept
     """
@@ -84,7 +91,7 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
                       loss={"name": loss}, damp={"source": damp_source},
                       train={"backbone": backbone, "weights": weights, "labels": labels, "epochs": epochs,
                              "batch_size": batch_size, "lr": lr, "image_size": image_size, "seed": seed,
-                             "device": device, "workers": workers})
+                             "device": device, "workers": workers, "image_cache": image_cache})
         if cache:
             cfg["cache"]["path"] = str(cache)
         if limit is None:

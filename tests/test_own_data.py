@@ -1,0 +1,96 @@
+"""Own data as users really have it: an observed-only CSV (one known tag per training image, full tags
+on the test rows) through `data prepare table`, stage one, train, bench and report — by the CLI."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from aevlp.cli import cli
+
+CLASSES = ["cat", "dog", "tree", "car", "boat"]
+
+
+def invoke(*args):
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+@pytest.fixture(scope="module")
+def own(tiny_clip, tmp_path_factory):
+    d = tmp_path_factory.mktemp("own")
+    photos = d / "photos"
+    photos.mkdir()
+    g = np.random.default_rng(0)
+    rows = []
+    for i in range(36):
+        tags = list(g.choice(CLASSES, size=int(g.integers(1, 4)), replace=False))
+        Image.fromarray(g.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(photos / f"p{i:02d}.jpg")
+        split = "test" if i >= 26 else "val" if i >= 22 else "train"
+        known = tags if split != "train" else tags[:1]  # a training row knows one tag, no more
+        rows.append({"image": f"p{i:02d}.jpg", "labels": "|".join(known), "split": split})
+    pd.DataFrame(rows).to_csv(d / "tags.csv", index=False)
+    data = d / "data"
+    invoke("data", "prepare", "table", "--csv", d / "tags.csv", "--images", photos, "--out", data, "--observed-only")
+    clip = ["--set", f'clip.arch="{tiny_clip["arch"]}"', "--set", f'clip.config="{tiny_clip["config"]}"',
+            "--set", f'clip.pretrained="{tiny_clip["pretrained"]}"', "--set", 'clip.precision="fp32"',
+            "--set", "clip.workers=0", "--set", "views.grid=2", "--set", "views.rounds=2",
+            "--set", 'views.resize="squash"', "--set", 'views.normalize="clip"',
+            "--set", 'views.interpolation="bilinear"', "--set", "views.size=32"]
+    invoke("pseudolabel", "--dataset", "table", "--data-root", data, "--config", "table", "--out", d / "c.h5",
+           *clip, "--no-progress")
+    return {"dir": d, "data": data, "cache": d / "c.h5", "clip": clip}
+
+
+def test_no_full_training_labels_anywhere(own):
+    meta = json.loads((own["data"] / "aevlp_dataset.json").read_text())
+    assert meta["train_labels"] == "observed-only"
+    labels = np.load(own["data"] / "formatted_train_labels.npy")
+    obs = np.load(own["data"] / "formatted_train_labels_obs.npy")
+    val = meta["val_rows"]  # the fully labelled val rows live in the train file (Cole's layout)
+    train = np.setdiff1d(np.arange(len(labels)), val)
+    assert sorted(val) == [22, 23, 24, 25] and len(train) == 22
+    assert (labels[train].sum(1) == 1).all()  # only the known tag of each training row was written
+    assert np.array_equal(labels[train], obs[train])  # and it is the observed label
+
+
+def test_train_and_report_without_full_labels(own):
+    run = own["dir"] / "runs" / "gpr"
+    out = invoke("train", "--pseudo", own["cache"], "--backbone", "clip-head", "--weights", "none", "--epochs", "3",
+                 "--workers", "0", "--lr", "1e-3", "--run-dir", run, "--no-progress")
+    assert "test mAP" in out
+    res = json.loads((run / "results.json").read_text())
+    assert res["train_labels"] == "observed only" and "pseudo_f1" not in res
+    assert {"CF1", "OF1", "micro_map", "precision@3"} <= set(res["test_metrics"])
+    assert res["test_metrics"]["map"] == pytest.approx(res["test_map"])
+    rep = own["dir"] / "report"
+    invoke("report", run, "--out", rep)
+    table = pd.read_csv(rep / "results.csv")
+    assert {"micro_map", "CF1", "OF1"} <= set(table.columns)
+    row = table[table["test_map"] == pytest.approx(res["test_map"])].iloc[0]
+    assert row["CF1"] == pytest.approx(res["test_metrics"]["CF1"]) and row["OF1"] == pytest.approx(
+        res["test_metrics"]["OF1"])
+    assert table["method"].astype(str).str.contains("zero-shot teacher").any()
+    r = CliRunner().invoke(cli, ["train", "--pseudo", str(own["cache"]), "--backbone", "clip-head", "--weights",
+                                 "none", "--loss", "bce-full", "--labels", "full", "--run-dir", str(run.parent / "x")])
+    assert r.exit_code == 2 and "observed-only" in r.output  # needs full training labels: refused clearly
+
+
+def test_bench_writes_mean_and_sd_over_seeds(own):
+    out = own["dir"] / "bench"
+    invoke("bench", "table", "an", "gpr-damp", "--seeds", "0,1", "--data-root", own["data"], "--out", out,
+           "--set", f'cache.path="{own["cache"]}"', *own["clip"], "--set", 'train.backbone="clip-head"',
+           "--set", 'train.weights="none"', "--set", "train.epochs=2", "--set", "train.lr=1e-3",
+           "--set", "train.workers=0", "--no-progress")
+    runs = pd.read_csv(out / "bench_runs.csv")
+    assert sorted(zip(runs["method"], runs["seed"])) == [("an", 0), ("an", 1), ("gpr-damp", 0), ("gpr-damp", 1)]
+    table = pd.read_csv(out / "bench.csv").set_index("method")
+    for m in ("an", "gpr-damp"):
+        vals = runs.loc[runs["method"] == m, "test_map"].to_numpy()
+        assert table.loc[m, "test_map_mean"] == pytest.approx(vals.mean())
+        assert table.loc[m, "test_map_sd"] == pytest.approx(vals.std(ddof=1))
+    assert "zero-shot-global" in table.index
+    assert (out / "bench.png").stat().st_size > 5000 and "±" in (out / "bench.md").read_text()
