@@ -35,10 +35,27 @@ def _paths(out: Path) -> dict[str, Path]:
             "raw": out / "fashion-mnist"}
 
 
-def _base(p: dict[str, Path], size: dict, backbone: str) -> list[str]:
-    """The demo pipeline's settings that depend on where `--out` put things and on the demo's size."""
-    return [f'dataset.data_root="{p["data"]}"', f'clip.pretrained="{p["clip"]}"', f'cache.path="{p["cache"]}"',
-            f'train.weights="{backbone}"', f"train.epochs={size['epochs']}"]
+def _pipeline(p: dict[str, Path], size: dict) -> Path:
+    """OUT/demo.toml: pipelines/demo.toml with this demo's paths (absolute) and size. Every run of the
+    demo reads it, its cache records it, and so `aevlp train --pseudo`/`aevlp run` on it need no flag."""
+    import tomllib
+
+    from aevlp.config import dump_config, find_pipeline
+
+    cfg = tomllib.loads(find_pipeline("demo").read_text())
+    cfg["dataset"]["data_root"] = str(p["data"].resolve())
+    cfg["clip"]["pretrained"] = str(p["clip"].resolve())
+    cfg["cache"]["path"] = str(p["cache"].resolve())
+    cfg["train"].update(weights=str((p["backbone"] / "small-cnn.safetensors").resolve()), epochs=size["epochs"],
+                        out=str(p["runs"].resolve()))
+    path = p["bench"] / "demo.toml"
+    text = ("# The demo's pipeline as `aevlp demo` ran it (pipelines/demo.toml with this folder's paths).\n"
+            f"# aevlp run {path}     # stage one reused; trains GPR + DAMP into {p['runs'] / 'demo'}\n\n"
+            + dump_config(cfg))
+    if not path.exists() or path.read_text() != text:  # rewritten only when it changes: runs stay current
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return path
 
 
 def _world(p: dict[str, Path], size: dict, raw: str | None, seed: int, progress: bool, echo) -> dict:
@@ -67,11 +84,11 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, seeds: int = 1, r
     out = Path(out) / "quick" if quick else Path(out)
     size, p = SIZES["quick" if quick else "full"], _paths(out)
     world = _world(p, size, raw, seed, progress, echo)
-    base = _base(p, size, world["backbone"]["weights"])
+    pipeline = _pipeline(p, size)
     train_seeds = list(range(seed, seed + max(1, seeds)))
     echo(f"[3/5] stage one + [4/5] stage two: {len(METHODS)} methods end to end and 2 linear probes, "
          f"seed(s) {', '.join(map(str, train_seeds))}")
-    runs = run_bench("demo", [*METHODS, *PROBES], train_seeds, out=p["bench"], base=base, presets=PROBES,
+    runs = run_bench(pipeline, [*METHODS, *PROBES], train_seeds, out=p["bench"], presets=PROBES,
                      progress=progress, echo=lambda s: echo("      " + s))
     echo("[5/5] report")
     rep = write_bench(runs, p["report"], title=f"fashion-mosaic, small-cnn end to end; mean ± sd over "
@@ -80,12 +97,13 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, seeds: int = 1, r
                "backbone_item_accuracy": world["backbone"]["item_accuracy"], "seeds": train_seeds,
                "table": json.loads(rep["table"].to_json(orient="records")),
                "runs": json.loads(runs.drop(columns=["cache"]).to_json(orient="records")),
-               "files": rep["files"], "seconds": round(time.time() - t0, 1)}
+               "files": rep["files"], "pipeline": str(pipeline), "seconds": round(time.time() - t0, 1)}
     (p["report"] / "demo.json").write_text(json.dumps(summary, indent=1))
     echo("")
     echo(rep["markdown"])
     echo(f"report: {rep['files']['table']} (table), {rep['files']['plot']} (plot), {p['report'] / 'demo.json'}")
-    echo(f"next:   aevlp train --pseudo {p['cache']} --loss an        # train one method yourself")
+    echo(f"next:   aevlp train --pseudo {p['cache']} --loss an        # train one method yourself (no other flag "
+         "needed)")
     echo(f"next:   aevlp predict {p['runs'] / f'gpr-damp-s{seed}'} {p['data'] / 'images' / 'val'} --out preds.csv"
-         "        # label images with the AEVLP model")
+         "   # tag images with the AEVLP model")
     return summary

@@ -105,7 +105,8 @@ def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str, split: s
 
 
 def predict_images(path: str | Path, images: list[str], threshold: float = 0.5) -> pd.DataFrame:
-    """path, one probability column per class, labels (>= threshold, joined by |), num_labels, top3."""
+    """path, one probability column per class, labels (>= threshold, joined by |), num_labels, and top3
+    ("name:p; name:p; name:p": class names may hold spaces)."""
     model, meta = _checkpoint(path)
     paths = expand_images(images)
     scores = _scores(model, meta, paths)
@@ -114,5 +115,5 @@ def predict_images(path: str | Path, images: list[str], threshold: float = 0.5) 
     df.insert(0, "path", paths)
     df["labels"] = ["|".join(n for n, s in zip(names, row) if s >= threshold) for row in scores]
     df["num_labels"] = (scores >= threshold).sum(1).astype(np.int64)
-    df["top3"] = [" ".join(f"{names[c]}:{row[c]:.2f}" for c in np.argsort(-row)[:3]) for row in scores]
+    df["top3"] = ["; ".join(f"{names[c]}:{row[c]:.2f}" for c in np.argsort(-row)[:3]) for row in scores]
     return df

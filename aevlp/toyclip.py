@@ -88,9 +88,7 @@ def _train(model, tok, train: tuple[np.ndarray, np.ndarray], classnames: list[st
     """Contrastive pretraining on single items against one random caption per class (InfoNCE both ways)."""
     captions = tok([t.format(prompt_name(c)) for c in classnames for t in TEMPLATES]).view(len(classnames),
                                                                                           len(TEMPLATES), -1)
-    model.token_embedding.requires_grad_(False)  # 49,408 x 64 rows of which 10 captions use a few dozen:
-    # kept at their random init (as a frozen lookup table), which spares the optimiser 3.2M parameters
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.05)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     images, labels = train
     model.train()

@@ -1,20 +1,30 @@
-"""`aevlp demo --quick` end to end, as a new user runs it (CI runs this too).
+"""`aevlp demo --quick --seeds 2` end to end, as a new user runs it (CI runs this too), then the
+commands a user tries next: train with no flag on the demo's cache, predict on a folder, `aevlp run`
+on the demo's pipeline, a gallery.
 
-Expectations from the method, with margins set below what three seeds (0, 1, 2) gave on 2 CPU
-cores (see README, "The demo"): GPR + DAMP above GR and above AN in test mAP; DAMP pseudo-labels
-far above global-only ones in F1; full labels the upper bound. GR vs AN is *not* asserted: with a
-converged linear head on frozen features they end level in this toy world (GR is ahead only in the
-early epochs), which the README reports as measured.
+The claims are those that held on every one of three seeds (0, 1, 2) of the quick demo on 2 CPU
+cores, with margins below the smallest per-seed difference measured (docs/demo.md has the table):
+GPR + DAMP above AN (measured +4.1 to +4.7) and above GPR on global-view pseudo-labels (+1.4 to
++4.6), GR above AN (+1.8 to +3.3), full labels above GPR + DAMP (+5.6 to +6.7), DAMP pseudo-labels
+far above global-only ones in F1 (48 vs 23), and the linear probe on CLIP features tying (GPR + DAMP
++0.6 to +0.7 over AN) where end-to-end training separates the methods. GPR + DAMP over GR (+0.8 to
++2.6) is asserted only as "not below".
 """
 import json
 import subprocess
 import sys
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from aevlp.data.fashion import DEBIAN_DIR
 
 pytestmark = pytest.mark.slow
+
+
+def aevlp(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "aevlp", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -23,36 +33,126 @@ def demo(tmp_path_factory):
         pytest.skip(f"Fashion-MNIST not installed at {DEBIAN_DIR} (`make data` installs it)")
     cwd = tmp_path_factory.mktemp("user")
     # as `make demo` does: the default --out (./demo) in the user's working directory
-    r = subprocess.run([sys.executable, "-m", "aevlp", "demo", "--quick", "--no-progress"], capture_output=True,
-                       text=True, cwd=cwd)
-    return {"out": cwd / "demo", "proc": r, "cwd": cwd}
-
-
-def test_demo_runs_and_prints_the_table(demo):
-    r = demo["proc"]
+    r = aevlp("demo", "--quick", "--seeds", "2", "--no-progress", cwd=cwd)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "| method |" in r.stdout and "gpr + DAMP" in r.stdout and "zero-shot accuracy" in r.stdout
-    rep = demo["out"] / "report-quick"
-    for f in ("results.md", "results.csv", "per_class_ap.png", "pseudo_labels.png", "curves.png", "demo.json"):
-        assert (rep / f).exists(), f
+    out = cwd / "demo" / "quick"
+    runs = pd.read_csv(out / "report" / "bench_runs.csv")
+    return {"out": out, "proc": r, "cwd": cwd, "summary": json.loads((out / "report" / "demo.json").read_text()),
+            "map": runs.pivot(index="seed", columns="method", values="test_map"),
+            "f1": runs.pivot(index="seed", columns="method", values="pseudo_f1")}
 
 
-def test_demo_results_follow_the_method(demo):
-    s = json.loads((demo["out"] / "report-quick" / "demo.json").read_text())
-    m = {k: v["test_map"] for k, v in s["methods"].items()}
-    assert s["clip_zero_shot_accuracy"] > 50  # the toy CLIP learned something (68-70% measured)
-    assert m["gpr-damp"] > m["gr"] + 0.1, m  # measured +0.73, +0.88, +0.33 (seeds 0-2)
-    assert m["gpr-damp"] > m["an"] + 0.1, m  # measured +0.73, +0.88, +0.33
-    assert m["full-labels"] > m["gpr-damp"] + 2.0, m
-    f1 = {k: s["methods"][k]["pseudo_f1"] for k in ("gpr-damp", "gpr-global")}
-    assert f1["gpr-damp"] > f1["gpr-global"] + 15, f1
+def test_demo_prints_the_table_and_three_closing_lines(demo):
+    out = demo["proc"].stdout
+    assert "| method | test mAP |" in out and "GPR + DAMP pseudo-labels (AEVLP)" in out and " ± " in out
+    assert "zero-shot teacher: CLIP, DAMP" in out and "linear probe on CLIP features" in out
+    last = out.strip().splitlines()[-3:]
+    assert last[0].startswith("report: ") and last[1].startswith("next:   aevlp train --pseudo ")
+    assert last[2].startswith("next:   aevlp predict ")
+    for f in ("bench.md", "bench.csv", "bench_runs.csv", "bench.png", "demo.json"):
+        assert (demo["out"] / "report" / f).exists(), f
+    assert sorted(demo["map"].index) == [0, 1] and demo["map"].notna().all().all()
+
+
+def test_end_to_end_results_follow_the_method_on_every_seed(demo):
+    m, f1 = demo["map"], demo["f1"]
+    assert demo["summary"]["clip_zero_shot_accuracy"] > 50  # the toy CLIP learned something
+    assert (m["gpr-damp"] - m["an"] > 2.0).all(), m
+    assert (m["gpr-damp"] - m["gpr-global"]).mean() > 0.5, m
+    assert (m["gr"] - m["an"]).mean() > 0.5, m
+    assert (m["full-labels"] - m["gpr-damp"] > 3.0).all(), m
+    assert (m["gpr-damp"] - m["gr"]).mean() > -0.5, m  # not below GR (above it on all three seeds measured)
+    assert (f1["gpr-damp"] > f1["gpr-global"] + 15).all(), f1
+
+
+def test_the_linear_probe_ties_where_end_to_end_separates(demo):
+    m = demo["map"]
+    probe_gap = (m["probe-gpr-damp"] - m["probe-an"]).mean()
+    assert abs(probe_gap) < 1.5, m
+    assert (m["gpr-damp"] - m["an"]).mean() > probe_gap + 2.0, m
+    teacher = {r["method"]: r["test_map_mean"] for r in demo["summary"]["table"] if r["method"].startswith("zero")}
+    assert teacher["zero-shot-damp"] > teacher["zero-shot-global"] + 10, teacher  # tiles find small items
+
+
+def test_train_with_no_flag_on_the_demo_cache(demo):
+    cache = demo["out"] / "cache" / "fashion-mosaic.h5"
+    r = aevlp("train", "--pseudo", cache, "--no-progress", "--run-dir", "mine", cwd=demo["cwd"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((demo["cwd"] / "mine" / "results.json").read_text())
+    cfg = (demo["cwd"] / "mine" / "config.toml").read_text()
+    assert res["backbone"] == "small-cnn" and 'image_size = 32' in cfg and "small-cnn.safetensors" in cfg
+    assert res["loss"] == "gpr" and res["epochs_run"] == 6  # the demo's pipeline, as the cache recorded it
+    assert res["test_map"] == pytest.approx(demo["map"].loc[0, "gpr-damp"], abs=1e-6)  # = the demo's own run
+
+
+def test_predict_on_a_folder_prints_top_tags(demo):
+    images = demo["out"] / "data" / "images" / "val"
+    r = aevlp("predict", demo["out"] / "runs" / "gpr-damp-s0", images, "--out", "preds.csv", cwd=demo["cwd"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    df = pd.read_csv(demo["cwd"] / "preds.csv", keep_default_na=False)
+    assert len(df) == len(list(images.rglob("*.png"))) == 400
+    assert all(len(t.split("; ")) == 3 for t in df["top3"])
+    first = df.iloc[0, 1:11].astype(float)  # top3 names the three most probable classes, in order
+    assert [x.split(":")[0] for x in df["top3"][0].split("; ")] == list(first.sort_values(ascending=False).index[:3])
+    probs = df.iloc[:, 1:11].to_numpy()
+    assert np.all((probs >= 0) & (probs <= 1)) and df["num_labels"].tolist() == (probs >= 0.5).sum(1).tolist()
+
+
+def test_run_on_the_demo_pipeline_reuses_stage_one(demo):
+    pipeline = demo["out"] / "demo.toml"
+    assert (demo["cwd"] / demo["summary"]["pipeline"]).resolve() == pipeline.resolve()
+    dry = aevlp("run", pipeline, "--dry-run", cwd=demo["cwd"])
+    assert dry.returncode == 0 and "pseudolabel: up to date" in dry.stdout, dry.stdout + dry.stderr
+    r = aevlp("run", pipeline, "--set", 'loss.name="an"', "--no-progress", cwd=demo["cwd"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "test mAP" in r.stdout and "skip" in r.stdout
+
+
+def test_gallery_of_a_class(demo):
+    from PIL import Image
+    r = aevlp("cache", "gallery", demo["out"] / "cache" / "fashion-mosaic.h5", "--class", "sandal", "--out",
+              "sandal.png", cwd=demo["cwd"])
+    assert r.returncode == 0, r.stderr[-2000:]
+    with Image.open(demo["cwd"] / "sandal.png") as im:
+        assert im.width >= 600 and im.height >= 200
+    listing = json.loads((demo["cwd"] / "sandal.json").read_text())
+    import h5py
+    with h5py.File(demo["out"] / "cache" / "fashion-mosaic.h5") as f:
+        c = [n.decode() for n in f["classnames"][:]].index("sandal")
+        ids = f["image_ids"].asstr()[:]
+        new = (f["pseudo"][0, :, c] == 1) & (f["observed"][:, c] != 1) & ~f["bad"][:]  # pseudo-positives
+        given, wrong = set(ids[new]), set(ids[new & (f["labels"][:, c] != 1)])
+    shown = listing["panels"]["given the pseudo-label"]
+    assert len(shown) == min(24, len(given)) > 0 and set(shown) <= given
+    assert set(listing["panels"]["wrong (not in the ground truth)"]) <= wrong
 
 
 def test_second_run_reuses_everything(demo):
-    made = sorted(p for p in demo["out"].rglob("*") if p.suffix in (".h5", ".pt", ".json", ".npy"))
-    before = {p: p.stat().st_mtime_ns for p in made if p.parent.name != "report-quick"}
-    r = subprocess.run([sys.executable, "-m", "aevlp", "demo", "--quick", "--no-progress"], capture_output=True,
-                       text=True, cwd=demo["cwd"])
+    made = sorted(p for p in demo["out"].rglob("*") if p.suffix in (".h5", ".pt", ".safetensors", ".npy"))
+    before = {p: p.stat().st_mtime_ns for p in made}
+    r = aevlp("demo", "--quick", "--seeds", "2", "--no-progress", cwd=demo["cwd"])
     assert r.returncode == 0
-    assert r.stdout.count("skip") == 10 and "reused" in r.stdout
+    assert r.stdout.count("train: skip") == 14 and "reused" in r.stdout
     assert {p: p.stat().st_mtime_ns for p in before} == before  # no cache, model or dataset file rewritten
+
+
+def test_your_own_images_walkthrough_offline(demo):
+    """The README's "your own images" commands, on a CSV of 120 demo images, with the demo's CLIP."""
+    cwd, out = demo["cwd"], demo["out"]
+    from aevlp.data.fashion import CLASSNAMES
+    ids = np.load(out / "data" / "formatted_train_images.npy")[:120]
+    labels = np.load(out / "data" / "formatted_train_labels.npy")[:120]
+    rows = [{"image": i, "labels": "|".join(CLASSNAMES[c] for c in np.flatnonzero(y)),
+             "split": "test" if k >= 90 else "train"} for k, (i, y) in enumerate(zip(ids, labels))]
+    pd.DataFrame(rows).to_csv(cwd / "tags.csv", index=False)
+    steps = [("data", "prepare", "table", "--csv", "tags.csv", "--images", out / "data" / "images", "--out", "data/mine"),
+             ("pseudolabel", "--dataset", "table", "--data-root", "data/mine", "--pretrained", out / "clip",
+              "--no-progress"),
+             ("train", "--pseudo", "cache/table.h5", "--backbone", "small-cnn", "--weights",
+              out / "backbone" / "small-cnn.safetensors", "--epochs", "2", "--run-dir", "runs/mine", "--no-progress")]
+    for step in steps:
+        r = aevlp(*step, cwd=cwd)
+        assert r.returncode == 0, (step, r.stdout[-1500:], r.stderr[-1500:])
+    res = json.loads((cwd / "runs" / "mine" / "results.json").read_text())
+    assert res["dataset"] == "table" and res["backbone"] == "small-cnn" and res["epochs_run"] == 2
+    assert 0 < res["test_map"] <= 100

@@ -7,13 +7,13 @@ import pytest
 import torch
 from conftest import make_photo_dataset
 from PIL import Image
+from test_stage_two import base_cfg
 
 from aevlp.cache.images import CachedImages, ensure_image_cache, image_cache_path
 from aevlp.data import load_dataset
 from aevlp.inputs import ImageRows, flips, load_uint8, make_loader, to_model_input
 from aevlp.pseudolabel import run_pseudolabel
 from aevlp.train import run_train
-from test_stage_two import base_cfg
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 

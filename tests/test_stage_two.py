@@ -191,7 +191,7 @@ def test_cli_train_eval_predict(setup, tmp_path):
     assert res.exit_code == 0, res.output
     df = pd.read_csv(out, keep_default_na=False)
     assert list(df.columns[:2]) == ["path", "aeroplane"] and len(df) == 3 and df.shape[1] == 1 + 20 + 3
-    assert all(len(t.split()) == 3 for t in df["top3"])
+    assert all(len(t.split("; ")) == 3 for t in df["top3"])
     probs = df.iloc[:, 1:21].to_numpy()
     assert np.all((probs >= 0) & (probs <= 1))
     assert df["num_labels"].tolist() == (probs >= 0.3).sum(1).tolist()

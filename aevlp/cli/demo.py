@@ -27,9 +27,9 @@ def demo_cmd(quick: bool, seeds: int, out: str, raw: str | None, seed: int, no_p
 
     \b
     Examples:
-      aevlp demo                    # one seed, about 10 minutes on 2 CPU cores
-      aevlp demo --seeds 3          # the README's table
-      aevlp demo --quick            # smaller, into demo/quick
+      aevlp demo                    # seed 0, about 9 minutes on 2 CPU cores (make demo)
+      aevlp demo --seeds 3          # the README's table: seeds 0-2 (16 minutes; seed 0 is reused if run)
+      aevlp demo --quick --seeds 2  # half the data and steps, into demo/quick (what the tests run)
     """
     from aevlp.demo import run_demo
 
