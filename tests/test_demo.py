@@ -145,7 +145,8 @@ def test_your_own_images_walkthrough_offline(demo):
     rows = [{"image": i, "labels": "|".join(CLASSNAMES[c] for c in np.flatnonzero(y)),
              "split": "test" if k >= 90 else "train"} for k, (i, y) in enumerate(zip(ids, labels))]
     pd.DataFrame(rows).to_csv(cwd / "tags.csv", index=False)
-    steps = [("data", "prepare", "table", "--csv", "tags.csv", "--images", out / "data" / "images", "--out", "data/mine"),
+    steps = [("data", "prepare", "table", "--csv", "tags.csv", "--images", out / "data" / "images", "--out",
+              "data/mine"),
              ("pseudolabel", "--dataset", "table", "--data-root", "data/mine", "--pretrained", out / "clip",
               "--no-progress"),
              ("train", "--pseudo", "cache/table.h5", "--backbone", "small-cnn", "--weights",
