@@ -75,7 +75,10 @@ def test_stored_damp_equals_recomputation_from_sims(tiny_clip, photo_voc, tmp_pa
 
 def test_reuse_refusal_and_force(tiny_clip, photo_voc, tmp_path):
     out = tmp_path / "c.h5"
-    run_pseudolabel(cfg_for(tiny_clip, photo_voc, out), progress=False)
+
+    def cfg(**over):  # no stored embeddings: a text-side change is refused here (re-derived with them: test_reprompt)
+        return cfg_for(tiny_clip, photo_voc, out, **{"cache.store_embeddings": "none", **over})
+    run_pseudolabel(cfg(), progress=False)
     mtime = out.stat().st_mtime_ns
     import aevlp.pseudolabel as pl
 
@@ -83,11 +86,11 @@ def test_reuse_refusal_and_force(tiny_clip, photo_voc, tmp_path):
         raise AssertionError("CLIP must not be loaded for an up-to-date cache")
     orig_load, pl.load_clip = pl.load_clip, no_clip
     try:
-        assert run_pseudolabel(cfg_for(tiny_clip, photo_voc, out), progress=False)["status"] == "reused"
+        assert run_pseudolabel(cfg(), progress=False)["status"] == "reused"
     finally:
         pl.load_clip = orig_load
     # selection parameters are not part of the fingerprint: no recomputation
-    same = run_pseudolabel(cfg_for(tiny_clip, photo_voc, out, **{"damp.threshold": 0.9}), progress=False)
+    same = run_pseudolabel(cfg(**{"damp.threshold": 0.9}), progress=False)
     assert same["status"] == "reused"
     for key, value, field in [("views.grid", 3, "grid"), ("views.rounds", 2, "rounds"),
                               ("text.prompts", ["a picture of a {}."], "prompts"),
@@ -95,11 +98,11 @@ def test_reuse_refusal_and_force(tiny_clip, photo_voc, tmp_path):
                               ("views.normalize", "clip", "mean"), ("views.interpolation", "bicubic", "interpolation"),
                               ("views.resize", "shortest", "resize_mode"), ("text.gcn", False, "gcn")]:
         with pytest.raises(AevlpError, match=rf"different settings:[\s\S]*{field}:"):
-            run_pseudolabel(cfg_for(tiny_clip, photo_voc, out, **{key: value}), progress=False)
+            run_pseudolabel(cfg(**{key: value}), progress=False)
     with pytest.raises(AevlpError, match="num_images"):
-        run_pseudolabel(cfg_for(tiny_clip, photo_voc, out), limit=5, progress=False)
+        run_pseudolabel(cfg(), limit=5, progress=False)
     assert out.stat().st_mtime_ns == mtime  # refusals leave the complete cache untouched
-    s = run_pseudolabel(cfg_for(tiny_clip, photo_voc, out, **{"views.grid": 3}), force=True, progress=False)
+    s = run_pseudolabel(cfg(**{"views.grid": 3}), force=True, progress=False)
     assert s["status"] == "computed"
     assert Cache(out).fingerprint["grid"] == 3
 

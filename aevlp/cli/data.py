@@ -130,7 +130,7 @@ def info_cmd(dataset: str, data_root: str, as_json: bool, check_images: bool) ->
            **{f"{s}_images": len(d.split(s)) for s in ("train", "val", "test")},
            "train_labels": "full" if d.train_labels_known else "observed only",
            "val_labels": d.val_labels if d.val_labels == "full" else "observed (a proxy: no fully labelled val)",
-           "mean_positives_train": float(d.train.labels.sum(1).mean()) if len(d.train) else 0.0, **d.report}
+           "mean_positives_train": round(float(d.train.labels.sum(1).mean()), 3) if len(d.train) else 0.0, **d.report}
     problems = []
     if check_images:
         paths = [p for s in ("train", "val", "test") for p in d.split(s).images]
