@@ -59,3 +59,18 @@ def make_photo_dataset(root: Path, n_train: int = 20, n_test: int = 6, c: int = 
 @pytest.fixture
 def photo_voc(tmp_path):
     return make_photo_dataset(tmp_path / "voc")
+
+
+def tiny_pipeline(path: Path, tiny_clip: dict, root: Path, rest: str) -> Path:
+    """A pipeline file for the test VOC data and the tiny CLIP; `rest` holds the remaining TOML tables."""
+    path.write_text(f'''[dataset]
+name = "voc"
+data_root = "{root}"
+[clip]
+arch = "tiny-clip"
+config = "{tiny_clip['config']}"
+pretrained = "{tiny_clip['pretrained']}"
+precision = "fp32"
+workers = 0
+{rest}''')
+    return path

@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_photo_dataset
+from conftest import make_photo_dataset, tiny_pipeline
 
 from aevlp.cli import cli
 from aevlp.config import load_config
@@ -16,17 +16,7 @@ from aevlp.errors import ConfigError
 def world(tiny_clip, tmp_path_factory):
     d = tmp_path_factory.mktemp("orch")
     root = make_photo_dataset(d / "voc", n_train=24, n_test=6)
-    pipe = d / "tiny.toml"
-    pipe.write_text(f'''[dataset]
-name = "voc"
-data_root = "{root}"
-[clip]
-arch = "tiny-clip"
-config = "{tiny_clip['config']}"
-pretrained = "{tiny_clip['pretrained']}"
-precision = "fp32"
-workers = 0
-[views]
+    pipe = tiny_pipeline(d / "tiny.toml", tiny_clip, root, f'''[views]
 grid = 2
 rounds = 2
 [cache]

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_photo_dataset
+from conftest import make_photo_dataset, tiny_pipeline
 
 from aevlp.cli import cli
 from aevlp.config import load_config
@@ -67,17 +67,7 @@ def test_a_new_prompt_is_re_derived_without_images(made, tmp_path, monkeypatch):
 def test_dry_run_says_re_prompt_and_no_reprompt_forces_the_full_path(made, tmp_path):
     target = tmp_path / "c.h5"
     shutil.copy(made["dir"] / "old.h5", target)
-    pipe = tmp_path / "p.toml"
-    pipe.write_text(f'''[dataset]
-name = "voc"
-data_root = "{made['root']}"
-[clip]
-arch = "tiny-clip"
-config = "{made['clip']['config']}"
-pretrained = "{made['clip']['pretrained']}"
-precision = "fp32"
-workers = 0
-batch_size = 4
+    pipe = tiny_pipeline(tmp_path / "p.toml", made["clip"], made["root"], f'''batch_size = 4
 [views]
 grid = 2
 rounds = 3
