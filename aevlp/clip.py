@@ -43,7 +43,9 @@ class ClipIdentity:
 
     @property
     def arch(self) -> str:
-        return self.source.name
+        """The fingerprint's model name: what the user called it, except a folder, which its files identify
+        (weights_id, config_id) wherever it lies — a moved or relatively named folder is the same model."""
+        return "folder" if self.source.kind == "folder" else self.source.name
 
     @property
     def weights_id(self) -> str:

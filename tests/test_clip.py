@@ -14,6 +14,7 @@ import torch
 from click.testing import CliRunner
 from conftest import TINY_CLIP, make_photo_dataset
 
+from aevlp.cache.schema import fingerprint_diff
 from aevlp.cli import cli
 from aevlp.clip import load_clip
 from aevlp.clip_source import resolve_clip, write_clip_folder
@@ -117,6 +118,23 @@ def test_hf_folder_runs_stage_one_and_records_its_statistics(folder_world, tmp_p
     sim = (clip.encode_images(x[None]) @ feats.T)[0].numpy()
     sim_flip = (clip.encode_images(x.flip(-1)[None]) @ feats.T)[0].numpy()
     assert min(np.abs(sim - flipped).max(), np.abs(sim_flip - flipped).max()) < 5e-3
+
+
+def test_hf_folder_fingerprint_does_not_depend_on_where_the_folder_lies(folder_world, tmp_path, monkeypatch):
+    """A folder named relatively, absolutely or copied elsewhere is the same model: its files identify it;
+    a changed weights file is another model."""
+    import shutil
+    folder = folder_world["folder"]
+    absolute = plan_stage_one(folder_cfg(folder_world, folder, tmp_path / "c.h5")).fingerprint
+    monkeypatch.chdir(folder.parent)
+    relative = plan_stage_one(folder_cfg(folder_world, folder.name, tmp_path / "c.h5")).fingerprint
+    copy = shutil.copytree(folder, tmp_path / "elsewhere" / "renamed")
+    copied = plan_stage_one(folder_cfg(folder_world, copy, tmp_path / "c.h5")).fingerprint
+    assert fingerprint_diff(absolute, relative) == [] and fingerprint_diff(absolute, copied) == []
+    weights = next(copy.glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x00")
+    changed = plan_stage_one(folder_cfg(folder_world, copy, tmp_path / "c.h5")).fingerprint
+    assert [d.split(":")[0] for d in fingerprint_diff(absolute, changed)] == ["clip_weights"]
 
 
 def fp_first_image(cache: Path) -> str:
