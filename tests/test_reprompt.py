@@ -128,3 +128,37 @@ def test_a_class_added_to_the_list_is_re_derived(tiny_clip, tmp_path):
     with h5py.File(tmp_path / "c.h5") as f:
         assert f["sims"].shape[-1] == 3 and f["classnames"].asstr()[:].tolist() == ["bird", "cat", "dog"]
         assert f["observed"].shape == (f["sims"].shape[1], 3)
+
+
+def test_a_schema_1_cache_with_all_views_still_reads(made, tmp_path):
+    """Schema 1 (before distinct views were stored once) kept "all" embeddings as [R, N, V, D] with no index
+    and only the global view of val/test: such a file verifies, inspects, exports and yields its global
+    embeddings; stage one calls it stale (the image side's format changed), not re-promptable."""
+    from aevlp.cache import Cache
+    old = tmp_path / "schema1.h5"
+    shutil.copy(made["dir"] / "old.h5", old)
+    with h5py.File(old, "r+") as f:
+        slots, index = f["embeddings"][:], f["embedding_index"][:]  # [N, U, D], [N, R, V]
+        rows = np.arange(len(index))[:, None, None]
+        legacy = slots[rows, index].transpose(1, 0, 2, 3)  # [R, N, V, D], written out by hand
+        for k in ("embeddings", "embedding_index", "val_labels", "test_labels"):
+            if k in f:
+                del f[k]
+        f["embeddings"] = legacy
+        for split in ("val", "test"):
+            glob = f[f"{split}_embeddings"][:, 0]
+            del f[f"{split}_embeddings"]
+            f[f"{split}_embeddings"] = glob
+        fp = json.loads(f.attrs["fingerprint"])
+        fp["schema_version"] = f.attrs["schema_version"] = 1
+        f.attrs["fingerprint"] = json.dumps(fp)
+        del f.attrs["checksums"]  # schema 1 had none
+    with Cache(old) as c:  # opening checks the file
+        assert np.array_equal(c.global_embeddings(), legacy[:, :, 0])
+        assert c.eval_embeddings("test", views=True).shape[1] == 1
+    for args in (["verify", old], ["inspect", old], ["export", old, "--out", tmp_path / "e.csv"]):
+        r = CliRunner().invoke(cli, ["cache", *map(str, args)])
+        assert r.exit_code == 0 and r.exception is None, (args, r.output)
+    assert len((tmp_path / "e.csv").read_text().splitlines()) == 1 + len(legacy[0])
+    plan = plan_stage_one(cfg_for(made["clip"], made["root"], old))
+    assert plan.status == "stale" and any(d.startswith("schema_version") for d in plan.diff)

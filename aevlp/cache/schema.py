@@ -74,7 +74,8 @@ class CacheLayout:
 
     rounds R, views V, embedding mode and size D, and U: the distinct views per image that were
     encoded (2V when rounds differ only by flips, R·V with tile jitter, V with one round): "all"
-    stores each of them once, with an index [N, R, V] into them.
+    stores each of them once, with an index [N, R, V] into them. A schema-1 file's "all" embeddings are
+    [R, N, V, D] with no index (unique_views 0); they are still read.
     """
 
     rounds: int
@@ -95,10 +96,17 @@ class CacheLayout:
                   "pseudo": ((r, n, c), np.int8)}
         if self.embeddings == "global":
             shapes["embeddings"] = ((r, n, d), np.float16)
-        elif self.embeddings == "all":
+        elif self.indexed:
             shapes["embeddings"] = ((n, self.unique_views, d), np.float16)
             shapes["embedding_index"] = ((n, r, v), np.int16)
+        elif self.embeddings == "all":  # schema 1
+            shapes["embeddings"] = ((r, n, v, d), np.float16)
         return shapes
+
+    @property
+    def indexed(self) -> bool:
+        """All views stored once per distinct view, with an index (schema 2)."""
+        return self.embeddings == "all" and self.unique_views > 0
 
     def eval_shape(self, n: int) -> tuple:
         """Unflipped val/test embeddings: the global view [N, D], or every view [N, V, D] with "all"."""
@@ -106,7 +114,7 @@ class CacheLayout:
 
     def row_axis(self, name: str) -> int:
         """The axis of a per-row dataset that indexes rows: 1 for [R, N, ...], 0 for [N, ...]."""
-        return 0 if name == "embedding_index" or (name == "embeddings" and self.embeddings == "all") else 1
+        return 0 if name == "embedding_index" or (name == "embeddings" and self.indexed) else 1
 
     @classmethod
     def of_file(cls, f: h5py.File) -> CacheLayout:
