@@ -94,7 +94,7 @@ def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path
     """
     if cache is not None:
         cfg["cache"]["path"] = str(cache)
-    r = _setup(cfg, run_dir, limit, explicit)
+    r = _setup(cfg, run_dir, limit, explicit, resume)
     state = load_training_state(r.run, r.core, r.opt, r.method) if resume else _fresh_state()
     if r.main:
         (r.run / "config.toml").write_text(dump_config(cfg))
@@ -135,7 +135,8 @@ def _align_with_cache(cfg: dict, cache: Cache, explicit: tuple[str, ...]) -> Non
             cfg[section][key] = value
 
 
-def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: tuple[str, ...] = ()) -> TrainRun:
+def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: tuple[str, ...] = (),
+           resume: bool = False) -> TrainRun:
     cache = Cache(Specs.of(cfg).cache_path)
     _align_with_cache(cfg, cache, explicit)
     specs = Specs.of(cfg)
@@ -154,7 +155,7 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: t
     method = build_method(name, params, RunInfo(num_rows=int(keep.sum()), num_classes=data.num_classes,
                                                 observed=observed[keep], seed=t.seed, epochs=t.epochs, lr=t.lr))
     device, main = _device(t, stateful=spec.method is not None)
-    core, model, opt = _model(t, data.num_classes, cache, device, method)
+    core, model, opt = _model(t, data.num_classes, cache, device, method, pretrained=not resume)
     run = Path(run_dir) if run_dir else \
         Path(t.out) / f"{data.info.name}-{specs.loss['name']}-{dt.datetime.now():%Y%m%d-%H%M%S}"
     run = Path(distributed.broadcast(str(run)))  # one run directory for all ranks
@@ -188,11 +189,14 @@ def _device(t: TrainSpec, stateful: bool) -> tuple[torch.device, bool]:
     return device, rank == 0
 
 
-def _model(t: TrainSpec, num_classes: int, cache: Cache, device: torch.device, method: Method):
+def _model(t: TrainSpec, num_classes: int, cache: Cache, device: torch.device, method: Method,
+           pretrained: bool = True):
     """(model, the module the loop calls, optimiser): seeded init; DDP under torchrun; head at lr × lr_mult;
-    the method's own parameters (ROLE's label estimator) in their own group."""
+    the method's own parameters (ROLE's label estimator) in their own group. Without `pretrained` (a resumed
+    run: its checkpoint replaces every weight) no backbone weights are fetched."""
     torch.manual_seed(t.seed)
-    core = build_model(t.backbone, num_classes, weights=t.weights, embed_dim=cache.embed_dim).to(device)
+    weights = t.weights if pretrained else "none"
+    core = build_model(t.backbone, num_classes, weights=weights, embed_dim=cache.embed_dim).to(device)
     method.prepare_model(core)
     if _channels_last(t):
         core = core.to(memory_format=torch.channels_last)

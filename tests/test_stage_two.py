@@ -74,8 +74,8 @@ def test_same_seed_same_metrics(setup, tmp_path):
     assert c["run_dir"].endswith("c")
 
 
-def test_resume_equals_uninterrupted(setup, tmp_path, monkeypatch):
-    full = train(setup, tmp_path, 'train.early_stop="none"', name="full")
+def train_interrupted_in_epoch_2(setup, tmp_path, monkeypatch, *extra, name):
+    """Train until the second epoch's evaluation raises KeyboardInterrupt (as a ^C would)."""
     import aevlp.train as tr
     calls = {"n": 0}
     orig = tr.mean_average_precision
@@ -85,14 +85,44 @@ def test_resume_equals_uninterrupted(setup, tmp_path, monkeypatch):
         if calls["n"] == 2:
             raise KeyboardInterrupt
         return orig(*a, **k)
-    monkeypatch.setattr(tr, "mean_average_precision", crash_in_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(setup, tmp_path, 'train.early_stop="none"', name="cut")
-    assert len(history(tmp_path / "cut")) == 1
-    monkeypatch.setattr(tr, "mean_average_precision", orig)
-    resumed = train(setup, tmp_path, 'train.early_stop="none"', name="cut", resume=True)
+    with monkeypatch.context() as m:
+        m.setattr(tr, "mean_average_precision", crash_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            train(setup, tmp_path, *extra, name=name)
+    assert len(history(tmp_path / name)) == 1
+
+
+def same_history(a, b):
     strip = lambda h: [{k: v for k, v in x.items() if k != "seconds"} for x in h]  # noqa: E731
-    assert strip(history(tmp_path / "cut")) == strip(history(tmp_path / "full"))
+    return strip(history(a)) == strip(history(b))
+
+
+def test_resume_equals_uninterrupted(setup, tmp_path, monkeypatch):
+    full = train(setup, tmp_path, 'train.early_stop="none"', name="full")
+    train_interrupted_in_epoch_2(setup, tmp_path, monkeypatch, 'train.early_stop="none"', name="cut")
+    resumed = train(setup, tmp_path, 'train.early_stop="none"', name="cut", resume=True)
+    assert same_history(tmp_path / "cut", tmp_path / "full")
+    assert resumed["test_map"] == full["test_map"]
+
+
+def test_resume_needs_no_backbone_weights(setup, tmp_path, monkeypatch):
+    """A resumed run's checkpoint holds every weight: the pretrained file it started from (or ImageNet's
+    download) is not needed again — an offline resume of a run whose weights file is gone matches the
+    uninterrupted run."""
+    import torch
+
+    from aevlp.models import build_model
+    torch.manual_seed(7)
+    weights = tmp_path / "backbone.pt"
+    torch.save(build_model("small-cnn", 20).state_dict(), weights)
+    use = (f'train.weights="{weights}"', 'train.early_stop="none"')
+    full = train(setup, tmp_path, *use, name="full")
+    train_interrupted_in_epoch_2(setup, tmp_path, monkeypatch, *use, name="cut")
+    weights.unlink()
+    with pytest.raises(AevlpError, match="not found"):
+        train(setup, tmp_path, *use, name="fresh")  # a new run needs it
+    resumed = train(setup, tmp_path, *use, name="cut", resume=True)
+    assert same_history(tmp_path / "cut", tmp_path / "full")
     assert resumed["test_map"] == full["test_map"]
 
 
