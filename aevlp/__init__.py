@@ -18,7 +18,7 @@ DAMP and losses
     gr_schedule(epoch, epochs, beta, alpha)   GR's per-epoch (w, b, mu, sigma)
 Stage two and results
     run_train(cfg, cache=path)            train, validate, test; writes a run directory
-    evaluate_checkpoint(run, dataset, root), predict_images(run, paths)
+    evaluate_checkpoint(run[, dataset, root]), predict_images(run, paths)
     mean_average_precision(scores, targets), pseudo_label_quality(pseudo, observed, truth)
 Registries (register your own)
     register_loss, register_backbone, register_dataset

@@ -92,9 +92,27 @@ def _scores(model, meta: dict, paths: list[str], batch_size: int = 32) -> np.nda
                           torch.device("cpu"))
 
 
-def evaluate_checkpoint(path: str | Path, dataset: str, data_root: str, split: str = "test",
-                        batch_size: int = 32) -> tuple[dict, pd.DataFrame]:
+def _run_dataset(path: str | Path) -> tuple[str, str]:
+    """(dataset name, data root) from the run directory's config.toml beside the checkpoint."""
+    import tomllib
+    p = Path(path)
+    config = (p if p.is_dir() else p.parent) / "config.toml"
+    try:
+        d = tomllib.loads(config.read_text())["dataset"]
+        return str(d["name"]), str(d["data_root"])
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError):
+        raise AevlpError(f"{path}: no run directory config.toml to take the dataset from",
+                         hint="pass --dataset NAME --data-root DIR") from None
+
+
+def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_root: str | None = None,
+                        split: str = "test", batch_size: int = 32) -> tuple[dict, pd.DataFrame]:
+    """(mAP report, per-class AP table) of a trained model on a split; the dataset and its root default
+    to those of the run the checkpoint belongs to."""
     model, meta = _checkpoint(path)
+    if not dataset or not data_root:
+        run_name, run_root = _run_dataset(path)
+        dataset, data_root = dataset or run_name, data_root or run_root
     data = load_dataset(dataset, data_root)
     if data.classnames != meta["classnames"]:
         raise AevlpError(f"{path} was trained on other classes than {data.info.name}'s")

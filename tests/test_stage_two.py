@@ -211,9 +211,15 @@ def test_cli_train_eval_predict(setup, tmp_path):
     assert "test mAP" in res.output
     # the dataset and data root come from the cache
     assert json.loads((run / "results.json").read_text())["dataset"] == "voc"
+    test_map = f"test mAP {json.loads((run / 'results.json').read_text())['test_map']:.2f}"
     res = CliRunner().invoke(cli, ["eval", str(run), "--dataset", "voc", "--data-root", str(setup["root"])])
-    assert res.exit_code == 0, res.output
-    assert f"test mAP {json.loads((run / 'results.json').read_text())['test_map']:.2f}" in res.output
+    assert res.exit_code == 0 and test_map in res.output, res.output
+    res = CliRunner().invoke(cli, ["eval", str(run / "best.pt")])  # the run's dataset, from its config.toml
+    assert res.exit_code == 0 and test_map in res.output, res.output
+    (tmp_path / "alone").mkdir()
+    (tmp_path / "alone" / "best.pt").write_bytes((run / "best.pt").read_bytes())
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "alone" / "best.pt")])
+    assert res.exit_code == 2 and "--dataset NAME --data-root DIR" in res.output and "Traceback" not in res.output
     imgs = sorted((setup["root"] / "VOCdevkit/VOC2012/JPEGImages").glob("val*.jpg"))[:3]
     out = tmp_path / "preds.csv"
     res = CliRunner().invoke(cli, ["predict", str(run / "best.pt"), *map(str, imgs), "--out", str(out),

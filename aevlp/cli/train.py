@@ -118,15 +118,21 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
 
 @cli.command("eval")
 @click.argument("checkpoint", type=click.Path(exists=True))
-@click.option("--dataset", type=RegistryChoice(DATASETS), required=True, help="Dataset name.")
-@click.option("--data-root", required=True, type=click.Path(), help="SPML-layout folder.")
+@click.option("--dataset", type=RegistryChoice(DATASETS), default=None, help="Dataset name [default: the run's].")
+@click.option("--data-root", default=None, type=click.Path(), help="SPML-layout folder [default: the run's].")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Per-class AP CSV.")
 @click.option("--batch-size", type=int, default=32)
 def eval_cmd(checkpoint, dataset, data_root, split, out, batch_size) -> None:
     """mAP and per-class AP of a trained model (RUN_DIR or its best.pt) on a split.
 
-    Example: aevlp eval runs/voc-gpr --dataset voc --data-root data/voc --split test
+    The dataset is the run's (its config.toml) unless --dataset/--data-root name another copy.
+
+    \b
+    Examples:
+      aevlp eval runs/voc-gpr                      # the run's own test split
+      aevlp eval runs/voc-gpr --split val --out val_ap.csv
+      aevlp eval best.pt --dataset voc --data-root /data/voc
     """
     from aevlp.evaluate import evaluate_checkpoint
 
