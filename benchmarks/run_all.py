@@ -136,6 +136,18 @@ def loaders(s2: dict, gpu: list[dict]) -> str:
     return "\n".join(out)
 
 
+def _reprompt_scaling(rp: dict) -> str:
+    if "images_4n" not in rp:
+        return ""
+    return (f"| the same on {rp['images_4n']} images | {rp['full_4n_s']:.1f} s vs {rp['rederive_4n_s']:.2f} s: "
+            f"**{rp['ratio_4n']:.0f}×** |\n"
+            f"| per image (from the two sizes): stage one vs re-derive; fixed start-up | "
+            f"{rp['full_per_image_s']:.2f} s vs {rp['rederive_per_image_s'] * 1e3:.1f} ms; "
+            f"{rp['full_fixed_s']:.1f} s vs {rp['rederive_fixed_s']:.1f} s |\n"
+            f"| projected to {rp['projected_images']:,} images (VOC's train split), linear in N | "
+            f"**{rp['projected_ratio']:.0f}×** |\n")
+
+
 def reprompt_section(rp: dict | None) -> str:
     if not rp:
         return ""
@@ -146,7 +158,7 @@ def reprompt_section(rp: dict | None) -> str:
 | measure | value |
 |---|---|
 | a new prompt template on {rp['images']} images ({rp['arch']}, grid 4, R = 4): stage one from scratch vs re-derived from the stored embeddings | {rp['full_s']:.1f} s vs {rp['rederive_s']:.2f} s: **{rp['ratio']:.0f}×** |
-| peak memory (tiny model, N and 4N images) | {mem} |
+{_reprompt_scaling(rp)}| peak memory (tiny model, N and 4N images) | {mem} |
 """
 
 
