@@ -3,8 +3,8 @@
   full vs re-derive   the same text change (a new prompt template) on the same data: stage one from
                       scratch (decode, views, image encoder, text) vs re-deriving the cache from its
                       stored embeddings (text encoder alone, no image). Real-size encoder, random weights;
-                      at N and 4N images, so each path's fixed and per-image cost are known and the
-                      ratio is projected to a VOC-size train split (5,717 images).
+                      at N and 4N images; the ratio grows with N, and is projected (a lower bound)
+                      to a VOC-size train split (5,717 images).
   peak memory         maximum resident memory of a process that runs stage one (or the re-derive) on
                       N and on 4N images with a tiny model: flat in N when nothing is held whole.
 
@@ -55,9 +55,13 @@ def cfg(root: Path, out: Path, arch: str, weights: Path, prompt: str):
                               "dataset.val_frac=0.01", f'text.prompts=["{prompt}"]'])
 
 
+PROMPTS = ("a photo of a {}.", "a blurry picture of a {}.", "a close-up photo of a {}.", "a picture of the {}.")
+
+
 def full_vs_rederive(root: Path, tmp: Path, arch: str, n: int) -> dict:
-    """Both paths at N and 4N images: the ratio at N, and each path's fixed and per-image cost (two points,
-    linear in N) projected to a VOC-size train split, where the fixed start-up no longer dominates."""
+    """Both paths at N and 4N images (the re-derive three times, its fastest kept: it takes seconds, where
+    noise shows). The ratio grows with N; projected to a VOC-size split as a lower bound, counting all of
+    the 4N re-derive time as per-image cost (in truth most of it is the text encoder's fixed start-up)."""
     import open_clip
     import torch
 
@@ -65,26 +69,27 @@ def full_vs_rederive(root: Path, tmp: Path, arch: str, n: int) -> dict:
 
     weights = tmp / f"{arch}.pt"
     torch.save(open_clip.create_model(arch).state_dict(), weights)  # a weights file: the text tower loads alone
-    old, new = "a photo of a {}.", "a blurry picture of a {}."
-    run_pseudolabel(cfg(root, tmp / "warm.h5", arch, weights, old), limit=4, progress=False)  # warm-up
+    run_pseudolabel(cfg(root, tmp / "warm.h5", arch, weights, PROMPTS[0]), limit=4, progress=False)  # warm-up
     times = {}
     for k in (n, 4 * n):
         t = time.perf_counter()
-        run_pseudolabel(cfg(root, tmp / f"c{k}.h5", arch, weights, old), limit=k, progress=False)
+        run_pseudolabel(cfg(root, tmp / f"c{k}.h5", arch, weights, PROMPTS[0]), limit=k, progress=False)
         full = time.perf_counter() - t
-        t = time.perf_counter()
-        s = run_pseudolabel(cfg(root, tmp / f"c{k}.h5", arch, weights, new), limit=k, progress=False)
-        assert s["status"] == "re-prompted", s
-        times[k] = (full, time.perf_counter() - t)
+        re = []
+        for prompt in PROMPTS[1:]:
+            t = time.perf_counter()
+            s = run_pseudolabel(cfg(root, tmp / f"c{k}.h5", arch, weights, prompt), limit=k, progress=False)
+            assert s["status"] == "re-prompted", s
+            re.append(time.perf_counter() - t)
+        times[k] = (full, min(re))
     (f1, r1), (f4, r4) = times[n], times[4 * n]
-    per_full, per_re = (f4 - f1) / (3 * n), max((r4 - r1) / (3 * n), 1e-6)
-    fixed_full, fixed_re = max(f1 - per_full * n, 0.0), max(r1 - per_re * n, 0.0)
+    per_full = (f4 - f1) / (3 * n)
     voc = VOC_TRAIN
+    full_voc = f4 + per_full * (voc - 4 * n)
     return {"arch": arch, "images": n, "full_s": f1, "rederive_s": r1, "ratio": f1 / r1,
             "images_4n": 4 * n, "full_4n_s": f4, "rederive_4n_s": r4, "ratio_4n": f4 / r4,
-            "full_per_image_s": per_full, "rederive_per_image_s": per_re, "full_fixed_s": fixed_full,
-            "rederive_fixed_s": fixed_re, "projected_images": voc,
-            "projected_ratio": (fixed_full + per_full * voc) / (fixed_re + per_re * voc)}
+            "full_per_image_s": per_full, "projected_images": voc,
+            "projected_ratio_at_least": full_voc / (r4 * voc / (4 * n))}
 
 
 def peak_memory(root: Path, tmp: Path, n: int) -> dict:
@@ -126,9 +131,8 @@ def main() -> None:
     for k, f, r in ((speed["images"], speed["full_s"], speed["rederive_s"]),
                     (speed["images_4n"], speed["full_4n_s"], speed["rederive_4n_s"])):
         print(f"{args.arch}, {k} images, grid 4, 4 rounds: full stage one {f:.1f} s, re-derive {r:.2f} s: {f / r:.0f}x")
-    print(f"per image: full {speed['full_per_image_s']:.3f} s, re-derive {speed['rederive_per_image_s'] * 1e3:.1f} ms; "
-          f"fixed: {speed['full_fixed_s']:.1f} s / {speed['rederive_fixed_s']:.1f} s; "
-          f"projected to {speed['projected_images']} images: {speed['projected_ratio']:.0f}x")
+    print(f"stage one per image: {speed['full_per_image_s']:.2f} s; projected to {speed['projected_images']} images: "
+          f"at least {speed['projected_ratio_at_least']:.0f}x")
     for k, m in mem.items():
         print(f"peak memory with {k} images (tiny model): stage one {m['stage_one_mb']:.0f} MB, "
               f"re-derive {m['rederive_mb']:.0f} MB")
