@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -161,6 +162,14 @@ def _tokenizer(source: ClipSource):
                               "weights in an HF-layout folder)") from e
 
 
+def _why(e: Exception) -> str:
+    """A weights-loading failure in one line (torch's weights_only refusal suggests the unsafe way out)."""
+    if isinstance(e, pickle.UnpicklingError):
+        return "it is not plain tensors (a pickle that needs code to load, or not a torch file at all); refused"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first[:300]}"
+
+
 def load_clip(spec: ClipSpec, *, load_weights: bool = True) -> ClipModel:
     """Create the frozen open_clip model a ClipSpec names (see `clip_source` for what it can name).
 
@@ -177,7 +186,7 @@ def load_clip(spec: ClipSpec, *, load_weights: bool = True) -> ClipModel:
         raise
     except Exception as e:  # download failures and mismatched files surface as many exception types
         if source.kind != "tag":
-            raise AevlpError(f"could not load weights {source.pretrained} into {source.name}: {e}",
+            raise AevlpError(f"could not load weights {source.pretrained} into {source.name}: {_why(e)}",
                              hint="check that the file matches the architecture (and --clip-config), and that it is "
                                   "a state dict (.safetensors/.bin/.pt), not a pickled program") from e
         raise AevlpError(f"could not fetch pretrained weights '{source.pretrained}' for {source.name} "

@@ -98,6 +98,32 @@ def test_crafted_weights_file_and_small_cnn_weights(world, tmp_path):
         build_model("clip-head", 20, weights=str(good), embed_dim=32)
 
 
+def test_crafted_clip_weights_are_refused_and_never_run(world, tmp_path):
+    """CLIP weights — a file named with --clip, an HF-layout folder's .bin, and the text tower alone that
+    re-prompting loads — never unpickle code: a payload as a raw pickle or inside a torch zip is refused."""
+    import open_clip
+
+    from aevlp.clip import load_clip, load_text_encoder
+    from aevlp.clip_source import write_clip_folder
+    from aevlp.specs import ClipSpec
+    marker = tmp_path / "pwned"
+    raw, zipped = tmp_path / "raw.pt", tmp_path / "zipped.pt"
+    with open(raw, "wb") as f:
+        pickle.dump(Payload(marker), f)
+    torch.save({"visual.proj": Payload(marker)}, zipped)
+    folder = write_clip_folder(tmp_path / "folder", json.loads(open(world["clip"]["config"]).read()),
+                               open_clip.create_model("tiny-clip").state_dict())
+    next(folder.glob("*.safetensors")).unlink()
+    (folder / "open_clip_pytorch_model.bin").write_bytes(zipped.read_bytes())
+    specs = [ClipSpec("tiny-clip", str(p), config=world["clip"]["config"], device="cpu", precision="fp32")
+             for p in (raw, zipped)] + [ClipSpec("", str(folder), device="cpu", precision="fp32")]
+    for spec in specs:
+        for loader in (load_clip, load_text_encoder):
+            with pytest.raises(AevlpError, match="not plain tensors"):
+                loader(spec)
+    assert not marker.exists()
+
+
 def test_object_array_npy_is_refused_without_running(world, tmp_path):
     root = make_photo_dataset(tmp_path / "voc", n_train=6, n_test=3)
     marker = tmp_path / "pwned"
