@@ -14,6 +14,9 @@ from pathlib import Path
 from aevlp.cache import fingerprint_id
 from aevlp.config import dump_config, tomllib
 from aevlp.data import training_data_hash
+from aevlp.errors import ConfigError
+from aevlp.losses import LOSSES
+from aevlp.models import BACKBONES
 from aevlp.pseudolabel import StageOnePlan, plan_stage_one, run_pseudolabel
 from aevlp.specs import Specs
 from aevlp.train import run_train
@@ -83,10 +86,23 @@ def _stage_two(cfg: dict, run_dir: Path, cache_fp: dict, data_hash: str, stage_o
     return StagePlan("train", False, f"{results} is current")
 
 
+def check_stage_two_choices(specs: Specs) -> None:
+    """Refuse an unknown loss or backbone, or a missing weights file, before stage one runs (hours, on
+    a real dataset), not when training starts after it."""
+    LOSSES.canonical(specs.loss["name"])
+    BACKBONES.canonical(specs.train.backbone)
+    w = specs.train.weights
+    if w not in ("", "none", "default", "imagenet") and not Path(w).is_file():
+        raise ConfigError(f"train.weights = {w!r}: file not found",
+                          hint="give an existing .pth/.safetensors file, or imagenet, default or none")
+
+
 def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit: int | None = None,
                   reprompt: bool = True) -> PipelinePlan:
     """The decision and its reason for each stage. Fills in cfg's cache path, as the run will record it."""
-    cfg["cache"]["path"] = str(Specs.of(cfg).cache_path)
+    specs = Specs.of(cfg)
+    check_stage_two_choices(specs)
+    cfg["cache"]["path"] = str(specs.cache_path)
     p1 = plan_stage_one(cfg, limit)
     if p1.status == "reprompt" and not reprompt:
         p1.status = "stale"

@@ -84,6 +84,23 @@ def test_dry_run_decisions(ran, override, stage_one_runs, field):
     assert "train: would run" in r.output and field in r.output
 
 
+@pytest.mark.parametrize("override,message", [
+    ('loss.name="gpt"', "unknown loss 'gpt' (did you mean 'gpr'?)"),
+    ('train.backbone="resnet5"', "unknown backbone 'resnet5' (did you mean 'resnet50'?)"),
+    ('train.weights="no/such.pth"', "train.weights = 'no/such.pth': file not found"),
+])
+def test_stage_two_choices_are_refused_before_stage_one(world, tmp_path, monkeypatch, override, message):
+    import aevlp.pseudolabel as pl
+
+    def forbidden(*a, **k):
+        raise AssertionError("stage one must not start")
+    monkeypatch.setattr(pl, "load_clip", forbidden)
+    for extra in (["--dry-run"], ["--no-progress"]):
+        r = invoke("run", world["pipe"], *extra, "--set", override, "--set", f'cache.path="{tmp_path / "c.h5"}"')
+        assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "c.h5").exists() and not (tmp_path / "c.h5.partial").exists()
+
+
 def test_force_stage(ran):
     world = ran
     r = invoke("run", world["pipe"], "--dry-run", "--force-stage", "train")
