@@ -15,7 +15,7 @@ from aevlp.cache import fingerprint_id
 from aevlp.config import dump_config, tomllib
 from aevlp.data import training_data_hash
 from aevlp.errors import ConfigError
-from aevlp.losses import LOSSES
+from aevlp.losses import LOSSES, check_labels_available
 from aevlp.models import BACKBONES
 from aevlp.pseudolabel import StageOnePlan, plan_stage_one, run_pseudolabel
 from aevlp.specs import Specs
@@ -104,6 +104,7 @@ def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit
     check_stage_two_choices(specs)
     cfg["cache"]["path"] = str(specs.cache_path)
     p1 = plan_stage_one(cfg, limit)
+    check_labels_available(specs.loss["name"], specs.train.labels, p1.data.train_labels_known)
     if p1.status == "reprompt" and not reprompt:
         p1.status = "stale"
     one = _stage_one(p1, force_stage == "pseudolabel")

@@ -29,7 +29,7 @@ from aevlp.errors import AevlpError, ConfigError
 from aevlp.evaluate import predict_scores
 from aevlp.inputs import EmbeddingRows, ImageRows, flips, make_loader, to_model_input
 from aevlp.labeler import PseudoLabeler
-from aevlp.losses import LOSSES, LossSpec, Method, RunInfo, build_method
+from aevlp.losses import LOSSES, LossSpec, Method, RunInfo, build_method, check_labels_available
 from aevlp.metrics import (
     evaluation_report,
     mean_average_precision,
@@ -149,9 +149,7 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: t
     params = dict(specs.loss, expected_pos=specs.loss["expected_pos"] or data.info.expected_pos or
                   float(truth.sum(1).mean()))
     name, spec = specs.loss["name"], LOSSES.get(specs.loss["name"])
-    if not data.train_labels_known and (spec.uses_full_labels or spec.needs_truth or t.labels == "full"):
-        raise ConfigError(f"loss '{name}' (or train.labels = full) needs full training labels, which this "
-                          "observed-only dataset does not have", hint="choose a single-positive method")
+    check_labels_available(name, t.labels, data.train_labels_known)
     method = build_method(name, params, RunInfo(num_rows=int(keep.sum()), num_classes=data.num_classes,
                                                 observed=observed[keep], seed=t.seed, epochs=t.epochs, lr=t.lr))
     device, main = _device(t, stateful=spec.method is not None)

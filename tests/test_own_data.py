@@ -79,6 +79,13 @@ def test_train_and_report_without_full_labels(own):
     assert r.exit_code == 2 and "observed-only" in r.output  # needs full training labels: refused clearly
 
 
+def test_run_refuses_a_full_label_method_before_stage_one(own, tmp_path):
+    r = CliRunner().invoke(cli, ["run", "table", "--data-root", str(own["data"]), "--set", 'loss.name="iun"',
+                                 "--set", f'cache.path="{tmp_path / "c.h5"}"', *own["clip"], "--no-progress"])
+    assert r.exit_code == 2 and "needs full training labels" in r.output, r.output
+    assert not (tmp_path / "c.h5").exists() and not (tmp_path / "c.h5.partial").exists()
+
+
 def test_bench_writes_mean_and_sd_over_seeds(own):
     out = own["dir"] / "bench"
     invoke("bench", "table", "an", "gpr-damp", "--seeds", "0,1", "--data-root", own["data"], "--out", out,

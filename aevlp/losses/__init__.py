@@ -8,6 +8,7 @@ pipelines and `build_loss` read.
 """
 from __future__ import annotations
 
+from aevlp.errors import ConfigError
 from aevlp.losses.cole import (
     RoleMethod,
     an_loss,
@@ -31,7 +32,7 @@ __all__ = ["LOG_EPS", "COLE_EPS", "soft_pseudo_label", "reweight", "gce_positive
            "gpr_loss", "expected_positive_regularizer", "bce_full_loss", "an_loss", "an_ls_loss", "an_pl_loss",
            "wan_loss", "iun_loss", "iu_loss", "epr_loss", "role_loss", "em_loss", "em_pl_loss", "em_apl_loss",
            "ll_loss", "boost_lu", "LossSpec", "Method", "RunInfo", "LOSSES", "register_loss", "build_loss",
-           "build_method"]
+           "build_method", "check_labels_available"]
 
 LOSSES: Registry[LossSpec] = Registry("loss")
 
@@ -52,6 +53,14 @@ def build_loss(name: str, params: dict) -> Method:
     if spec.method is not None:
         raise ValueError(f"loss '{name}' keeps state across a run: use build_method(name, params, run)")
     return Method(spec, name, params)
+
+
+def check_labels_available(name: str, labels: str, train_labels_known: bool) -> None:
+    """Refuse a loss (or `train.labels = full`) that reads full training labels on observed-only data."""
+    spec = LOSSES.get(name)
+    if not train_labels_known and (spec.uses_full_labels or spec.needs_truth or labels == "full"):
+        raise ConfigError(f"loss '{name}' (or train.labels = full) needs full training labels, which this "
+                          "observed-only dataset does not have", hint="choose a single-positive method")
 
 
 def build_method(name: str, params: dict, run: RunInfo) -> Method:
