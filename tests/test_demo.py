@@ -106,7 +106,8 @@ def test_run_on_the_demo_pipeline_reuses_stage_one(demo):
     # pipelines/demo.toml names the demo's folders relatively (demo/clip, ...), as `aevlp run demo` after
     # `make demo` does; pointed at the quick demo's folders it is the same stage one
     rel = [f'{k}="demo/quick/{v}"' for k, v in (("dataset.data_root", "data"), ("clip.pretrained", "clip"),
-                                                ("cache.path", "cache/fashion-mosaic.h5"))]
+                                                ("cache.path", "cache/fashion-mosaic.h5"),
+                                                ("train.weights", "backbone/small-cnn.safetensors"))]
     dry = aevlp("run", "demo", "--dry-run", *[a for r in rel for a in ("--set", r)], cwd=demo["cwd"])
     assert dry.returncode == 0 and "pseudolabel: up to date" in dry.stdout, dry.stdout + dry.stderr
     r = aevlp("run", pipeline, "--set", 'loss.name="an"', "--no-progress", cwd=demo["cwd"])
