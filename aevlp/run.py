@@ -88,7 +88,7 @@ def _stage_two(cfg: dict, run_dir: Path, cache_fp: dict, data_hash: str, stage_o
 
 def check_stage_two_choices(specs: Specs) -> None:
     """Refuse an unknown loss or backbone, or a missing weights file, before stage one runs (hours, on
-    a real dataset), not when training starts after it."""
+    a real dataset), not when training starts after it (planning stage one runs nothing)."""
     LOSSES.canonical(specs.loss["name"])
     BACKBONES.canonical(specs.train.backbone)
     w = specs.train.weights
@@ -101,9 +101,9 @@ def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit
                   reprompt: bool = True) -> PipelinePlan:
     """The decision and its reason for each stage. Fills in cfg's cache path, as the run will record it."""
     specs = Specs.of(cfg)
-    check_stage_two_choices(specs)
     cfg["cache"]["path"] = str(specs.cache_path)
-    p1 = plan_stage_one(cfg, limit)
+    p1 = plan_stage_one(cfg, limit)  # stage one's own problems (data, CLIP) are reported first
+    check_stage_two_choices(specs)
     check_labels_available(specs.loss["name"], specs.train.labels, p1.data.train_labels_known)
     if p1.status == "reprompt" and not reprompt:
         p1.status = "stale"
