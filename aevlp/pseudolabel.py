@@ -72,6 +72,24 @@ class StageOnePlan:
     def image_paths(self) -> list[str]:
         return [str(self.data.image_root / i) for i in self.data.train.images[:self.n]]
 
+    def writer_fields(self, rows: tuple[int, int], eval_ids: dict | None, text: torch.Tensor,
+                      relation: torch.Tensor | None) -> dict:
+        """The CacheWriter arguments this plan decides for training rows [start, stop) and the class
+        features `text`: rows, labels, text side, selection, and `info` (what train reads back)."""
+        (start, stop), split, ds = rows, self.data.train, self.specs.dataset
+        return {"image_ids": list(split.images[start:stop]), "classnames": self.data.classnames,
+                "observed": split.observed[start:stop],
+                "labels": split.labels[start:stop] if self.data.train_labels_known else None,
+                "text_features": text.numpy(), "relation": None if relation is None else relation.numpy(),
+                "selection": self.specs.damp.selection(), "eval_ids": eval_ids,
+                "eval_labels": {"val": self.data.val.labels, "test": self.data.test.labels} if eval_ids else None,
+                "info": {"data_root": str(Path(ds.data_root).resolve()), "image_root": ds.image_root,
+                         "limit": self.limit, "pipeline": self.specs.pipeline,
+                         "clip": dataclasses.asdict(self.specs.clip),
+                         "stage_one": {"text": {**dataclasses.asdict(self.specs.text),
+                                                "prompts": list(self.specs.text.prompts)},
+                                       "views": dict(self.specs.views)}}}
+
 
 @dataclass
 class _Scorer:
@@ -231,25 +249,11 @@ def _run_shard(plan: StageOnePlan, scorer: _Scorer, shard: tuple[int, int], prog
 
 def _writer(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tuple[int, int],
             eval_ids: dict | None) -> CacheWriter:
-    start, stop = rows
-    split, ds = plan.data.train, plan.specs.dataset
     layout = CacheLayout(rounds=plan.views.rounds, num_views=plan.views.num_views,
                          embeddings=plan.specs.cache.store_embeddings, embed_dim=scorer.clip.embed_dim,
                          unique_views=unique_slots(plan.views))
-    eval_labels = {"val": plan.data.val.labels, "test": plan.data.test.labels} if eval_ids else None
-    return CacheWriter(path, fp, layout, image_ids=list(split.images[start:stop]), classnames=plan.data.classnames,
-                       observed=split.observed[start:stop],
-                       labels=split.labels[start:stop] if plan.data.train_labels_known else None,
-                       text_features=scorer.text.numpy(),
-                       relation=None if scorer.relation is None else scorer.relation.numpy(),
-                       selection=plan.specs.damp.selection(), eval_ids=eval_ids, eval_labels=eval_labels,
-                       clip_preprocess=clip_preprocess(plan.clip, plan.views),
-                       info={"data_root": str(Path(ds.data_root).resolve()), "image_root": ds.image_root,
-                             "limit": plan.limit, "pipeline": plan.specs.pipeline,
-                             "clip": dataclasses.asdict(plan.specs.clip),
-                             "stage_one": {"text": {**dataclasses.asdict(plan.specs.text),
-                                                    "prompts": list(plan.specs.text.prompts)},
-                                           "views": dict(plan.specs.views)}})
+    return CacheWriter(path, fp, layout, clip_preprocess=clip_preprocess(plan.clip, plan.views),
+                       **plan.writer_fields(rows, eval_ids, scorer.text, scorer.relation))
 
 
 def _compute(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tuple[int, int],

@@ -56,7 +56,7 @@ def rederive(plan, progress: bool = True) -> dict:
     sel = specs.damp.selection()
     with CacheLock(target):
         with h5py.File(target, "r") as src:
-            writer = _writer_like(src, plan, feats, relation, sel)
+            writer = _writer_like(src, plan, feats, relation)
             try:
                 _fill_from(src, writer, feats, data.train.observed[:plan.n], sel, progress)
                 for split in ("val", "test"):
@@ -71,17 +71,13 @@ def rederive(plan, progress: bool = True) -> dict:
     return stats
 
 
-def _writer_like(src: h5py.File, plan, feats: torch.Tensor, relation, sel: dict) -> CacheWriter:
-    """A writer with the source's image-side layout and the plan's text side, rows and labels."""
-    data, n = plan.data, plan.n
-    return CacheWriter(plan.target, plan.fingerprint, CacheLayout.of_file(src), image_ids=list(data.train.images[:n]),
-                       classnames=data.classnames, observed=data.train.observed[:n],
-                       labels=data.train.labels[:n] if data.train_labels_known else None,
-                       text_features=feats.numpy(), relation=None if relation is None else relation.numpy(),
-                       selection=sel, eval_ids=plan.eval_ids,
-                       eval_labels={"val": data.val.labels, "test": data.test.labels} if plan.eval_ids else None,
-                       info={**json.loads(src.attrs.get("info", "{}")), "reprompted": True},
-                       clip_preprocess=json.loads(src.attrs["clip_preprocess"]))
+def _writer_like(src: h5py.File, plan, feats: torch.Tensor, relation) -> CacheWriter:
+    """A writer with the source's image-side layout and preprocessing, and the plan's rows, labels and
+    text side (the same fields stage one writes, `info` included: train reads [text] back from it)."""
+    fields = plan.writer_fields((0, plan.n), plan.eval_ids, feats, relation)
+    fields["info"] = {**fields["info"], "reprompted": True}
+    return CacheWriter(plan.target, plan.fingerprint, CacheLayout.of_file(src),
+                       clip_preprocess=json.loads(src.attrs["clip_preprocess"]), **fields)
 
 
 def _fill_from(src: h5py.File, writer: CacheWriter, feats: torch.Tensor, observed: np.ndarray, sel: dict,

@@ -61,6 +61,9 @@ def test_a_new_prompt_is_re_derived_without_images(made, tmp_path, monkeypatch):
         assert (a["pseudo"][:] == b["pseudo"][:]).mean() > 0.99
         assert np.allclose(a["text_features"][:], b["text_features"][:], atol=1e-5)
         assert np.array_equal(a["embeddings"][:], b["embeddings"][:])
+        info, full_info = json.loads(a.attrs["info"]), json.loads(b.attrs["info"])
+    assert info.pop("reprompted") is True and info == full_info  # train reads [text] back from it: the new one
+    assert info["stage_one"]["text"]["prompts"] == ["a blurry picture of a {}."]
     assert plan_stage_one(cfg).status == "up-to-date"
 
 
