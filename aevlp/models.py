@@ -69,6 +69,14 @@ class Classifier(nn.Module):
         return torch.where(cam > 0, alpha * cam, cam).mean(dim=(2, 3))
 
 
+WEIGHT_KEYWORDS = ("", "none", "default", "imagenet")  # train.weights values that are not files
+
+
+def names_file(weights: str) -> bool:
+    """Whether a train.weights value names a weights file (anything but the keywords)."""
+    return weights not in WEIGHT_KEYWORDS
+
+
 def _small_cnn(weights: str, width: int = 32) -> tuple[nn.Module, int]:
     def block(i, o):
         return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True),
@@ -79,7 +87,7 @@ def _small_cnn(weights: str, width: int = 32) -> tuple[nn.Module, int]:
     if weights == "imagenet":
         raise AevlpError("small-cnn has no ImageNet weights (the default for it is none: from scratch)",
                          hint="use --weights none (from scratch) or a .pth/.safetensors file of a small-cnn")
-    if weights not in ("none", "", "default"):
+    if names_file(weights):
         load_backbone_weights(net, weights)
     return net, 4 * width
 
@@ -99,7 +107,7 @@ def _resnet(name: str, weights: str) -> tuple[nn.Module, int]:
                                   "or --weights none") from e
     else:
         net = ctor(weights=None)
-        if weights not in ("none", ""):
+        if names_file(weights):
             load_backbone_weights(net, weights, ignore=("fc.",))
     dim = net.fc.in_features
     net.fc = nn.Identity()  # torchvision's ResNet already ends in global average pooling

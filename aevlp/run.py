@@ -16,7 +16,7 @@ from aevlp.config import dump_config, tomllib
 from aevlp.data import training_data_hash
 from aevlp.errors import ConfigError
 from aevlp.losses import LOSSES, check_labels_available
-from aevlp.models import BACKBONES
+from aevlp.models import BACKBONES, names_file
 from aevlp.pseudolabel import StageOnePlan, plan_stage_one, run_pseudolabel
 from aevlp.specs import Specs
 from aevlp.train import run_train
@@ -92,7 +92,7 @@ def check_stage_two_choices(specs: Specs) -> None:
     LOSSES.canonical(specs.loss["name"])
     BACKBONES.canonical(specs.train.backbone)
     w = specs.train.weights
-    if w not in ("", "none", "default", "imagenet") and not Path(w).is_file():
+    if names_file(w) and not Path(w).is_file():
         raise ConfigError(f"train.weights = {w!r}: file not found",
                           hint="give an existing .pth/.safetensors file, or imagenet, default or none")
 
