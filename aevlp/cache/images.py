@@ -33,7 +33,7 @@ def image_cache_path(stage_one_cache: Path, dataset: str, size: int) -> Path:
 
 def image_cache_fingerprint(data, size: int) -> dict:
     """What the stored pixels depend on: the split lists, the files' identity, the size and the resize."""
-    return {"format": FORMAT, "size": size, "resize": "squash bilinear antialias (torchvision, uint8)",
+    return {"format": FORMAT, "size": size, "resize": "squash bilinear (PIL, uint8): inputs.load_uint8",
             **{f"{name}_images": [len(s.images), image_identity(data.image_root, s.images)]
                for name, s in _splits(data)}}
 
