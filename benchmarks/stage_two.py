@@ -2,7 +2,7 @@
 
   loader images/s per core  one process (one core) turning JPEGs into model input at the training
                            size: the official code's PIL loader (Image.open, Resize, flip, ToTensor,
-                           Normalize), aevlp's (torchvision decode + uint8 resize in the worker;
+                           Normalize), aevlp's (PIL decode + resize to uint8 HWC in the worker;
                            normalise and flip where the model is), and aevlp's pre-resized image
                            cache (train.image_cache). Targets: aevlp >= 2x PIL, cache >= 5x PIL.
   model consumption        images/s one ResNet training step takes (forward, loss, backward, Adam),
