@@ -9,6 +9,14 @@ TINY_CLIP = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "wid
              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 
 
+def invoke(*args):
+    """The aevlp CLI in this process, arguments as strings (a click Result: exit_code, output)."""
+    from click.testing import CliRunner
+
+    from aevlp.cli import cli
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

@@ -7,10 +7,8 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
-from conftest import make_photo_dataset
+from conftest import invoke, make_photo_dataset
 
-from aevlp.cli import cli
 from aevlp.config import load_config
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.pseudolabel import plan_stage_one, run_pseudolabel
@@ -25,10 +23,6 @@ class Payload:
 
     def __reduce__(self):
         return (os.makedirs, (self.marker,))
-
-
-def invoke(*args):
-    return CliRunner().invoke(cli, [str(a) for a in args])
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,8 @@ import json
 import h5py
 import numpy as np
 import pytest
-from click.testing import CliRunner
-from conftest import make_photo_dataset, tiny_pipeline
+from conftest import invoke, make_photo_dataset, tiny_pipeline
 
-from aevlp.cli import cli
 from aevlp.config import load_config
 from aevlp.errors import ConfigError
 
@@ -30,11 +28,6 @@ lr = 1e-3
 out = "{d / 'runs'}"
 ''')
     return {"dir": d, "pipe": pipe, "root": root, "cache": d / "cache" / "tiny.h5"}
-
-
-def invoke(*args):
-    r = CliRunner().invoke(cli, list(map(str, args)))
-    return r
 
 
 @pytest.fixture(scope="module")

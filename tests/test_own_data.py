@@ -5,16 +5,14 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
+from conftest import invoke
 from PIL import Image
-
-from aevlp.cli import cli
 
 CLASSES = ["cat", "dog", "tree", "car", "boat"]
 
 
-def invoke(*args):
-    r = CliRunner().invoke(cli, [str(a) for a in args])
+def ok(*args) -> str:
+    r = invoke(*args)
     assert r.exit_code == 0, r.output
     return r.output
 
@@ -34,14 +32,14 @@ def own(tiny_clip, tmp_path_factory):
         rows.append({"image": f"p{i:02d}.jpg", "labels": "|".join(known), "split": split})
     pd.DataFrame(rows).to_csv(d / "tags.csv", index=False)
     data = d / "data"
-    invoke("data", "prepare", "table", "--csv", d / "tags.csv", "--images", photos, "--out", data, "--observed-only")
+    ok("data", "prepare", "table", "--csv", d / "tags.csv", "--images", photos, "--out", data, "--observed-only")
     clip = ["--set", f'clip.arch="{tiny_clip["arch"]}"', "--set", f'clip.config="{tiny_clip["config"]}"',
             "--set", f'clip.pretrained="{tiny_clip["pretrained"]}"', "--set", 'clip.precision="fp32"',
             "--set", "clip.workers=0", "--set", "views.grid=2", "--set", "views.rounds=2",
             "--set", 'views.resize="squash"', "--set", 'views.normalize="clip"',
             "--set", 'views.interpolation="bilinear"', "--set", "views.size=32"]
-    invoke("pseudolabel", "--dataset", "table", "--data-root", data, "--config", "table", "--out", d / "c.h5",
-           *clip, "--no-progress")
+    ok("pseudolabel", "--dataset", "table", "--data-root", data, "--config", "table", "--out", d / "c.h5",
+       *clip, "--no-progress")
     return {"dir": d, "data": data, "cache": d / "c.h5", "clip": clip}
 
 
@@ -59,39 +57,39 @@ def test_no_full_training_labels_anywhere(own):
 
 def test_train_and_report_without_full_labels(own):
     run = own["dir"] / "runs" / "gpr"
-    out = invoke("train", "--pseudo", own["cache"], "--backbone", "clip-head", "--weights", "none", "--epochs", "3",
-                 "--workers", "0", "--lr", "1e-3", "--run-dir", run, "--no-progress")
+    out = ok("train", "--pseudo", own["cache"], "--backbone", "clip-head", "--weights", "none", "--epochs", "3",
+             "--workers", "0", "--lr", "1e-3", "--run-dir", run, "--no-progress")
     assert "test mAP" in out
     res = json.loads((run / "results.json").read_text())
     assert res["train_labels"] == "observed only" and "pseudo_f1" not in res
     assert {"CF1", "OF1", "micro_map", "precision@3"} <= set(res["test_metrics"])
     assert res["test_metrics"]["map"] == pytest.approx(res["test_map"])
     rep = own["dir"] / "report"
-    invoke("report", run, "--out", rep)
+    ok("report", run, "--out", rep)
     table = pd.read_csv(rep / "results.csv")
     assert {"micro_map", "CF1", "OF1"} <= set(table.columns)
     row = table[np.isclose(table["test_map"].astype(float), res["test_map"])].iloc[0]
     assert row["CF1"] == pytest.approx(res["test_metrics"]["CF1"]) and row["OF1"] == pytest.approx(
         res["test_metrics"]["OF1"])
     assert table["method"].astype(str).str.contains("zero-shot teacher").any()
-    r = CliRunner().invoke(cli, ["train", "--pseudo", str(own["cache"]), "--backbone", "clip-head", "--weights",
-                                 "none", "--loss", "bce-full", "--labels", "full", "--run-dir", str(run.parent / "x")])
+    r = invoke("train", "--pseudo", own["cache"], "--backbone", "clip-head", "--weights", "none", "--loss", "bce-full",
+               "--labels", "full", "--run-dir", run.parent / "x")
     assert r.exit_code == 2 and "observed-only" in r.output  # needs full training labels: refused clearly
 
 
 def test_run_refuses_a_full_label_method_before_stage_one(own, tmp_path):
-    r = CliRunner().invoke(cli, ["run", "table", "--data-root", str(own["data"]), "--set", 'loss.name="iun"',
-                                 "--set", f'cache.path="{tmp_path / "c.h5"}"', *own["clip"], "--no-progress"])
+    r = invoke("run", "table", "--data-root", own["data"], "--set", 'loss.name="iun"',
+               "--set", f'cache.path="{tmp_path / "c.h5"}"', *own["clip"], "--no-progress")
     assert r.exit_code == 2 and "needs full training labels" in r.output, r.output
     assert not (tmp_path / "c.h5").exists() and not (tmp_path / "c.h5.partial").exists()
 
 
 def test_bench_writes_mean_and_sd_over_seeds(own):
     out = own["dir"] / "bench"
-    invoke("bench", "table", "an", "gpr-damp", "--seeds", "0,1", "--data-root", own["data"], "--out", out,
-           "--set", f'cache.path="{own["cache"]}"', *own["clip"], "--set", 'train.backbone="clip-head"',
-           "--set", 'train.weights="none"', "--set", "train.epochs=2", "--set", "train.lr=1e-3",
-           "--set", "train.workers=0", "--no-progress")
+    ok("bench", "table", "an", "gpr-damp", "--seeds", "0,1", "--data-root", own["data"], "--out", out,
+       "--set", f'cache.path="{own["cache"]}"', *own["clip"], "--set", 'train.backbone="clip-head"',
+       "--set", 'train.weights="none"', "--set", "train.epochs=2", "--set", "train.lr=1e-3",
+       "--set", "train.workers=0", "--no-progress")
     runs = pd.read_csv(out / "bench_runs.csv")
     assert sorted(zip(runs["method"], runs["seed"])) == [("an", 0), ("an", 1), ("gpr-damp", 0), ("gpr-damp", 1)]
     table = pd.read_csv(out / "bench.csv").set_index("method")
