@@ -10,6 +10,7 @@ resumed run sees exactly the augmentations an uninterrupted one would, with no R
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -106,6 +107,14 @@ def _decode_on_device(data: list[torch.Tensor], device: torch.device, size: int)
                         for im in imgs]).permute(0, 2, 3, 1)  # HWC, as the workers ship
 
 
+@functools.cache
+def _normalisation(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean·255 and 1/(std·255) as [1, 3, 1, 1] on the device, made once per device (a fresh
+    host-to-device copy per batch would make the host wait for the GPU every step)."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+    return mean, 1 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
+
+
 def to_model_input(x, device: torch.device, flip: torch.Tensor | None = None, *, size: int = 0,
                    channels_last: bool = False) -> torch.Tensor:
     """A batch as the model takes it. uint8 images [B, S, S, 3]: to the device (non-blocking), float
@@ -116,8 +125,7 @@ def to_model_input(x, device: torch.device, flip: torch.Tensor | None = None, *,
     x = x.to(device, non_blocking=True)
     if x.dtype != torch.uint8:
         return x
-    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-    scale = 1 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
+    mean, scale = _normalisation(device)
     out = x.permute(0, 3, 1, 2).float()  # NCHW view of NHWC memory: channels_last strides
     out.sub_(mean).mul_(scale)  # (x / 255 - mean) / std, in place on the one float copy
     if flip is not None and flip.any():
