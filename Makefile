@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo lint test clean
+.PHONY: setup data demo lint test test-fast docs clean
 
 $(BIN)/aevlp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,14 @@ lint: setup
 
 test: setup data lint
 	$(BIN)/python -m pytest -q
+
+# Everything but the slow tests (the demo, torchrun, full-size CLIP models): a few minutes, for iterating.
+test-fast: setup lint
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Regenerate the key tables of pipelines/README.md from aevlp/settings.py (a test fails when they are stale).
+docs: setup
+	$(BIN)/python -c "from aevlp.settings import write_key_tables; write_key_tables('pipelines/README.md')"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -13,7 +13,7 @@ Stage one: CLIP pseudo-labels into a cache
     Cache(path)                           read a cache (sims, scores, pseudo-labels, embeddings)
 DAMP and losses
     pseudo_labels(sims, observed, ...)    DAMP scores and pseudo-labels from cached similarities
-    aggregate(...), select(...)           the two halves of DAMP (METHOD §3.4)
+    aggregate(...), select(...)           the two halves of DAMP (docs/method.md)
     build_loss(name, params), LOSSES      any registered loss by name; gr_loss, gpr_loss
     gr_schedule(epoch, epochs, beta, alpha)   GR's per-epoch (w, b, mu, sigma)
 Stage two and results

@@ -1,7 +1,8 @@
 """Configuration as data: built-in defaults ← a pipeline TOML ← `--set section.key=value` overrides.
 
-Every key is known in advance, so a typo in a pipeline or on the command line is an error that
-names the key and the closest valid one, not a silently ignored setting.
+Every key is declared in `aevlp.settings` (its default, allowed values and doc), so a typo in a
+pipeline or on the command line is an error that names the key and the closest valid one, and a
+value out of range names what is allowed, before any stage starts.
 """
 from __future__ import annotations
 
@@ -15,60 +16,23 @@ from typing import Any
 
 import tomli_w
 
-from aevlp.config_checks import check_ranges
-from aevlp.data.observe import COLE_SEED
 from aevlp.errors import ConfigError
+from aevlp.settings import SECTIONS, check_section, check_value, declared, defaults  # DEFAULTS: see __getattr__
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["DEFAULTS", "load_config", "find_pipeline", "list_pipelines", "apply_overrides", "dump_config",
-           "pipeline_dirs"]
+__all__ = ["load_config", "defaults", "find_pipeline", "list_pipelines", "apply_overrides", "updated", "dump_config",
+           "pipeline_dirs", "tomllib"]
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "pipeline": {"name": ""},  # the pipeline file this config came from (recorded, so caches and runs know it)
-    "dataset": {"name": "", "data_root": "", "image_root": "", "val_frac": 0.2, "split_seed": COLE_SEED,
-                "image_check": "stat"},
-    "clip": {"arch": "ViT-B-16", "pretrained": "openai", "config": "", "pretrained_cfg": "", "tokenizer": "",
-             "device": "auto", "precision": "auto", "batch_size": 16, "workers": 1, "compile": False},
-    "text": {"prompts": ["a photo of a {}."], "phrases": "", "gcn": True, "gcn_seed": 0, "sparse_topk": 20,
-             "reweight_p": 0.2, "relation": "text"},
-    "views": {"grid": 4, "rounds": 4, "size": 0, "resize": "checkpoint", "interpolation": "checkpoint",
-              "normalize": "checkpoint", "flip": True, "jitter": 0.0, "seed": 0, "resize_on": "worker"},
-    "damp": {"source": "damp", "temperature": 0.01, "eta": 0.3, "threshold": 0.5, "top_k": 3,
-             "negative_ratio": 0.2, "mode": "paper"},
-    "loss": {"name": "gpr", "beta": [0.0, 10.0, -2.0, -8.0], "alpha": [0.5, 2.0, 0.8, 0.5], "q2": 0.01, "q3": 1.0,
-             "lam1": 0.7, "lam2": 0.5, "rho": 0.9, "reg": 0.001, "expected_pos": 0.0, "em_alpha": 0.1,
-             "pl_weight": 0.7, "ls_coef": 0.1, "role_lr_mult": 10.0, "apl_beta": 0.02, "apl_warmup": 5,
-             "apl_neg_proportion": 0.9, "ll_delta_rel": 0.2, "boost_alpha": 5.0, "vlpl_threshold": 0.3,
-             "vlpl_temperature": 0.01},
-    "train": {"backbone": "resnet50", "weights": "default", "labels": "observed", "epochs": 8, "batch_size": 16,
-              "lr": 1e-5, "lr_mult": 10.0, "image_size": 0, "early_stop": "aevlp", "patience": 2,
-              "max_drop": 2.0, "linear_init": 0, "seed": 0, "workers": -1, "device": "auto", "precision": "auto",
-              "image_cache": False, "decode_on": "worker", "channels_last": "auto", "compile": False,
-              "out": "runs"},
-    "cache": {"path": "", "store_embeddings": "none", "on_bad_image": "fail"},
-}
 
-CHOICES = {
-    ("clip", "precision"): ("auto", "fp32", "bf16", "fp16"),
-    ("dataset", "image_check"): ("stat", "content", "none"),
-    ("views", "resize"): ("checkpoint", "squash", "shortest", "longest", "crop"),
-    ("views", "interpolation"): ("checkpoint", "bilinear", "bicubic", "nearest"),
-    ("views", "normalize"): ("checkpoint", "clip", "imagenet"),
-    ("views", "resize_on"): ("worker", "device"),
-    ("train", "decode_on"): ("worker", "device"),
-    ("train", "channels_last"): ("auto", "on", "off"),
-    ("damp", "source"): ("damp", "global"),
-    ("damp", "mode"): ("paper", "official"),
-    ("train", "labels"): ("observed", "full"),
-    ("train", "early_stop"): ("aevlp", "gr", "first-drop", "none"),
-    ("train", "precision"): ("auto", "fp32", "bf16", "fp16"),
-    ("cache", "store_embeddings"): ("none", "global", "all"),
-    ("cache", "on_bad_image"): ("fail", "skip"),
-}
+
+def __getattr__(name: str):
+    if name == "DEFAULTS":  # derived at each use, so a key declared later (a plug-in, a test) is in it
+        return defaults()
+    raise AttributeError(f"module 'aevlp.config' has no attribute {name!r}")
 
 
 def pipeline_dirs() -> list[Path]:
@@ -103,36 +67,21 @@ def _closest(key: str, options: Iterable[str]) -> str:
     return f" (did you mean '{near[0]}'?)" if near else ""
 
 
-def _check_type(section: str, key: str, value: Any, default: Any, where: str) -> Any:
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, list):
-        ok = isinstance(value, list)
-    else:
-        ok = isinstance(value, str)
-    if not ok:
-        raise ConfigError(f"{where}: {section}.{key} = {value!r} should be a {type(default).__name__}")
-    choices = CHOICES.get((section, key))
-    if choices and value not in choices:
-        raise ConfigError(f"{where}: {section}.{key} = {value!r} is not one of {', '.join(choices)}")
-    return value
-
-
 def _merge(cfg: dict, data: dict, where: str) -> None:
     for section, table in data.items():
-        if section not in DEFAULTS:
-            raise ConfigError(f"{where}: unknown section [{section}]{_closest(section, DEFAULTS)}")
+        if section not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section [{section}]{_closest(section, SECTIONS)}")
         if not isinstance(table, dict):
             raise ConfigError(f"{where}: [{section}] must be a table")
+        keys = declared(SECTIONS[section])
         for key, value in table.items():
-            if key not in DEFAULTS[section]:
-                raise ConfigError(f"{where}: unknown key {section}.{key}{_closest(key, DEFAULTS[section])}")
-            cfg[section][key] = _check_type(section, key, value, DEFAULTS[section][key], where)
+            if key not in keys:
+                raise ConfigError(f"{where}: unknown key {section}.{key}{_closest(key, keys)}")
+            try:
+                value = check_value(SECTIONS[section], key, value)
+            except ConfigError as e:
+                raise ConfigError(f"{where}: {e.message}", hint=e.hint) from None
+            cfg[section][key] = list(value) if isinstance(value, tuple) else value
 
 
 def _parse_value(text: str) -> Any:
@@ -156,7 +105,7 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
 def load_config(pipeline: str | Path | None = None, overrides: Iterable[str] = (),
                 **sections: dict) -> dict:
     """Resolve a full config; `sections` (e.g. dataset={"name": "voc"}) sit between file and --set."""
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg = defaults()
     if pipeline:
         path = find_pipeline(str(pipeline))
         try:
@@ -167,7 +116,20 @@ def load_config(pipeline: str | Path | None = None, overrides: Iterable[str] = (
         if not data.get("pipeline", {}).get("name"):
             cfg["pipeline"]["name"] = str(path.resolve())
     _merge(cfg, {k: {kk: vv for kk, vv in v.items() if vv is not None} for k, v in sections.items()}, "options")
-    return check_ranges(apply_overrides(cfg, overrides))
+    apply_overrides(cfg, overrides)
+    for section, table in cfg.items():
+        check_section(section, table)
+    return cfg
+
+
+def updated(cfg: dict, changes: dict[str, dict[str, Any]]) -> dict:
+    """A new resolved config: `cfg` with `changes` ({section: {key: value}}) checked and applied; `cfg`
+    itself is never edited (it may already be recorded, or compared with a run's config.toml)."""
+    out = copy.deepcopy(cfg)
+    _merge(out, changes, "internal")
+    for section in changes:
+        check_section(section, out[section])
+    return out
 
 
 def dump_config(cfg: dict) -> str:

@@ -1,4 +1,4 @@
-"""DAMP: dynamic augmentation multi-view pseudo-labels (AEVLP, METHOD.md §3.4), vectorised over images.
+"""DAMP: dynamic augmentation multi-view pseudo-labels (AEVLP; docs/method.md, "DAMP"), vectorised over images.
 
 `aggregate` turns raw CLIP cosine similarities of one global view and R local views into the
 combined score f (for positives) and the negative score g; `select` turns those into pseudo-labels.
@@ -9,13 +9,15 @@ from __future__ import annotations
 import torch
 
 from aevlp.errors import ConfigError
+from aevlp.settings import DampSpec, checked
 
-__all__ = ["aggregate", "select", "select_global", "pseudo_labels"]
+__all__ = ["softmax", "aggregate", "select", "select_global", "pseudo_labels"]
 
 
-def _softmax(sims: torch.Tensor, temperature: float) -> torch.Tensor:
-    if temperature <= 0:
-        raise ConfigError(f"temperature must be > 0, got {temperature}")
+def softmax(sims: torch.Tensor, temperature: float) -> torch.Tensor:
+    """softmax over classes of cosine similarities / τ (float32, or float64 kept): the one place CLIP
+    similarities become scores (DAMP, the zero-shot teacher, the galleries)."""
+    checked(DampSpec, temperature=temperature)
     x = sims if sims.dtype == torch.float64 else sims.float()
     return torch.softmax(x / temperature, dim=-1)
 
@@ -36,8 +38,8 @@ def aggregate(global_sims: torch.Tensor, local_sims: torch.Tensor, observed: tor
         raise ValueError(f"local_sims {tuple(local_sims.shape)} does not fit global_sims {tuple(global_sims.shape)}")
     if observed.shape != global_sims.shape:
         raise ValueError(f"observed {tuple(observed.shape)} does not match global_sims {tuple(global_sims.shape)}")
-    s_g = _softmax(global_sims, temperature)
-    s_r = _softmax(local_sims, temperature)
+    s_g = softmax(global_sims, temperature)
+    s_r = softmax(local_sims, temperature)
     alpha = s_r.amax(dim=1)
     beta = s_r.amin(dim=1)
     mean = s_r.mean(dim=1)
@@ -48,10 +50,9 @@ def aggregate(global_sims: torch.Tensor, local_sims: torch.Tensor, observed: tor
 
 
 def _check_selection(c: int, top_k: int, negative_ratio: float) -> int:
-    if not 1 <= top_k <= c:
-        raise ConfigError(f"top_k must be in [1, {c}] (number of classes), got {top_k}")
-    if not 0.0 <= negative_ratio < 1.0:
-        raise ConfigError(f"negative_ratio must be in [0, 1), got {negative_ratio}")
+    checked(DampSpec, top_k=top_k, negative_ratio=negative_ratio)
+    if top_k > c:
+        raise ConfigError(f"damp.top_k = {top_k} is more than the {c} classes", hint=f"set damp.top_k <= {c}")
     return int(negative_ratio * c)
 
 
@@ -93,7 +94,7 @@ def select_global(global_sims: torch.Tensor, *, temperature: float = 0.01, thres
     Positive where softmax(cos/τ) > θ (strict, as VLPL); the ⌊ratio·C⌋ lowest become negatives.
     The ablation "DAMP vs global-only" compares this with `select(aggregate(...))`.
     """
-    s = _softmax(global_sims, temperature)
+    s = softmax(global_sims, temperature)
     n, c = s.shape
     m = _check_selection(c, 1, negative_ratio)
     return _negatives_and_observed((s > threshold).to(torch.int8), s, m, negatives, observed)

@@ -38,9 +38,7 @@ def _paths(out: Path) -> dict[str, Path]:
 def _pipeline(p: dict[str, Path], size: dict) -> Path:
     """OUT/demo.toml: pipelines/demo.toml with this demo's paths (absolute) and size. Every run of the
     demo reads it, its cache records it, and so `aevlp train --pseudo`/`aevlp run` on it need no flag."""
-    import tomllib
-
-    from aevlp.config import dump_config, find_pipeline
+    from aevlp.config import dump_config, find_pipeline, tomllib
 
     cfg = tomllib.loads(find_pipeline("demo").read_text())
     cfg["dataset"]["data_root"] = str(p["data"].resolve())

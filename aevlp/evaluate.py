@@ -12,7 +12,8 @@ from aevlp.checkpoint import load_checkpoint
 from aevlp.data import load_dataset
 from aevlp.device import autocast
 from aevlp.errors import AevlpError
-from aevlp.inputs import ImageRows, to_model_input
+from aevlp.imaging import to_model_input
+from aevlp.inputs import ImageRows
 from aevlp.metrics import evaluation_report, per_class_ap
 
 __all__ = ["predict_scores", "evaluate_checkpoint", "predict_images"]
@@ -63,7 +64,7 @@ def _clip_embeddings(meta: dict, paths: list[str]) -> torch.Tensor:
     cache was made with (its weights must be the same file; checked by hash)."""
     from aevlp.clip import load_clip
     from aevlp.specs import ClipSpec
-    from aevlp.views import GlobalViews, ViewSpec, normalize
+    from aevlp.views import GlobalViews, ViewSpec
 
     if not meta.get("clip"):
         raise AevlpError("this clip-head model does not record the CLIP it was trained on (an older run)",
@@ -80,7 +81,7 @@ def _clip_embeddings(meta: dict, paths: list[str]) -> torch.Tensor:
     for _, slots, errors in GlobalViews(paths, batches, spec):
         if errors:
             raise AevlpError(f"cannot read image {errors[0][1]}")
-        out.append(clip.encode_images(normalize(slots[:, 0], spec, clip.dtype)))
+        out.append(clip.encode_images(spec.transform.normalize(slots[:, 0], clip.dtype)))
     return torch.cat(out)
 
 
@@ -94,7 +95,8 @@ def _scores(model, meta: dict, paths: list[str], batch_size: int = 32) -> np.nda
 
 def _run_dataset(path: str | Path) -> tuple[str, str]:
     """(dataset name, data root) from the run directory's config.toml beside the checkpoint."""
-    import tomllib
+    from aevlp.config import tomllib
+
     p = Path(path)
     config = (p if p.is_dir() else p.parent) / "config.toml"
     try:

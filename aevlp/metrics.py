@@ -1,7 +1,7 @@
 """Benchmark metrics exactly as the SPML protocol (Cole et al.) computes them.
 
 AP is sklearn's non-interpolated step sum, re-implemented in numpy so aevlp needs no sklearn;
-a class without positives scores 0 and still counts in the mean (METHOD.md §1.4).
+a class without positives scores 0 and still counts in the mean (docs/method.md, "Benchmark protocol").
 """
 from __future__ import annotations
 

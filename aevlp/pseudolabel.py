@@ -21,14 +21,16 @@ from tqdm.auto import tqdm
 
 from aevlp import distributed, shards
 from aevlp.cache import (
-    SCHEMA_VERSION,
     CacheLayout,
     CacheLock,
     CacheWriter,
-    dataset_hash,
+    can_reprompt,
+    clip_preprocess,
     fingerprint_diff,
     partial_path,
     read_fingerprint,
+    shard_fingerprint,
+    stage_one_fingerprint,
 )
 from aevlp.cache.summary import filled_summary
 from aevlp.cache.validate import problems as cache_problems
@@ -36,13 +38,12 @@ from aevlp.clip import ClipIdentity, ClipModel, identify_clip, load_clip
 from aevlp.damp import pseudo_labels
 from aevlp.data import SPMLData, image_identity
 from aevlp.errors import AevlpError
-from aevlp.reprompt import can_reprompt, rederive
+from aevlp.reprompt import rederive
 from aevlp.specs import Specs
 from aevlp.text import class_phrases, relation_id, text_features
-from aevlp.views import GlobalViews, ViewBatches, ViewSpec, expand_views, normalize, render_on_device, unique_slots
+from aevlp.views import GlobalViews, ViewBatches, ViewSpec, expand_views, render_on_device, unique_slots
 
-__all__ = ["StageOnePlan", "run_pseudolabel", "plan_stage_one", "stage_one_fingerprint", "clip_preprocess",
-           "MAX_VIEWS_PER_FORWARD"]
+__all__ = ["StageOnePlan", "run_pseudolabel", "plan_stage_one", "MAX_VIEWS_PER_FORWARD"]
 
 log = logging.getLogger("aevlp")
 MAX_VIEWS_PER_FORWARD = 256
@@ -88,7 +89,7 @@ class StageOnePlan:
                          "clip": dataclasses.asdict(self.specs.clip),
                          "stage_one": {"text": {**dataclasses.asdict(self.specs.text),
                                                 "prompts": list(self.specs.text.prompts)},
-                                       "views": dict(self.specs.views)}}}
+                                       "views": dataclasses.asdict(self.specs.views)}}}
 
 
 @dataclass
@@ -102,32 +103,6 @@ class _Scorer:
 
     def __post_init__(self):
         self.text_on_device = self.text.to(self.clip.device)
-
-
-def clip_preprocess(clip: ClipIdentity, views: ViewSpec) -> dict:
-    """The preprocessing every view gets and the activation the model is built with (the cache's
-    `clip_preprocess` attribute)."""
-    return {**views.preprocess_json(), "quick_gelu": clip.source.quick_gelu}
-
-
-def stage_one_fingerprint(specs: Specs, clip: ClipIdentity, views: ViewSpec, ids: list[str], observed: np.ndarray,
-                          phrases: list[str], rel_id: str, eval_ids: dict[str, list[str]] | None = None,
-                          images_hash: str = "") -> dict:
-    """Everything that changes the cached numbers — and nothing that does not (e.g. DAMP selection)."""
-    t = specs.text
-    return {
-        "schema_version": SCHEMA_VERSION, "dataset": specs.dataset.name, "ids_hash": dataset_hash(ids, np.zeros(0)),
-        "dataset_hash": dataset_hash(ids, observed), "images_hash": images_hash, "num_images": len(ids),
-        "num_classes": int(observed.shape[1]),
-        "clip_arch": clip.arch, "clip_weights": clip.weights_id, "clip_config": clip.config_id,
-        "precision": clip.precision, **clip_preprocess(clip, views), "prompts": list(t.prompts),
-        "phrases": list(phrases), "gcn": t.gcn, "gcn_seed": t.gcn_seed if t.gcn else None,
-        "sparse_topk": t.sparse_topk if t.gcn else None, "reweight_p": t.reweight_p if t.gcn else None,
-        "relation": rel_id, "grid": views.grid, "rounds": views.rounds, "resize_on": views.resize_on,
-        "flip": views.flip, "jitter": views.jitter, "view_seed": views.seed,
-        "store_embeddings": specs.cache.store_embeddings,
-        "eval_hash": dataset_hash(eval_ids["val"] + eval_ids["test"], np.zeros((0, 1))) if eval_ids else None,
-    }
 
 
 def _status(target: Path, fp: dict) -> tuple[str, list[str]]:
@@ -173,8 +148,9 @@ def plan_stage_one(cfg: dict, limit: int | None = None) -> StageOnePlan:
     phrases = class_phrases(data.classnames, specs.text)
     images = image_identity(data.image_root, ids + (eval_ids["val"] + eval_ids["test"] if eval_ids else []),
                             specs.dataset.image_check)
-    fp = stage_one_fingerprint(specs, ident, views, ids, data.train.observed[:n], phrases, relation_id(specs.text),
-                               eval_ids, images)
+    fp = stage_one_fingerprint(dataset=specs.dataset.name, clip=ident, views=views, text=specs.text,
+                               store_embeddings=specs.cache.store_embeddings, ids=ids, observed=data.train.observed[:n],
+                               phrases=phrases, relation=relation_id(specs.text), eval_ids=eval_ids, images_hash=images)
     target = specs.cache_path
     status, diff = _status(target, fp)
     return StageOnePlan(specs=specs, data=data, n=n, views=views, clip=ident, fingerprint=fp, eval_ids=eval_ids,
@@ -231,7 +207,7 @@ def _run_shard(plan: StageOnePlan, scorer: _Scorer, shard: tuple[int, int], prog
     bs = max(1, plan.specs.clip.batch_size)
     rows = [distributed.shard_rows(n, bs, i, w) for i in range(w)]
     if not shards.shard_complete(target, fp, k, w, rows[k]):
-        _compute(plan, scorer, shards.shard_path(target, k, w), shards.shard_fingerprint(fp, k, w, rows[k]), rows[k],
+        _compute(plan, scorer, shards.shard_path(target, k, w), shard_fingerprint(fp, k, w, rows[k]), rows[k],
                  plan.eval_ids if k == 0 else None, progress)
     if world > 1:  # under torchrun: everyone waits, rank 0 merges
         distributed.barrier()
@@ -260,22 +236,17 @@ def _compute(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tu
              eval_ids: dict | None, progress: bool) -> tuple[dict, bool]:
     """Fill (or resume) one cache file for rows [start, stop) of the train split."""
     t_start = time.time()
-    with CacheLock(path):
-        writer = _writer(plan, scorer, path, fp, rows, eval_ids)
-        try:
-            done = _fill(writer, plan, scorer, rows, progress)
-            if eval_ids and not writer.f.attrs["eval_done"]:
-                for split_name, split_ids in eval_ids.items():
-                    paths = [str(plan.data.image_root / i) for i in split_ids]
-                    writer.write_eval(split_name, _embed_eval(plan, scorer, paths, progress, split_name))
-                writer.f.attrs["eval_done"] = True
-            stats = filled_summary(writer.f)
-            stats.update({"computed_images": done, "seconds": round(time.time() - t_start, 2),
-                          "images_per_s": round(done / max(time.time() - t_start, 1e-9), 2)})
-            writer.finish(stats)
-        except BaseException:
-            writer.close()
-            raise
+    with CacheLock(path), _writer(plan, scorer, path, fp, rows, eval_ids) as writer:
+        done = _fill(writer, plan, scorer, rows, progress)
+        if eval_ids and not writer.f.attrs["eval_done"]:
+            for split_name, split_ids in eval_ids.items():
+                paths = [str(plan.data.image_root / i) for i in split_ids]
+                writer.write_eval(split_name, _embed_eval(plan, scorer, paths, progress, split_name))
+            writer.f.attrs["eval_done"] = True
+        stats = filled_summary(writer.f)
+        stats.update({"computed_images": done, "seconds": round(time.time() - t_start, 2),
+                      "images_per_s": round(done / max(time.time() - t_start, 1e-9), 2)})
+        writer.finish(stats)
     return stats, writer.resumed
 
 
@@ -284,8 +255,8 @@ def _encode(clip: ClipModel, slots: torch.Tensor, views: ViewSpec) -> torch.Tens
     b, u = slots.shape[:2]
     flat = slots.reshape(b * u, *slots.shape[2:])
     step = -(-flat.shape[0] // -(-flat.shape[0] // MAX_VIEWS_PER_FORWARD))  # equal chunks: 272 -> 2 x 136
-    out = [clip.encode_images(normalize(flat[i:i + step].to(clip.device, non_blocking=True), views, clip.dtype))
-           for i in range(0, flat.shape[0], step)]
+    out = [clip.encode_images(views.transform.normalize(flat[i:i + step].to(clip.device, non_blocking=True),
+                                                        clip.dtype)) for i in range(0, flat.shape[0], step)]
     return torch.cat(out).reshape(b, u, -1)
 
 

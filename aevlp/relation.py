@@ -1,4 +1,4 @@
-"""Label-relation refinement of class text features (AEVLP, METHOD.md §3.2).
+"""Label-relation refinement of class text features (AEVLP; docs/method.md, "Text features").
 
 T = normalise(T0 + GCN(A, T0)) with a frozen three-layer GCN. The official code leaves the GCN
 randomly initialised and unseeded (so T changes between runs); aevlp seeds it, which makes the

@@ -20,19 +20,9 @@ from aevlp.cache import CacheLayout, CacheLock, CacheWriter
 from aevlp.cache.summary import filled_summary
 from aevlp.damp import pseudo_labels
 
-__all__ = ["IMAGE_SIDE", "can_reprompt", "rederive"]
+__all__ = ["rederive"]
 
-# Fingerprint fields that describe the images and how they were encoded; everything else is the text side.
-IMAGE_SIDE = ("schema_version", "dataset", "ids_hash", "images_hash", "num_images", "clip_arch", "clip_weights",
-              "clip_config", "precision", "mean", "std", "interpolation", "resize_mode", "image_size", "quick_gelu",
-              "grid", "rounds", "resize_on", "flip", "jitter", "view_seed", "store_embeddings", "eval_hash")
 ROWS = 1024
-
-
-def can_reprompt(old: dict, new: dict) -> bool:
-    """True when the cache `old` describes stores every view and only its text side differs from `new`."""
-    return old.get("store_embeddings") == "all" == new.get("store_embeddings") and \
-        all(old.get(k) == new.get(k) for k in IMAGE_SIDE) and "ids_hash" in old
 
 
 def _sims(emb: np.ndarray, index: np.ndarray, text: torch.Tensor) -> torch.Tensor:
@@ -54,30 +44,26 @@ def rederive(plan, progress: bool = True) -> dict:
     clip = load_text_encoder(specs.clip)
     feats, relation = text_features(clip, data.classnames, specs.text)
     sel = specs.damp.selection()
-    with CacheLock(target):
+    with CacheLock(target), _writer_like(target, plan, feats, relation) as writer:
         with h5py.File(target, "r") as src:
-            writer = _writer_like(src, plan, feats, relation)
-            try:
-                _fill_from(src, writer, feats, data.train.observed[:plan.n], sel, progress)
-                for split in ("val", "test"):
-                    if f"{split}_embeddings" in src and f"{split}_embeddings" in writer.f:
-                        writer.write_eval(split, src[f"{split}_embeddings"][:])
-                writer.f.attrs["eval_done"] = True
-                stats = {**filled_summary(writer.f), "reprompt_seconds": round(time.time() - t0, 2)}
-            except BaseException:
-                writer.close()
-                raise
+            _fill_from(src, writer, feats, data.train.observed[:plan.n], sel, progress)
+            for split in ("val", "test"):
+                if f"{split}_embeddings" in src and f"{split}_embeddings" in writer.f:
+                    writer.write_eval(split, src[f"{split}_embeddings"][:])
+            writer.f.attrs["eval_done"] = True
+            stats = {**filled_summary(writer.f), "reprompt_seconds": round(time.time() - t0, 2)}
         writer.finish(stats)  # the source is closed: the new file replaces it atomically
     return stats
 
 
-def _writer_like(src: h5py.File, plan, feats: torch.Tensor, relation) -> CacheWriter:
-    """A writer with the source's image-side layout and preprocessing, and the plan's rows, labels and
+def _writer_like(target, plan, feats: torch.Tensor, relation) -> CacheWriter:
+    """A writer with the source cache's image-side layout and preprocessing, and the plan's rows, labels and
     text side (the same fields stage one writes, `info` included: train reads [text] back from it)."""
     fields = plan.writer_fields((0, plan.n), plan.eval_ids, feats, relation)
     fields["info"] = {**fields["info"], "reprompted": True}
-    return CacheWriter(plan.target, plan.fingerprint, CacheLayout.of_file(src),
-                       clip_preprocess=json.loads(src.attrs["clip_preprocess"]), **fields)
+    with h5py.File(target, "r") as src:
+        layout, pre = CacheLayout.of_file(src), json.loads(src.attrs["clip_preprocess"])
+    return CacheWriter(plan.target, plan.fingerprint, layout, clip_preprocess=pre, **fields)
 
 
 def _fill_from(src: h5py.File, writer: CacheWriter, feats: torch.Tensor, observed: np.ndarray, sel: dict,

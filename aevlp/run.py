@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aevlp.cache import fingerprint_id
-from aevlp.config import dump_config, tomllib
+from aevlp.config import dump_config, tomllib, updated
 from aevlp.data import training_data_hash
 from aevlp.errors import ConfigError
 from aevlp.losses import LOSSES, check_labels_available
@@ -39,6 +39,7 @@ class PipelinePlan:
     stages: list[StagePlan]
     stage_one: StageOnePlan
     run_dir: Path
+    cfg: dict  # the resolved config both stages run with (the cache path filled in)
 
 
 def run_dir_for(cfg: dict, name: str) -> Path:
@@ -99,9 +100,10 @@ def check_stage_two_choices(specs: Specs) -> None:
 
 def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit: int | None = None,
                   reprompt: bool = True) -> PipelinePlan:
-    """The decision and its reason for each stage. Fills in cfg's cache path, as the run will record it."""
+    """The decision and its reason for each stage, and the config they run with: `cfg` with its cache path
+    filled in, as the run records it (`cfg` itself is not changed)."""
     specs = Specs.of(cfg)
-    cfg["cache"]["path"] = str(specs.cache_path)
+    cfg = updated(cfg, {"cache": {"path": str(specs.cache_path)}})
     p1 = plan_stage_one(cfg, limit)  # stage one's own problems (data, CLIP) are reported first
     check_stage_two_choices(specs)
     check_labels_available(specs.loss["name"], specs.train.labels, p1.data.train_labels_known)
@@ -111,7 +113,7 @@ def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit
     run_dir = run_dir_for(cfg, name)
     data_hash = training_data_hash(p1.data, p1.specs.dataset.image_check)
     two = _stage_two(cfg, run_dir, p1.fingerprint, data_hash, one.run, force_stage == "train")
-    return PipelinePlan([one, two], p1, run_dir)
+    return PipelinePlan([one, two], p1, run_dir, cfg)
 
 
 def run_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit: int | None = None,
@@ -122,7 +124,7 @@ def run_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit:
     for stage in plan.stages:
         echo(f"{stage.stage}: {'run' if stage.run else 'skip'} - {stage.reason}")
     if one.run:
-        run_pseudolabel(cfg, force=True, limit=limit, progress=progress, plan=plan.stage_one, reprompt=reprompt)
+        run_pseudolabel(plan.cfg, force=True, limit=limit, progress=progress, plan=plan.stage_one, reprompt=reprompt)
     if not two.run:
         return json.loads((plan.run_dir / "results.json").read_text())
-    return run_train(cfg, run_dir=plan.run_dir, limit=limit, progress=progress)
+    return run_train(plan.cfg, run_dir=plan.run_dir, limit=limit, progress=progress)

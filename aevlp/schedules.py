@@ -1,4 +1,4 @@
-"""GR Loss's per-epoch schedules of (w, b) for k̂ and (μ, σ) for v (METHOD.md §2.2).
+"""GR Loss's per-epoch schedules of (w, b) for k̂ and (μ, σ) for v (docs/method.md, "Schedules").
 
 Reproduces the official code exactly, including its one-epoch lag: w and b use max(e-n-1, 0), so
 they never reach w_T/b_T, while μ and σ use max(e-n, 0) and reach their final values at e = T.
@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from aevlp.errors import ConfigError
+from aevlp.settings import LossParams, TrainSpec, checked
 
 __all__ = ["gr_schedule"]
 
@@ -19,18 +20,10 @@ def gr_schedule(epoch: int, num_epochs: int, beta: Sequence[float], alpha: Seque
     beta = [w0, wT, b0, bT]; alpha = [mu0, sigma0, muT, sigmaT]. While epoch <= linear_init
     (head-only warm-up) everything stays at its initial value.
     """
-    if len(beta) != 4:
-        raise ConfigError(f"beta must be [w0, wT, b0, bT], got {list(beta)}")
-    if len(alpha) != 4:
-        raise ConfigError(f"alpha must be [mu0, sigma0, muT, sigmaT], got {list(alpha)}")
-    if num_epochs < 1:
-        raise ConfigError(f"num_epochs must be >= 1, got {num_epochs}")
-    if not 0 <= linear_init < num_epochs:
-        raise ConfigError(f"linear_init must be in [0, num_epochs), got {linear_init} with {num_epochs} epochs")
+    checked(LossParams, beta=tuple(beta), alpha=tuple(alpha))
+    checked(TrainSpec, epochs=num_epochs, linear_init=linear_init)
     if not 1 <= epoch <= num_epochs:
         raise ConfigError(f"epoch must be in [1, {num_epochs}], got {epoch}")
-    if alpha[1] <= 0 or alpha[3] <= 0:
-        raise ConfigError(f"sigma must be > 0, got sigma0={alpha[1]}, sigmaT={alpha[3]}")
     w0, wT, b0, bT = (float(x) for x in beta)
     mu0, s0, muT, sT = (float(x) for x in alpha)
     span = num_epochs - linear_init

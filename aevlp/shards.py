@@ -14,20 +14,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from aevlp.cache import CacheLayout, CacheLock, CacheWriter, read_fingerprint
+from aevlp.cache import CacheLayout, CacheLock, CacheWriter, read_fingerprint, shard_fingerprint
 from aevlp.errors import AevlpError
 
-__all__ = ["shard_path", "shard_fingerprint", "shard_complete", "merge_shards"]
+__all__ = ["shard_path", "shard_complete", "merge_shards"]
 
 ROW_CHUNK = 4096
 
 
 def shard_path(target: Path, k: int, w: int) -> Path:
     return target.with_name(f"{target.stem}.shard{k:03d}-of-{w:03d}{target.suffix}")
-
-
-def shard_fingerprint(fp: dict, k: int, w: int, rows: tuple[int, int]) -> dict:
-    return {**fp, "shard": f"{k}/{w}", "rows": list(rows)}
 
 
 def shard_complete(target: Path, fp: dict, k: int, w: int, rows: tuple[int, int]) -> bool:
@@ -39,6 +35,22 @@ def shard_complete(target: Path, fp: dict, k: int, w: int, rows: tuple[int, int]
     except AevlpError:
         return False
     return complete and old == shard_fingerprint(fp, k, w, rows)
+
+
+def _copy_rows(shards: list[h5py.File], rows: list[tuple[int, int]], f: h5py.File, layout: CacheLayout) -> None:
+    """Each shard's per-row datasets into its rows of `f`, in chunks; rows marked done after their data."""
+    names = list(layout.row_shapes(1, 1))
+    for s, (start, stop) in zip(shards, rows):
+        for lo in range(0, stop - start, ROW_CHUNK):
+            hi = min(lo + ROW_CHUNK, stop - start)
+            for name in names:
+                if layout.row_axis(name) == 0:
+                    f[name][start + lo:start + hi] = s[name][lo:hi]
+                else:
+                    f[name][:, start + lo:start + hi] = s[name][:, lo:hi]
+        f["bad"][start:stop] = s["bad"][:]
+        f.flush()
+        f["done"][start:stop] = True
 
 
 def merge_shards(target: Path, fp: dict, w: int, rows: list[tuple[int, int]],
@@ -58,29 +70,12 @@ def merge_shards(target: Path, fp: dict, w: int, rows: list[tuple[int, int]],
                 observed=np.concatenate([s["observed"][:] for s in shards]),
                 labels=np.concatenate([s["labels"][:] for s in shards]) if "labels" in s0 else None)
             eval_splits = [sp for sp in ("val", "test") if f"{sp}_image_ids" in s0]
-            try:
-                f = writer.f
-                layout = CacheLayout.of_file(s0)
-                names = list(layout.row_shapes(1, 1))
-                for s, (start, stop) in zip(shards, rows):
-                    for lo in range(0, stop - start, ROW_CHUNK):
-                        hi = min(lo + ROW_CHUNK, stop - start)
-                        for name in names:
-                            if layout.row_axis(name) == 0:
-                                f[name][start + lo:start + hi] = s[name][lo:hi]
-                            else:
-                                f[name][:, start + lo:start + hi] = s[name][:, lo:hi]
-                    f["bad"][start:stop] = s["bad"][:]
-                    f.flush()
-                    f["done"][start:stop] = True
+            with writer:
+                _copy_rows(shards, rows, writer.f, CacheLayout.of_file(s0))
                 for sp in eval_splits:
                     writer.write_eval(sp, s0[f"{sp}_embeddings"][:])
-                f.attrs["eval_done"] = True
-                stats = summary(f)
-                writer.finish(stats)
-            except BaseException:
-                writer.close()
-                raise
+                writer.f.attrs["eval_done"] = True
+                writer.finish(summary(writer.f))
         finally:
             for s in shards:
                 s.close()

@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import torch
 
-from aevlp.damp import aggregate
+from aevlp.damp import aggregate, softmax
 from aevlp.metrics import mean_average_precision
 
 __all__ = ["zero_shot_scores", "zero_shot_summary"]
@@ -25,7 +25,7 @@ def zero_shot_scores(embeddings: np.ndarray, text: np.ndarray, temperature: floa
     sims = emb @ torch.as_tensor(np.asarray(text, dtype=np.float32)).T  # [N, C] or [N, V, C]
     if sims.ndim == 2:
         sims = sims[:, None]
-    out = {"global": torch.softmax(sims[:, 0] / temperature, dim=-1).numpy()}
+    out = {"global": softmax(sims[:, 0], temperature).numpy()}
     if sims.shape[1] > 1:
         f, _ = aggregate(sims[:, 0], sims[:, 1:], torch.zeros_like(sims[:, 0]), temperature=temperature, eta=0.0)
         out["damp"] = f.numpy()

@@ -1,6 +1,6 @@
 """Stage two: a multi-label classifier trained from the stage-one cache (cache → selection → loss → model).
 
-The recipe is the papers' (§3.6): Adam, backbone lr and head lr × lr_mult, GR schedules per epoch,
+The recipe is the papers' (docs/training.md): Adam, backbone lr and head lr × lr_mult, GR schedules per epoch,
 val mAP on clean labels each epoch, early stopping, test once with the best checkpoint. Everything
 a run needs to be resumed or compared is written to its run directory.
 
@@ -20,14 +20,15 @@ from tqdm.auto import tqdm
 
 from aevlp import distributed
 from aevlp.cache import Cache, fingerprint_id
-from aevlp.cache.images import CachedImages, ensure_image_cache, image_cache_path
 from aevlp.checkpoint import load_checkpoint, load_training_state, save_checkpoint
-from aevlp.config import dump_config
+from aevlp.config import dump_config, updated
 from aevlp.data import SPMLData, training_data_hash
 from aevlp.device import autocast, resolve_device, resolve_train_precision
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.evaluate import predict_scores
-from aevlp.inputs import EmbeddingRows, ImageRows, flips, make_loader, to_model_input
+from aevlp.image_cache import CachedImages, ensure_image_cache, image_cache_path
+from aevlp.imaging import ModelInput
+from aevlp.inputs import EmbeddingRows, ImageRows, flips, make_loader
 from aevlp.labeler import PseudoLabeler
 from aevlp.losses import LOSSES, LossSpec, Method, RunInfo, build_method, check_labels_available
 from aevlp.metrics import (
@@ -48,6 +49,7 @@ __all__ = ["run_train", "should_stop"]
 class TrainRun:
     """Everything one training run uses, built once by `_setup`."""
 
+    cfg: dict  # the run's resolved config (what config.toml records)
     specs: Specs
     data: SPMLData
     cache: Cache
@@ -75,8 +77,7 @@ class TrainRun:
     def batch(self, x, rows: torch.Tensor, epoch: int | None = None) -> torch.Tensor:
         """A loader batch as the model takes it, on the device; `epoch`: apply that epoch's training flips."""
         flip = flips(self.t.seed, epoch, rows) if epoch is not None and self.inputs[0].input == "image" else None
-        return to_model_input(x, self.device, flip, size=self.meta["image_size"],
-                              channels_last=_channels_last(self.t))
+        return ModelInput(self.meta["image_size"], _channels_last(self.t))(x, self.device, flip)
 
     def ordered(self, split: int) -> torch.utils.data.DataLoader:
         return make_loader(self.inputs[split], self.t.batch_size * 2, self.t.workers, self.device)
@@ -88,16 +89,16 @@ def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path
     """Train, evaluate and write the run directory; with `resume`, continue `run_dir` from its last epoch.
 
     `cache`: the stage-one cache to train from [default: the config's cache.path, else cache/DATASET.h5].
-    The config's stage-one sections ([clip], [text], [views]) are replaced by the cache's own, so the
-    run records what its pseudo-labels really came from; a key named in `explicit` (the user's --set
-    keys) that contradicts the cache is refused.
+    The run's config is `cfg` with that cache path and the cache's own stage-one sections ([clip],
+    [text], [views]), so the run records what its pseudo-labels really came from; a key named in
+    `explicit` (the user's --set keys) that contradicts the cache is refused. `cfg` itself is not changed.
     """
     if cache is not None:
-        cfg["cache"]["path"] = str(cache)
+        cfg = updated(cfg, {"cache": {"path": str(cache)}})
     r = _setup(cfg, run_dir, limit, explicit, resume)
     state = load_training_state(r.run, r.core, r.opt, r.method) if resume else _fresh_state()
     if r.main:
-        (r.run / "config.toml").write_text(dump_config(cfg))
+        (r.run / "config.toml").write_text(dump_config(r.cfg))
     t0 = time.time()
     for epoch in range(state["epoch"] + 1, r.t.epochs + 1):
         if state["stopped_early"]:
@@ -119,10 +120,11 @@ def _fresh_state() -> dict:
     return {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "counter": 0, "history": [], "stopped_early": False}
 
 
-def _align_with_cache(cfg: dict, cache: Cache, explicit: tuple[str, ...]) -> None:
-    """cfg's [clip], [text] and [views] become the cache's (what stage one recorded); an explicit
-    --set of one of them that differs is an error."""
+def _aligned_with_cache(cfg: dict, cache: Cache, explicit: tuple[str, ...]) -> dict:
+    """A copy of cfg whose [clip], [text] and [views] are the cache's (what stage one recorded); an
+    explicit --set of one of them that differs is an error."""
     recorded = json.loads(cache.f.attrs.get("info", "{}")).get("stage_one", {})
+    changes: dict[str, dict] = {}
     for section, table in recorded.items():
         for key, value in table.items():
             if key not in cfg.get(section, {}) or cfg[section][key] == value:
@@ -132,13 +134,14 @@ def _align_with_cache(cfg: dict, cache: Cache, explicit: tuple[str, ...]) -> Non
                                   f"which was made with {section}.{key} = {value!r}",
                                   hint="stage-one settings belong to stage one: re-run `aevlp pseudolabel` (or "
                                        "`aevlp run`) with them, or drop the --set")
-            cfg[section][key] = value
+            changes.setdefault(section, {})[key] = value
+    return updated(cfg, changes)
 
 
 def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: tuple[str, ...] = (),
            resume: bool = False) -> TrainRun:
     cache = Cache(Specs.of(cfg).cache_path)
-    _align_with_cache(cfg, cache, explicit)
+    cfg = _aligned_with_cache(cfg, cache, explicit)
     specs = Specs.of(cfg)
     t = specs.train
     data = specs.dataset.load()
@@ -165,7 +168,7 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: t
             "dataset": data.info.name, "loss": specs.loss["name"], **_clip_meta(cache, t)}
     damp = spec.pseudo_labels(specs.damp, params) if spec.pseudo_labels else specs.damp
     inputs = _inputs(specs, data, cache, n, keep, meta["image_size"], device, main)
-    return TrainRun(specs=specs, data=data, cache=cache, keep=keep, observed=observed, truth=truth,
+    return TrainRun(cfg=cfg, specs=specs, data=data, cache=cache, keep=keep, observed=observed, truth=truth,
                     method=method, loss_spec=spec, labeler=PseudoLabeler(cache, damp, observed), device=device,
                     precision=resolve_train_precision(t.precision, device), core=core, model=model,
                     opt=opt, inputs=inputs, run=run, main=main, meta=meta,
@@ -286,7 +289,7 @@ def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndar
     y_full = torch.as_tensor(r.truth[keep])
     r.core.backbone.requires_grad_(epoch > t.linear_init)
     r.inputs[0].set_epoch(epoch)
-    r.train_loader.sampler.set_epoch(epoch)
+    r.train_loader.batch_sampler.set_epoch(epoch)
     r.model.train()
     scaler = torch.amp.GradScaler(r.device.type, enabled=r.precision == "fp16")  # fp16 needs loss scaling
     total, count = 0.0, 0

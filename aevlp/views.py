@@ -10,74 +10,70 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import torch
-import torchvision.transforms.functional as TF
-from torchvision.transforms import InterpolationMode
 
 from aevlp.errors import ConfigError
-from aevlp.imaging import CLIP_MEAN, CLIP_STD, STATS, bad_image, decode
+from aevlp.imaging import CLIP_MEAN, CLIP_STD, RESIZE_MODES, STATS, ViewTransform, bad_image, decode
+from aevlp.settings import ViewsSpec, check_value
 
 __all__ = ["ViewSpec", "tile_boxes", "view_boxes", "unique_slots", "render_views", "expand_views",
-           "ViewBatches", "GlobalViews", "normalize", "render_on_device"]
+           "ViewBatches", "GlobalViews", "render_on_device"]
 
-
-RESIZE_MODES = ("squash", "shortest", "longest")  # open_clip's names; "crop" is accepted for "shortest"
-INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
-                  "nearest": InterpolationMode.NEAREST}
+_D = ViewsSpec  # the declared [views] keys: their defaults and checks are the resolved spec's too
 
 
 @dataclass(frozen=True)
 class ViewSpec:
-    """How each view is cropped, resized and normalised; `of` resolves "checkpoint" values from the
-    CLIP checkpoint's own preprocessing."""
+    """The [views] settings resolved against a CLIP checkpoint's own preprocessing (`of`): how each view is
+    cropped, flipped and, by `transform`, resized and normalised. The keys it shares with [views] take
+    their defaults and checks from `aevlp.settings.ViewsSpec`; size, resize, interpolation and the
+    statistics default to what "checkpoint" gives for the default CLIP (ViT-B-16, openai)."""
 
-    grid: int = 4
+    grid: int = _D.grid
     size: int = 224
-    rounds: int = 1
-    resize: str = "squash"  # squash (distorting, official) | shortest (+ centre crop, CLIP's) | longest (+ pad)
-    flip: bool = True
-    jitter: float = 0.0
-    seed: int = 0
-    interpolation: str = "bilinear"  # bilinear | bicubic | nearest
+    rounds: int = _D.rounds
+    resize: str = "shortest"  # squash (distorting, official) | shortest (+ centre crop, CLIP's) | longest (+ pad)
+    flip: bool = _D.flip
+    jitter: float = _D.jitter
+    seed: int = _D.seed
+    interpolation: str = "bicubic"  # bilinear | bicubic | nearest
     mean: tuple[float, ...] = CLIP_MEAN  # the statistics the CLIP input is normalised with
     std: tuple[float, ...] = CLIP_STD
-    resize_on: str = "worker"  # worker | device: where crops are resized (device: the GPU path)
+    resize_on: str = _D.resize_on  # worker | device: where crops are resized (device: the GPU path)
 
     @classmethod
-    def of(cls, views: Mapping[str, Any], pre) -> ViewSpec:
-        """The spec a pipeline's [views] table asks for, given the checkpoint's `Preprocess`: size 0 and
-        "checkpoint" take the checkpoint's own values; "clip"/"imagenet" name fixed statistics."""
-        norm = views["normalize"]
-        mean, std = (pre.mean, pre.std) if norm == "checkpoint" else STATS[norm]
-        resize = pre.resize_mode if views["resize"] == "checkpoint" else views["resize"]
-        interp = pre.interpolation if views["interpolation"] == "checkpoint" else views["interpolation"]
-        return cls(grid=views["grid"], size=views["size"] or pre.image_size, rounds=views["rounds"],
-                   resize="shortest" if resize == "crop" else resize, flip=views["flip"], jitter=views["jitter"],
-                   seed=views["seed"], interpolation=interp, mean=tuple(mean), std=tuple(std),
-                   resize_on=views["resize_on"])
+    def of(cls, views: ViewsSpec | Mapping[str, Any], pre) -> ViewSpec:
+        """The spec a pipeline's [views] section (or its table) asks for, given the checkpoint's `Preprocess`:
+        size 0 and "checkpoint" take the checkpoint's own values; "clip"/"imagenet" name fixed statistics."""
+        views = views if isinstance(views, ViewsSpec) else ViewsSpec(**views)
+        mean, std = (pre.mean, pre.std) if views.normalize == "checkpoint" else STATS[views.normalize]
+        resize = pre.resize_mode if views.resize == "checkpoint" else views.resize
+        interp = pre.interpolation if views.interpolation == "checkpoint" else views.interpolation
+        return cls(grid=views.grid, size=views.size or pre.image_size, rounds=views.rounds,
+                   resize="shortest" if resize == "crop" else resize, flip=views.flip, jitter=views.jitter,
+                   seed=views.seed, interpolation=interp, mean=tuple(mean), std=tuple(std), resize_on=views.resize_on)
 
     def __post_init__(self):
-        if self.grid < 1:
-            raise ConfigError(f"views.grid must be >= 1, got {self.grid}")
-        if self.rounds < 1:
-            raise ConfigError(f"views.rounds must be >= 1, got {self.rounds}")
+        for name in ("grid", "rounds", "jitter", "seed", "flip", "resize_on", "interpolation"):
+            check_value(ViewsSpec, name, getattr(self, name))
         if self.size < 8:
             raise ConfigError(f"views.size must be >= 8, got {self.size}")
-        if not 0.0 <= self.jitter <= 0.5:
-            raise ConfigError(f"views.jitter must be in [0, 0.5], got {self.jitter}")
-        if self.resize not in RESIZE_MODES:
-            raise ConfigError(f"views.resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
-        if self.interpolation not in INTERPOLATIONS:
-            raise ConfigError(f"views.interpolation must be one of {', '.join(INTERPOLATIONS)}, "
-                              f"got {self.interpolation!r}")
+        if self.resize not in RESIZE_MODES or self.interpolation == "checkpoint":
+            raise ConfigError(f"a resolved view spec needs a resize of {', '.join(RESIZE_MODES)} and a named "
+                              f"interpolation, got {self.resize!r} and {self.interpolation!r}")
+
+    @cached_property
+    def transform(self) -> ViewTransform:
+        """Resize and normalise a view as the checkpoint expects (`aevlp.imaging.ViewTransform`)."""
+        return ViewTransform(self.size, self.resize, self.interpolation, tuple(self.mean), tuple(self.std))
 
     def preprocess_json(self) -> dict:
         """The preprocessing applied to every view, in open_clip's terms (the cache's clip_preprocess)."""
-        return {"mean": list(self.mean), "std": list(self.std), "interpolation": self.interpolation,
-                "resize_mode": self.resize, "image_size": self.size}
+        return self.transform.json()
 
     @property
     def num_views(self) -> int:
@@ -120,22 +116,6 @@ def _flips(spec: ViewSpec, row: int, rnd: int) -> list[bool]:
     return (torch.rand(spec.num_views, generator=g) < 0.5).tolist()
 
 
-def _resize(crop: torch.Tensor, spec: ViewSpec) -> torch.Tensor:
-    """uint8 [3, h, w] → [3, S, S]: squash, shorter side + centre crop, or longer side + zero padding."""
-    mode = INTERPOLATIONS[spec.interpolation]
-    aa = spec.interpolation != "nearest"
-    s = spec.size
-    if spec.resize == "squash":
-        return TF.resize(crop, [s, s], interpolation=mode, antialias=aa)
-    if spec.resize == "shortest":
-        return TF.center_crop(TF.resize(crop, s, interpolation=mode, antialias=aa), [s, s])
-    h, w = crop.shape[-2:]
-    scale = s / max(h, w)
-    out = TF.resize(crop, [max(1, round(h * scale)), max(1, round(w * scale))], interpolation=mode, antialias=aa)
-    top, left = (s - out.shape[-2]) // 2, (s - out.shape[-1]) // 2
-    return TF.pad(out, [left, top, s - out.shape[-1] - left, s - out.shape[-2] - top], fill=0)
-
-
 def unique_slots(spec: ViewSpec) -> int:
     """Distinct views to encode per image: V for one round, 2V (each box both ways) when rounds only
     differ by flips, R·V when jitter moves the boxes. Encoding each distinct view once is what makes
@@ -162,7 +142,7 @@ def render_views(image: torch.Tensor, spec: ViewSpec, row: int, out: torch.Tenso
             index[rnd, v] = slot
             if box not in resized:
                 x0, y0, x1, y1 = box
-                resized[box] = _resize(image[:, y0:y1, x0:x1], spec)
+                resized[box] = spec.transform.resize(image[:, y0:y1, x0:x1])
             out[slot] = resized[box].flip(-1) if flip else resized[box]
     if u == 2 * spec.num_views:  # fill the orientation no round drew, so every slot is defined
         for v, box in enumerate(view_boxes(w, h, spec, row, 0)):
@@ -177,14 +157,6 @@ def expand_views(slots: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     b, r, v = index.shape
     gathered = torch.stack([slots[i, index[i].reshape(-1)] for i in range(b)])  # [B, R*V, ...]
     return gathered.reshape(b, r, v, *slots.shape[2:]).transpose(0, 1)
-
-
-def normalize(batch: torch.Tensor, spec: ViewSpec, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 [..., 3, S, S] → float normalised with the spec's mean and std."""
-    shape = (1,) * (batch.ndim - 3) + (3, 1, 1)
-    m = torch.tensor(spec.mean, device=batch.device).view(shape) * 255
-    s = torch.tensor(spec.std, device=batch.device).view(shape) * 255
-    return ((batch.float() - m) / s).to(dtype)
 
 
 class ViewBatches(torch.utils.data.Dataset):
@@ -256,7 +228,7 @@ class GlobalViews(torch.utils.data.Dataset):
         errors = []
         for j, row in enumerate(rows):
             try:
-                out[j, 0] = _resize(decode(self.paths[row]), self.spec)
+                out[j, 0] = self.spec.transform.resize(decode(self.paths[row]))
             except Exception as e:
                 errors.append((row, bad_image(self.paths[row], e)))
         return torch.as_tensor(rows), out, errors

@@ -105,7 +105,7 @@ def loader_rates(paths: list, size: int, batch: int, cache_dir: Path, device: st
     """Images/s of one process on one core (workers=0, one torch thread) through each loader, best of
     three interleaved rounds; aevlp's without and with `to_model_input` on this process (it runs on the
     GPU there); and of one worker process feeding this one (the batches cross processes)."""
-    from aevlp.cache.images import CachedImages
+    from aevlp.image_cache import CachedImages
     from aevlp.inputs import ImageRows
 
     cached = _image_cache(paths, size, cache_dir)
@@ -130,7 +130,7 @@ def loader_rates(paths: list, size: int, batch: int, cache_dir: Path, device: st
 def parallel_rates(paths: list, size: int, batch: int, workers: int, cache: Path, device: str) -> dict:
     """Images/s of a whole training loader with `workers` processes, the batches made model input on
     `device` (aevlp: normalised and flipped there), best of two interleaved rounds."""
-    from aevlp.cache.images import CachedImages
+    from aevlp.image_cache import CachedImages
     from aevlp.inputs import ImageRows
 
     dev = torch.device(device)
@@ -146,7 +146,8 @@ def parallel_rates(paths: list, size: int, batch: int, workers: int, cache: Path
 
 def decode_agreement(paths: list, size: int, device: str) -> dict:
     """How far train.decode_on = device (GPU decode_jpeg + tensor resize) is from the workers' pixels."""
-    from aevlp.inputs import ImageRows, make_loader, to_model_input
+    from aevlp.imaging import to_model_input
+    from aevlp.inputs import ImageRows, make_loader
 
     dev = torch.device(device)
     a, _ = next(iter(make_loader(ImageRows(paths[:16], size), 16, 0, torch.device("cpu"))))
@@ -160,7 +161,8 @@ def _rate(ds, batch: int, workers: int, normalise_on, size: int, to: torch.devic
           from_start: bool = False) -> float:
     """Images/s after the first batch (so a worker's start-up is not counted), or `from_start`;
     `to`: the device the batches are moved to (pinned memory when it is CUDA)."""
-    from aevlp.inputs import make_loader, to_model_input
+    from aevlp.imaging import to_model_input
+    from aevlp.inputs import make_loader
 
     to = to or torch.device("cpu")
     t, n = time.perf_counter(), 0
@@ -180,7 +182,8 @@ def _rate(ds, batch: int, workers: int, normalise_on, size: int, to: torch.devic
 
 def _gpu_decode_rate(paths: list, size: int, batch: int, dev: torch.device) -> float:
     """Images/s of train.decode_on = device: file bytes read on the CPU, decoded and resized on the GPU."""
-    from aevlp.inputs import ImageRows, make_loader, to_model_input
+    from aevlp.imaging import to_model_input
+    from aevlp.inputs import ImageRows, make_loader
 
     ds = ImageRows(paths, size, encoded=True)
     best = 0.0
@@ -197,7 +200,7 @@ def _image_cache(paths: list, size: int, cache_dir: Path) -> Path:
     """A one-split image cache of `paths` at `size`, built by aevlp's own builder."""
     from types import SimpleNamespace as NS
 
-    from aevlp.cache.images import ensure_image_cache
+    from aevlp.image_cache import ensure_image_cache
 
     root = Path(paths[0]).parent
     split = NS(images=np.array([Path(p).name for p in paths]))

@@ -69,6 +69,24 @@ def photo_voc(tmp_path):
     return make_photo_dataset(tmp_path / "voc")
 
 
+SMALL_CNN = ('train.backbone="small-cnn"', 'train.weights="none"', "train.image_size=32", "train.batch_size=8",
+             "train.workers=0", "train.lr=1e-3")  # stage two in seconds on the test images
+
+
+def tiny_cfg(clip: dict | str | Path, root: Path, cache: Path, *extra: str, pipeline: str | None = "voc") -> dict:
+    """The one config builder of the tests: `pipeline` (voc, or None for the own-data defaults) on the test
+    VOC data at `root`, the cache at `cache`, a tiny CLIP (the `tiny_clip` fixture, or an HF-layout folder)
+    in fp32 with no workers, grid 2 and 2 rounds; `extra`: more `section.key=value` overrides."""
+    if isinstance(clip, dict):
+        model = [f'clip.arch="{clip["arch"]}"', f'clip.config="{clip["config"]}"',
+                 f'clip.pretrained="{clip["pretrained"]}"']
+    else:
+        model = [f'clip.pretrained="{clip}"']
+    from aevlp.config import load_config
+    return load_config(pipeline, ['dataset.name="voc"', f'dataset.data_root="{root}"', f'cache.path="{cache}"', *model,
+                                  "clip.workers=0", 'clip.precision="fp32"', "views.grid=2", "views.rounds=2", *extra])
+
+
 def tiny_pipeline(path: Path, tiny_clip: dict, root: Path, rest: str) -> Path:
     """A pipeline file for the test VOC data and the tiny CLIP; `rest` holds the remaining TOML tables."""
     path.write_text(f'''[dataset]
@@ -82,3 +100,22 @@ precision = "fp32"
 workers = 0
 {rest}''')
     return path
+
+
+def probabilities_by_hand(run_dir: Path, paths: list, size: int) -> np.ndarray:
+    """A trained run's class probabilities for image files, computed without aevlp's input pipeline: PIL's
+    bilinear resize, ImageNet normalisation in numpy, the best.pt weights in a freshly built model."""
+    import torch
+    from PIL import Image
+
+    from aevlp.models import build_model
+    ckpt = torch.load(Path(run_dir) / "best.pt", map_location="cpu", weights_only=True)
+    meta = ckpt["meta"]
+    model = build_model(meta["backbone"], len(meta["classnames"]), weights="none")
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
+    x = np.stack([(np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)) / 255 - mean) / std
+                  for p in paths]).transpose(0, 3, 1, 2)
+    with torch.no_grad():
+        return torch.sigmoid(model(torch.as_tensor(x, dtype=torch.float32))).numpy()

@@ -1,5 +1,5 @@
 """The comparison methods of the paper's table, each against an independent numpy computation of its
-formula (METHOD.md §2.4), hand-computed small cases, and the schedules against their stated formulas."""
+formula (docs/training.md), hand-computed small cases, and the schedules against their stated formulas."""
 import math
 
 import numpy as np

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import TINY_CLIP, make_photo_dataset
+from conftest import TINY_CLIP, make_photo_dataset, tiny_cfg
 
 from aevlp.cache.schema import fingerprint_diff
 from aevlp.cli import cli
@@ -30,6 +30,7 @@ def activations(model) -> set[str]:
     return {type(m).__name__ for m in model.modules() if "GELU" in type(m).__name__}
 
 
+@pytest.mark.slow  # builds a full-size ViT-B-16
 def test_openai_tag_builds_quickgelu_and_plain_arch_gelu():
     openai = load_clip(ClipSpec("ViT-B-16", "openai", device="cpu", precision="fp32"), load_weights=False)
     assert activations(openai.model) == {"QuickGELU"}
@@ -56,6 +57,7 @@ def test_siglip_tokenizer_offline_is_a_clear_error(monkeypatch):
     assert "clip.tokenizer" in str(e.value) and "huggingface-cli download timm/ViT-B-16-SigLIP" in str(e.value)
 
 
+@pytest.mark.slow  # full-size models of each family
 @pytest.mark.parametrize("arch,tag,act", [("RN50", "openai", "QuickGELU"),
                                           ("convnext_base", "laion400m_s13b_b51k", "GELU"),
                                           ("EVA02-B-16", "merged2b_s8b_b131k", "GELU"),
@@ -90,9 +92,7 @@ def folder_world(tmp_path_factory):
 
 
 def folder_cfg(world, folder, out, *extra):
-    return load_config(None, ['dataset.name="voc"', f'dataset.data_root="{world["root"]}"',
-                              f'clip.pretrained="{folder}"', f'cache.path="{out}"', "clip.workers=0",
-                              'clip.precision="fp32"', "views.grid=2", "views.rounds=2", *extra])
+    return tiny_cfg(folder, world["root"], out, *extra, pipeline=None)
 
 
 def test_hf_folder_runs_stage_one_and_records_its_statistics(folder_world, tmp_path):

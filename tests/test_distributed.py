@@ -115,8 +115,12 @@ def test_killed_rank_rerun_alone_completes_the_cache(world, single, tmp_path):
 
 
 def test_ddp_training_matches_single_process(world, single, tmp_path):
+    """Two ranks see each global batch one process sees, so with a loss that is a mean over entries (GPR
+    without its batch-level regulariser) DDP's averaged gradient is the single-process one: the same run,
+    up to the order of float sums."""
     args = ["train", "--pseudo", str(single), "--backbone", "clip-head", "--epochs", "4", "--batch-size", "8",
-            "--workers", "0", "--no-progress", "--set", "train.lr=1e-3", "--set", 'train.early_stop="none"']
+            "--workers", "0", "--no-progress", "--set", "train.lr=1e-3", "--set", 'train.early_stop="none"',
+            "--set", "loss.reg=0"]
     r1 = aevlp(*args, "--run-dir", str(tmp_path / "one"))
     assert r1.returncode == 0, r1.stderr
     r2 = torchrun(*args, "--run-dir", str(tmp_path / "two"))
@@ -126,6 +130,7 @@ def test_ddp_training_matches_single_process(world, single, tmp_path):
     two = json.loads((tmp_path / "two" / "results.json").read_text())
     h = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in h] == [1, 2, 3, 4] and all(np.isfinite(x["loss"]) for x in h)
-    # Same global batch and data; only the sample order differs (DistributedSampler): within 5 mAP points
-    assert abs(one["test_map"] - two["test_map"]) < 5.0, (one["test_map"], two["test_map"])
-    assert abs(one["val_map"] - two["val_map"]) < 5.0
+    h1 = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["loss"] for x in h] == pytest.approx([x["loss"] for x in h1], rel=1e-4)
+    assert [x["val_map"] for x in h] == pytest.approx([x["val_map"] for x in h1], abs=0.01)
+    assert two["test_map"] == pytest.approx(one["test_map"], abs=0.01)

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from conftest import invoke, make_photo_dataset
+from conftest import SMALL_CNN, invoke, make_photo_dataset, tiny_cfg
 
 from aevlp.config import load_config
 from aevlp.errors import AevlpError, ConfigError
@@ -38,12 +38,7 @@ def world(tiny_clip, tmp_path_factory):
 
 
 def cfg_for(tiny_clip, root, cache, *extra):
-    return load_config("voc", [f'dataset.data_root="{root}"', f'cache.path="{cache}"', 'clip.arch="tiny-clip"',
-                               f'clip.config="{tiny_clip["config"]}"', f'clip.pretrained="{tiny_clip["pretrained"]}"',
-                               "clip.workers=0", "views.grid=2", "views.rounds=2", 'clip.precision="fp32"',
-                               'cache.store_embeddings="global"', 'train.backbone="small-cnn"', 'train.weights="none"',
-                               "train.image_size=32", "train.epochs=2", "train.batch_size=8", "train.workers=0",
-                               "train.lr=1e-3", *extra])
+    return tiny_cfg(tiny_clip, root, cache, 'cache.store_embeddings="global"', *SMALL_CNN, "train.epochs=2", *extra)
 
 
 def crafted(path, marker):
@@ -69,7 +64,7 @@ def test_crafted_checkpoints_are_refused_and_never_run(world, tmp_path, target):
     assert "can load safely" in r.output and not marker.exists()
 
 
-def test_crafted_weights_file_and_small_cnn_weights(world, tmp_path):
+def test_crafted_weights_file_and_small_cnn_weights(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
     with open(evil, "wb") as f:
@@ -118,7 +113,7 @@ def test_crafted_clip_weights_are_refused_and_never_run(world, tmp_path):
     assert not marker.exists()
 
 
-def test_object_array_npy_is_refused_without_running(world, tmp_path):
+def test_object_array_npy_is_refused_without_running(tmp_path):
     root = make_photo_dataset(tmp_path / "voc", n_train=6, n_test=3)
     marker = tmp_path / "pwned"
     np.save(root / "formatted_train_images.npy", np.array([Payload(marker)] * 6, dtype=object), allow_pickle=True)

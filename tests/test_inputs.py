@@ -9,9 +9,10 @@ from conftest import make_photo_dataset
 from PIL import Image
 from test_stage_two import base_cfg
 
-from aevlp.cache.images import CachedImages, ensure_image_cache, image_cache_path
 from aevlp.data import load_dataset
-from aevlp.inputs import ImageRows, flips, load_uint8, make_loader, to_model_input
+from aevlp.image_cache import CachedImages, ensure_image_cache, image_cache_path
+from aevlp.imaging import load_uint8, to_model_input
+from aevlp.inputs import ImageRows, flips, make_loader
 from aevlp.pseudolabel import run_pseudolabel
 from aevlp.train import run_train
 
@@ -48,7 +49,7 @@ def test_first_batch_same_on_every_path(world):
                               ("cache", ImageRows(paths, size, images=cached), 0),
                               ("jpeg", ImageRows(paths, size, encoded=True), 0)):
         loader = make_loader(ds, 8, workers, torch.device("cpu"), shuffle_seed=seed)
-        loader.sampler.set_epoch(epoch)
+        loader.batch_sampler.set_epoch(epoch)
         x, rows = next(iter(loader))
         batches[name] = (rows, to_model_input(x, torch.device("cpu"), flips(seed, epoch, rows), size=size))
     rows = batches["decode"][0]
@@ -84,7 +85,7 @@ def test_image_cache_is_reused_and_rebuilt_when_images_change(world, tmp_path):
 
 
 def test_interrupted_image_cache_build_goes_on(world, tmp_path, monkeypatch):
-    import aevlp.cache.images as ic
+    import aevlp.image_cache as ic
     data, path = world["data"], image_cache_path(tmp_path / "c.h5", "voc", 16)
     monkeypatch.setattr(ic, "BLOCK", 4)
     calls = {"n": 0}

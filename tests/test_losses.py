@@ -48,7 +48,7 @@ def test_component_properties():
 
 
 def gpr_by_hand(P, Y, Z, *, w, b, mu, sigma, q2, q3, lam1, lam2, rho, reg, expected_pos):
-    """METHOD.md §3.5 written out entry by entry with the math module: an independent reference."""
+    """docs/method.md's GPR table written out entry by entry with the math module: an independent reference."""
     total, n, c = 0.0, len(P), len(P[0])
     for i in range(n):
         for j in range(c):
@@ -70,8 +70,8 @@ def gpr_by_hand(P, Y, Z, *, w, b, mu, sigma, q2, q3, lam1, lam2, rho, reg, expec
 
 
 def test_gpr_golden():
-    """METHOD.md §6 golden example (COCO hyperparameters), checked two ways: the hand-written
-    formula above reproduces METHOD's stated totals, and gpr_loss reproduces the hand-written formula."""
+    """docs/method.md's worked GPR example (COCO hyperparameters), checked two ways: the hand-written formula
+    above reproduces the stated totals, and gpr_loss reproduces the hand-written formula."""
     z = logit(P)
     stated = [(Z, E1, COCO, 0.385679), (Z, E8, COCO, 0.230693),
               (torch.zeros_like(Z), E1, dict(COCO, reg=0.0), 0.405200),

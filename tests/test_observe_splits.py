@@ -65,7 +65,7 @@ def test_split_matches_cole_formula():
 
 
 def test_expected_benchmark_sizes():
-    # METHOD.md §1.3: VOC official train 5,717 -> 4,574 / 1,143
+    # docs/method.md, "Benchmark protocol": VOC official train 5,717 -> 4,574 / 1,143
     tr, va = train_val_split(5717)
     assert (len(tr), len(va)) == (4574, 1143)
     tr, va = train_val_split(82081)  # COCO

@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import make_photo_dataset, tiny_pipeline
+from conftest import make_photo_dataset, tiny_cfg, tiny_pipeline
 
 from aevlp.cli import cli
 from aevlp.config import load_config
@@ -17,10 +17,7 @@ NEW_PROMPT = 'text.prompts=["a blurry picture of a {}."]'
 
 
 def cfg_for(tiny_clip, root, out, *extra):
-    return load_config("voc", [f'dataset.data_root="{root}"', f'cache.path="{out}"', 'clip.arch="tiny-clip"',
-                               f'clip.config="{tiny_clip["config"]}"', f'clip.pretrained="{tiny_clip["pretrained"]}"',
-                               "clip.workers=0", "clip.batch_size=4", "views.grid=2", "views.rounds=3",
-                               'clip.precision="fp32"', 'cache.store_embeddings="all"', *extra])
+    return tiny_cfg(tiny_clip, root, out, "clip.batch_size=4", "views.rounds=3", 'cache.store_embeddings="all"', *extra)
 
 
 @pytest.fixture(scope="module")

@@ -5,10 +5,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import make_photo_dataset
+from conftest import SMALL_CNN, make_photo_dataset, probabilities_by_hand, tiny_cfg
 
 from aevlp.cli import cli
-from aevlp.config import load_config
 from aevlp.errors import AevlpError
 from aevlp.losses import LOSSES
 from aevlp.pseudolabel import run_pseudolabel
@@ -26,13 +25,8 @@ def setup(tiny_clip, tmp_path_factory):
 
 
 def base_cfg(tiny_clip, root, cache, *extra):
-    return load_config("voc", [f'dataset.data_root="{root}"', f'cache.path="{cache}"', "clip.arch=\"tiny-clip\"",
-                               f'clip.config="{tiny_clip["config"]}"', f'clip.pretrained="{tiny_clip["pretrained"]}"',
-                               "clip.workers=0", "views.grid=2", "views.rounds=2", 'cache.store_embeddings="global"',
-                               'clip.precision="fp32"', 'train.backbone="small-cnn"', 'train.weights="none"',
-                               "train.image_size=32",
-                               "train.epochs=3", "train.batch_size=8", "train.workers=0", "train.lr=1e-3",
-                               "damp.threshold=0.06", "damp.temperature=0.05", *extra])
+    return tiny_cfg(tiny_clip, root, cache, 'cache.store_embeddings="global"', *SMALL_CNN, "train.epochs=3",
+                    "damp.threshold=0.06", "damp.temperature=0.05", *extra)
 
 
 def train(setup, tmp_path, *extra, **kw):
@@ -229,7 +223,23 @@ def test_cli_train_eval_predict(setup, tmp_path):
     assert list(df.columns[:2]) == ["path", "aeroplane"] and len(df) == 3 and df.shape[1] == 1 + 20 + 3
     assert all(len(t.split("; ")) == 3 for t in df["top3"])
     probs = df.iloc[:, 1:21].to_numpy()
-    assert np.all((probs >= 0) & (probs <= 1))
+    assert np.allclose(probs, probabilities_by_hand(run, imgs, 32), atol=1e-4)
     assert df["num_labels"].tolist() == (probs >= 0.3).sum(1).tolist()
     res = CliRunner().invoke(cli, ["train", "--pseudo", str(tmp_path / "missing.h5")])
     assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_the_callers_config_is_never_edited(setup, tmp_path):
+    import copy
+
+    from aevlp.config import tomllib
+    from aevlp.run import plan_pipeline
+    cfg = base_cfg(setup["clip"], setup["root"], setup["cache"], "train.epochs=1")
+    cfg["cache"]["path"] = ""  # the cache given apart, as `aevlp train --pseudo` does
+    before = copy.deepcopy(cfg)
+    run_train(cfg, cache=setup["cache"], run_dir=tmp_path / "run", progress=False)
+    assert cfg == before
+    recorded = tomllib.loads((tmp_path / "run" / "config.toml").read_text())
+    assert recorded["cache"]["path"] == str(setup["cache"])  # the run's own config says what it read
+    plan = plan_pipeline(cfg, "x")
+    assert cfg == before and plan.cfg["cache"]["path"] == "cache/voc.h5"

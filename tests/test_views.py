@@ -5,7 +5,6 @@ from aevlp.views import (
     ViewBatches,
     ViewSpec,
     expand_views,
-    normalize,
     render_views,
     tile_boxes,
     unique_slots,
@@ -71,7 +70,7 @@ def test_batches_report_bad_images(tmp_path):
     Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "ok.jpg")
     (tmp_path / "trunc.jpg").write_bytes((tmp_path / "ok.jpg").read_bytes()[:200])
     ds = ViewBatches([tmp_path / "ok.jpg", tmp_path / "trunc.jpg", tmp_path / "gone.jpg"], [[0, 1, 2]],
-                     ViewSpec(grid=2, size=16))
+                     ViewSpec(grid=2, size=16, rounds=1))
     rows, slots, index, errors = ds[0]
     assert rows.tolist() == [0, 1, 2] and slots.shape == (3, 5, 3, 16, 16)
     assert [r for r, _ in errors] == [1, 2]
@@ -81,9 +80,21 @@ def test_batches_report_bad_images(tmp_path):
 
 def test_normalize_stats():
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
-    imagenet = ViewSpec(mean=(.485, .456, .406), std=(.229, .224, .225))
-    assert torch.allclose(normalize(x, imagenet)[0, :, 0, 0],
+    imagenet = ViewSpec(mean=(.485, .456, .406), std=(.229, .224, .225)).transform
+    assert torch.allclose(imagenet.normalize(x)[0, :, 0, 0],
                           torch.tensor([(1 - .485) / .229, (1 - .456) / .224, (1 - .406) / .225]))
-    half = ViewSpec(mean=(.5, .5, .5), std=(.5, .5, .5))
-    assert torch.allclose(normalize(torch.full((1, 3, 2, 2), 0, dtype=torch.uint8), half), torch.tensor(-1.0))
-    assert not torch.allclose(normalize(x, ViewSpec()), normalize(x, imagenet))
+    half = ViewSpec(mean=(.5, .5, .5), std=(.5, .5, .5)).transform
+    assert torch.allclose(half.normalize(torch.full((1, 3, 2, 2), 0, dtype=torch.uint8)), torch.tensor(-1.0))
+    assert not torch.allclose(ViewSpec().transform.normalize(x), imagenet.normalize(x))
+
+
+def test_view_spec_defaults_and_checks_are_the_declared_ones():
+    from aevlp.errors import ConfigError
+    from aevlp.settings import ViewsSpec
+    spec, declared = ViewSpec(), ViewsSpec()
+    assert (spec.grid, spec.rounds, spec.flip, spec.jitter, spec.seed, spec.resize_on) == \
+        (declared.grid, declared.rounds, declared.flip, declared.jitter, declared.seed, declared.resize_on)
+    with pytest.raises(ConfigError, match=r"views.jitter = 0.7 is out of range: it must be in \[0, 0.5\]"):
+        ViewSpec(jitter=0.7)
+    with pytest.raises(ConfigError, match="views.grid = 0 is out of range"):
+        ViewSpec(grid=0)

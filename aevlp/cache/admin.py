@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 
 from aevlp.cache.reader import Cache
-from aevlp.errors import AevlpError
 from aevlp.cache.schema import dataset_hash, lock_path, partial_path, read_fingerprint
 from aevlp.cache.validate import problems
+from aevlp.errors import AevlpError
 from aevlp.metrics import pseudo_label_quality_per_class
 
 __all__ = ["list_caches", "inspect_cache", "verify_cache", "clean_candidates"]

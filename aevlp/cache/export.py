@@ -67,10 +67,12 @@ def _panels(c: Cache, r: int, k: int) -> dict[str, np.ndarray]:
 
 def _fired_tile(c: Cache, r: int, row: int, k: int, temperature: float) -> int:
     """The tile (1..G²) whose softmax score for class k is highest: the view that made the label."""
-    sims = c.f["sims"][r, row].astype(np.float64)  # [V, C]
-    soft = np.exp((sims - sims.max(1, keepdims=True)) / temperature)
-    soft /= soft.sum(1, keepdims=True)
-    return 1 + int(np.argmax(soft[1:, k]))
+    import torch
+
+    from aevlp.damp import softmax
+
+    soft = softmax(torch.from_numpy(c.f["sims"][r, row].astype(np.float64)), temperature)  # [V, C]
+    return 1 + int(torch.argmax(soft[1:, k]))
 
 
 def _thumb(path: Path, tile: int, grid: int, size: int = 128):

@@ -1,27 +1,33 @@
-"""The stage-one cache's schema: where it lives, its layout, and how it is identified (fingerprints).
+"""The stage-one cache's schema: where it lives, its layout, and how it is identified (its fingerprint).
 
 See docs/cache.md. Shapes: R rounds, N training rows, V views (view 0 = global), U distinct views
 per row (each (tile, flip) encoded once), C classes, D embedding size.
+
+The fingerprint is built here and only here (`stage_one_fingerprint`): its image side (the images and
+how they were encoded: what re-prompting needs unchanged) and its text side (the classes, prompts and
+relation graph: what re-prompting can re-derive from stored embeddings), and its shard form.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from aevlp.errors import AevlpError
+from aevlp.settings import CacheSpec, TextSpec, checked, choices_of
 
-__all__ = ["SCHEMA_VERSION", "STR", "EMBEDDING_MODES", "default_path", "partial_path", "lock_path", "dataset_hash",
+__all__ = ["SCHEMA_VERSION", "STR", "EMBEDDING_MODES", "IMAGE_SIDE", "default_path", "partial_path", "lock_path",
+           "dataset_hash", "clip_preprocess", "stage_one_fingerprint", "shard_fingerprint", "can_reprompt",
            "fingerprint_id", "fingerprint_diff", "read_fingerprint", "CacheLayout"]
 
 SCHEMA_VERSION = 2  # 2: "all" embeddings stored once per distinct view + an index; eval labels stored
 STR = h5py.string_dtype("utf-8")
-EMBEDDING_MODES = ("none", "global", "all")  # cache.store_embeddings: which image embeddings are kept
+EMBEDDING_MODES = choices_of(CacheSpec, "store_embeddings")  # which image embeddings are kept
 
 
 def default_path(dataset: str) -> Path:
@@ -45,6 +51,90 @@ def dataset_hash(image_ids: Iterable[str], observed: np.ndarray) -> str:
         h.update(b"\0")
     h.update(np.ascontiguousarray(observed, dtype=np.int8).tobytes())
     return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ImageSide:
+    """The fingerprint fields that describe the images and how they were encoded: a cache whose image
+    side matches can be re-derived for a new text side from its stored embeddings."""
+
+    schema_version: int
+    dataset: str
+    ids_hash: str
+    images_hash: str
+    num_images: int
+    clip_arch: str
+    clip_weights: str
+    clip_config: str
+    precision: str
+    mean: list
+    std: list
+    interpolation: str
+    resize_mode: str
+    image_size: int
+    quick_gelu: bool
+    grid: int
+    rounds: int
+    resize_on: str
+    flip: bool
+    jitter: float
+    view_seed: int
+    store_embeddings: str
+    eval_hash: str | None
+
+
+@dataclass(frozen=True)
+class TextSide:
+    """The fingerprint fields of the text side: the rows' observed labels, the classes and their features."""
+
+    dataset_hash: str
+    num_classes: int
+    prompts: list
+    phrases: list
+    gcn: bool
+    gcn_seed: int | None
+    sparse_topk: int | None
+    reweight_p: float | None
+    relation: str
+
+
+IMAGE_SIDE = tuple(f.name for f in fields(ImageSide))  # what re-prompting needs unchanged
+
+
+def clip_preprocess(clip, views) -> dict:
+    """The preprocessing every view gets and the activation the model is built with (the cache's
+    `clip_preprocess` attribute, and part of the fingerprint's image side). `clip`: a ClipIdentity;
+    `views`: a resolved ViewSpec."""
+    return {**views.preprocess_json(), "quick_gelu": clip.source.quick_gelu}
+
+
+def stage_one_fingerprint(*, dataset: str, clip, views, text: TextSpec, store_embeddings: str, ids: Sequence[str],
+                          observed: np.ndarray, phrases: list[str], relation: str,
+                          eval_ids: dict[str, list[str]] | None = None, images_hash: str = "") -> dict:
+    """Everything that changes the cached numbers — and nothing that does not (e.g. DAMP selection)."""
+    image = ImageSide(
+        schema_version=SCHEMA_VERSION, dataset=dataset, ids_hash=dataset_hash(ids, np.zeros(0)),
+        images_hash=images_hash, num_images=len(ids), clip_arch=clip.arch, clip_weights=clip.weights_id,
+        clip_config=clip.config_id, precision=clip.precision, **clip_preprocess(clip, views), grid=views.grid,
+        rounds=views.rounds, resize_on=views.resize_on, flip=views.flip, jitter=views.jitter, view_seed=views.seed,
+        store_embeddings=store_embeddings,
+        eval_hash=dataset_hash(eval_ids["val"] + eval_ids["test"], np.zeros((0, 1))) if eval_ids else None)
+    words = TextSide(dataset_hash=dataset_hash(ids, observed), num_classes=int(observed.shape[1]),
+                     prompts=list(text.prompts), phrases=list(phrases), gcn=text.gcn,
+                     gcn_seed=text.gcn_seed if text.gcn else None, sparse_topk=text.sparse_topk if text.gcn else None,
+                     reweight_p=text.reweight_p if text.gcn else None, relation=relation)
+    return {**asdict(image), **asdict(words)}
+
+
+def shard_fingerprint(fp: dict, k: int, w: int, rows: tuple[int, int]) -> dict:
+    """The fingerprint of shard k of w, which holds training rows [start, stop)."""
+    return {**fp, "shard": f"{k}/{w}", "rows": list(rows)}
+
+
+def can_reprompt(old: dict, new: dict) -> bool:
+    """True when the cache `old` describes stores every view and only its text side differs from `new`."""
+    return old.get("store_embeddings") == "all" == new.get("store_embeddings") and \
+        all(old.get(k) == new.get(k) for k in IMAGE_SIDE) and "ids_hash" in old
 
 
 def fingerprint_id(fp: dict) -> str:
@@ -85,9 +175,7 @@ class CacheLayout:
     unique_views: int = 0
 
     def __post_init__(self):
-        if self.embeddings not in EMBEDDING_MODES:
-            raise AevlpError(f"cache.store_embeddings must be one of {', '.join(EMBEDDING_MODES)}, "
-                             f"got {self.embeddings!r}")
+        checked(CacheSpec, store_embeddings=self.embeddings)
 
     def row_shapes(self, n: int, c: int) -> dict[str, tuple[tuple, type]]:
         """name -> (shape, dtype) of the per-row datasets for N rows and C classes."""

@@ -107,7 +107,10 @@ def _versions() -> dict:
 
 
 class CacheWriter:
-    """Creates or resumes `<target>.partial`; `finish()` renames it onto the target atomically."""
+    """Creates or resumes `<target>.partial`; `finish()` renames it onto the target atomically.
+
+    A context manager: leaving the block without `finish()` (an error, Ctrl-C) flushes and closes the
+    partial file, so its finished rows are kept for the next run to resume."""
 
     def __init__(self, target: Path, fingerprint: dict, layout: CacheLayout, *, image_ids: list[str],
                  classnames: list[str], observed: np.ndarray, labels: np.ndarray | None,
@@ -195,7 +198,8 @@ class CacheWriter:
             done, bad = f["done"][:].astype(bool), f["bad"][:].astype(bool)
             for start in range(0, nc[0], 1024):
                 sims = f["sims"][:, start:start + 1024].astype(np.float32)
-                torn = ~np.isfinite(sims).all(axis=(0, 2, 3)) | ((sims == 0).all(axis=(0, 2, 3)) & ~bad[start:start + 1024])
+                zero = (sims == 0).all(axis=(0, 2, 3)) & ~bad[start:start + 1024]
+                torn = ~np.isfinite(sims).all(axis=(0, 2, 3)) | zero
                 done[start:start + 1024] &= ~torn
             f["done"][:] = done
             for split in ("val", "test"):
@@ -258,5 +262,11 @@ class CacheWriter:
         if self.f.id.valid:
             self.f.flush()
             self.f.close()
+
+    def __enter__(self) -> CacheWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 

@@ -26,7 +26,8 @@ from aevlp.data.registry import DATASETS
 @click.option("--phrases", default=None, type=click.Path(dir_okay=False),
               help="Class phrases: CSV classname,phrase or one phrase per line in class order.")
 @click.option("--grid", type=int, default=None, help="G: global view + G x G tiles.")
-@click.option("--rounds", type=int, default=None, help="Augmentation rounds R (epoch e reads round e mod R).")
+@click.option("--rounds", type=int, default=None,
+              help="Augmentation rounds R (training epoch e reads round (e-1) mod R).")
 @click.option("--batch-size", type=int, default=None, help="Source images per batch.")
 @click.option("--workers", type=int, default=None, help="DataLoader worker processes decoding images.")
 @click.option("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")

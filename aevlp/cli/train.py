@@ -61,7 +61,7 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
 
     \b
     Pseudo-labels are rebuilt every epoch from the cached CLIP similarities with the [damp]
-    parameters (round e mod R), so no CLIP model is loaded. Writes RUN_DIR/config.toml,
+    parameters (epoch e reads round (e-1) mod R), so no CLIP model is loaded. Writes RUN_DIR/config.toml,
     metrics.jsonl, results.json, per_class_ap.csv, best.pt (and last.pt, for --resume).
     Without --config, the settings are those of the pipeline the cache was made with.
 
@@ -91,9 +91,8 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
                       loss={"name": loss}, damp={"source": damp_source},
                       train={"backbone": backbone, "weights": weights, "labels": labels, "epochs": epochs,
                              "batch_size": batch_size, "lr": lr, "image_size": image_size, "seed": seed,
-                             "device": device, "workers": workers, "image_cache": image_cache})
-        if cache:
-            cfg["cache"]["path"] = str(cache)
+                             "device": device, "workers": workers, "image_cache": image_cache},
+                      cache={"path": str(cache) if cache else None})
         if limit is None:
             limit = info.get("limit")
     from aevlp import distributed

@@ -5,7 +5,7 @@ import numpy as np
 
 __all__ = ["COLE_SEED", "single_positive"]
 
-COLE_SEED = 1200  # Cole et al.'s seed for the observed labels and the train/val split (METHOD.md §1.2-1.3)
+COLE_SEED = 1200  # Cole et al.'s seed of the observed labels and the train/val split (docs/method.md, protocol)
 
 
 def single_positive(labels, seed: int = COLE_SEED) -> np.ndarray:
@@ -13,7 +13,7 @@ def single_positive(labels, seed: int = COLE_SEED) -> np.ndarray:
 
     Why the odd RNG use: Cole shuffles the negatives of every row too (and keeps none), which
     consumes RNG state; copying both shuffles in the same order is what makes the published
-    `formatted_*_labels_obs.npy` files reproducible bit for bit (METHOD.md §1.2).
+    `formatted_*_labels_obs.npy` files reproducible bit for bit (docs/method.md, "Benchmark protocol").
     Call it once per phase: each call starts a fresh RandomState(seed).
     """
     y = np.asarray(labels)

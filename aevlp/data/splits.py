@@ -1,4 +1,4 @@
-"""The SPML benchmark's train/val split of the official train set (Cole et al., METHOD.md §1.3)."""
+"""The SPML benchmark's train/val split of the official train set (Cole et al.; docs/method.md, protocol)."""
 from __future__ import annotations
 
 import numpy as np

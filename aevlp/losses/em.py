@@ -1,5 +1,5 @@
 """Entropy maximisation (Zhou et al., ECCV 2022), its asymmetric pseudo-labelling (APL), and VLPL's
-EM-PL (Xing et al., CVPRW 2024; METHOD.md §2.4, §3.9). Cole's 1e-5 inside the logs."""
+EM-PL (Xing et al., CVPRW 2024; docs/training.md, "Comparison methods"). Cole's 1e-5 inside the logs."""
 from __future__ import annotations
 
 import dataclasses

@@ -1,4 +1,4 @@
-"""GR Loss (Chen et al., IJCAI 2024) and GPR Loss (AEVLP, Tran et al., ICCV 2025; METHOD.md §2-3.5).
+"""GR Loss (Chen et al., IJCAI 2024) and GPR Loss (AEVLP, Tran et al., ICCV 2025; docs/method.md).
 
 Powers of p are computed from log-sigmoids so gradients stay finite for logits in ±50.
 """
@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from aevlp.errors import ConfigError
 from aevlp.losses.common import expected_positive_regularizer, neg_log, prep
+from aevlp.settings import LossParams, checked
 
 __all__ = ["soft_pseudo_label", "reweight", "gce_positive", "gce_negative", "gr_loss", "gpr_loss"]
 
@@ -27,15 +28,13 @@ def reweight(p: torch.Tensor, mu: float, sigma: float) -> torch.Tensor:
 
 def gce_positive(logits: torch.Tensor, q: float) -> torch.Tensor:
     """L2(p;q) = (1 - p^q)/q, from logits so that d/dz stays finite when p underflows to 0."""
-    if q <= 0:
-        raise ConfigError(f"q2 must be > 0, got {q}")
+    checked(LossParams, q2=q)
     return (1 - torch.exp(q * F.logsigmoid(logits))) / q
 
 
 def gce_negative(logits: torch.Tensor, q: float) -> torch.Tensor:
     """L3(p;q) = (1 - (1-p)^q)/q; equals p when q = 1."""
-    if q <= 0:
-        raise ConfigError(f"q3 must be > 0, got {q}")
+    checked(LossParams, q3=q)
     return (1 - torch.exp(q * F.logsigmoid(-logits))) / q
 
 
@@ -56,17 +55,13 @@ def gr_loss(logits: torch.Tensor, observed: torch.Tensor, *, w: float, b: float,
 def gpr_loss(logits: torch.Tensor, observed: torch.Tensor, pseudo: torch.Tensor, *, w: float, b: float,
              mu: float, sigma: float, q2: float, q3: float, lam1: float, lam2: float, rho: float,
              reg: float, expected_pos: float) -> torch.Tensor:
-    """GPR Loss (AEVLP, ICCV 2025; METHOD.md §3.5).
+    """GPR Loss (AEVLP, ICCV 2025; docs/method.md, "GPR Loss").
 
     Observed positives: -log p. Unknown (z=0): the GR term. Positive pseudo-labels: label-smoothed
     CE towards ρ, weighted by 1-clip(v, 1-λ1, 1-λ2) ∈ [λ2, λ1]. Negative pseudo-labels: v·(-log(1-p)).
     Plus reg·EPR on p with gradient. Equals `gr_loss` when pseudo ≡ 0 and reg = 0.
     """
-    if lam1 < lam2:
-        raise ConfigError(f"lam1 must be >= lam2 (the positive pseudo-label weight lies in [lam2, lam1]), "
-                          f"got lam1={lam1}, lam2={lam2}")
-    if not 0.0 <= rho <= 1.0:
-        raise ConfigError(f"rho must be in [0, 1], got {rho}")
+    checked(LossParams, lam1=lam1, lam2=lam2, rho=rho)
     z, p, y, zl = prep(logits, observed, pseudo)
     _, V, unknown = _gr_terms(z, p, w, b, mu, sigma, q2, q3)
     v_clip = V.clamp(min=1 - lam1, max=1 - lam2)

@@ -41,7 +41,7 @@ def large_loss(logits: torch.Tensor, observed: torch.Tensor, k: int, mode: str) 
 
 
 def ll_loss(logits: torch.Tensor, observed: torch.Tensor, *, rate: float, mode: str) -> torch.Tensor:
-    """One batch of the large-loss rule: k = ⌈B·C·rate⌉ (METHOD.md §2.4); mean over all B×C entries."""
+    """One batch of the large-loss rule: k = ⌈B·C·rate⌉ (docs/training.md); mean over all B×C entries."""
     if not 0.0 <= rate <= 1.0:
         raise ConfigError(f"the large-loss rate must be in [0, 1], got {rate}")
     return large_loss(logits, observed, math.ceil(logits.numel() * rate), mode)[0]

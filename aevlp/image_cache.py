@@ -1,4 +1,4 @@
-"""The pre-resized image cache (`train.image_cache = true`): every image of a dataset's train, val and
+"""Stage two's pre-resized image cache (`train.image_cache = true`): every image of a dataset's train, val and
 test splits decoded once and resized to the training size, stored as uint8 [N, S, S, 3] in one HDF5
 file per (dataset, size): `<cache folder>/images/<dataset>-<S>px.h5`.
 
@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from aevlp.data.layout import image_identity
 from aevlp.errors import AevlpError
+from aevlp.imaging import load_uint8
 
 __all__ = ["image_cache_path", "image_cache_fingerprint", "ensure_image_cache", "CachedImages", "FORMAT"]
 
@@ -33,6 +34,7 @@ def image_cache_path(stage_one_cache: Path, dataset: str, size: int) -> Path:
 
 def image_cache_fingerprint(data, size: int) -> dict:
     """What the stored pixels depend on: the split lists, the files' identity, the size and the resize."""
+    # "inputs.load_uint8": the name as first written (now aevlp.imaging's), kept so caches stay current
     return {"format": FORMAT, "size": size, "resize": "squash bilinear (PIL, uint8): inputs.load_uint8",
             **{f"{name}_images": [len(s.images), image_identity(data.image_root, s.images)]
                for name, s in _splits(data)}}
@@ -73,8 +75,6 @@ def _open_for_build(path: Path, fp: dict, data, size: int) -> h5py.File:
 
 def ensure_image_cache(data, size: int, path: Path, *, progress: bool = True) -> Path:
     """Build (or finish building) the image cache unless a current one is there; return its path."""
-    from aevlp.inputs import load_uint8
-
     fp = image_cache_fingerprint(data, size)
     if _current(path, fp):
         return path

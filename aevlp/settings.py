@@ -1,0 +1,400 @@
+"""Every pipeline setting, declared once: each key of each section with its default, what it may be, and
+what it does (as litgpt's `args.py` declares its dataclasses).
+
+A section is a frozen dataclass; a key is a field made with `key(default, doc, choices=..., check=...)`.
+Everything else is derived from these declarations: the defaults (`defaults()`), the checks a config
+dict goes through (`check_value`, `check_section`), the typed specs the stages read (`Specs.of`, in
+`aevlp.specs`), and the key tables of pipelines/README.md (`key_tables()`). Building a section checks
+it (`__post_init__`), so a spec made in Python is held to the same declaration as a pipeline file.
+A leaf module: it imports nothing of aevlp but the errors and Cole et al.'s seed.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, ClassVar
+
+from aevlp.data.observe import COLE_SEED
+from aevlp.errors import ConfigError
+
+__all__ = ["Check", "Rule", "key", "between", "SECTIONS", "PipelineSpec", "DatasetSpec", "ClipSpec", "TextSpec",
+           "ViewsSpec", "DampSpec", "LossParams", "TrainSpec", "CacheSpec", "defaults", "declared", "check_value",
+           "check_section", "checked", "choices_of", "key_tables", "write_key_tables"]
+
+@dataclass(frozen=True)
+class Check:
+    """A value test and the words that say what passes it (in error messages and the docs' tables)."""
+
+    ok: Callable[[Any], bool]
+    allowed: str
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A check across keys of one section: `ok(**{k: value})` over `keys`."""
+
+    keys: tuple[str, ...]
+    ok: Callable[..., bool]
+    message: str
+    hint: str = ""
+
+
+def between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Check:
+    def ok(v):
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    return Check(ok, f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}")
+
+
+POS = Check(lambda v: v > 0, "> 0")
+NONNEG = Check(lambda v: v >= 0, ">= 0")
+ONE_UP = Check(lambda v: v >= 1, ">= 1")
+UNIT = between(0, 1)
+DEVICE = Check(lambda v: bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)), "auto, cpu, cuda or cuda:N")
+FOUR_NUMBERS = Check(lambda v: len(v) == 4 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and
+                                                   math.isfinite(x) for x in v), "a list of 4 numbers, all finite")
+PROMPTS = Check(lambda v: len(v) > 0 and all(isinstance(t, str) and t.count("{}") == 1 for t in v),
+                "a non-empty list of templates, each with exactly one {} for the class")
+
+
+def key(default: Any, doc: str, *, choices: tuple[str, ...] = (), check: Check | None = None,
+        cache: bool = True) -> Any:
+    """A declared setting: its default, one line of doc, its allowed values (`choices`) or test (`check`).
+    `cache=False` marks a stage-one key that does not change the cached numbers (not in the fingerprint)."""
+    return field(default=default, metadata={"doc": doc, "choices": tuple(choices), "check": check, "cache": cache})
+
+
+def _type_ok(value: Any, default: Any) -> tuple[bool, Any]:
+    """(accepted, value as stored) for a value of a key whose default is `default`; ints widen to floats."""
+    if isinstance(default, bool):
+        return isinstance(value, bool), value
+    if isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if isinstance(default, int):
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if isinstance(default, tuple):
+        return isinstance(value, (list, tuple)), tuple(value) if isinstance(value, (list, tuple)) else value
+    return isinstance(value, str), value
+
+
+def _kind(default: Any) -> str:
+    return {bool: "bool", int: "int", float: "float", tuple: "list", str: "str"}[type(default)]
+
+
+def check_value(cls, name: str, value: Any) -> Any:
+    """`value` for key `name` of section `cls` as stored (ints widened to floats, lists to tuples), or a
+    ConfigError naming the key, the value and what is allowed."""
+    f = declared(cls)[name]
+    where = f"{cls.SECTION}.{name}"
+    ok, value = _type_ok(value, f.default)
+    if not ok:
+        raise ConfigError(f"{where} = {value!r} should be a {_kind(f.default)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} = {value!r} must be a finite number", hint=f"fix it with --set {where}=...")
+    choices, check = f.metadata["choices"], f.metadata["check"]
+    if choices and value not in choices:
+        raise ConfigError(f"{where} = {value!r} is not one of {', '.join(choices)}")
+    if check is not None and not check.ok(value):
+        raise ConfigError(f"{where} = {_show(value)} is out of range: it must be {check.allowed}",
+                          hint=f"fix it in the pipeline or with --set {where}=...")
+    return value
+
+
+def _show(value: Any) -> str:
+    return repr(list(value)) if isinstance(value, tuple) else repr(value)
+
+
+def checked(cls, **values: Any) -> dict[str, Any]:
+    """Check some keys of a section (each against its declaration, and every rule whose keys are all
+    given): how functions that take settings as arguments (the losses, DAMP) hold them to the declaration."""
+    out = {k: check_value(cls, k, v) for k, v in values.items()}
+    for rule in cls.RULES:
+        if all(k in out for k in rule.keys) and not rule.ok(**{k: out[k] for k in rule.keys}):
+            raise ConfigError(rule.message.format(**{k: _show(out[k]) for k in rule.keys}), hint=rule.hint or None)
+    return out
+
+
+class _Section:
+    """What every section shares: its name, its rules, and a check of all its keys when built."""
+
+    SECTION: ClassVar[str] = ""
+    RULES: ClassVar[tuple[Rule, ...]] = ()
+    STAGE: ClassVar[str] = ""
+
+    def __post_init__(self):
+        values = checked(type(self), **{f.name: getattr(self, f.name) for f in fields(self)})
+        for name, value in values.items():  # the stored form (floats, tuples), on a frozen instance
+            object.__setattr__(self, name, value)
+
+    def __getitem__(self, name: str) -> Any:
+        """`spec["grid"]` as `spec.grid` (sections were mappings before they were declared)."""
+        if name not in declared(type(self)):
+            raise KeyError(name)
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class PipelineSpec(_Section):
+    SECTION, STAGE = "pipeline", "both"
+    name: str = key("", "the pipeline file this config came from (recorded, so caches and runs know it)")
+
+
+@dataclass(frozen=True)
+class DatasetSpec(_Section):
+    SECTION, STAGE = "dataset", "both"
+    name: str = key("", "registered dataset name (`aevlp data ls`)")
+    data_root: str = key("", "folder in the SPML layout; usually given with --data-root (a copy elsewhere with "
+                             "the same files is the same cache)", cache=False)
+    image_root: str = key("", "where the images live, if not where the layout says", cache=False)
+    val_frac: float = key(0.2, "share of the official train set held out as val (clean labels)",
+                          check=between(0, 1, True, True))
+    split_seed: int = key(COLE_SEED, "seed of the train/val split (Cole et al.'s)")
+    image_check: str = key("stat", "how image files are identified in fingerprints: size + mtime, content hash, "
+                                   "or not at all", choices=("stat", "content", "none"))
+
+    def load(self):
+        """The dataset, split as the benchmark does (`aevlp.data.load_dataset`)."""
+        from aevlp.data import load_dataset
+
+        if not self.data_root:
+            raise ConfigError("no data root", hint="pass --data-root DIR (a folder in the SPML layout)")
+        return load_dataset(self.name, self.data_root, image_root=self.image_root or None,
+                            val_frac=self.val_frac, split_seed=self.split_seed)
+
+
+@dataclass(frozen=True)
+class ClipSpec(_Section):
+    SECTION, STAGE = "clip", "stage one"
+    arch: str = key("ViT-B-16", "open_clip architecture (`aevlp clip ls`); empty for an HF-layout folder")
+    pretrained: str = key("openai", "a pretrained tag (built as trained: QuickGELU), a weights file, an HF-layout "
+                                    "folder or hf-hub:NAME; \"\" for random weights")
+    config: str = key("", "a local open_clip model-config JSON (its file name is the architecture)")
+    pretrained_cfg: str = key("", "for a bare weights file: the tag whose settings it carries")
+    tokenizer: str = key("", "a local HF tokenizer folder")
+    device: str = key("auto", "where CLIP runs", check=DEVICE, cache=False)
+    precision: str = key("auto", "CLIP weights dtype; auto: fp16 on CUDA (the official code's), bf16 on a "
+                                 "bf16-capable CPU, else fp32", choices=("auto", "fp32", "bf16", "fp16"))
+    batch_size: int = key(16, "source images per forward pass (each gives rounds x (grid^2+1) views)",
+                          check=between(1, 4096), cache=False)
+    workers: int = key(1, "DataLoader processes decoding and cropping images", check=between(0, 256), cache=False)
+    compile: bool = key(False, "torch.compile the image encoder", cache=False)
+
+
+@dataclass(frozen=True)
+class TextSpec(_Section):
+    SECTION, STAGE = "text", "stage one"
+    prompts: tuple[str, ...] = key(("a photo of a {}.",), "prompt templates; several are averaged (an ensemble)",
+                                   check=PROMPTS)
+    phrases: str = key("", "a file of class phrases (CSV classname,phrase, or one per line) if names read badly")
+    gcn: bool = key(True, "the frozen relation GCN over the class text features (official: on)")
+    gcn_seed: int = key(0, "the GCN's random weights (the official code leaves them unseeded)")
+    sparse_topk: int = key(20, "relation entries kept per row (capped at the number of classes)", check=ONE_UP)
+    reweight_p: float = key(0.2, "total weight of related classes; the class itself keeps 1 - p",
+                            check=between(0, 1, False, True))
+    relation: str = key("text", "the relation matrix: text (cosine of the class text features) or a .npy path")
+
+
+@dataclass(frozen=True)
+class ViewsSpec(_Section):
+    SECTION, STAGE = "views", "stage one"
+    grid: int = key(4, "G: one global view + a G x G grid of tiles", check=between(1, 64))
+    rounds: int = key(4, "augmentation rounds cached; training epoch e reads round (e-1) mod R",
+                      check=between(1, 1000))
+    size: int = key(0, "view size in pixels; 0: the checkpoint's input size", check=between(0, 4096))
+    resize: str = key("checkpoint", "checkpoint (the weights' own) | squash (official: distorting) | shortest "
+                                    "(+ centre crop) | longest (+ padding)",
+                      choices=("checkpoint", "squash", "shortest", "longest", "crop"))
+    interpolation: str = key("checkpoint", "checkpoint | bilinear (official) | bicubic | nearest",
+                             choices=("checkpoint", "bilinear", "bicubic", "nearest"))
+    normalize: str = key("checkpoint", "statistics of the CLIP input: checkpoint | clip | imagenet (official)",
+                         choices=("checkpoint", "clip", "imagenet"))
+    flip: bool = key(True, "independent random horizontal flip per view and round (official)")
+    jitter: float = key(0.0, "random tile enlargement per side, as a share of the tile (official: 0)",
+                        check=between(0, 0.5))
+    seed: int = key(0, "seed of the flips and jitter")
+    resize_on: str = key("worker", "where crops are resized: worker (the decoding processes) or device (the GPU)",
+                         choices=("worker", "device"))
+
+
+@dataclass(frozen=True)
+class DampSpec(_Section):
+    SECTION, STAGE = "damp", "stage two"
+    source: str = key("damp", "pseudo-labels from DAMP (global + tiles) or the global view only (VLPL-style)",
+                      choices=("damp", "global"))
+    temperature: float = key(0.01, "tau of the softmax over CLIP cosine similarities", check=between(0, 100, True))
+    eta: float = key(0.3, "cap of the per-image gate eta' = min(s_global[observed], eta)", check=NONNEG)
+    threshold: float = key(0.5, "theta: a positive pseudo-label needs f >= theta", check=UNIT)
+    top_k: int = key(3, "at most k positive pseudo-labels per image", check=ONE_UP)
+    negative_ratio: float = key(0.2, "floor(ratio x C) lowest-scoring classes become negatives",
+                                check=between(0, 1, False, True))
+    mode: str = key("paper", "paper: negatives are real -1 labels; official: written as 0 (neutral), as the "
+                             "official code does", choices=("paper", "official"))
+
+    def selection(self) -> dict:
+        """The keyword arguments of `aevlp.damp.pseudo_labels` (without `source`); stored in caches."""
+        return {"temperature": self.temperature, "eta": self.eta, "top_k": self.top_k, "threshold": self.threshold,
+                "negative_ratio": self.negative_ratio, "negatives": self.mode == "paper"}
+
+
+@dataclass(frozen=True)
+class LossParams(_Section):
+    SECTION, STAGE = "loss", "stage two"
+    RULES = (Rule(("lam1", "lam2"), lambda lam1, lam2: lam1 >= lam2,
+                  "lam1 must be >= lam2: loss.lam1 = {lam1} is below loss.lam2 = {lam2}",
+                  "the positive pseudo-label weight lies in [lam2, lam1]"),
+             Rule(("alpha",), lambda alpha: alpha[1] > 0 and alpha[3] > 0,
+                  "loss.alpha = {alpha}: the sigmas (2nd and 4th) must be > 0"))
+    name: str = key("gpr", "any registered method (`aevlp train --help` lists them; docs/training.md)")
+    beta: tuple[float, ...] = key((0.0, 10.0, -2.0, -8.0), "[w0, wT, b0, bT] of the soft pseudo-label "
+                                                            "k = sigmoid(w p + b)", check=FOUR_NUMBERS)
+    alpha: tuple[float, ...] = key((0.5, 2.0, 0.8, 0.5), "[mu0, sigma0, muT, sigmaT] of the re-weighting v",
+                                   check=FOUR_NUMBERS)
+    q2: float = key(0.01, "GCE exponent for the positive side of unknowns", check=between(0, 100, True))
+    q3: float = key(1.0, "exponent for the negative side of unknowns", check=between(0, 100, True))
+    lam1: float = key(0.7, "upper bound of the positive pseudo-label weight", check=UNIT)
+    lam2: float = key(0.5, "lower bound of the positive pseudo-label weight", check=UNIT)
+    rho: float = key(0.9, "label-smoothing target of positive pseudo-labels", check=UNIT)
+    reg: float = key(0.001, "GPR: weight of the expected-positive regulariser", check=between(0, 1e6))
+    expected_pos: float = key(0.0, "expected positives per image (Cole et al.); 0: the mean of the training labels",
+                              check=between(0, 1e6))
+    em_alpha: float = key(0.1, "EM / EM-APL / VLPL: weight of the entropy term on unknowns", check=between(0, 1e6))
+    pl_weight: float = key(0.7, "VLPL / EM-PL: weight of positive pseudo-labels", check=between(0, 1e6))
+    ls_coef: float = key(0.1, "AN-LS: label smoothing", check=between(0, 1, False, True))
+    role_lr_mult: float = key(10.0, "ROLE: the label estimator's lr is lr x role_lr_mult", check=between(0, 1e6, True))
+    apl_beta: float = key(0.02, "EM-APL: weight of the soft negatives", check=between(0, 1e6))
+    apl_warmup: int = key(5, "EM-APL: first epoch after which soft negatives are added", check=ONE_UP)
+    apl_neg_proportion: float = key(0.9, "EM-APL: share of each class's unobserved entries made soft negatives",
+                                    check=UNIT)
+    ll_delta_rel: float = key(0.2, "LL-R/Ct/Cp: percent of a batch's entries treated as false negatives per epoch",
+                              check=between(0, 100))
+    boost_alpha: float = key(5.0, "BoostLU: factor of the positive part of the class activation maps",
+                             check=between(0, 1e6, True))
+    vlpl_threshold: float = key(0.3, "VLPL: a global-view softmax score above this is a positive pseudo-label",
+                                check=UNIT)
+    vlpl_temperature: float = key(0.01, "VLPL: softmax temperature", check=between(0, 100, True))
+
+
+@dataclass(frozen=True)
+class TrainSpec(_Section):
+    SECTION, STAGE = "train", "stage two"
+    RULES = (Rule(("linear_init", "epochs"), lambda linear_init, epochs: linear_init < epochs,
+                  "train.linear_init = {linear_init} must be below train.epochs = {epochs}"),)
+    backbone: str = key("resnet50", "the classifier's backbone (`aevlp train --help` lists them)")
+    weights: str = key("default", "default (ImageNet for the ResNets; none otherwise) | imagenet | none | a file")
+    labels: str = key("observed", "train on the single positives (the task) or the full labels (upper bound)",
+                      choices=("observed", "full"))
+    epochs: int = key(8, "training epochs", check=between(1, 10000))
+    batch_size: int = key(16, "images per step", check=between(1, 65536))
+    lr: float = key(1e-5, "backbone learning rate (Adam, no weight decay, no schedule)", check=between(0, 10, True))
+    lr_mult: float = key(10.0, "the head's lr is lr x lr_mult", check=between(0, 1e6, True))
+    image_size: int = key(0, "classifier input size; 0: the backbone's own (448 for the ResNets) or the images'",
+                          check=between(0, 4096))
+    early_stop: str = key("aevlp", "aevlp (patience or a drop > max_drop) | gr (drop only) | first-drop | none",
+                          choices=("aevlp", "gr", "first-drop", "none"))
+    patience: int = key(2, "epochs without val improvement before stopping (early_stop = aevlp)", check=NONNEG)
+    max_drop: float = key(2.0, "val mAP points below the best that stop training", check=between(0, 100))
+    linear_init: int = key(0, "epochs with the backbone frozen (only the head trains)", check=NONNEG)
+    seed: int = key(0, "seed of the initialisation, the shuffling and the flips")
+    workers: int = key(-1, "DataLoader processes; -1: the machine's cores but one (at most 8)",
+                       check=Check(lambda v: -1 <= v <= 256, "in [-1, 256] (-1: one per core but one)"))
+    device: str = key("auto", "where training runs", check=DEVICE)
+    precision: str = key("auto", "autocast: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16",
+                         choices=("auto", "fp32", "bf16", "fp16"))
+    image_cache: bool = key(False, "read images pre-resized from one HDF5 file per dataset and size")
+    decode_on: str = key("worker", "where JPEGs are decoded: worker, or device (the GPU's decoder)",
+                         choices=("worker", "device"))
+    channels_last: str = key("auto", "the image backbone's memory format: auto (= on) | on | off",
+                             choices=("auto", "on", "off"))
+    compile: bool = key(False, "torch.compile the model")
+    out: str = key("runs", "folder for run directories")
+
+
+@dataclass(frozen=True)
+class CacheSpec(_Section):
+    SECTION, STAGE = "cache", "stage one"
+    path: str = key("", "the cache file; empty: cache/DATASET.h5", cache=False)
+    store_embeddings: str = key("none", "image embeddings kept: none | global (clip-head, the teacher) | all "
+                                        "(every distinct view: re-prompting, the DAMP teacher)",
+                                choices=("none", "global", "all"))
+    on_bad_image: str = key("fail", "unreadable images: stop with their paths, or skip them (marked in the cache)",
+                            choices=("fail", "skip"), cache=False)
+
+
+SECTIONS: dict[str, type] = {c.SECTION: c for c in (PipelineSpec, DatasetSpec, ClipSpec, TextSpec, ViewsSpec,
+                                                     CacheSpec, DampSpec, LossParams, TrainSpec)}
+
+
+def declared(cls) -> dict[str, Any]:
+    """name -> dataclass field of a section, in declaration order."""
+    return {f.name: f for f in fields(cls) if f.default is not MISSING}
+
+
+def choices_of(cls, name: str) -> tuple[str, ...]:
+    return declared(cls)[name].metadata["choices"]
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    """A fresh config dict of every section's defaults (lists where TOML has lists)."""
+    return {s: {n: list(f.default) if isinstance(f.default, tuple) else f.default for n, f in declared(c).items()}
+            for s, c in SECTIONS.items()}
+
+
+def check_section(section: str, table: dict[str, Any]) -> None:
+    """The cross-key rules of a section (each key was checked when set): a ConfigError for the first broken."""
+    checked(SECTIONS[section], **table)
+
+
+def _allowed(f) -> str:
+    if f.metadata["choices"]:
+        return " \\| ".join(f"`{c}`" for c in f.metadata["choices"])
+    if f.metadata["check"]:
+        return f.metadata["check"].allowed
+    return {"bool": "true or false", "int": "an integer", "float": "a number", "list": "a list",
+            "str": "a string"}[_kind(f.default)]
+
+
+def key_tables() -> str:
+    """The markdown tables of every section's keys (pipelines/README.md holds them; a test keeps them current)."""
+    out = []
+    for s, cls in SECTIONS.items():
+        if s == "pipeline":
+            continue
+        out += [f"### `[{s}]` ({cls.STAGE})", "", "| key | default | allowed | what it does |", "|---|---|---|---|"]
+        for name, f in declared(cls).items():
+            default = list(f.default) if isinstance(f.default, tuple) else f.default
+            doc = f.metadata["doc"].replace("|", "\\|")
+            if cls.STAGE != "stage two" and not f.metadata["cache"]:
+                doc += " (does not change the cache)"
+            out.append(f"| `{name}` | `{_toml(default)}` | {_allowed(f)} | {doc} |")
+        out.append("")
+    return "\n".join(out)
+
+
+TABLES_BEGIN = "<!-- key tables: generated from aevlp/settings.py by `make docs`; do not edit by hand -->"
+TABLES_END = "<!-- end of generated key tables -->"
+
+
+def write_key_tables(path: str) -> bool:
+    """Put `key_tables()` between the markers of a markdown file; True if the file changed."""
+    from pathlib import Path
+
+    p = Path(path)
+    text = p.read_text()
+    head, rest = text.split(TABLES_BEGIN, 1)
+    _, tail = rest.split(TABLES_END, 1)
+    new = f"{head}{TABLES_BEGIN}\n\n{key_tables()}\n{TABLES_END}{tail}"
+    if new != text:
+        p.write_text(new)
+    return new != text
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return repr(value)
