@@ -322,8 +322,9 @@ class CacheSpec(_Section):
                             choices=("fail", "skip"), cache=False)
 
 
+# In the order a config dict (and a run's config.toml) has always had its sections.
 SECTIONS: dict[str, type] = {c.SECTION: c for c in (PipelineSpec, DatasetSpec, ClipSpec, TextSpec, ViewsSpec,
-                                                     CacheSpec, DampSpec, LossParams, TrainSpec)}
+                                                     DampSpec, LossParams, TrainSpec, CacheSpec)}
 
 
 def declared(cls) -> dict[str, Any]:

@@ -105,3 +105,13 @@ def test_the_keys_marked_as_not_changing_the_cache_are_exactly_those(tiny_clip, 
             tried.add(f"{section}.{name}")
     every = {f"{s}.{n}" for s in ("dataset", "clip", "text", "views", "cache") for n in declared(SECTIONS[s])}
     assert every - tried == set(EXEMPT), json.dumps(sorted(every - tried - set(EXEMPT)))
+
+
+def test_a_config_dumps_as_run_folders_written_before_recorded_it():
+    """`aevlp run` compares a run's config.toml with the resolved pipeline as text: sections and keys keep
+    the order every earlier version wrote."""
+    cfg = load_config("voc")
+    assert list(cfg) == ["pipeline", "dataset", "clip", "text", "views", "damp", "loss", "train", "cache"]
+    assert list(cfg["views"]) == ["grid", "rounds", "size", "resize", "interpolation", "normalize", "flip", "jitter",
+                                  "seed", "resize_on"]
+    assert list(cfg["train"])[:6] == ["backbone", "weights", "labels", "epochs", "batch_size", "lr"]
