@@ -53,7 +53,8 @@ def run_bench(pipeline: str | Path, methods: Sequence[str], seeds: Sequence[int]
             label, overrides = method_overrides(method, presets)
             cfg = load_config(pipeline, [*base, *overrides, f"train.seed={seed}", f'train.out="{out / "runs"}"'])
             echo(f"{method} (seed {seed})")
-            r = run_pipeline(cfg, f"{method}-s{seed}", progress=progress, echo=lambda s: echo("  " + s))
+            r = run_pipeline(cfg, f"{method}-s{seed}", progress=progress, echo=lambda s: echo("  " + s),
+                             epoch_lines=False)
             rows.append({"method": method, "label": label, "seed": seed, **{k: r.get(k) for k in RESULT_KEYS},
                          "cache": r.get("cache"), "run_dir": r.get("run_dir")})
     return pd.DataFrame(rows)

@@ -16,7 +16,7 @@ import torch
 from aevlp.errors import AevlpError
 from aevlp.models import Classifier, build_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_training_state", "read_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "has_training_state", "load_training_state", "read_checkpoint"]
 
 log = logging.getLogger("aevlp")
 
@@ -61,6 +61,11 @@ def load_checkpoint(path: str | Path) -> tuple[Classifier, dict]:
                          f"({str(e).splitlines()[0]})") from None
     model.boost_alpha = float(m.get("boost_alpha", 0.0))
     return model.eval(), m
+
+
+def has_training_state(run: Path) -> bool:
+    """Whether a run directory holds a finished epoch to resume from (last.pt, or the previous one)."""
+    return (run / "last.pt").exists() or (run / "last.prev.pt").exists()
 
 
 def load_training_state(run: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, method=None) -> dict:

@@ -187,8 +187,8 @@ def load_clip(spec: ClipSpec, *, load_weights: bool = True) -> ClipModel:
     except Exception as e:  # download failures and mismatched files surface as many exception types
         if source.kind != "tag":
             raise AevlpError(f"could not load weights {source.pretrained} into {source.name}: {_why(e)}",
-                             hint="check that the file matches the architecture (and --clip-config), and that it is "
-                                  "a state dict (.safetensors/.bin/.pt), not a pickled program") from e
+                             hint="check that the file matches the architecture (and --clip-config FILE), and that "
+                                  "it is a state dict (.safetensors/.bin/.pt), not a pickled program") from e
         raise AevlpError(f"could not fetch pretrained weights '{source.pretrained}' for {source.name} "
                          f"({type(e).__name__}: {e})",
                          hint="offline? download the checkpoint elsewhere and pass it with --pretrained "

@@ -102,6 +102,6 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, seeds: int = 1, r
     echo(f"report: {rep['files']['table']} (table), {rep['files']['plot']} (plot), {p['report'] / 'demo.json'}")
     echo(f"next:   aevlp train --pseudo {p['cache']} --loss an        # train one method yourself (no other flag "
          "needed)")
-    echo(f"next:   aevlp predict {p['runs'] / f'gpr-damp-s{seed}'} {p['data'] / 'images' / 'val'} --out preds.csv"
+    echo(f"next:   aevlp predict {p['runs'] / f'gpr-damp-s{seed}'} {p['data'] / 'images' / 'val'} --out out/preds.csv"
          "   # tag images with the AEVLP model")
     return summary

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-from tqdm.auto import tqdm
 
 from aevlp.data.layout import image_identity
 from aevlp.errors import AevlpError
 from aevlp.imaging import load_uint8
+from aevlp.progress import bar
 
 __all__ = ["image_cache_path", "image_cache_fingerprint", "ensure_image_cache", "CachedImages", "FORMAT"]
 
@@ -83,15 +83,15 @@ def ensure_image_cache(data, size: int, path: Path, *, progress: bool = True) ->
         for name, s in _splits(data):
             d = f[name]
             start = int(d.attrs["rows_done"])
-            bar = tqdm(total=len(s.images), initial=start, desc=f"image cache {name} {size}px", unit="img",
+            pbar = bar(total=len(s.images), initial=start, desc=f"image cache {name} {size}px", unit="img",
                        disable=not progress, leave=False)
             for i in range(start, len(s.images), BLOCK):
                 j = min(i + BLOCK, len(s.images))
                 d[i:j] = np.stack([load_uint8(data.image_root / p, size).numpy() for p in s.images[i:j]])
                 d.attrs["rows_done"] = j
                 f.flush()
-                bar.update(j - i)
-            bar.close()
+                pbar.update(j - i)
+            pbar.close()
         f.attrs["complete"] = True
     finally:
         f.close()

@@ -19,9 +19,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from aevlp import distributed
+from aevlp.errors import AevlpError, ConfigError
 from aevlp.imaging import load_uint8
 
-__all__ = ["ImageRows", "EmbeddingRows", "EpochBatches", "flips", "make_loader", "default_workers"]
+__all__ = ["ImageRows", "EmbeddingRows", "EpochBatches", "flips", "make_loader", "default_workers", "stage_two_inputs"]
 
 
 def flips(seed: int, epoch: int, rows: torch.Tensor) -> torch.Tensor:
@@ -126,3 +127,47 @@ def make_loader(ds, batch_size: int, workers: int, device: torch.device, *,
         return DataLoader(ds, batch_size=batch_size, drop_last=False, **kw)
     rank, world, _ = distributed.env()
     return DataLoader(ds, batch_sampler=EpochBatches(len(ds), shuffle_seed, batch_size, rank, world), **kw)
+
+
+SPLITS = ("train", "val", "test")
+
+
+def stage_two_inputs(specs, data, cache, n: int, keep: np.ndarray, size: int, device: torch.device,
+                     main: bool) -> tuple:
+    """Train/val/test datasets (`specs`: the run's `Specs`; `cache`: its stage-one `Cache`; the first `n`
+    training rows, of which `keep` could be read) for the backbone's input type: cached embeddings, or
+    images decoded in the workers, decoded on the GPU (train.decode_on), or read pre-resized (train.image_cache)."""
+    from aevlp.image_cache import CachedImages, ensure_image_cache, image_cache_path
+    from aevlp.models import BACKBONES
+
+    t = specs.train
+    if BACKBONES.get(t.backbone).input == "embedding":
+        if not cache.has_eval_embeddings():
+            raise AevlpError(f"{cache.path} has no stored embeddings for the clip-head backbone",
+                             hint="re-run stage one with --store-embeddings global")
+        return (EmbeddingRows(cache.global_embeddings()[:, keep]), EmbeddingRows(cache.eval_embeddings("val")),
+                EmbeddingRows(cache.eval_embeddings("test")))
+    root = data.image_root
+    paths = {"train": [root / p for p in data.train.images[:n][keep]], "val": [root / p for p in data.val.images],
+             "test": [root / p for p in data.test.images]}
+    if t.image_cache:
+        path = image_cache_path(specs.cache_path, data.info.name, size)
+        if main:
+            ensure_image_cache(data, size, path)
+        distributed.barrier()
+        rows = {"train": np.flatnonzero(keep), "val": None, "test": None}
+        return tuple(ImageRows(paths[s], size, images=CachedImages(path, s, rows[s])) for s in SPLITS)
+    if t.decode_on == "device":
+        _check_device_decode(device, paths)
+    return tuple(ImageRows(paths[s], size, encoded=t.decode_on == "device") for s in SPLITS)
+
+
+def _check_device_decode(device: torch.device, paths: dict) -> None:
+    """train.decode_on = device needs a CUDA device and JPEG files (the GPU decoder reads JPEG only)."""
+    if device.type != "cuda":
+        raise ConfigError(f"train.decode_on = device needs a CUDA device (training runs on {device})",
+                          hint="leave train.decode_on = worker")
+    other = next((p for ps in paths.values() for p in ps if Path(p).suffix.lower() not in (".jpg", ".jpeg")), None)
+    if other is not None:
+        raise ConfigError(f"train.decode_on = device decodes JPEG only, and {other} is not one",
+                          hint="leave train.decode_on = worker, or use train.image_cache = true")

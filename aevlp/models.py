@@ -17,14 +17,16 @@ from torch import nn
 from aevlp.errors import AevlpError
 from aevlp.registry import Registry
 
-__all__ = ["Classifier", "Backbone", "BACKBONES", "register_backbone", "build_model", "load_backbone_weights"]
+__all__ = ["Classifier", "Backbone", "BACKBONES", "register_backbone", "build_model", "load_backbone_weights",
+           "weights_to_download"]
 
 
 @dataclass(frozen=True)
 class Backbone:
     """How a backbone is built: `build(weights, embed_dim) -> (module, feature_dim)`; what it reads.
 
-    `image_size`: its default input size (0: the size of the training images themselves).
+    `image_size`: its default input size (0: the size of the training images themselves). `lr`: its
+    default learning rate (train.lr = 0): a rate belongs to a backbone and its pretraining, not to a pipeline.
     """
 
     build: Callable[[str, int], tuple[nn.Module, int]]
@@ -32,6 +34,7 @@ class Backbone:
     description: str = ""
     image_size: int = 0
     features: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None  # last conv map [B, D, H, W]
+    lr: float = 1e-5
 
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
@@ -114,6 +117,18 @@ def _resnet(name: str, weights: str) -> tuple[nn.Module, int]:
     return net, dim
 
 
+def weights_to_download(backbone: str, weights: str) -> str | None:
+    """What building this backbone would download (ImageNet weights not yet in torch's cache), or None."""
+    if BACKBONES.canonical(backbone) not in ("resnet50", "resnet101") or weights not in ("imagenet", "default"):
+        return None
+    import torchvision
+
+    enum = {"resnet50": torchvision.models.ResNet50_Weights,
+            "resnet101": torchvision.models.ResNet101_Weights}[BACKBONES.canonical(backbone)].IMAGENET1K_V1
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+    return None if cached.is_file() else f"ImageNet weights for {backbone} ({enum.url})"
+
+
 def _read_state(path: str) -> dict:
     """A state dict from .safetensors or a torch file loaded with weights_only (never runs pickled code)."""
     if not Path(path).is_file():
@@ -164,21 +179,26 @@ def _clip_head(weights: str, embed_dim: int) -> tuple[nn.Module, int]:
         raise AevlpError("the clip-head backbone needs stored CLIP embeddings",
                          hint="run stage one with --store-embeddings global")
     if weights not in ("none", "", "default"):
-        raise AevlpError("clip-head has no backbone to load --weights into (it is a linear head on CLIP embeddings)",
-                         hint="drop --weights, or choose an image backbone (resnet50, small-cnn)")
+        raise AevlpError(f"--weights {weights}: clip-head has no backbone to load weights into (it is a linear head "
+                         "on CLIP embeddings)",
+                         hint="pass --weights none, or choose an image backbone (resnet50, small-cnn)")
     return nn.Identity(), embed_dim
 
 
+# Default learning rates: the ResNets fine-tune at the papers' 1e-5 (head x lr_mult); small-cnn and
+# clip-head at the rates the demo chose on its val split (3e-4 beat 1e-3 and 1e-4 end to end; 1e-3 for
+# the linear probe), docs/demo.md.
 register_backbone("resnet50", Backbone(lambda w, d: _resnet("resnet50", w), "image",
                                        "ResNet-50 (the papers' backbone; ImageNet weights, 448 px)", 448,
-                                       _resnet_features))
+                                       _resnet_features, lr=1e-5))
 register_backbone("resnet101", Backbone(lambda w, d: _resnet("resnet101", w), "image", "ResNet-101", 448,
-                                        _resnet_features))
+                                        _resnet_features, lr=1e-5))
 register_backbone("clip-head", Backbone(_clip_head, "embedding",
-                                        "a linear head on cached CLIP embeddings (a linear probe; seconds on a CPU)"))
+                                        "a linear head on cached CLIP embeddings (a linear probe; seconds on a CPU)",
+                                        lr=1e-3))
 register_backbone("small-cnn", Backbone(lambda w, d: _small_cnn(w), "image",
                                         "six conv layers for tiny images (the demo); its data's own size", 0,
-                                        _small_cnn_features))
+                                        _small_cnn_features, lr=3e-4))
 
 
 def build_model(backbone: str, num_classes: int, *, weights: str = "none", embed_dim: int = 0) -> Classifier:

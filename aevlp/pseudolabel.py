@@ -17,7 +17,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from aevlp import distributed, shards
 from aevlp.cache import (
@@ -38,6 +37,7 @@ from aevlp.clip import ClipIdentity, ClipModel, identify_clip, load_clip
 from aevlp.damp import pseudo_labels
 from aevlp.data import SPMLData, image_identity
 from aevlp.errors import AevlpError
+from aevlp.progress import bar
 from aevlp.reprompt import rederive
 from aevlp.specs import Specs
 from aevlp.text import class_phrases, relation_id, text_features
@@ -188,7 +188,7 @@ def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None,
                 "incomplete": "is marked incomplete (a run that did not finish)"}[plan.status]
         raise AevlpError(f"{target} {what}" + "".join("\n    " + d for d in plan.diff),
                          hint="pass --force to recompute (the old file stays until the new one is complete), "
-                              "or --out another path")
+                              "or --out OTHER.h5 to keep both")
     scorer = _load_scorer(plan)
     rank, world, _ = distributed.env()
     if shard is None and world > 1:
@@ -306,7 +306,7 @@ def _fill(writer: CacheWriter, plan: StageOnePlan, scorer: _Scorer, rows: tuple[
     todo = [b for b in batches if pending.intersection(b)]
     obs_t = torch.as_tensor(plan.data.train.observed[start:stop])
     skip = plan.specs.cache.on_bad_image == "skip"
-    bar = tqdm(total=n, initial=n - sum(len(b) for b in todo), unit="img", desc="stage one", disable=not progress,
+    pbar = bar(total=n, initial=n - sum(len(b) for b in todo), unit="img", desc="stage one", disable=not progress,
                dynamic_ncols=True)
     computed = 0
     for batch_rows, slots, index, errors in _view_loader(plan, scorer, todo, paths, start):
@@ -319,8 +319,8 @@ def _fill(writer: CacheWriter, plan: StageOnePlan, scorer: _Scorer, rows: tuple[
         sims, scores, pseudo, emb, emb_index = _score_batch(plan, scorer, slots, index, obs_t[batch_rows], bad)
         writer.write(int(batch_rows[0]), sims, scores, pseudo, bad, emb, emb_index)
         computed += len(batch_rows)
-        bar.update(len(batch_rows))
-    bar.close()
+        pbar.update(len(batch_rows))
+    pbar.close()
     return computed
 
 
@@ -335,7 +335,7 @@ def _embed_eval(plan: StageOnePlan, scorer: _Scorer, paths: list[str], progress:
     loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=plan.specs.clip.workers)
     shape = (len(paths), spec.num_views, scorer.clip.embed_dim) if every else (len(paths), scorer.clip.embed_dim)
     out = np.zeros(shape, dtype=np.float32)
-    for item in tqdm(loader, desc=f"{split} embeddings", disable=not progress, unit="batch"):
+    for item in bar(loader, desc=f"{split} embeddings", disable=not progress, unit="batch"):
         rows, slots, errors = item[0], item[1], item[-1]
         if errors:
             raise AevlpError(f"{len(errors)} unreadable {split} image(s):\n    " + "\n    ".join(m for _, m in errors))

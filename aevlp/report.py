@@ -8,7 +8,8 @@ import pandas as pd
 
 from aevlp.errors import AevlpError
 
-__all__ = ["collect_runs", "method_name", "teacher_rows", "compared_pair", "distinguishing_names", "write_report"]
+__all__ = ["finished", "collect_runs", "method_name", "teacher_rows", "compared_pair", "distinguishing_names",
+           "write_report"]
 
 
 def method_name(r: dict) -> str:
@@ -31,14 +32,28 @@ def distinguishing_names(dirs: list[Path]) -> list[str]:
     return [str(d) for d in dirs]
 
 
+def finished(run_dirs: list[str | Path]) -> tuple[list[Path], list[str]]:
+    """(run directories with results, a note for each folder passed over: unfinished or not a run)."""
+    dirs, notes = [], []
+    for d in map(Path, run_dirs):
+        if (d / "results.json").exists():
+            dirs.append(d)
+        elif (d / "last.pt").exists() or (d / "config.toml").exists():
+            notes.append(f"{d}: not finished (no results.json; `aevlp train --resume {d}` finishes it): left out")
+        else:
+            notes.append(f"{d}: not a run directory (no results.json): left out")
+    if not dirs:
+        raise AevlpError("none of the folders given holds a finished run (results.json)",
+                         hint="pass run directories of `aevlp train` or `aevlp run`, e.g. runs/*")
+    return dirs, notes
+
+
 def collect_runs(run_dirs: list[str | Path]) -> pd.DataFrame:
+    """One row per finished run directory; `run` is the shortest path suffix that tells it from the others."""
     dirs = [Path(d) for d in run_dirs]
     rows = []
     for d, name in zip(dirs, distinguishing_names(dirs)):
-        f = d / "results.json"
-        if not f.exists():
-            raise AevlpError(f"{d} has no results.json", hint="pass finished `aevlp train` run directories")
-        r = json.loads(f.read_text())
+        r = json.loads((d / "results.json").read_text())
         m = r.get("test_metrics", {})
         rows.append({"run": name, "method": method_name(r), "dataset": r.get("dataset"),
                      "backbone": r.get("backbone"), "labels": r.get("labels"), "loss": r.get("loss"),
@@ -55,7 +70,8 @@ def teacher_rows(df: pd.DataFrame) -> pd.DataFrame:
     from aevlp.cache import Cache
 
     rows = []
-    for cache in dict.fromkeys(c for c in df.get("cache", pd.Series(dtype=object)).dropna() if Path(c).exists()):
+    caches = {Path(c).resolve(): c for c in df.get("cache", pd.Series(dtype=object)).dropna() if Path(c).exists()}
+    for cache in caches.values():  # each cache once, however its runs spelled its path
         with Cache(cache) as c:
             summary = json.loads(c.f.attrs.get("summary", "{}"))
         for key, label in (("zero_shot_global_map", "zero-shot teacher (CLIP, global view)"),
@@ -74,8 +90,12 @@ def _markdown(df: pd.DataFrame) -> str:
             return "—"
         return f"{v:.2f}" if isinstance(v, float) else str(v)
 
+    def cell(row, c) -> str:
+        v = row.get(c)
+        return str(int(v)) if c == "best_epoch" and isinstance(v, float) and v == v else fmt(v)
+
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(fmt(row.get(c)) for c in cols) + " |" for _, row in df.iterrows()]
+    lines += ["| " + " | ".join(cell(row, c) for c in cols) + " |" for _, row in df.iterrows()]
     return "\n".join(lines) + "\n"
 
 
@@ -92,8 +112,13 @@ def compared_pair(df: pd.DataFrame, pair: tuple[str, str] | None = None) -> tupl
     sp = sp if len(sp) else df
     ours_pool = sp[(sp["loss"] == "gpr") & (sp["damp_source"] == "damp")]
     ours = (ours_pool if len(ours_pool) else sp).sort_values("test_map").iloc[-1]
-    others = sp[sp["dir"] != ours["dir"]]
+    others = sp[sp["method"] != ours["method"]]  # another method, not a second run of the same one
     return ours, (others.sort_values("test_map").iloc[-1] if len(others) else None)
+
+
+def _label(row: pd.Series) -> str:
+    """A plot legend entry: the method and the run's distinguishing path part."""
+    return f"{row['method']} [{row['run']}]"
 
 
 def _save(fig, path: Path) -> str:
@@ -115,11 +140,11 @@ def _plot_per_class_ap(df: pd.DataFrame, out: Path, pair: tuple[str, str] | None
     x = range(len(ap_ours))
     if base is not None:
         ap_base = pd.read_csv(Path(base["dir"]) / "per_class_ap.csv")
-        ax.bar([i - 0.2 for i in x], ap_base["ap"], width=0.4, label=f"{base['method']} ({base['test_map']:.1f})")
-        ax.bar([i + 0.2 for i in x], ap_ours["ap"], width=0.4, label=f"{ours['method']} ({ours['test_map']:.1f})")
+        ax.bar([i - 0.2 for i in x], ap_base["ap"], width=0.4, label=f"{_label(base)} ({base['test_map']:.1f})")
+        ax.bar([i + 0.2 for i in x], ap_ours["ap"], width=0.4, label=f"{_label(ours)} ({ours['test_map']:.1f})")
         title = f"Per-class test AP: {ours['run']} vs {base['run']}"
     else:
-        ax.bar(list(x), ap_ours["ap"], label=ours["method"])
+        ax.bar(list(x), ap_ours["ap"], label=_label(ours))
         title = f"Per-class test AP: {ours['run']}"
     ax.set_xticks(list(x), ap_ours["class"], rotation=90)
     ax.set_ylabel("test AP (%)")
@@ -132,7 +157,7 @@ def _plot_pseudo_labels(df: pd.DataFrame, out: Path) -> str | None:
     """Pseudo-label precision and recall per class, one line per run that used pseudo-labels."""
     import matplotlib.pyplot as plt
 
-    pl = [(r["method"], Path(r["dir"]) / "pseudo_per_class.csv") for _, r in df.iterrows()
+    pl = [(_label(r), Path(r["dir"]) / "pseudo_per_class.csv") for _, r in df.iterrows()
           if (Path(r["dir"]) / "pseudo_per_class.csv").exists()]
     if not pl:
         return None
@@ -155,8 +180,8 @@ def _plot_curves(df: pd.DataFrame, out: Path) -> str:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     for _, r in df.iterrows():
         hist = [json.loads(line) for line in (Path(r["dir"]) / "metrics.jsonl").read_text().splitlines()]
-        axes[0].plot([h["epoch"] for h in hist], [h["val_map"] for h in hist], marker="o", label=r["method"])
-        axes[1].plot([h["epoch"] for h in hist], [h["loss"] for h in hist], marker="o", label=r["method"])
+        axes[0].plot([h["epoch"] for h in hist], [h["val_map"] for h in hist], marker="o", label=_label(r))
+        axes[1].plot([h["epoch"] for h in hist], [h["loss"] for h in hist], marker="o", label=_label(r))
     axes[0].set(title="val mAP per epoch", xlabel="epoch", ylabel="mAP (%)")
     axes[1].set(title="training loss per epoch", xlabel="epoch")
     axes[0].legend()
@@ -171,7 +196,8 @@ def write_report(run_dirs: list[str | Path], out: str | Path, compare: tuple[str
     matplotlib.use("Agg")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    df = collect_runs(run_dirs)
+    dirs, notes = finished(run_dirs)
+    df = collect_runs(dirs)
     table = pd.concat([df, teacher_rows(df)], ignore_index=True)
     table.drop(columns=["dir"]).to_csv(out / "results.csv", index=False)
     (out / "results.md").write_text(_markdown(table))
@@ -180,4 +206,4 @@ def write_report(run_dirs: list[str | Path], out: str | Path, compare: tuple[str
     if (pseudo := _plot_pseudo_labels(df, out)) is not None:
         files["pseudo_labels"] = pseudo
     files["curves"] = _plot_curves(df, out)
-    return {"table": table, "files": files, "markdown": _markdown(table)}
+    return {"table": table, "files": files, "markdown": _markdown(table), "notes": notes}

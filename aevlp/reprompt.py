@@ -14,11 +14,11 @@ import time
 import h5py
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from aevlp.cache import CacheLayout, CacheLock, CacheWriter
 from aevlp.cache.summary import filled_summary
 from aevlp.damp import pseudo_labels
+from aevlp.progress import bar
 
 __all__ = ["rederive"]
 
@@ -71,7 +71,7 @@ def _fill_from(src: h5py.File, writer: CacheWriter, feats: torch.Tensor, observe
     """Rows in chunks: never more than ROWS rows of embeddings in memory."""
     n = src["embeddings"].shape[0]
     obs = torch.as_tensor(observed)
-    for start in tqdm(range(0, n, ROWS), desc="re-prompt", unit="chunk", disable=not progress):
+    for start in bar(range(0, n, ROWS), desc="re-prompt", unit="chunk", disable=not progress):
         stop = min(start + ROWS, n)
         emb, index, bad = src["embeddings"][start:stop], src["embedding_index"][start:stop], src["bad"][start:stop]
         sims = _sims(emb, index, feats)  # [R, n, V, C]

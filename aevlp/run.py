@@ -12,14 +12,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aevlp.cache import fingerprint_id
+from aevlp.checkpoint import has_training_state
 from aevlp.config import dump_config, tomllib, updated
 from aevlp.data import training_data_hash
 from aevlp.errors import ConfigError
 from aevlp.losses import LOSSES, check_labels_available
-from aevlp.models import BACKBONES, names_file
+from aevlp.models import BACKBONES, names_file, weights_to_download
 from aevlp.pseudolabel import StageOnePlan, plan_stage_one, run_pseudolabel
 from aevlp.specs import Specs
-from aevlp.train import run_train
+from aevlp.train import run_train, with_backbone_defaults
 
 __all__ = ["StagePlan", "PipelinePlan", "plan_pipeline", "run_pipeline", "run_dir_for"]
 
@@ -30,6 +31,8 @@ class StagePlan:
     run: bool
     reason: str
     details: list[str] = field(default_factory=list)
+    run_dir: Path | None = None  # stage two: the run directory whose results stand (when not its own)
+    resume: bool = False  # stage two: go on with an interrupted run of this very config
 
 
 @dataclass
@@ -40,6 +43,7 @@ class PipelinePlan:
     stage_one: StageOnePlan
     run_dir: Path
     cfg: dict  # the resolved config both stages run with (the cache path filled in)
+    downloads: list[str] = field(default_factory=list)  # what the stages that run would fetch from the network
 
 
 def run_dir_for(cfg: dict, name: str) -> Path:
@@ -76,15 +80,56 @@ def _stage_two(cfg: dict, run_dir: Path, cache_fp: dict, data_hash: str, stage_o
     if stage_one_runs:
         return StagePlan("train", True, "its cache is being recomputed")
     if not results.exists():
+        if has_training_state(run_dir) and config.exists() and config.read_text() == dump_config(cfg):
+            return StagePlan("train", True, f"an interrupted run will be resumed ({run_dir})", resume=True)
+        twin = _identical_run(cfg, run_dir, cache_fp, data_hash)
+        if twin is not None:
+            return StagePlan("train", False, f"an identical finished run exists: {twin}", run_dir=twin)
         return StagePlan("train", True, f"no results yet in {run_dir}")
     if not config.exists() or config.read_text() != dump_config(cfg):
         return StagePlan("train", True, f"{config} differs from the resolved pipeline", _config_diff(config, cfg))
+    why = _stale_results(results, cache_fp, data_hash)
+    return StagePlan("train", True, why) if why else StagePlan("train", False, f"{results} is current")
+
+
+def _stale_results(results: Path, cache_fp: dict, data_hash: str) -> str | None:
     done = json.loads(results.read_text())
     if done.get("cache_fingerprint") != fingerprint_id(cache_fp):
-        return StagePlan("train", True, "the cache changed since this run")
+        return "the cache changed since this run"
     if done.get("data_hash") != data_hash:
-        return StagePlan("train", True, "the data changed since this run (labels, splits or val/test images)")
-    return StagePlan("train", False, f"{results} is current")
+        return "the data changed since this run (labels, splits or val/test images)"
+    return None
+
+
+def _identical_run(cfg: dict, run_dir: Path, cache_fp: dict, data_hash: str) -> Path | None:
+    """A finished, current run beside `run_dir` (in train.out) made with this very config, whichever pipeline
+    file and path spellings it came from: e.g. the demo's own GPR + DAMP run for `aevlp run demo`."""
+    def same(config: Path) -> bool:
+        try:
+            other = tomllib.loads(config.read_text())
+        except (OSError, tomllib.TOMLDecodeError):
+            return False
+        return _comparable(other) == _comparable(cfg)
+    for config in sorted(run_dir.parent.glob("*/config.toml")):
+        d = config.parent
+        if d != run_dir and (d / "results.json").exists() and same(config) and \
+                not _stale_results(d / "results.json", cache_fp, data_hash):
+            return d
+    return None
+
+
+PATH_KEYS = (("dataset", "data_root"), ("dataset", "image_root"), ("cache", "path"), ("clip", "pretrained"),
+             ("clip", "config"), ("text", "phrases"), ("text", "relation"), ("train", "weights"), ("train", "out"))
+
+
+def _comparable(cfg: dict) -> dict:
+    """A config as results depend on it: paths that exist made absolute, the pipeline file's name dropped."""
+    out = {s: dict(t) for s, t in cfg.items() if s != "pipeline"}
+    for section, key in PATH_KEYS:
+        value = out.get(section, {}).get(key)
+        if isinstance(value, str) and value and Path(value).exists():
+            out[section][key] = str(Path(value).resolve())
+    return out
 
 
 def check_stage_two_choices(specs: Specs) -> None:
@@ -103,7 +148,7 @@ def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit
     """The decision and its reason for each stage, and the config they run with: `cfg` with its cache path
     filled in, as the run records it (`cfg` itself is not changed)."""
     specs = Specs.of(cfg)
-    cfg = updated(cfg, {"cache": {"path": str(specs.cache_path)}})
+    cfg = with_backbone_defaults(updated(cfg, {"cache": {"path": str(specs.cache_path)}}))
     p1 = plan_stage_one(cfg, limit)  # stage one's own problems (data, CLIP) are reported first
     check_stage_two_choices(specs)
     check_labels_available(specs.loss["name"], specs.train.labels, p1.data.train_labels_known)
@@ -113,12 +158,25 @@ def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit
     run_dir = run_dir_for(cfg, name)
     data_hash = training_data_hash(p1.data, p1.specs.dataset.image_check)
     two = _stage_two(cfg, run_dir, p1.fingerprint, data_hash, one.run, force_stage == "train")
-    return PipelinePlan([one, two], p1, run_dir, cfg)
+    downloads = _downloads(p1, Specs.of(cfg), one.run, two.run)
+    return PipelinePlan([one, two], p1, run_dir, cfg, downloads)
+
+
+def _downloads(p1: StageOnePlan, specs: Specs, one: bool, two: bool) -> list[str]:
+    """What the stages that will run would download: CLIP weights not on this machine, ImageNet weights."""
+    from aevlp.clip_source import weights_available_locally
+
+    out = []
+    if one and p1.status != "reprompt" and not weights_available_locally(p1.clip.source):
+        out.append(f"CLIP weights {p1.clip.source.name} '{p1.clip.source.pretrained}' (open_clip)")
+    backbone = weights_to_download(specs.train.backbone, specs.train.weights) if two else None
+    return out + ([backbone] if backbone else [])
 
 
 def run_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit: int | None = None,
-                 progress: bool = True, echo=print, reprompt: bool = True) -> dict:
-    """Run the stale stages; returns the training results (read back if stage two was up to date)."""
+                 progress: bool = True, echo=print, reprompt: bool = True, epoch_lines: bool = True) -> dict:
+    """Run the stale stages; returns the training results (read back if stage two was up to date). An
+    interrupted training run is resumed. `epoch_lines`: echo training's per-epoch summaries too."""
     plan = plan_pipeline(cfg, name, force_stage=force_stage, limit=limit, reprompt=reprompt)
     one, two = plan.stages
     for stage in plan.stages:
@@ -126,5 +184,6 @@ def run_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit:
     if one.run:
         run_pseudolabel(plan.cfg, force=True, limit=limit, progress=progress, plan=plan.stage_one, reprompt=reprompt)
     if not two.run:
-        return json.loads((plan.run_dir / "results.json").read_text())
-    return run_train(plan.cfg, run_dir=plan.run_dir, limit=limit, progress=progress)
+        return json.loads(((two.run_dir or plan.run_dir) / "results.json").read_text())
+    return run_train(plan.cfg, run_dir=plan.run_dir, limit=limit, progress=progress, resume=two.resume,
+                     echo=echo if epoch_lines else None)

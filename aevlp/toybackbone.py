@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from aevlp.imaging import IMAGENET_MEAN, IMAGENET_STD
 from aevlp.models import build_model
+from aevlp.progress import bar
 
 __all__ = ["pretrain_small_cnn"]
 
@@ -56,7 +56,7 @@ def pretrain_small_cnn(fm: dict | Callable[[], dict], out_dir: str | Path, *, st
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     images, labels = fm["train"]
     model.train()
-    for _ in tqdm(range(steps), desc="pretrain small-cnn", disable=not progress, unit="step"):
+    for _ in bar(range(steps), desc="pretrain small-cnn", disable=not progress, unit="step"):
         idx = rng.integers(0, len(images), size=batch_size)
         loss = F.cross_entropy(model(_frames(images[idx], rng, frame)), torch.as_tensor(labels[idx], dtype=torch.long))
         opt.zero_grad(set_to_none=True)

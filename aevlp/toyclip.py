@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from aevlp.clip import prompt_name
 from aevlp.clip_source import FOLDER_WEIGHTS, quiet_random_init, register_model_config, write_clip_folder
 from aevlp.imaging import CLIP_MEAN, CLIP_STD
+from aevlp.progress import bar
 
 __all__ = ["TOY_CONFIG", "TEMPLATES", "pretrain_toy_clip"]
 
@@ -92,7 +92,7 @@ def _train(model, tok, train: tuple[np.ndarray, np.ndarray], classnames: list[st
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     images, labels = train
     model.train()
-    for _ in tqdm(range(steps), desc="pretrain toy CLIP", disable=not progress, unit="step"):
+    for _ in bar(range(steps), desc="pretrain toy CLIP", disable=not progress, unit="step"):
         idx = rng.integers(0, len(images), size=batch_size)
         x = _place(images[idx], rng, train=True)
         pick = torch.as_tensor(rng.integers(0, len(TEMPLATES), size=len(classnames)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,15 +21,14 @@ from tqdm.auto import tqdm
 
 from aevlp import distributed
 from aevlp.cache import Cache, fingerprint_id
-from aevlp.checkpoint import load_checkpoint, load_training_state, save_checkpoint
+from aevlp.checkpoint import has_training_state, load_checkpoint, load_training_state, save_checkpoint
 from aevlp.config import dump_config, updated
 from aevlp.data import SPMLData, training_data_hash
 from aevlp.device import autocast, resolve_device, resolve_train_precision
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.evaluate import predict_scores
-from aevlp.image_cache import CachedImages, ensure_image_cache, image_cache_path
 from aevlp.imaging import ModelInput
-from aevlp.inputs import EmbeddingRows, ImageRows, flips, make_loader
+from aevlp.inputs import flips, make_loader, stage_two_inputs
 from aevlp.labeler import PseudoLabeler
 from aevlp.losses import LOSSES, LossSpec, Method, RunInfo, build_method, check_labels_available
 from aevlp.metrics import (
@@ -39,10 +39,12 @@ from aevlp.metrics import (
     pseudo_label_quality_per_class,
 )
 from aevlp.models import BACKBONES, Classifier, build_model
+from aevlp.progress import bar
 from aevlp.schedules import gr_schedule
 from aevlp.specs import Specs, TrainSpec
+from aevlp.stopping import should_stop, stop_reason
 
-__all__ = ["run_train", "should_stop"]
+__all__ = ["run_train", "with_backbone_defaults", "TrainingInterrupted"]
 
 
 @dataclass
@@ -83,22 +85,53 @@ class TrainRun:
         return make_loader(self.inputs[split], self.t.batch_size * 2, self.t.workers, self.device)
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: which run directory, and how many finished epochs it holds (0: nothing)."""
+
+    def __init__(self, run_dir: Path, epochs_saved: int):
+        super().__init__(str(run_dir))
+        self.run_dir, self.epochs_saved = run_dir, epochs_saved
+
+
 def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path | None = None,
               resume: bool = False, limit: int | None = None, progress: bool = True,
-              explicit: tuple[str, ...] = ()) -> dict:
-    """Train, evaluate and write the run directory; with `resume`, continue `run_dir` from its last epoch.
+              explicit: tuple[str, ...] = (), echo: Callable[[str], None] | None = tqdm.write) -> dict:
+    """Train, evaluate and write the run directory; with `resume`, continue `run_dir` from its last epoch
+    (a run directory whose first epoch never finished starts over).
 
     `cache`: the stage-one cache to train from [default: the config's cache.path, else cache/DATASET.h5].
     The run's config is `cfg` with that cache path and the cache's own stage-one sections ([clip],
     [text], [views]), so the run records what its pseudo-labels really came from; a key named in
     `explicit` (the user's --set keys) that contradicts the cache is refused. `cfg` itself is not changed.
+    `progress`: progress bars; `echo`: where the run's first line, per-epoch summaries and notes go (None: quiet).
     """
+    echo = echo or (lambda _: None)
     if cache is not None:
         cfg = updated(cfg, {"cache": {"path": str(cache)}})
-    r = _setup(cfg, run_dir, limit, explicit, resume)
+    chosen_lr = cfg["train"]["lr"]
+    if resume and not has_training_state(Path(run_dir)):
+        echo(f"note: {run_dir} holds no finished epoch (interrupted before the first ended): starting it over")
+        resume = False
+    r = _setup(with_backbone_defaults(cfg), run_dir, limit, explicit, resume)
     state = load_training_state(r.run, r.core, r.opt, r.method) if resume else _fresh_state()
     if r.main:
         (r.run / "config.toml").write_text(dump_config(r.cfg))
+        echo(_recipe_line(r.t, chosen_lr))
+    try:
+        _epochs(r, state, progress, echo)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(r.run, state["epoch"]) from None
+    if not r.main:
+        r.cache.close()
+        return {"rank": distributed.env()[0], "run_dir": str(r.run)}
+    if not r.data.train_labels_known:
+        echo("note: observed-only data: pseudo-label precision/recall are not reported (no full training "
+             f"labels); val mAP is measured on {r.data.val_labels} labels")
+    return _test_and_write_results(r, state)
+
+
+def _epochs(r: TrainRun, state: dict, progress: bool, echo: Callable[[str], None]) -> None:
+    """Every epoch left: train, judge on val, save (rank 0), until the last or an early stop."""
     t0 = time.time()
     for epoch in range(state["epoch"] + 1, r.t.epochs + 1):
         if state["stopped_early"]:
@@ -106,14 +139,22 @@ def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path
         rec, z_all = _train_epoch(r, epoch, progress)
         improved = _judge(r, state, rec, z_all, t0)
         if r.main:
-            _save_epoch(r, state, improved, z_all, progress)
-    if not r.main:
-        r.cache.close()
-        return {"rank": distributed.env()[0], "run_dir": str(r.run)}
-    if not r.data.train_labels_known and progress:
-        tqdm.write("note: observed-only data: pseudo-label precision/recall are not reported (no full training "
-                   f"labels); val mAP is measured on {r.data.val_labels} labels")
-    return _test_and_write_results(r, state)
+            _save_epoch(r, state, improved, z_all, echo)
+
+
+def with_backbone_defaults(cfg: dict) -> dict:
+    """cfg with train.lr = 0 replaced by the backbone's own rate (`Backbone.lr`): the rate a run records in
+    its config.toml, and what `aevlp run` compares with it."""
+    if cfg["train"]["lr"]:
+        return cfg
+    return updated(cfg, {"train": {"lr": BACKBONES.get(cfg["train"]["backbone"]).lr}})
+
+
+def _recipe_line(t: TrainSpec, chosen_lr: float) -> str:
+    """The run's first line: the backbone and the rates that run, and where the rate came from."""
+    why = "train.lr" if chosen_lr else f"{t.backbone}'s default; --lr or train.lr to change it"
+    return (f"training {t.backbone}: lr {t.lr:g} ({why}), head lr {t.lr * t.lr_mult:g}, {t.epochs} epochs, "
+            f"batch {t.batch_size}")
 
 
 def _fresh_state() -> dict:
@@ -167,7 +208,7 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: t
             "embed_dim": core.head.in_features if BACKBONES.get(t.backbone).input == "embedding" else 0,
             "dataset": data.info.name, "loss": specs.loss["name"], **_clip_meta(cache, t)}
     damp = spec.pseudo_labels(specs.damp, params) if spec.pseudo_labels else specs.damp
-    inputs = _inputs(specs, data, cache, n, keep, meta["image_size"], device, main)
+    inputs = stage_two_inputs(specs, data, cache, n, keep, meta["image_size"], device, main)
     return TrainRun(cfg=cfg, specs=specs, data=data, cache=cache, keep=keep, observed=observed, truth=truth,
                     method=method, loss_spec=spec, labeler=PseudoLabeler(cache, damp, observed), device=device,
                     precision=resolve_train_precision(t.precision, device), core=core, model=model,
@@ -239,46 +280,6 @@ def _image_size(t: TrainSpec, data: SPMLData) -> int:
         return max(im.size)
 
 
-SPLITS = ("train", "val", "test")
-
-
-def _inputs(specs: Specs, data: SPMLData, cache: Cache, n: int, keep: np.ndarray, size: int,
-            device: torch.device, main: bool):
-    """Train/val/test datasets for the backbone's input type: cached embeddings, or images decoded in
-    the workers, decoded on the GPU (train.decode_on), or read pre-resized (train.image_cache)."""
-    t = specs.train
-    if BACKBONES.get(t.backbone).input == "embedding":
-        if not cache.has_eval_embeddings():
-            raise AevlpError(f"{cache.path} has no stored embeddings for the clip-head backbone",
-                             hint="re-run stage one with --store-embeddings global")
-        return (EmbeddingRows(cache.global_embeddings()[:, keep]), EmbeddingRows(cache.eval_embeddings("val")),
-                EmbeddingRows(cache.eval_embeddings("test")))
-    root = data.image_root
-    paths = {"train": [root / p for p in data.train.images[:n][keep]], "val": [root / p for p in data.val.images],
-             "test": [root / p for p in data.test.images]}
-    if t.image_cache:
-        path = image_cache_path(specs.cache_path, data.info.name, size)
-        if main:
-            ensure_image_cache(data, size, path)
-        distributed.barrier()
-        rows = {"train": np.flatnonzero(keep), "val": None, "test": None}
-        return tuple(ImageRows(paths[s], size, images=CachedImages(path, s, rows[s])) for s in SPLITS)
-    if t.decode_on == "device":
-        _check_device_decode(device, paths)
-    return tuple(ImageRows(paths[s], size, encoded=t.decode_on == "device") for s in SPLITS)
-
-
-def _check_device_decode(device: torch.device, paths: dict) -> None:
-    """train.decode_on = device needs a CUDA device and JPEG files (the GPU decoder reads JPEG only)."""
-    if device.type != "cuda":
-        raise ConfigError(f"train.decode_on = device needs a CUDA device (training runs on {device})",
-                          hint="leave train.decode_on = worker")
-    other = next((p for ps in paths.values() for p in ps if Path(p).suffix.lower() not in (".jpg", ".jpeg")), None)
-    if other is not None:
-        raise ConfigError(f"train.decode_on = device decodes JPEG only, and {other} is not one",
-                          hint="leave train.decode_on = worker, or use train.image_cache = true")
-
-
 def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndarray]:
     """One pass over the training rows with this epoch's schedule and pseudo-labels."""
     t, keep = r.t, r.keep
@@ -293,7 +294,7 @@ def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndar
     r.model.train()
     scaler = torch.amp.GradScaler(r.device.type, enabled=r.precision == "fp16")  # fp16 needs loss scaling
     total, count = 0.0, 0
-    for x, rows in tqdm(r.train_loader, desc=f"epoch {epoch}/{t.epochs}", disable=not (progress and r.main),
+    for x, rows in bar(r.train_loader, desc=f"epoch {epoch}/{t.epochs}", disable=not (progress and r.main),
                         leave=False):
         with autocast(r.device, r.precision):
             logits = r.model(r.batch(x, rows, epoch))
@@ -344,7 +345,7 @@ def _judge(r: TrainRun, state: dict, rec: dict, z_all: np.ndarray, t0: float) ->
     return improved
 
 
-def _save_epoch(r: TrainRun, state: dict, improved: bool, z_all: np.ndarray, progress: bool) -> None:
+def _save_epoch(r: TrainRun, state: dict, improved: bool, z_all: np.ndarray, echo: Callable[[str], None]) -> None:
     """best.pt when val improved, last.pt and metrics.jsonl always (rank 0 only)."""
     keep = r.keep
     if improved:
@@ -355,13 +356,12 @@ def _save_epoch(r: TrainRun, state: dict, improved: bool, z_all: np.ndarray, pro
     save_checkpoint(r.run / "last.pt", r.core, keep_previous=True, optimizer=r.opt.state_dict(), state=state,
                     method=r.method.state_dict())
     (r.run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in state["history"]))
-    if progress:
-        rec = state["history"][-1]
-        q = (f"  pseudo P/R/F1 {rec['pseudo_precision']:.1f}/{rec['pseudo_recall']:.1f}/{rec['pseudo_f1']:.1f}"
-             if "pseudo_f1" in rec else "")
-        tqdm.write(f"epoch {rec['epoch']}: loss {rec['loss']:.4f}  val mAP {rec['val_map']:.2f}" + q)
-        if state["stopped_early"]:
-            tqdm.write(state["stop_reason"])
+    rec = state["history"][-1]
+    q = (f"  pseudo P/R/F1 {rec['pseudo_precision']:.1f}/{rec['pseudo_recall']:.1f}/{rec['pseudo_f1']:.1f}"
+         if "pseudo_f1" in rec else "")
+    echo(f"epoch {rec['epoch']}: loss {rec['loss']:.4f}  val mAP {rec['val_map']:.2f}" + q)
+    if state["stopped_early"]:
+        echo(state["stop_reason"])
 
 
 def _test_and_write_results(r: TrainRun, state: dict) -> dict:
@@ -389,29 +389,3 @@ def _test_and_write_results(r: TrainRun, state: dict) -> dict:
     (r.run / "results.json").write_text(json.dumps(results, indent=1))
     r.cache.close()
     return results
-
-
-def stop_reason(state: dict, t: TrainSpec) -> str:
-    """Why training stopped early, in words: the epoch, the val mAP and the rule that fired."""
-    cur, best = state["history"][-1], state["best_val"]
-    if t.early_stop == "first-drop":
-        why = f"val mAP {cur['val_map']:.2f} did not improve on the best {best:.2f}"
-    elif best - cur["val_map"] > t.max_drop:
-        why = f"val mAP {cur['val_map']:.2f} fell more than {t.max_drop:g} points below the best {best:.2f}"
-    else:
-        why = f"no val improvement for {t.patience} epochs (best {best:.2f})"
-    return f"stopped after epoch {cur['epoch']}: {why} (train.early_stop = \"{t.early_stop}\"; best epoch " \
-           f"{state['best_epoch']} is tested)"
-
-
-def should_stop(state: dict, t: TrainSpec) -> bool:
-    """AEVLP: patience or a drop > max_drop below the best; GR: the drop only; first-drop: the first epoch
-    without improvement (Zhou et al.'s EM/APL code); none: never."""
-    if t.early_stop == "none":
-        return False
-    drop = state["best_val"] - state["history"][-1]["val_map"]
-    if t.early_stop == "first-drop":
-        return state["counter"] >= 1
-    if drop > t.max_drop:
-        return True
-    return t.early_stop == "aevlp" and state["counter"] >= t.patience

@@ -154,6 +154,24 @@ def test_table_labels_column(tmp_path):
     assert len(d.train) + len(d.val) == 8
 
 
+def test_table_csv_delimiters_and_empty_files(tmp_path):
+    _images(tmp_path / "img", [f"{i}.png" for i in range(6)])
+    csv = tmp_path / "t.csv"
+    rows = [f"{i}.png;{'cat|dog' if i % 2 else 'dog'};{'test' if i >= 4 else 'train'}" for i in range(6)]
+    csv.write_text("\n".join(["image;labels;split", *rows]) + "\n")  # a spreadsheet's ';' export
+    s = prepare_table(csv, tmp_path / "img", tmp_path / "semi")
+    assert (s["train_images"], s["test_images"]) == (4, 2) and load_dataset("table", tmp_path / "semi").classnames \
+        == ["cat", "dog"]
+    csv.write_text("")
+    with pytest.raises(DataError, match="is empty") as e:
+        prepare_table(csv, tmp_path / "img", tmp_path / "o1")
+    assert "image,labels" in e.value.hint
+    csv.write_text("image,labels,split\n")
+    with pytest.raises(DataError, match="a header .* but no rows") as e:
+        prepare_table(csv, tmp_path / "img", tmp_path / "o2")
+    assert "one row per image" in e.value.hint
+
+
 def test_table_onehot_and_errors(tmp_path):
     _images(tmp_path / "img", ["a.png", "b.png", "c.png", "d.png", "e.png"])
     csv = tmp_path / "t.csv"

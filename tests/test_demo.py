@@ -88,9 +88,9 @@ def test_train_with_no_flag_on_the_demo_cache(demo):
 
 def test_predict_on_a_folder_prints_top_tags(demo):
     images = demo["out"] / "data" / "images" / "val"
-    r = aevlp("predict", demo["out"] / "runs" / "gpr-damp-s0", images, "--out", "preds.csv", cwd=demo["cwd"])
+    r = aevlp("predict", demo["out"] / "runs" / "gpr-damp-s0", images, cwd=demo["cwd"])  # the default --out
     assert r.returncode == 0, r.stderr[-2000:]
-    df = pd.read_csv(demo["cwd"] / "preds.csv", keep_default_na=False)
+    df = pd.read_csv(demo["cwd"] / "out" / "preds.csv", keep_default_na=False)
     assert len(df) == len(list(images.rglob("*.png"))) == 400
     assert all(len(t.split("; ")) == 3 for t in df["top3"])
     first = df.iloc[0, 1:11].astype(float)  # top3 names the three most probable classes, in order
@@ -106,13 +106,18 @@ def test_run_on_the_demo_pipeline_reuses_stage_one(demo):
     assert (demo["cwd"] / demo["summary"]["pipeline"]).resolve() == pipeline.resolve()
     dry = aevlp("run", pipeline, "--dry-run", cwd=demo["cwd"])
     assert dry.returncode == 0 and "pseudolabel: up to date" in dry.stdout, dry.stdout + dry.stderr
+    # the demo's own GPR + DAMP run is this pipeline's run: found, not trained again
+    assert "train: up to date - an identical finished run exists" in dry.stdout and "gpr-damp-s0" in dry.stdout
+    assert "downloads: none" in dry.stdout
     # pipelines/demo.toml names the demo's folders relatively (demo/clip, ...), as `aevlp run demo` after
     # `make demo` does; pointed at the quick demo's folders it is the same stage one
     rel = [f'{k}="demo/quick/{v}"' for k, v in (("dataset.data_root", "data"), ("clip.pretrained", "clip"),
                                                 ("cache.path", "cache/fashion-mosaic.h5"),
                                                 ("train.weights", "backbone/small-cnn.safetensors"))]
-    dry = aevlp("run", "demo", "--dry-run", *[a for r in rel for a in ("--set", r)], cwd=demo["cwd"])
+    dry = aevlp("run", "demo", "--dry-run", *[a for r in rel for a in ("--set", r)], "--set", "train.epochs=6",
+                "--set", 'train.out="demo/quick/runs"', cwd=demo["cwd"])
     assert dry.returncode == 0 and "pseudolabel: up to date" in dry.stdout, dry.stdout + dry.stderr
+    assert "an identical finished run exists" in dry.stdout, dry.stdout
     r = aevlp("run", pipeline, "--set", 'loss.name="an"', "--no-progress", cwd=demo["cwd"])
     assert r.returncode == 0, r.stderr[-2000:]
     assert "test mAP" in r.stdout and "skip" in r.stdout
@@ -121,11 +126,11 @@ def test_run_on_the_demo_pipeline_reuses_stage_one(demo):
 def test_gallery_of_a_class(demo):
     from PIL import Image
     r = aevlp("cache", "gallery", demo["out"] / "cache" / "fashion-mosaic.h5", "--class", "sandal", "--out",
-              "sandal.png", cwd=demo["cwd"])
+              "out/sandal.png", cwd=demo["cwd"])
     assert r.returncode == 0, r.stderr[-2000:]
-    with Image.open(demo["cwd"] / "sandal.png") as im:
+    with Image.open(demo["cwd"] / "out" / "sandal.png") as im:
         assert im.width >= 600 and im.height >= 200
-    listing = json.loads((demo["cwd"] / "sandal.json").read_text())
+    listing = json.loads((demo["cwd"] / "out" / "sandal.json").read_text())
     import h5py
     with h5py.File(demo["out"] / "cache" / "fashion-mosaic.h5") as f:
         c = [n.decode() for n in f["classnames"][:]].index("sandal")
@@ -134,6 +139,8 @@ def test_gallery_of_a_class(demo):
         given, wrong = set(ids[new]), set(ids[new & (f["labels"][:, c] != 1)])
     shown = listing["panels"]["given the pseudo-label"]
     assert len(shown) == min(24, len(given)) > 0 and set(shown) <= given
+    assert listing["totals"]["given the pseudo-label"] == len(given)  # the count is the class's, not the cap
+    assert f"given the pseudo-label: {len(shown)} shown of {len(given)}" in r.stdout and "red box:" in r.stdout
     assert set(listing["panels"]["wrong (not in the ground truth)"]) <= wrong
 
 
@@ -147,23 +154,35 @@ def test_second_run_reuses_everything(demo):
 
 
 def test_your_own_images_walkthrough_offline(demo):
-    """The README's "your own images" commands, on a CSV of 120 demo images, with the demo's CLIP."""
+    """The README's "your own images" commands as written, on a CSV of 400 demo images, with the demo's CLIP
+    and backbone: the small-cnn (at its own learning rate, not the ResNets') beats the zero-shot teacher on
+    val. Measured on the full demo's images: 63.7 vs the DAMP teacher's 54.2 (lr 1e-5 gave 51.9)."""
     cwd, out = demo["cwd"], demo["out"]
     from aevlp.data.fashion import CLASSNAMES
-    ids = np.load(out / "data" / "formatted_train_images.npy")[:120]
-    labels = np.load(out / "data" / "formatted_train_labels.npy")[:120]
+    ids = np.load(out / "data" / "formatted_train_images.npy")[:400]
+    labels = np.load(out / "data" / "formatted_train_labels.npy")[:400]
     rows = [{"image": i, "labels": "|".join(CLASSNAMES[c] for c in np.flatnonzero(y)),
-             "split": "test" if k >= 90 else "train"} for k, (i, y) in enumerate(zip(ids, labels))]
+             "split": "test" if k >= 300 else "train"} for k, (i, y) in enumerate(zip(ids, labels))]
     pd.DataFrame(rows).to_csv(cwd / "tags.csv", index=False)
     steps = [("data", "prepare", "table", "--csv", "tags.csv", "--images", out / "data" / "images", "--out",
               "data/mine"),
              ("pseudolabel", "--dataset", "table", "--data-root", "data/mine", "--pretrained", out / "clip",
               "--no-progress"),
              ("train", "--pseudo", "cache/table.h5", "--backbone", "small-cnn", "--weights",
-              out / "backbone" / "small-cnn.safetensors", "--epochs", "2", "--run-dir", "runs/mine", "--no-progress")]
+              out / "backbone" / "small-cnn.safetensors", "--run-dir", "runs/mine", "--no-progress")]
     for step in steps:
         r = aevlp(*step, cwd=cwd)
         assert r.returncode == 0, (step, r.stdout[-1500:], r.stderr[-1500:])
+    assert "training small-cnn: lr 0.0003 (small-cnn's default" in r.stdout
     res = json.loads((cwd / "runs" / "mine" / "results.json").read_text())
-    assert res["dataset"] == "table" and res["backbone"] == "small-cnn" and res["epochs_run"] == 2
-    assert 0 < res["test_map"] <= 100
+    assert res["dataset"] == "table" and res["backbone"] == "small-cnn" and res["epochs_run"] == 8
+    import h5py
+
+    from aevlp.metrics import mean_average_precision
+    from aevlp.teacher import zero_shot_scores
+    with h5py.File(cwd / "cache" / "table.h5") as f:
+        teacher = zero_shot_scores(f["val_embeddings"][:], f["text_features"][:],
+                                   json.loads(f.attrs["selection"])["temperature"])
+        val = f["val_labels"][:]
+    best_teacher = max(mean_average_precision(s, val) for s in teacher.values())
+    assert res["val_map"] > best_teacher + 2, (res["val_map"], best_teacher)

@@ -288,7 +288,7 @@ def test_data_info_lists_bad_images(tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("train.lr=-1", "train.lr = -1.0 is out of range"), ("train.lr=0", "train.lr"), ("loss.lam1=1.5", "loss.lam1"),
+    ("train.lr=-1", "train.lr = -1.0 is out of range"), ("train.lr=11", "train.lr"), ("loss.lam1=1.5", "loss.lam1"),
     ("loss.lam1=0.3", "below loss.lam2"), ("loss.reg=-0.1", "loss.reg"), ("loss.expected_pos=-1", "expected_pos"),
     ("train.lr_mult=0", "lr_mult"), ("train.patience=-1", "patience"), ("train.max_drop=-2", "max_drop"),
     ("train.batch_size=0", "batch_size"), ("clip.batch_size=0", "clip.batch_size"), ("damp.eta=-0.1", "damp.eta"),

@@ -1,5 +1,6 @@
 """`aevlp run` decisions, cache tools, report, and config handling."""
 import json
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -165,6 +166,31 @@ def test_report(ran, tmp_path):
     tm = {json.loads((d / "results.json").read_text())["test_map"] for d in (runs / "tiny", tmp_path / "an" / "tiny")}
     assert all(f"{v:.2f}" in md for v in tm)
     assert invoke("report", tmp_path, "--out", out).exit_code == 2  # not a run directory
+
+
+def test_report_skips_unfinished_runs_and_tells_runs_apart(ran, tmp_path, monkeypatch):
+    import shutil
+    runs = ran["dir"] / "runs"
+    twin = tmp_path / "again" / "tiny"  # a second run of the same method, its cache spelled relatively
+    shutil.copytree(runs / "tiny", twin)
+    res = json.loads((twin / "results.json").read_text())
+    monkeypatch.chdir(Path(res["cache"]).parent)
+    res["cache"] = Path(res["cache"]).name
+    (twin / "results.json").write_text(json.dumps(res))
+    cut = tmp_path / "cut"  # interrupted before it finished
+    cut.mkdir()
+    shutil.copy(runs / "tiny" / "config.toml", cut)
+    r = invoke("report", runs / "tiny", twin, cut, "--out", tmp_path / "rep")
+    assert r.exit_code == 0, r.output
+    assert f"{cut}: not finished" in r.output and f"aevlp train --resume {cut}" in r.output
+    md = (tmp_path / "rep" / "results.md").read_text()
+    assert md.count("zero-shot teacher (CLIP, global view)") == 1  # one cache, however its runs spelled it
+    assert "runs/tiny" in md and "again/tiny" in md
+    best = json.loads((runs / "tiny" / "results.json").read_text())["best_epoch"]
+    assert f"| {best} | runs/tiny |" in md  # epochs as integers, not 4.00
+    from aevlp.report import collect_runs, compared_pair
+    ours, base = compared_pair(collect_runs([runs / "tiny", twin]))
+    assert base is None  # two runs of one method: nothing else to compare with
 
 
 def test_config_errors_and_overrides():

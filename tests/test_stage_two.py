@@ -123,7 +123,7 @@ def test_resume_needs_no_backbone_weights(setup, tmp_path, monkeypatch):
 def test_early_stopping_rules():
     from types import SimpleNamespace as NS
 
-    from aevlp.train import should_stop
+    from aevlp.stopping import should_stop
     t = dict(early_stop="aevlp", patience=2, max_drop=2.0)
     st = lambda best, cur, counter: {"best_val": best, "counter": counter, "history": [{"val_map": cur}]}  # noqa
     assert should_stop(st(50, 47.9, 1), NS(**t)) and should_stop(st(50, 49.5, 2), NS(**t))
@@ -141,9 +141,13 @@ def test_refuses_mismatched_cache(setup, tmp_path):
     renamed = make_photo_dataset(tmp_path / "renamed", n_train=30, n_test=8)
     meta = {"dataset": "voc", "classnames": [f"c{i}" for i in range(20)], "image_root": "VOCdevkit/VOC2012/JPEGImages"}
     (renamed / "aevlp_dataset.json").write_text(json.dumps(meta))
-    with pytest.raises(AevlpError, match="classes differ"):
+    with pytest.raises(AevlpError, match="classes differ.*only in the cache: aeroplane, bicycle.*only in the dataset: "
+                                         "c0, c1"):
         run_train(base_cfg(setup["clip"], renamed, setup["cache"]), cache=setup["cache"], run_dir=tmp_path / "y",
                   progress=False)
+    from aevlp.cache.reader import class_difference
+    assert class_difference(["a", "b", "c"], ["a", "c", "b"]) == \
+        "the same 3 names in another order (first at position 2: 'b' in the cache, 'c' in the dataset)"
     cfg = base_cfg(setup["clip"], setup["root"], setup["cache"])
     with pytest.raises(AevlpError, match="image ids differ"):
         run_train(cfg, cache=setup["cache"], run_dir=tmp_path / "z", progress=False, limit=10)
@@ -243,3 +247,47 @@ def test_the_callers_config_is_never_edited(setup, tmp_path):
     assert recorded["cache"]["path"] == str(setup["cache"])  # the run's own config says what it read
     plan = plan_pipeline(cfg, "x")
     assert cfg == before and plan.cfg["cache"]["path"] == "cache/voc.h5"
+
+
+def test_the_learning_rate_is_the_backbones_unless_given(setup, tmp_path):
+    from aevlp.config import load_config, tomllib
+    from aevlp.train import with_backbone_defaults
+    assert load_config("table")["train"]["lr"] == 0  # own data: the backbone's own rate
+    assert with_backbone_defaults(load_config("table"))["train"]["lr"] == 1e-5  # ResNet-50: the papers'
+    assert with_backbone_defaults(load_config("voc"))["train"]["lr"] == 1e-5  # a benchmark states its own
+    args = ["train", "--pseudo", str(setup["cache"]), "--backbone", "small-cnn", "--weights", "none", "--epochs", "1",
+            "--image-size", "32", "--workers", "0", "--set", "train.lr=0"]
+    r = CliRunner().invoke(cli, [*args, "--run-dir", str(tmp_path / "a")])
+    assert r.exit_code == 0, r.output
+    assert "training small-cnn: lr 0.0003 (small-cnn's default; --lr or train.lr to change it)" in r.output
+    assert tomllib.loads((tmp_path / "a" / "config.toml").read_text())["train"]["lr"] == 3e-4  # what ran
+    r = CliRunner().invoke(cli, [*args[:-2], "--lr", "1e-4", "--run-dir", str(tmp_path / "b")])
+    assert r.exit_code == 0 and "lr 0.0001 (train.lr)" in r.output, r.output
+    assert tomllib.loads((tmp_path / "b" / "config.toml").read_text())["train"]["lr"] == 1e-4
+
+
+@pytest.mark.parametrize("stop_at", [1, 2])
+def test_ctrl_c_names_the_run_folder_and_resume_goes_on_or_starts_over(setup, tmp_path, monkeypatch, stop_at):
+    import aevlp.train as train_mod
+    real = train_mod._train_epoch
+
+    def interrupt(r, epoch, progress):
+        if epoch == stop_at:
+            raise KeyboardInterrupt
+        return real(r, epoch, progress)
+    monkeypatch.setattr(train_mod, "_train_epoch", interrupt)
+    run = tmp_path / "run"
+    args = ["train", "--pseudo", str(setup["cache"]), "--backbone", "small-cnn", "--weights", "none", "--epochs", "2",
+            "--image-size", "32", "--workers", "0", "--no-progress"]
+    r = CliRunner().invoke(cli, [*args, "--run-dir", str(run)])
+    assert r.exit_code == 130 and "RUN_DIR" not in r.output and f"--resume {run}" in r.output, r.output
+    if stop_at == 1:
+        assert f"nothing was saved in {run}" in r.output and "starts it over" in r.output
+    else:
+        assert f"1 finished epoch(s) are saved in {run}" in r.output
+    monkeypatch.setattr(train_mod, "_train_epoch", real)
+    r = CliRunner().invoke(cli, ["train", "--resume", str(run), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert ("starting it over" in r.output) == (stop_at == 1)
+    assert "epoch 2:" in r.output and ("epoch 1:" in r.output) == (stop_at == 1)  # summaries despite --no-progress
+    assert [x["epoch"] for x in history(run)] == [1, 2]

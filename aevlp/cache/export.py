@@ -15,6 +15,8 @@ from aevlp.errors import AevlpError
 __all__ = ["export_pseudo_labels", "gallery", "gallery_html"]
 
 FORMATS = ("csv", "parquet", "npz")
+RED_BOX = ("red box: the tile whose score for {cls} is highest, the evidence DAMP used (in 'missed': the best "
+           "tile, still below the threshold)")
 
 
 def _round(c: Cache, rnd: int) -> int:
@@ -108,14 +110,18 @@ def gallery(path: str | Path, classname: str, out: str | Path, *, rnd: int = 0, 
         info = json.loads(c.f.attrs.get("info", "{}"))
         root = load_dataset(c.fingerprint["dataset"], info["data_root"], image_root=info.get("image_root") or None)
         ids, grid, tau = c.image_ids(), int(c.fingerprint["grid"]), c.selection.get("temperature", 0.01)
-        panels = {title: rows[:per_panel] for title, rows in _panels(c, r, k).items()}
+        every = _panels(c, r, k)
+        totals = {title: len(rows) for title, rows in every.items()}
+        panels = {title: rows[:per_panel] for title, rows in every.items()}
         tiles = {int(i): _fired_tile(c, r, int(i), k, tau) for rows in panels.values() for i in rows}
     cols, size, pad = 8, 128, 22
-    height = sum(pad + max(1, -(-len(rows) // cols)) * (size + 4) for rows in panels.values())
+    height = pad + sum(pad + max(1, -(-len(rows) // cols)) * (size + 4) for rows in panels.values())
     sheet = Image.new("RGB", (cols * (size + 4), height + 4), "white")
     draw, y = ImageDraw.Draw(sheet), 2
+    draw.text((4, y + 4), RED_BOX.format(cls=classname), fill=(200, 30, 30))
+    y += pad
     for title, rows in panels.items():
-        draw.text((4, y + 4), f"{classname}: {title} ({len(rows)} shown)", fill="black")
+        draw.text((4, y + 4), f"{classname}: {title} ({len(rows)} shown of {totals[title]})", fill="black")
         y += pad
         for j, i in enumerate(rows):
             thumb = _thumb(root.image_root / ids[i], tiles[int(i)], grid, size)
@@ -124,8 +130,9 @@ def gallery(path: str | Path, classname: str, out: str | Path, *, rnd: int = 0, 
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     listing = {title: [ids[i] for i in rows] for title, rows in panels.items()}
-    out.with_suffix(".json").write_text(json.dumps({"class": classname, "round": r, "panels": listing}, indent=1))
-    return {"png": str(out), "panels": listing}
+    out.with_suffix(".json").write_text(json.dumps({"class": classname, "round": r, "panels": listing,
+                                                    "totals": totals}, indent=1))
+    return {"png": str(out), "panels": listing, "totals": totals}
 
 
 def gallery_html(path: str | Path, out_dir: str | Path, *, rnd: int = 0, per_panel: int = 16) -> Path:
@@ -136,7 +143,7 @@ def gallery_html(path: str | Path, out_dir: str | Path, *, rnd: int = 0, per_pan
     items = []
     for i, name in enumerate(names):
         g = gallery(path, name, out_dir / f"class{i:03d}.png", rnd=rnd, per_panel=per_panel)
-        counts = ", ".join(f"{t}: {len(v)}" for t, v in g["panels"].items())
+        counts = ", ".join(f"{t}: {len(v)} shown of {g['totals'][t]}" for t, v in g["panels"].items())
         items.append(f'<h2>{html.escape(name)}</h2><p>{html.escape(counts)}</p><img src="class{i:03d}.png">')
     page = out_dir / "index.html"
     page.write_text("<!doctype html><meta charset='utf-8'><title>aevlp pseudo-labels</title>"

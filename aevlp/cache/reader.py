@@ -28,6 +28,21 @@ def _missing_hint(path: Path) -> str:
     return f"an unfinished run left {partial.name}: re-run the same `aevlp pseudolabel` command to finish it"
 
 
+def class_difference(cached: list[str], data: list[str]) -> str:
+    """What differs between two class lists, in words: counts, names only one has, or the order."""
+    only_cache, only_data = [c for c in cached if c not in data], [c for c in data if c not in cached]
+    parts = [] if len(cached) == len(data) else [f"{len(cached)} classes in the cache, {len(data)} in the dataset"]
+    if only_cache:
+        parts.append(f"only in the cache: {', '.join(only_cache[:5])}{' ...' if len(only_cache) > 5 else ''}")
+    if only_data:
+        parts.append(f"only in the dataset: {', '.join(only_data[:5])}{' ...' if len(only_data) > 5 else ''}")
+    if not parts:
+        i = next(i for i, (a, b) in enumerate(zip(cached, data)) if a != b)
+        parts.append(f"the same {len(data)} names in another order (first at position {i + 1}: '{cached[i]}' in "
+                     f"the cache, '{data[i]}' in the dataset)")
+    return "; ".join(parts)
+
+
 class Cache:
     """Read access to a complete cache (stage two, cache tools); plain h5py works just as well."""
 
@@ -112,10 +127,10 @@ class Cache:
 
     def check_matches(self, ids: list[str], observed: np.ndarray, classnames: list[str]) -> None:
         """Refuse a cache made for other images, labels or classes, saying which and how to fix it."""
-        fix = "re-run stage one for this dataset (aevlp pseudolabel), or pass the matching --pseudo file"
+        fix = "re-run stage one for this dataset (`aevlp pseudolabel`), or pass the matching cache: --pseudo FILE.h5"
         if self.classnames() != list(classnames):
-            raise AevlpError(f"{self.path}: its {len(self.classnames())} classes differ from the dataset's "
-                             f"{len(classnames)}", hint=fix)
+            raise AevlpError(f"{self.path}: its classes differ from the dataset's: "
+                             f"{class_difference(self.classnames(), list(classnames))}", hint=fix)
         cids = self.image_ids()
         if cids != list(ids):
             if len(cids) < len(ids) and cids == list(ids[:len(cids)]):

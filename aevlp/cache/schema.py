@@ -155,7 +155,7 @@ def read_fingerprint(path: Path) -> tuple[dict, bool]:
             return json.loads(f.attrs["fingerprint"]), bool(f.attrs.get("complete", False))
     except (OSError, KeyError, json.JSONDecodeError) as e:
         raise AevlpError(f"{path} is not a readable aevlp cache ({e})",
-                         hint="delete it, or recompute with --force") from e
+                         hint="delete it, or recompute it: `aevlp pseudolabel ... --force`") from e
 
 
 @dataclass(frozen=True)

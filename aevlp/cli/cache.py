@@ -139,8 +139,8 @@ def cache_export(file: str, rnd: int, fmt: str, out: str | None) -> None:
 @click.option("--class", "classname", default=None, help="One class: a PNG contact sheet [default: every class, "
                                                          "with an index.html].")
 @click.option("--round", "rnd", type=int, default=0, show_default=True)
-@click.option("--per-panel", type=int, default=24, show_default=True, help="Images per panel.")
-@click.option("--out", default=None, type=click.Path(), help="PNG (one class) or folder [default: gallery/].")
+@click.option("--per-panel", type=int, default=24, show_default=True, help="At most this many images per panel.")
+@click.option("--out", default=None, type=click.Path(), help="PNG (one class) or folder [default: out/gallery/].")
 def cache_gallery(file: str, classname: str | None, rnd: int, per_panel: int, out: str | None) -> None:
     """Look at the pseudo-labels: the images given a class, with the tile that fired outlined in red.
 
@@ -151,15 +151,16 @@ def cache_gallery(file: str, classname: str | None, rnd: int, per_panel: int, ou
 
     \b
     Examples:
-      aevlp cache gallery demo/cache/fashion-mosaic.h5 --class sandal --out sandal.png
-      aevlp cache gallery cache/voc.h5 --out gallery/      # every class + gallery/index.html
+      aevlp cache gallery demo/cache/fashion-mosaic.h5 --class sandal --out out/sandal.png
+      aevlp cache gallery cache/voc.h5 --out out/gallery/      # every class + out/gallery/index.html
     """
-    from aevlp.cache.export import gallery, gallery_html
+    from aevlp.cache.export import RED_BOX, gallery, gallery_html
 
     if classname:
-        g = gallery(file, classname, out or f"gallery/{classname}.png", rnd=rnd, per_panel=per_panel)
+        g = gallery(file, classname, out or f"out/gallery/{classname}.png", rnd=rnd, per_panel=per_panel)
         for title, ids in g["panels"].items():
-            click.echo(f"  {title}: {len(ids)}")
+            click.echo(f"  {title}: {len(ids)} shown of {g['totals'][title]}")
+        click.echo(f"  {RED_BOX.format(cls=classname)}")
         click.echo(f"wrote {g['png']}")
     else:
-        click.echo(f"wrote {gallery_html(file, out or 'gallery', rnd=rnd, per_panel=per_panel)}")
+        click.echo(f"wrote {gallery_html(file, out or 'out/gallery', rnd=rnd, per_panel=per_panel)}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 
 import click
 
@@ -19,8 +20,9 @@ class RegistryChoice(click.Choice):
     `registry` may be given as "module:NAME", imported on first use, so that a command line that
     does not need it (e.g. `aevlp data ls`) does not import torch."""
 
-    def __init__(self, registry: Registry | str):
+    def __init__(self, registry: Registry | str, also: Callable[[], dict[str, str]] | None = None):
         self._registry = registry
+        self._also = also  # names that are not in the registry but mean something: name -> what to pass instead
         super().__init__((), case_sensitive=False)
 
     @property
@@ -41,6 +43,9 @@ class RegistryChoice(click.Choice):
     def convert(self, value, param, ctx):
         if value in self.registry:
             return self.registry.canonical(value)
+        instead = (self._also() if self._also else {}).get(str(value).lower())
+        if instead:
+            self.fail(f"{value!r} is not a {self.registry.kind} but a combination: pass {instead}", param, ctx)
         self.fail(f"{value!r} is not a known {self.registry.kind}{did_you_mean(value, self.registry.names(True))}; "
                   f"choose one of: {', '.join(self.choices)}", param, ctx)
 

@@ -7,13 +7,28 @@ import sys
 import click
 
 from aevlp import __version__
+from aevlp.cli.hints import HintFilter, for_command
 from aevlp.errors import AevlpError
 
-__all__ = ["AevlpGroup", "cli", "main"]
+__all__ = ["AevlpGroup", "AevlpCommand", "cli", "main"]
+
+RUNNING = HintFilter()  # the command being run: its flags are what messages and hints name
+
+
+class AevlpCommand(click.Command):
+    """A command that makes itself the one whose flags messages, hints and warnings name."""
+
+    def invoke(self, ctx: click.Context):
+        RUNNING.command, RUNNING.path = self, ctx.command_path
+        return super().invoke(ctx)
 
 
 class AevlpGroup(click.Group):
-    """Prints user errors as one line plus a hint; `--debug` shows the traceback instead."""
+    """Prints user errors as one line plus a hint, naming the running command's own flags; `--debug`
+    shows the traceback instead."""
+
+    command_class = AevlpCommand
+    group_class = type  # subgroups are AevlpGroups too
 
     def invoke(self, ctx: click.Context):
         try:
@@ -21,10 +36,14 @@ class AevlpGroup(click.Group):
         except AevlpError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.secho(f"error: {e.message}", fg="red", err=True)
+            command, path = RUNNING.command, RUNNING.path
+            click.secho(f"error: {for_command(e.message, command, path, 'message')}", fg="red", err=True)
             if e.hint:
-                click.echo(f"  hint: {e.hint}", err=True)
+                click.echo(f"  hint: {for_command(e.hint, command, path)}", err=True)
             sys.exit(2)
+        finally:
+            if ctx.parent is None:  # the command is over: library use afterwards (a notebook, a test) is not it
+                RUNNING.command = None
 
 
 @click.group(cls=AevlpGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -51,6 +70,8 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     ctx.obj["debug"] = debug
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s")
+    if RUNNING not in logging.getLogger("aevlp").filters:
+        logging.getLogger("aevlp").addFilter(RUNNING)
 
 
 def main() -> None:

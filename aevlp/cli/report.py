@@ -25,6 +25,8 @@ def report_cmd(run_dirs: tuple[str, ...], out: str, compare: tuple[str, str] | N
     from aevlp.report import write_report
 
     r = write_report(list(run_dirs), out, compare)
+    for note in r["notes"]:
+        click.secho(f"note: {note}", fg="yellow", err=True)
     click.echo(r["markdown"])
     for kind, path in r["files"].items():
         click.echo(f"{kind:14s} {path}")

@@ -41,12 +41,24 @@ def run_cmd(pipeline, data_root, overrides, dry_run, force_stage, limit, no_repr
     cfg = load_config(path, overrides, **extra)
     name = path.stem
     if dry_run:
-        for plan in plan_pipeline(cfg, name, force_stage=force_stage, limit=limit, reprompt=not no_reprompt).stages:
+        pipeline_plan = plan_pipeline(cfg, name, force_stage=force_stage, limit=limit, reprompt=not no_reprompt)
+        for plan in pipeline_plan.stages:
             click.echo(f"{plan.stage}: {'would run' if plan.run else 'up to date'} - {plan.reason}")
             for line in plan.details:
                 click.echo(f"    {line}")
+        click.echo("downloads: " + ("; ".join(pipeline_plan.downloads) + " (offline? hint: `aevlp clip info`; "
+                                    "--set clip.pretrained=DIR, --set train.weights=FILE or none)"
+                                    if pipeline_plan.downloads else "none (everything needed is on this machine)"))
         return
-    r = run_pipeline(cfg, name, force_stage=force_stage, limit=limit, progress=not no_progress, echo=click.echo,
-                     reprompt=not no_reprompt)
+    from aevlp.train import TrainingInterrupted
+    try:
+        r = run_pipeline(cfg, name, force_stage=force_stage, limit=limit, progress=not no_progress, echo=click.echo,
+                         reprompt=not no_reprompt)
+    except (TrainingInterrupted, KeyboardInterrupt) as e:
+        kept = f"{e.epochs_saved} finished epoch(s) in {e.run_dir}" if getattr(e, "epochs_saved", 0) else \
+            "stage one's finished rows"
+        click.secho(f"interrupted: {kept} are kept; the same `aevlp run` command goes on from there", fg="yellow",
+                    err=True)
+        raise SystemExit(130) from None
     click.echo(f"test mAP {r['test_map']:.2f}  (val mAP {r['val_map']:.2f}, best epoch {r['best_epoch']}); "
                f"run directory {r['run_dir']}")

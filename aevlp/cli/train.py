@@ -11,6 +11,19 @@ from aevlp.cli.group import cli
 from aevlp.data.registry import DATASETS
 from aevlp.errors import AevlpError
 
+TRAIN_FLAGS = {"loss.name": "--loss", "damp.source": "--damp-source", "train.labels": "--labels"}
+
+
+def loss_presets() -> dict[str, str]:
+    """The bench's method names that are a loss plus other settings, spelled as `aevlp train` flags."""
+    from aevlp.bench import PRESETS
+    from aevlp.config import _parse_value
+
+    def flag(override: str) -> str:
+        k, v = override.split("=", 1)
+        return f"{TRAIN_FLAGS[k]} {_parse_value(v)}" if k in TRAIN_FLAGS else f"--set {override}"
+    return {name: " ".join(flag(o) for o in overrides) for name, (_, overrides) in PRESETS.items()}
+
 
 def _cache_info(path: str) -> tuple[str | None, dict]:
     """Dataset name and data root recorded in a cache, so `--pseudo` alone is enough."""
@@ -26,7 +39,7 @@ def _cache_info(path: str) -> tuple[str | None, dict]:
 @click.option("--dataset", type=RegistryChoice(DATASETS), default=None, help="Dataset name [default: the cache's].")
 @click.option("--data-root", default=None, type=click.Path(), help="SPML-layout folder [default: the cache's].")
 @config_option
-@click.option("--loss", type=RegistryChoice("aevlp.losses:LOSSES"), default=None,
+@click.option("--loss", type=RegistryChoice("aevlp.losses:LOSSES", also=loss_presets), default=None,
               help="Training loss / method (docs/training.md) [default: the pipeline's].")
 @click.option("--backbone", type=RegistryChoice("aevlp.models:BACKBONES"), default=None,
               help="Classifier backbone [default: the pipeline's].")
@@ -76,7 +89,7 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
       torchrun --nproc-per-node 4 -m aevlp train --pseudo cache/nus.h5      # DDP, global batch kept
     """
     from aevlp.config import load_config
-    from aevlp.train import run_train
+    from aevlp.train import TrainingInterrupted, run_train
 
     if resume:
         cfg = load_config(Path(resume) / "config.toml", overrides)
@@ -100,10 +113,12 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
     try:
         explicit = tuple(o.split("=", 1)[0].strip() for o in overrides)
         r = run_train(cfg, run_dir=run_dir, explicit=explicit, resume=bool(resume), limit=limit,
-                      progress=not no_progress)
+                      progress=not no_progress, echo=click.echo)
+    except TrainingInterrupted as e:
+        click.secho(interrupted_message(e), fg="yellow", err=True)
+        raise SystemExit(130) from None
     except KeyboardInterrupt:
-        click.secho("interrupted: resume with `aevlp train --resume RUN_DIR` (finished epochs are kept)",
-                    fg="yellow", err=True)
+        click.secho("interrupted before training started: nothing was saved", fg="yellow", err=True)
         raise SystemExit(130) from None
     finally:
         distributed.cleanup()
@@ -113,6 +128,15 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
         click.echo(r["stop_reason"])
     click.echo(f"test mAP {r['test_map']:.2f}  (val mAP {r['val_map']:.2f} at epoch {r['best_epoch']})")
     click.echo(f"run directory: {r['run_dir']}")
+
+
+def interrupted_message(e) -> str:
+    """What a Ctrl-C left behind, and the command that goes on from there."""
+    if e.epochs_saved:
+        return (f"interrupted: {e.epochs_saved} finished epoch(s) are saved in {e.run_dir}; go on with "
+                f"`aevlp train --resume {e.run_dir}`")
+    return (f"interrupted before the first epoch ended: nothing was saved in {e.run_dir}; "
+            f"`aevlp train --resume {e.run_dir}` starts it over")
 
 
 @cli.command("eval")
@@ -148,7 +172,7 @@ def eval_cmd(checkpoint, dataset, data_root, split, out, batch_size) -> None:
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--threshold", type=click.FloatRange(0, 1), default=0.5,
               help="Probability at which a label is predicted.")
-@click.option("--out", default="preds.csv", type=click.Path(dir_okay=False), help="CSV output.")
+@click.option("--out", default="out/preds.csv", type=click.Path(dir_okay=False), help="CSV output.")
 def predict_cmd(checkpoint, images, threshold, out) -> None:
     """Label image files (or every image in a folder) with a trained model (RUN_DIR or its best.pt).
 
@@ -159,12 +183,13 @@ def predict_cmd(checkpoint, images, threshold, out) -> None:
 
     \b
     Examples:
-      aevlp predict runs/voc-gpr/best.pt photos/*.jpg --out preds.csv
+      aevlp predict runs/voc-gpr/best.pt photos/*.jpg --out out/preds.csv
       aevlp predict demo/runs/gpr-damp-s0 demo/data/images/val
     """
     from aevlp.evaluate import predict_images
 
     df = predict_images(checkpoint, list(images), threshold)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     for _, row in df.head(20).iterrows():
         click.echo(f"  {row['path']}: {row['top3']}")

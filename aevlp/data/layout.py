@@ -220,10 +220,11 @@ def training_data_hash(data: SPMLData, mode: str = "stat") -> str:
 def image_problems(image_root: Path, paths: Sequence[str], progress: bool = False) -> list[str]:
     """'path: reason' for every image that is missing, empty, or whose header no decoder reads."""
     from PIL import Image, UnidentifiedImageError
-    from tqdm.auto import tqdm
+
+    from aevlp.progress import bar
 
     problems = []
-    for rel in tqdm(paths, desc="checking images", unit="img", disable=not progress, leave=False):
+    for rel in bar(paths, desc="checking images", unit="img", disable=not progress, leave=False):
         path = Path(image_root) / rel
         try:
             if path.stat().st_size == 0:

@@ -28,13 +28,36 @@ IMAGE_COLUMNS = ("image", "path", "file", "filename", "image_path")
 SPLITS = ("train", "val", "test")
 
 
+LAYOUT_HINT = "one row per image under a header: image,labels[,split] with labels like cat|dog (docs/datasets.md)"
+
+
+def _delimiter(csv: Path) -> str:
+    """The column delimiter of a CSV: ',' unless its header is clearly ';'- or tab-separated (spreadsheets
+    in many locales write ';')."""
+    with open(csv, newline="", encoding="utf-8", errors="replace") as fh:
+        header = fh.readline()
+    counts = {d: header.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] > counts[","] else ","
+
+
 def _read_csv(csv: Path) -> pd.DataFrame:
     if not csv.is_file():
         raise DataError(f"missing CSV {csv}")
+    if csv.stat().st_size == 0:
+        raise DataError(f"{csv} is empty", hint=LAYOUT_HINT)
+    delimiter = _delimiter(csv)
+    if delimiter != ",":
+        log.warning("%s: columns are separated by %r; reading it so", csv, delimiter)
     try:
-        return pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{csv}: cannot be parsed as CSV ({e})") from e
+        df = pd.read_csv(csv, dtype=str, keep_default_na=False, sep=delimiter)
+    except pd.errors.EmptyDataError as e:
+        raise DataError(f"{csv}: no header and no rows ({e})", hint=LAYOUT_HINT) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise DataError(f"{csv}: cannot be parsed as CSV ({e})", hint=LAYOUT_HINT) from e
+    if df.empty:
+        raise DataError(f"{csv}: a header ({', '.join(df.columns)}) but no rows", hint=LAYOUT_HINT)
+    return df
 
 
 def _image_column(df: pd.DataFrame, csv: Path, image_col: str | None) -> str:
@@ -86,7 +109,7 @@ def _labels(df: pd.DataFrame, csv: Path, cols: tuple[str, ...], labels_col: str,
             raise DataError(f"{csv}: row {r + 2}, column '{classnames[c]}' is '{vals.iat[r, c]}', expected 0 or 1")
         labels = vals.to_numpy().astype(np.int64)
     if not classnames:
-        raise DataError(f"{csv}: no labels found in column '{labels_col}'")
+        raise DataError(f"{csv}: no labels found in column '{labels_col}'", hint=LAYOUT_HINT)
     return classnames, labels
 
 
@@ -134,8 +157,6 @@ def prepare_table(csv: str | Path, images: str | Path, out: str | Path, *, image
                   allow_outside_images: bool = False) -> dict:
     csv, images = Path(csv), Path(images)
     df = _read_csv(csv)
-    if df.empty:
-        raise DataError(f"{csv}: no rows")
     image_col = _image_column(df, csv, image_col)
     classnames, labels = _labels(df, csv, (image_col, split_col), labels_col, sep)
     paths = _paths(df, csv, image_col, images, allow_outside_images, check_images)
