@@ -34,9 +34,12 @@ test: setup data lint
 test-fast: setup lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
-# Regenerate the key tables of pipelines/README.md from aevlp/settings.py (a test fails when they are stale).
+# Regenerate what is written from the code's tables (a test fails when any is stale): the key tables of
+# pipelines/README.md (aevlp/settings.py), the comparison methods' values in the benchmark pipelines and
+# docs/training.md (aevlp/losses/recipes.py).
 docs: setup
 	$(BIN)/python -c "from aevlp.settings import write_key_tables; write_key_tables('pipelines/README.md')"
+	$(BIN)/python -c "import aevlp.losses.recipes as r; r.write_pipeline_blocks('pipelines'); r.write_recipe_tables('docs/training.md')"
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -16,7 +16,8 @@ import torch
 from aevlp.errors import AevlpError
 from aevlp.models import Classifier, build_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "has_training_state", "load_training_state", "read_checkpoint"]
+__all__ = ["rng_state", "save_checkpoint", "load_checkpoint", "has_training_state", "load_training_state",
+           "read_checkpoint"]
 
 log = logging.getLogger("aevlp")
 
@@ -54,6 +55,9 @@ def load_checkpoint(path: str | Path) -> tuple[Classifier, dict]:
     if not isinstance(m, dict) or not {"backbone", "classnames"} <= set(m):
         raise AevlpError(f"{path} is not an aevlp model checkpoint (best.pt of a run directory)")
     model = build_model(m["backbone"], len(m["classnames"]), weights="none", embed_dim=m.get("embed_dim", 0))
+    if isinstance(m.get("head"), dict):  # MIME's or SMILE's head in place of the linear one
+        from aevlp.heads import build_head
+        model.head = build_head(**m["head"])
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError) as e:
@@ -61,6 +65,22 @@ def load_checkpoint(path: str | Path) -> tuple[Classifier, dict]:
                          f"({str(e).splitlines()[0]})") from None
     model.boost_alpha = float(m.get("boost_alpha", 0.0))
     return model.eval(), m
+
+
+def rng_state() -> dict[str, torch.Tensor]:
+    """torch's random states (CPU, and every CUDA device): saved with last.pt, so a resumed run draws the
+    same dropout masks and latent samples as an uninterrupted one."""
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["cpu"])
+    cuda = [state[k] for k in sorted(k for k in state if k.startswith("cuda"))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def has_training_state(run: Path) -> bool:
@@ -85,4 +105,6 @@ def load_training_state(run: Path, model: torch.nn.Module, optimizer: torch.opti
     optimizer.load_state_dict(ck["optimizer"])
     if method is not None:
         method.load_state_dict(ck.get("method", {}))
+    if isinstance(ck.get("rng"), dict):
+        _set_rng_state(ck["rng"])
     return ck["state"]

@@ -12,7 +12,7 @@ from aevlp.checkpoint import load_checkpoint
 from aevlp.data import load_dataset
 from aevlp.device import autocast
 from aevlp.errors import AevlpError
-from aevlp.imaging import to_model_input
+from aevlp.imaging import ModelInput, to_model_input
 from aevlp.inputs import ImageRows
 from aevlp.metrics import evaluation_report, per_class_ap
 
@@ -89,8 +89,11 @@ def _scores(model, meta: dict, paths: list[str], batch_size: int = 32) -> np.nda
     if meta["backbone"] == "clip-head":
         with torch.no_grad():
             return torch.sigmoid(model(_clip_embeddings(meta, paths))).numpy()
+    layout = ModelInput(meta["image_size"], channels_last=bool(meta.get("channels_last")))
+    if layout.channels_last:  # the memory format the run trained and tested in: the very same numbers
+        model = model.to(memory_format=torch.channels_last)
     return predict_scores(model, DataLoader(ImageRows(paths, meta["image_size"]), batch_size=batch_size),
-                          torch.device("cpu"))
+                          torch.device("cpu"), prepare=lambda x, rows: layout(x, torch.device("cpu")))
 
 
 def _run_dataset(path: str | Path) -> tuple[str, str]:

@@ -120,6 +120,9 @@ def make_loader(ds, batch_size: int, workers: int, device: torch.device, *,
     workers = default_workers() if workers < 0 else workers
     workers = 0 if getattr(ds, "input", "image") == "embedding" else workers
     kw = {"num_workers": workers, "pin_memory": device.type == "cuda",
+          # the loader's own generator: its worker seeds never draw from torch's global random state, which
+          # belongs to the model (dropout, latent samples) and is restored exactly on --resume
+          "generator": torch.Generator().manual_seed(shuffle_seed or 0),
           "persistent_workers": workers > 0 and shuffle_seed is not None,
           "collate_fn": _collate_encoded if getattr(ds, "encoded", False) else None,
           "prefetch_factor": 4 if workers > 0 else None}

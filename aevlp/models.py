@@ -46,7 +46,8 @@ def register_backbone(name: str, backbone: Backbone) -> Backbone:
 
 class Classifier(nn.Module):
     """backbone → (global average pooling) → linear head. With `boost_alpha` > 0 (BoostLU), the logits
-    are the spatial mean of BoostLU(CAM) instead, CAM = the head applied at every feature-map position."""
+    are the spatial mean of BoostLU(CAM) instead, CAM = the head applied at every feature-map position. A
+    spatial head (`aevlp.heads`: MIME's, SMILE's) reads the last feature map instead of the pooled features."""
 
     def __init__(self, backbone: nn.Module, feat_dim: int, num_classes: int, features=None):
         super().__init__()
@@ -58,6 +59,8 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.boost_alpha:
             return self.boosted(x, self.boost_alpha)
+        if getattr(self.head, "spatial", False):  # a head that reads the feature map (MIME, SMILE: aevlp.heads)
+            return self.head(self.features(self.backbone, x))
         return self.head(self.backbone(x))
 
     def cam(self, x: torch.Tensor) -> torch.Tensor:

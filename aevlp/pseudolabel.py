@@ -40,7 +40,7 @@ from aevlp.errors import AevlpError
 from aevlp.progress import bar
 from aevlp.reprompt import rederive
 from aevlp.specs import Specs
-from aevlp.text import class_phrases, relation_id, text_features
+from aevlp.text import ClassFeatures, class_phrases, relation_id, text_features
 from aevlp.views import GlobalViews, ViewBatches, ViewSpec, expand_views, render_on_device, unique_slots
 
 __all__ = ["StageOnePlan", "run_pseudolabel", "plan_stage_one", "MAX_VIEWS_PER_FORWARD"]
@@ -73,15 +73,15 @@ class StageOnePlan:
     def image_paths(self) -> list[str]:
         return [str(self.data.image_root / i) for i in self.data.train.images[:self.n]]
 
-    def writer_fields(self, rows: tuple[int, int], eval_ids: dict | None, text: torch.Tensor,
-                      relation: torch.Tensor | None) -> dict:
+    def writer_fields(self, rows: tuple[int, int], eval_ids: dict | None, classes: ClassFeatures) -> dict:
         """The CacheWriter arguments this plan decides for training rows [start, stop) and the class
-        features `text`: rows, labels, text side, selection, and `info` (what train reads back)."""
+        features: rows, labels, text side, selection, and `info` (what train reads back)."""
         (start, stop), split, ds = rows, self.data.train, self.specs.dataset
         return {"image_ids": list(split.images[start:stop]), "classnames": self.data.classnames,
                 "observed": split.observed[start:stop],
                 "labels": split.labels[start:stop] if self.data.train_labels_known else None,
-                "text_features": text.numpy(), "relation": None if relation is None else relation.numpy(),
+                "text_features": classes.refined.numpy(), "text_features_plain": classes.plain.numpy(),
+                "relation": None if classes.relation is None else classes.relation.numpy(),
                 "selection": self.specs.damp.selection(), "eval_ids": eval_ids,
                 "eval_labels": {"val": self.data.val.labels, "test": self.data.test.labels} if eval_ids else None,
                 "info": {"data_root": str(Path(ds.data_root).resolve()), "image_root": ds.image_root,
@@ -97,12 +97,11 @@ class _Scorer:
     """The loaded CLIP model and the class features every view is compared with."""
 
     clip: ClipModel
-    text: torch.Tensor  # [C, D] refined, normalised (CPU: what the cache stores)
-    relation: torch.Tensor | None
+    classes: ClassFeatures  # refined [C, D] (what views are compared with), plain, relation (CPU: as stored)
     views: ViewSpec
 
     def __post_init__(self):
-        self.text_on_device = self.text.to(self.clip.device)
+        self.text_on_device = self.classes.refined.to(self.clip.device)
 
 
 def _status(target: Path, fp: dict) -> tuple[str, list[str]]:
@@ -159,8 +158,7 @@ def plan_stage_one(cfg: dict, limit: int | None = None) -> StageOnePlan:
 
 def _load_scorer(plan: StageOnePlan) -> _Scorer:
     clip = load_clip(plan.specs.clip)
-    feats, relation = text_features(clip, plan.data.classnames, plan.specs.text)
-    return _Scorer(clip=clip, text=feats, relation=relation, views=plan.views)
+    return _Scorer(clip=clip, classes=text_features(clip, plan.data.classnames, plan.specs.text), views=plan.views)
 
 
 def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None, progress: bool = True,
@@ -229,7 +227,7 @@ def _writer(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tup
                          embeddings=plan.specs.cache.store_embeddings, embed_dim=scorer.clip.embed_dim,
                          unique_views=unique_slots(plan.views))
     return CacheWriter(path, fp, layout, clip_preprocess=clip_preprocess(plan.clip, plan.views),
-                       **plan.writer_fields(rows, eval_ids, scorer.text, scorer.relation))
+                       **plan.writer_fields(rows, eval_ids, scorer.classes))
 
 
 def _compute(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tuple[int, int],

@@ -42,11 +42,11 @@ def rederive(plan, progress: bool = True) -> dict:
     t0 = time.time()
     target, data, specs = plan.target, plan.data, plan.specs
     clip = load_text_encoder(specs.clip)
-    feats, relation = text_features(clip, data.classnames, specs.text)
+    classes = text_features(clip, data.classnames, specs.text)
     sel = specs.damp.selection()
-    with CacheLock(target), _writer_like(target, plan, feats, relation) as writer:
+    with CacheLock(target), _writer_like(target, plan, classes) as writer:
         with h5py.File(target, "r") as src:
-            _fill_from(src, writer, feats, data.train.observed[:plan.n], sel, progress)
+            _fill_from(src, writer, classes.refined, data.train.observed[:plan.n], sel, progress)
             for split in ("val", "test"):
                 if f"{split}_embeddings" in src and f"{split}_embeddings" in writer.f:
                     writer.write_eval(split, src[f"{split}_embeddings"][:])
@@ -56,10 +56,10 @@ def rederive(plan, progress: bool = True) -> dict:
     return stats
 
 
-def _writer_like(target, plan, feats: torch.Tensor, relation) -> CacheWriter:
+def _writer_like(target, plan, classes) -> CacheWriter:
     """A writer with the source cache's image-side layout and preprocessing, and the plan's rows, labels and
     text side (the same fields stage one writes, `info` included: train reads [text] back from it)."""
-    fields = plan.writer_fields((0, plan.n), plan.eval_ids, feats, relation)
+    fields = plan.writer_fields((0, plan.n), plan.eval_ids, classes)
     fields["info"] = {**fields["info"], "reprompted": True}
     with h5py.File(target, "r") as src:
         layout, pre = CacheLayout.of_file(src), json.loads(src.attrs["clip_preprocess"])

@@ -20,7 +20,7 @@ from aevlp.losses import LOSSES, check_labels_available
 from aevlp.models import BACKBONES, names_file, weights_to_download
 from aevlp.pseudolabel import StageOnePlan, plan_stage_one, run_pseudolabel
 from aevlp.specs import Specs
-from aevlp.train import run_train, with_backbone_defaults
+from aevlp.train import as_trained, run_train
 
 __all__ = ["StagePlan", "PipelinePlan", "plan_pipeline", "run_pipeline", "run_dir_for"]
 
@@ -148,7 +148,7 @@ def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit
     """The decision and its reason for each stage, and the config they run with: `cfg` with its cache path
     filled in, as the run records it (`cfg` itself is not changed)."""
     specs = Specs.of(cfg)
-    cfg = with_backbone_defaults(updated(cfg, {"cache": {"path": str(specs.cache_path)}}))
+    cfg = as_trained(updated(cfg, {"cache": {"path": str(specs.cache_path)}}))
     p1 = plan_stage_one(cfg, limit)  # stage one's own problems (data, CLIP) are reported first
     check_stage_two_choices(specs)
     check_labels_available(specs.loss["name"], specs.train.labels, p1.data.train_labels_known)

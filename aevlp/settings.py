@@ -221,8 +221,9 @@ class ViewsSpec(_Section):
 @dataclass(frozen=True)
 class DampSpec(_Section):
     SECTION, STAGE = "damp", "stage two"
-    source: str = key("damp", "pseudo-labels from DAMP (global + tiles) or the global view only (VLPL-style)",
-                      choices=("damp", "global"))
+    source: str = key("damp", "pseudo-labels from DAMP (global + tiles), the global view only, or the global view "
+                              "against the plain (not GCN-refined) class text features (VLPL's)",
+                      choices=("damp", "global", "global-plain"))
     temperature: float = key(0.01, "tau of the softmax over CLIP cosine similarities", check=between(0, 100, True))
     eta: float = key(0.3, "cap of the per-image gate eta' = min(s_global[observed], eta)", check=NONNEG)
     threshold: float = key(0.5, "theta: a positive pseudo-label needs f >= theta", check=UNIT)
@@ -267,13 +268,24 @@ class LossParams(_Section):
     apl_warmup: int = key(5, "EM-APL: first epoch after which soft negatives are added", check=ONE_UP)
     apl_neg_proportion: float = key(0.9, "EM-APL: share of each class's unobserved entries made soft negatives",
                                     check=UNIT)
-    ll_delta_rel: float = key(0.2, "LL-R/Ct/Cp: percent of a batch's entries treated as false negatives per epoch",
-                              check=between(0, 100))
+    apl_epochs: int = key(10, "EM-APL: the epoch count in the per-epoch share 1/(apl_epochs - warmup) (Zhou et al.'s "
+                              "code fixes it at 10, whatever the run's epochs)", check=ONE_UP)
+    ll_delta_rel: float = key(0.0, "LL-R/Ct/Cp, BoostLU: percent of a batch's entries treated as false negatives per "
+                                   "epoch; 0: the scheme's own (LL-R 0.5, LL-Ct 0.2, LL-Cp 0.1)", check=between(0, 100))
     boost_alpha: float = key(5.0, "BoostLU: factor of the positive part of the class activation maps",
                              check=between(0, 1e6, True))
     vlpl_threshold: float = key(0.3, "VLPL: a global-view softmax score above this is a positive pseudo-label",
                                 check=UNIT)
     vlpl_temperature: float = key(0.01, "VLPL: softmax temperature", check=between(0, 100, True))
+    mime_beta: float = key(1e-4, "MIME: weight of the KL term of the per-class Gaussian latent", check=between(0, 1e6))
+    mime_theta: float = key(0.95, "MIME: a prediction above this becomes an observed positive for good", check=UNIT)
+    mime_warmup: int = key(2, "MIME: first epoch after which predictions join the positives", check=ONE_UP)
+    smile_alpha: float = key(0.1, "SMILE: weight of the classifier's fit to the observed labels", check=between(0, 1e6))
+    smile_beta: float = key(0.01, "SMILE: weight of the label distribution's fit to the observed labels",
+                            check=between(0, 1e6))
+    smile_theta: float = key(0.01, "SMILE: weight of the classifier's fit to the label distribution",
+                             check=between(0, 1e6))
+    smile_warmup: int = key(2, "SMILE: epochs of the warm-up (both heads fit the observed labels only)", check=NONNEG)
 
 
 @dataclass(frozen=True)
@@ -297,12 +309,18 @@ class TrainSpec(_Section):
     patience: int = key(2, "epochs without val improvement before stopping (early_stop = aevlp)", check=NONNEG)
     max_drop: float = key(2.0, "val mAP points below the best that stop training", check=between(0, 100))
     linear_init: int = key(0, "epochs with the backbone frozen (only the head trains)", check=NONNEG)
+    linear_init_lr: float = key(0.0, "the head's lr during those epochs; 0: lr x lr_mult", check=between(0, 10))
     seed: int = key(0, "seed of the initialisation, the shuffling and the flips")
     workers: int = key(-1, "DataLoader processes; -1: the machine's cores but one (at most 8)",
                        check=Check(lambda v: -1 <= v <= 256, "in [-1, 256] (-1: one per core but one)"))
     device: str = key("auto", "where training runs", check=DEVICE)
     precision: str = key("auto", "autocast: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16",
                          choices=("auto", "fp32", "bf16", "fp16"))
+    optimizer: str = key("adam", "adam (every method's shared recipe) | adamax (MIME's official)",
+                         choices=("adam", "adamax"))
+    recipe: str = key("shared", "shared: every method with this section's recipe (like for like) | official: each "
+                                "method's authors' recipe on the benchmark datasets (docs/training.md)",
+                      choices=("shared", "official"))
     image_cache: bool = key(False, "read images pre-resized from one HDF5 file per dataset and size")
     decode_on: str = key("worker", "where JPEGs are decoded: worker, or device (the GPU's decoder)",
                          choices=("worker", "device"))

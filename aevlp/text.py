@@ -5,6 +5,7 @@ Seconds of work next to the image encoder; `TextSpec` (prompts, phrases, GCN, re
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,7 +16,7 @@ from aevlp.registry import did_you_mean
 from aevlp.relation import load_relation, refine_text_features, relation_from_text
 from aevlp.specs import TextSpec
 
-__all__ = ["class_phrases", "read_phrases", "text_features", "relation_id"]
+__all__ = ["class_phrases", "read_phrases", "text_features", "relation_id", "ClassFeatures"]
 
 
 def read_phrases(path: str | Path, classnames: list[str]) -> list[str]:
@@ -65,12 +66,22 @@ def relation_id(spec: TextSpec) -> str:
     return "text" if spec.relation == "text" else "sha256:" + file_sha256(spec.relation)
 
 
-def text_features(clip: ClipModel, classnames: list[str], spec: TextSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Refined, normalised class features [C, D] and the relation used (or None)."""
+@dataclass(frozen=True)
+class ClassFeatures:
+    """The class side of stage one: `refined` [C, D] (GCN-refined, normalised: what DAMP compares views
+    with), `plain` [C, D] (the prompts' text features, normalised, no GCN: VLPL's) and the relation used."""
+
+    refined: torch.Tensor
+    plain: torch.Tensor
+    relation: torch.Tensor | None
+
+
+def text_features(clip: ClipModel, classnames: list[str], spec: TextSpec) -> ClassFeatures:
+    """The class features of `classnames` under the text side `spec` (prompts, phrases, GCN, relation)."""
     t0 = clip.encode_text(class_phrases(classnames, spec), spec.prompts)
     relation = None
     if spec.gcn:
         relation = relation_from_text(t0) if spec.relation == "text" else load_relation(spec.relation, len(classnames))
     feats = refine_text_features(t0, relation=relation, sparse_topk=spec.sparse_topk, reweight_p=spec.reweight_p,
                                  seed=spec.gcn_seed, enabled=spec.gcn)
-    return feats, relation
+    return ClassFeatures(refined=feats, plain=torch.nn.functional.normalize(t0.float(), dim=-1), relation=relation)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from aevlp import distributed
 from aevlp.cache import Cache, fingerprint_id
-from aevlp.checkpoint import has_training_state, load_checkpoint, load_training_state, save_checkpoint
+from aevlp.checkpoint import has_training_state, load_checkpoint, load_training_state, rng_state, save_checkpoint
 from aevlp.config import dump_config, updated
 from aevlp.data import SPMLData, training_data_hash
 from aevlp.device import autocast, resolve_device, resolve_train_precision
@@ -44,7 +44,7 @@ from aevlp.schedules import gr_schedule
 from aevlp.specs import Specs, TrainSpec
 from aevlp.stopping import should_stop, stop_reason
 
-__all__ = ["run_train", "with_backbone_defaults", "TrainingInterrupted"]
+__all__ = ["run_train", "as_trained", "TrainingInterrupted"]
 
 
 @dataclass
@@ -108,15 +108,15 @@ def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path
     echo = echo or (lambda _: None)
     if cache is not None:
         cfg = updated(cfg, {"cache": {"path": str(cache)}})
-    chosen_lr = cfg["train"]["lr"]
+    lr_source = _lr_source(cfg)
     if resume and not has_training_state(Path(run_dir)):
         echo(f"note: {run_dir} holds no finished epoch (interrupted before the first ended): starting it over")
         resume = False
-    r = _setup(with_backbone_defaults(cfg), run_dir, limit, explicit, resume)
+    r = _setup(as_trained(cfg), run_dir, limit, explicit, resume)
     state = load_training_state(r.run, r.core, r.opt, r.method) if resume else _fresh_state()
     if r.main:
         (r.run / "config.toml").write_text(dump_config(r.cfg))
-        echo(_recipe_line(r.t, chosen_lr))
+        echo(_recipe_line(r.t, lr_source))
     try:
         _epochs(r, state, progress, echo)
     except KeyboardInterrupt:
@@ -142,19 +142,32 @@ def _epochs(r: TrainRun, state: dict, progress: bool, echo: Callable[[str], None
             _save_epoch(r, state, improved, z_all, echo)
 
 
-def with_backbone_defaults(cfg: dict) -> dict:
-    """cfg with train.lr = 0 replaced by the backbone's own rate (`Backbone.lr`): the rate a run records in
-    its config.toml, and what `aevlp run` compares with it."""
+def as_trained(cfg: dict) -> dict:
+    """cfg as the run will train: with train.recipe = official the method's official [train] values
+    (`aevlp.losses.recipes`), and train.lr = 0 replaced by the backbone's own rate (`Backbone.lr`). This is
+    what a run records in its config.toml, and what `aevlp run` compares with it."""
+    if cfg["train"]["recipe"] == "official":
+        from aevlp.data.registry import get_dataset
+        from aevlp.losses.recipes import official_recipe
+
+        recipe = official_recipe(LOSSES.canonical(cfg["loss"]["name"]), get_dataset(cfg["dataset"]["name"]).name)
+        cfg = updated(cfg, {"train": recipe}) if recipe else cfg
     if cfg["train"]["lr"]:
         return cfg
     return updated(cfg, {"train": {"lr": BACKBONES.get(cfg["train"]["backbone"]).lr}})
 
 
-def _recipe_line(t: TrainSpec, chosen_lr: float) -> str:
-    """The run's first line: the backbone and the rates that run, and where the rate came from."""
-    why = "train.lr" if chosen_lr else f"{t.backbone}'s default; --lr or train.lr to change it"
-    return (f"training {t.backbone}: lr {t.lr:g} ({why}), head lr {t.lr * t.lr_mult:g}, {t.epochs} epochs, "
-            f"batch {t.batch_size}")
+def _lr_source(cfg: dict) -> str:
+    """Where the run's learning rate comes from, in words (before `as_trained` fills it in)."""
+    if cfg["train"]["recipe"] == "official":
+        return f"the official recipe of {cfg['loss']['name']}"
+    return "train.lr" if cfg["train"]["lr"] else f"{cfg['train']['backbone']}'s default; --lr or train.lr to change it"
+
+
+def _recipe_line(t: TrainSpec, lr_source: str) -> str:
+    """The run's first line: the backbone, the rates that run and where the rate came from, the recipe."""
+    return (f"training {t.backbone}: lr {t.lr:g} ({lr_source}), head lr {t.lr * t.lr_mult:g}, {t.epochs} epochs, "
+            f"batch {t.batch_size}, {t.optimizer}, {t.recipe} recipe")
 
 
 def _fresh_state() -> dict:
@@ -206,7 +219,8 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: t
     meta = {"backbone": t.backbone, "classnames": data.classnames, "image_size": _image_size(t, data),
             "boost_alpha": float(core.boost_alpha),
             "embed_dim": core.head.in_features if BACKBONES.get(t.backbone).input == "embedding" else 0,
-            "dataset": data.info.name, "loss": specs.loss["name"], **_clip_meta(cache, t)}
+            "dataset": data.info.name, "loss": specs.loss["name"], **_clip_meta(cache, t),
+            "channels_last": _channels_last(t), **({"head": core.head.spec()} if hasattr(core.head, "spec") else {})}
     damp = spec.pseudo_labels(specs.damp, params) if spec.pseudo_labels else specs.damp
     inputs = stage_two_inputs(specs, data, cache, n, keep, meta["image_size"], device, main)
     return TrainRun(cfg=cfg, specs=specs, data=data, cache=cache, keep=keep, observed=observed, truth=truth,
@@ -248,8 +262,9 @@ def _model(t: TrainSpec, num_classes: int, cache: Cache, device: torch.device, m
             core, device_ids=[distributed.env()[2]] if device.type == "cuda" else None)
     if t.compile:
         model = torch.compile(model)
-    opt = torch.optim.Adam([{"params": core.backbone.parameters(), "lr": t.lr},
-                            {"params": core.head.parameters(), "lr": t.lr * t.lr_mult}, *method.param_groups()])
+    optimizer = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}[t.optimizer]
+    opt = optimizer([{"params": core.backbone.parameters(), "lr": t.lr},
+                     {"params": core.head.parameters(), "lr": t.lr * t.lr_mult}, *method.param_groups()])
     return core, model, opt
 
 
@@ -289,6 +304,7 @@ def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndar
     y_obs = torch.as_tensor((r.truth if t.labels == "full" else r.observed)[keep])
     y_full = torch.as_tensor(r.truth[keep])
     r.core.backbone.requires_grad_(epoch > t.linear_init)
+    r.opt.param_groups[1]["lr"] = t.linear_init_lr if epoch <= t.linear_init and t.linear_init_lr else t.lr * t.lr_mult
     r.inputs[0].set_epoch(epoch)
     r.train_loader.batch_sampler.set_epoch(epoch)
     r.model.train()
@@ -354,7 +370,7 @@ def _save_epoch(r: TrainRun, state: dict, improved: bool, z_all: np.ndarray, ech
             pseudo_label_quality_per_class(z_all[keep], r.observed[keep], r.truth[keep], r.data.classnames).to_csv(
                 r.run / "pseudo_per_class.csv", index=False)
     save_checkpoint(r.run / "last.pt", r.core, keep_previous=True, optimizer=r.opt.state_dict(), state=state,
-                    method=r.method.state_dict())
+                    method=r.method.state_dict(), rng=rng_state())
     (r.run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in state["history"]))
     rec = state["history"][-1]
     q = (f"  pseudo P/R/F1 {rec['pseudo_precision']:.1f}/{rec['pseudo_recall']:.1f}/{rec['pseudo_f1']:.1f}"

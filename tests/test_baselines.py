@@ -12,6 +12,7 @@ from aevlp.losses import (
     RunInfo,
     an_ls_loss,
     boost_lu,
+    build_loss,
     build_method,
     em_apl_loss,
     iu_loss,
@@ -132,14 +133,14 @@ def test_apl_selects_the_lowest_scores_per_class_after_warmup():
     y = np.zeros((40, 3), int)
     y[np.arange(40), g.integers(0, 3, 40)] = 1
     params = dict(DEFAULTS["loss"], apl_warmup=2, apl_neg_proportion=0.9)
-    m = build_method("em-apl", params, run_info(y, epochs=6))
+    m = build_method("em-apl", params, run_info(y, epochs=6))  # the run's epochs do not set the count
     scores = g.random((40, 3))
     assert m.end_epoch(1, lambda: pytest.fail("no scores before warmup")) == {}
     m.end_epoch(2, lambda: scores)
     soft = m.soft.numpy()
     for c in range(3):
         unobs = np.flatnonzero(y[:, c] == 0)
-        n = int(0.9 * len(unobs) / (6 - 2))
+        n = int(0.9 * len(unobs) / (10 - 2))  # Zhou et al.'s code: num_epochs fixed at 10 (main.py:290, 372)
         expect = unobs[np.argsort(scores[unobs, c])[:n]]
         assert sorted(np.flatnonzero(soft[:, c] >= 0)) == sorted(expect)
         assert np.allclose(soft[expect, c], scores[expect, c])  # valued at their prediction
@@ -212,4 +213,83 @@ def test_vlpl_takes_global_view_pseudo_labels():
     damp = DampSpec(source="damp", temperature=0.05, eta=0.3, threshold=0.5, top_k=3, negative_ratio=0.2,
                     mode="paper")
     mine = spec.pseudo_labels(damp, dict(DEFAULTS["loss"]))
-    assert (mine.source, mine.threshold, mine.temperature, mine.negative_ratio) == ("global", 0.3, 0.01, 0.0)
+    assert (mine.source, mine.threshold, mine.temperature, mine.negative_ratio) == ("global-plain", 0.3, 0.01, 0.0)
+
+
+def test_epr_is_unweighted_whatever_gprs_reg_the_pipeline_holds():
+    """Cole et al. add the expected-positive regulariser unweighted; the benchmark pipelines' `reg` is GPR's."""
+    from aevlp.config import load_config
+    z = torch.tensor([[1.0, -1.0, 0.5], [0.2, 0.3, -2.0]], dtype=torch.float64)
+    y = torch.tensor([[1, 0, 0], [0, 1, 0]])
+    for name in ("voc", "coco", "cub"):
+        params = load_config(name)["loss"]
+        assert params["reg"] < 1  # GPR's weight: 0.05, 0.001, 0.01
+        got = build_loss("epr", dict(params, expected_pos=1.5))(z, y).item()
+        p = sig(z.numpy())
+        ref = np.where(y.numpy() == 1, -np.log(p + 1e-5), 0).mean() + (p.sum(1).mean() - 1.5) ** 2 / 9
+        assert got == pytest.approx(ref, abs=1e-12)
+
+
+def test_em_pl_gives_negative_pseudo_labels_no_loss():
+    """VLPL's EM_PL leaves -1 pseudo-labels without a loss (their term is commented out in its code)."""
+    from aevlp.losses import em_pl_loss
+    z = torch.tensor([[0.7, -0.4, 1.2]], dtype=torch.float64, requires_grad=True)
+    y = torch.tensor([[1, 0, 0]])
+    loss = em_pl_loss(z, y, torch.tensor([[0, -1, 1]]), em_alpha=0.2, pl_weight=0.7, rho=0.9)
+    p = sig(z.detach().numpy())[0]
+    ref = (-np.log(p[0] + 1e-5) + 0.0 + 0.7 * (0.9 * -np.log(p[2] + 1e-5) + 0.1 * -np.log(1 - p[2] + 1e-5))) / 3
+    assert loss.item() == pytest.approx(ref, abs=1e-12)
+    loss.backward()
+    assert z.grad[0, 1].item() == 0.0  # the negative pseudo-label's entry gets no gradient at all
+
+
+def test_large_loss_schemes_take_their_own_delta_rel():
+    y = np.zeros((4, 5), int)
+    y[:, 0] = 1
+    for name, own in (("ll-r", 0.5), ("ll-ct", 0.2), ("ll-cp", 0.1), ("boostlu", 0.5)):
+        assert build_method(name, dict(DEFAULTS["loss"], ll_delta_rel=0.0), run_info(y)).delta == own
+        assert build_method(name, dict(DEFAULTS["loss"], ll_delta_rel=0.3), run_info(y)).delta == 0.3  # given wins
+
+
+def test_the_benchmark_pipelines_hold_the_methods_table_and_the_docs_show_it():
+    """Every per-dataset value of aevlp/losses/recipes.py is the one its benchmark pipeline binds, and
+    docs/training.md shows the table as generated."""
+    from pathlib import Path
+
+    from aevlp.config import load_config
+    from aevlp.losses import recipes
+    root = Path(__file__).resolve().parent.parent
+    for pipeline, dataset in zip(("voc", "coco", "nus", "cub"), recipes.BENCHMARKS):
+        loss = load_config(pipeline)["loss"]
+        for key, row in recipes.LOSS_VALUES.items():
+            assert loss[key] == row.on(dataset), (pipeline, key, loss[key], row.on(dataset))
+        assert recipes.pipeline_block(dataset) in (root / "pipelines" / f"{pipeline}.toml").read_text()
+    docs = (root / "docs" / "training.md").read_text()
+    assert recipes.recipe_tables() in docs, "docs/training.md is stale: run `make docs`"
+    # spot checks against the official code, written out here
+    assert (recipes.LOSS_VALUES["em_alpha"].values, recipes.LOSS_VALUES["apl_beta"].values) == \
+        ((0.2, 0.1, 0.1, 0.01), (0.02, 0.9, 0.2, 0.4))
+    assert {m: v["ll_delta_rel"][0] for m, v in recipes.SCHEME_DEFAULTS.items()} == \
+        {"ll-r": 0.5, "ll-ct": 0.2, "ll-cp": 0.1, "boostlu": 0.5}
+
+
+def test_the_official_recipe_is_each_methods_own():
+    from aevlp.config import load_config, updated
+    from aevlp.errors import ConfigError
+    from aevlp.train import as_trained
+    official = {"train": {"recipe": "official"}}
+    em_cub = as_trained(updated(load_config("cub", ['loss.name="em-apl"']), official))["train"]
+    assert (em_cub["epochs"], em_cub["lr"], em_cub["lr_mult"], em_cub["batch_size"], em_cub["early_stop"]) == \
+        (10, 1e-4, 1.0, 8, "first-drop")
+    vlpl = as_trained(updated(load_config("coco", ['loss.name="vlpl"']), official))["train"]
+    assert (vlpl["epochs"], vlpl["lr"], vlpl["lr_mult"], vlpl["batch_size"]) == (10, 1e-5, 1.0, 8)
+    role = as_trained(updated(load_config("voc", ['loss.name="role"']), official))["train"]
+    assert (role["epochs"], role["linear_init"], role["linear_init_lr"]) == (35, 25, 1e-3)
+    mime = as_trained(updated(load_config("nus", ['loss.name="mime"']), official))["train"]
+    assert (mime["optimizer"], mime["lr"], mime["batch_size"]) == ("adamax", 1e-4, 16)
+    gpr = load_config("voc")
+    assert as_trained(updated(gpr, official))["train"] == dict(as_trained(gpr)["train"], recipe="official")
+    shared = as_trained(load_config("cub", ['loss.name="em-apl"']))["train"]
+    assert (shared["epochs"], shared["lr_mult"]) == (10, 10.0)  # the shared recipe stays the pipeline's
+    with pytest.raises(ConfigError, match="defined on the benchmark datasets"):
+        as_trained(updated(load_config("demo", ['loss.name="em"']), official))

@@ -251,10 +251,10 @@ def test_the_callers_config_is_never_edited(setup, tmp_path):
 
 def test_the_learning_rate_is_the_backbones_unless_given(setup, tmp_path):
     from aevlp.config import load_config, tomllib
-    from aevlp.train import with_backbone_defaults
+    from aevlp.train import as_trained
     assert load_config("table")["train"]["lr"] == 0  # own data: the backbone's own rate
-    assert with_backbone_defaults(load_config("table"))["train"]["lr"] == 1e-5  # ResNet-50: the papers'
-    assert with_backbone_defaults(load_config("voc"))["train"]["lr"] == 1e-5  # a benchmark states its own
+    assert as_trained(load_config("table"))["train"]["lr"] == 1e-5  # ResNet-50: the papers'
+    assert as_trained(load_config("voc"))["train"]["lr"] == 1e-5  # a benchmark states its own
     args = ["train", "--pseudo", str(setup["cache"]), "--backbone", "small-cnn", "--weights", "none", "--epochs", "1",
             "--image-size", "32", "--workers", "0", "--set", "train.lr=0"]
     r = CliRunner().invoke(cli, [*args, "--run-dir", str(tmp_path / "a")])
@@ -291,3 +291,55 @@ def test_ctrl_c_names_the_run_folder_and_resume_goes_on_or_starts_over(setup, tm
     assert ("starting it over" in r.output) == (stop_at == 1)
     assert "epoch 2:" in r.output and ("epoch 1:" in r.output) == (stop_at == 1)  # summaries despite --no-progress
     assert [x["epoch"] for x in history(run)] == [1, 2]
+
+
+@pytest.mark.parametrize("loss", ["mime", "smile"])
+def test_mime_and_smile_bring_their_head_and_resume_bit_identically(setup, tmp_path, monkeypatch, loss):
+    """Their heads sample (a Gaussian latent, a Beta label value) and drop out: a resumed run restores
+    torch's random state with the model and matches the uninterrupted one exactly."""
+    from aevlp.evaluate import evaluate_checkpoint
+    from aevlp.heads import HEADS
+    use = (f'loss.name="{loss}"', 'train.early_stop="none"', "loss.mime_warmup=1", "loss.mime_theta=0.5")
+    full = train(setup, tmp_path, *use, name="full")
+    train_interrupted_in_epoch_2(setup, tmp_path, monkeypatch, *use, name="cut")
+    resumed = train(setup, tmp_path, *use, name="cut", resume=True)
+    assert same_history(tmp_path / "cut", tmp_path / "full") and resumed["test_map"] == full["test_map"]
+    if loss == "mime":  # predictions above θ joined the positives after each epoch, and stayed
+        added = [x["mime_added_positives"] for x in history(tmp_path / "full")]
+        assert added == sorted(added) and added[-1] > 0
+    report, _ = evaluate_checkpoint(tmp_path / "full", "voc", setup["root"])  # best.pt rebuilds the head
+    assert report["map"] == pytest.approx(full["test_map"], abs=1e-6)
+    import torch
+    meta = torch.load(tmp_path / "full" / "best.pt", weights_only=True)["meta"]
+    assert meta["head"]["kind"] == loss and isinstance(HEADS[loss](**{k: v for k, v in meta["head"].items()
+                                                                     if k != "kind"}), torch.nn.Module)
+
+
+def test_linear_init_lr_is_the_heads_while_the_backbone_is_frozen(setup, tmp_path, monkeypatch):
+    import torch
+    use = ("train.linear_init=1", "train.linear_init_lr=0.05", 'train.early_stop="none"', "train.epochs=2")
+    train_interrupted_in_epoch_2(setup, tmp_path, monkeypatch, *use, name="run")
+    groups = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert groups[1]["lr"] == 0.05 and groups[0]["lr"] == 1e-3  # after epoch 1: the linear phase's head lr
+    train(setup, tmp_path, *use, name="run", resume=True)
+    groups = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert groups[1]["lr"] == pytest.approx(1e-3 * 10)  # then lr x lr_mult
+
+
+def test_vlpl_pseudo_labels_use_the_plain_text_features(setup):
+    """VLPL scores the global view against the prompts' own features (no GCN), computed here by hand."""
+    import torch
+
+    from aevlp.cache import Cache
+    from aevlp.labeler import PseudoLabeler
+    from aevlp.specs import Specs
+    cfg = base_cfg(setup["clip"], setup["root"], setup["cache"])
+    damp = LOSSES.get("vlpl").pseudo_labels(Specs.of(cfg).damp, cfg["loss"])
+    with Cache(setup["cache"]) as c:
+        observed = c.array("observed")
+        z = PseudoLabeler(c, damp, observed).for_epoch(2)  # round 1
+        emb, plain, refined = c.global_embeddings()[1].astype(np.float32), c.plain_text_features(), \
+            c.f["text_features"][:]
+    assert not np.allclose(plain, refined)  # the GCN changed the refined ones
+    s = torch.softmax(torch.as_tensor((emb @ plain.T).astype(np.float16).astype(np.float32)) / 0.01, -1).numpy()
+    assert np.array_equal(z, np.where(observed == 1, 1, (s > 0.3).astype(np.int8)))

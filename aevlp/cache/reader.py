@@ -121,6 +121,10 @@ class Cache:
             return emb if emb.ndim == 3 else emb[:, None]
         return emb[:, 0] if emb.ndim == 3 else emb
 
+    def plain_text_features(self) -> np.ndarray | None:
+        """[C, D] class features of the prompts before the GCN, where stage one stored them (since 2026-12)."""
+        return self.f["text_features_plain"][:] if "text_features_plain" in self.f else None
+
     def eval_labels(self, split: str) -> np.ndarray | None:
         """The full labels of the val or test images, where the cache stored them."""
         return self.f[f"{split}_labels"][:] if f"{split}_labels" in self.f else None

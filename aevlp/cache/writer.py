@@ -116,7 +116,8 @@ class CacheWriter:
                  classnames: list[str], observed: np.ndarray, labels: np.ndarray | None,
                  text_features: np.ndarray, relation: np.ndarray | None, selection: dict,
                  eval_ids: dict[str, list[str]] | None = None, eval_labels: dict[str, np.ndarray] | None = None,
-                 info: dict | None = None, clip_preprocess: dict | None = None):
+                 info: dict | None = None, clip_preprocess: dict | None = None,
+                 text_features_plain: np.ndarray | None = None):
         self.target, self.tmp = Path(target), partial_path(Path(target))
         self.fingerprint = fingerprint
         self.resumed = False
@@ -148,6 +149,8 @@ class CacheWriter:
             if labels is not None:
                 f.create_dataset("labels", data=labels.astype(np.int8))
             f.create_dataset("text_features", data=np.asarray(text_features, dtype=np.float32))
+            if text_features_plain is not None:  # the prompts' features before the GCN (VLPL's pseudo-labels)
+                f.create_dataset("text_features_plain", data=np.asarray(text_features_plain, dtype=np.float32))
             if relation is not None:
                 f.create_dataset("relation", data=np.asarray(relation, dtype=np.float32))
             f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
@@ -176,6 +179,7 @@ class CacheWriter:
         return cls(target, fingerprint, CacheLayout.of_file(source), image_ids=image_ids,
                    classnames=list(source["classnames"].asstr()[:]), observed=observed, labels=labels,
                    text_features=source["text_features"][:],
+                   text_features_plain=source["text_features_plain"][:] if "text_features_plain" in source else None,
                    relation=source["relation"][:] if "relation" in source else None,
                    selection=json.loads(source.attrs["selection"]), eval_ids=eval_ids or None,
                    eval_labels=eval_labels or None,

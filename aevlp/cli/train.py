@@ -47,8 +47,12 @@ def _cache_info(path: str) -> tuple[str | None, dict]:
                                               "none (from scratch) | a .pth/.safetensors state dict.")
 @click.option("--labels", type=click.Choice(["observed", "full"]), default=None,
               help="Train on the single positives (the task) or the full ground truth (the upper bound).")
-@click.option("--damp-source", type=click.Choice(["damp", "global"]), default=None,
-              help="Pseudo-labels from DAMP (global + tiles) or the global view only (VLPL-style).")
+@click.option("--damp-source", type=click.Choice(["damp", "global", "global-plain"]), default=None,
+              help="Pseudo-labels from DAMP (global + tiles), the global view only, or the global view against the "
+                   "plain class text features (VLPL's).")
+@click.option("--recipe", type=click.Choice(["shared", "official"]), default=None,
+              help="shared: the pipeline's recipe for every method (like for like); official: the method's "
+                   "authors' recipe on the benchmark datasets (docs/training.md).")
 @click.option("--epochs", type=int, default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--lr", type=float, default=None, help="Backbone learning rate (the head gets lr x lr_mult).")
@@ -67,8 +71,8 @@ def _cache_info(path: str) -> tuple[str | None, dict]:
               help="Only the first N training images (match stage one's).")
 @click.option("--no-progress", is_flag=True)
 @set_option
-def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels, damp_source, epochs, batch_size,
-              lr, image_size, seed, device, workers, image_cache, run_dir, resume, limit, no_progress,
+def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels, damp_source, recipe, epochs,
+              batch_size, lr, image_size, seed, device, workers, image_cache, run_dir, resume, limit, no_progress,
               overrides) -> None:
     """Stage two: train a multi-label classifier with GPR Loss (or a baseline) from a stage-one cache.
 
@@ -83,6 +87,7 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
       aevlp train --pseudo cache/voc.h5
       aevlp train --pseudo cache/voc.h5 --loss an --run-dir runs/voc-an
       aevlp train --pseudo cache/voc.h5 --labels full --loss bce-full      # upper bound
+      aevlp train --pseudo cache/voc.h5 --loss em-apl --recipe official    # as Zhou et al. trained it
       aevlp train --pseudo cache/voc.h5 --set damp.threshold=0.4           # re-tuned selection, no CLIP
       aevlp train --pseudo cache/coco.h5 --image-cache                      # decode the JPEGs once, for all runs
       aevlp train --resume runs/voc-gpr-20261124-101500
@@ -102,7 +107,8 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
         cfg = resolve(config or recorded, dataset or cached_name, overrides,
                       dataset={"data_root": data_root or info.get("data_root")},
                       loss={"name": loss}, damp={"source": damp_source},
-                      train={"backbone": backbone, "weights": weights, "labels": labels, "epochs": epochs,
+                      train={"backbone": backbone, "weights": weights, "labels": labels, "recipe": recipe,
+                             "epochs": epochs,
                              "batch_size": batch_size, "lr": lr, "image_size": image_size, "seed": seed,
                              "device": device, "workers": workers, "image_cache": image_cache},
                       cache={"path": str(cache) if cache else None})

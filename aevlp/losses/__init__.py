@@ -24,14 +24,17 @@ from aevlp.losses.cole import (
 from aevlp.losses.common import COLE_EPS, LOG_EPS, expected_positive_regularizer
 from aevlp.losses.em import AplMethod, em_apl_loss, em_loss, em_pl_loss, vlpl_selection
 from aevlp.losses.gr import gce_negative, gce_positive, gpr_loss, gr_loss, reweight, soft_pseudo_label
+from aevlp.losses.latent import MimeMethod, SmileMethod, mime_loss, smile_loss
 from aevlp.losses.ll import BoostLUMethod, LLCpMethod, LLCtMethod, LLRMethod, boost_lu, ll_loss
 from aevlp.losses.method import LossSpec, Method, RunInfo
+from aevlp.losses.recipes import SCHEME_DEFAULTS
 from aevlp.registry import Registry
 
 __all__ = ["LOG_EPS", "COLE_EPS", "soft_pseudo_label", "reweight", "gce_positive", "gce_negative", "gr_loss",
            "gpr_loss", "expected_positive_regularizer", "bce_full_loss", "an_loss", "an_ls_loss", "an_pl_loss",
            "wan_loss", "iun_loss", "iu_loss", "epr_loss", "role_loss", "em_loss", "em_pl_loss", "em_apl_loss",
-           "ll_loss", "boost_lu", "LossSpec", "Method", "RunInfo", "LOSSES", "register_loss", "build_loss",
+           "ll_loss", "boost_lu", "mime_loss",
+           "smile_loss", "LossSpec", "Method", "RunInfo", "LOSSES", "register_loss", "build_loss",
            "build_method", "check_labels_available"]
 
 LOSSES: Registry[LossSpec] = Registry("loss")
@@ -69,6 +72,11 @@ def build_method(name: str, params: dict, run: RunInfo) -> Method:
     return (spec.method or Method)(spec, name, params, run)
 
 
+def _own(method: str) -> dict:
+    """The values a method takes where its shared [loss] key is 0 (`recipes.SCHEME_DEFAULTS`)."""
+    return {k: v for k, (v, _) in SCHEME_DEFAULTS[method].items()}
+
+
 for _name, _spec in {
     "gpr": LossSpec(gpr_loss, uses_pseudo=True, uses_schedule=True, source="AEVLP (Tran et al., ICCV 2025)"),
     "gr": LossSpec(gr_loss, uses_schedule=True, source="GR Loss (Chen et al., IJCAI 2024)"),
@@ -88,12 +96,19 @@ for _name, _spec in {
     "em-pl": LossSpec(em_pl_loss, uses_pseudo=True, source="VLPL's EM_PL loss on the [damp] pseudo-labels"),
     "vlpl": LossSpec(em_pl_loss, uses_pseudo=True, pseudo_labels=vlpl_selection,
                      source="VLPL: CLIP global-view pseudo-labels + EM_PL (Xing et al., CVPRW 2024)"),
-    "ll-r": LossSpec(ll_loss, method=LLRMethod, source="LL-R: reject large losses (Kim et al., CVPR 2022)"),
+    "ll-r": LossSpec(ll_loss, method=LLRMethod, source="LL-R: reject large losses (Kim et al., CVPR 2022)",
+                     defaults=_own("ll-r")),
     "ll-ct": LossSpec(ll_loss, method=LLCtMethod, source="LL-Ct: correct large losses, temporarily (Kim et al., "
-                                                         "CVPR 2022)"),
+                                                         "CVPR 2022)", defaults=_own("ll-ct")),
     "ll-cp": LossSpec(ll_loss, method=LLCpMethod, source="LL-Cp: correct large losses, permanently (Kim et al., "
-                                                         "CVPR 2022)"),
+                                                         "CVPR 2022)", defaults=_own("ll-cp")),
     "boostlu": LossSpec(ll_loss, method=BoostLUMethod, needs_spatial=True,
-                        source="BoostLU on LL-R: boosted class activation maps (Kim et al., CVPR 2023)"),
+                        source="BoostLU on LL-R: boosted class activation maps (Kim et al., CVPR 2023)",
+                        defaults=_own("boostlu")),
+    "mime": LossSpec(mime_loss, method=MimeMethod, needs_spatial=True,
+                     source="MIME: per-class Gaussian latents, pseudo-positives above 0.95 (Liu et al., ICML 2023)"),
+    "smile": LossSpec(smile_loss, method=SmileMethod, needs_spatial=True,
+                      source="SMILE: per-class Beta label distributions (Xu et al., NeurIPS 2022; image code of "
+                             "the MIME authors)"),
 }.items():
     register_loss(_name, _spec)

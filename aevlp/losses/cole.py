@@ -66,12 +66,13 @@ def iu_loss(logits: torch.Tensor, observed: torch.Tensor, *, eps: float = COLE_E
     return torch.where(y == 1, neg_log(p, eps), loss).mean()
 
 
-def epr_loss(logits: torch.Tensor, observed: torch.Tensor, *, expected_pos: float, reg: float = 1.0,
+def epr_loss(logits: torch.Tensor, observed: torch.Tensor, *, expected_pos: float, epr_weight: float = 1.0,
              eps: float = COLE_EPS) -> torch.Tensor:
-    """Expected Positive Regularization: -log p on observed positives + reg·EPR."""
+    """Expected Positive Regularization: -log p on observed positives + EPR, unweighted as in Cole et al.'s
+    code (`epr_weight` is no [loss] key: GPR's `reg` does not apply here)."""
     z, p, y = prep(logits, observed)
     return torch.where(y == 1, neg_log(p, eps), torch.zeros_like(p)).mean() + \
-        reg * expected_positive_regularizer(p, expected_pos)
+        epr_weight * expected_positive_regularizer(p, expected_pos)
 
 
 def role_loss(logits: torch.Tensor, observed: torch.Tensor, estimated: torch.Tensor, *, expected_pos: float,

@@ -22,11 +22,11 @@ def em_loss(logits: torch.Tensor, observed: torch.Tensor, *, em_alpha: float = 0
 
 def em_pl_loss(logits: torch.Tensor, observed: torch.Tensor, pseudo: torch.Tensor, *, em_alpha: float = 0.1,
                pl_weight: float = 0.7, rho: float = 0.9, eps: float = COLE_EPS) -> torch.Tensor:
-    """VLPL's EM_PL: positive pseudo-labels get pl_weight·[ρ(-log p) + (1-ρ)(-log(1-p))], negative
-    ones -log(1-p), the rest EM's -α·H(p)."""
+    """VLPL's EM_PL: positive pseudo-labels get pl_weight·[ρ(-log p) + (1-ρ)(-log(1-p))], negative ones no
+    loss at all (VLPL's code has their term commented out, losses.py:187-247), the rest EM's -α·H(p)."""
     z, p, y, zl = prep(logits, observed, pseudo)
     positive = pl_weight * (rho * neg_log(p, eps) + (1 - rho) * neg_log(1 - p, eps))
-    loss = torch.where(zl == 1, positive, torch.where(zl == -1, neg_log(1 - p, eps), -em_alpha * entropy(p, eps)))
+    loss = torch.where(zl == 1, positive, torch.where(zl == -1, torch.zeros_like(p), -em_alpha * entropy(p, eps)))
     return torch.where(y == 1, neg_log(p, eps), loss).mean()
 
 
@@ -43,7 +43,7 @@ def em_apl_loss(logits: torch.Tensor, observed: torch.Tensor, soft: torch.Tensor
 
 def apl_selection_size(unobserved: int, neg_proportion: float, epochs: int, warmup: int) -> int:
     """How many entries of a class APL turns into soft negatives after each epoch from `warmup` on:
-    ⌊neg_proportion · U_c / (T − warmup)⌋ (Zhou et al.'s code)."""
+    ⌊neg_proportion · U_c / (T − warmup)⌋, T = `apl_epochs` (Zhou et al.'s code fixes T at 10)."""
     return int(neg_proportion * unobserved / max(epochs - warmup, 1))
 
 
@@ -59,7 +59,7 @@ class AplMethod(Method):
         self.warmup, self.proportion = int(p["apl_warmup"]), float(p["apl_neg_proportion"])
         self.observed = np.asarray(run.observed)
         self.unobserved = (self.observed == 0).sum(0)
-        self.epochs = run.epochs
+        self.epochs = int(p.get("apl_epochs", 10))  # the official denominator, not the run's epochs
         self.soft = torch.full((run.num_rows, run.num_classes), -1.0)
 
     def loss(self, logits, observed, *, rows=None, pseudo=None, full=None, schedule=None, epoch: int = 1):
@@ -87,8 +87,9 @@ class AplMethod(Method):
 
 
 def vlpl_selection(damp, params: dict):
-    """VLPL's pseudo-labels from the cache: the global view only, positive where softmax(cos/τ) > θ,
-    no negatives (they are disabled for ResNet backbones in VLPL's code)."""
-    return dataclasses.replace(damp, source="global", threshold=float(params.get("vlpl_threshold", 0.3)),
+    """VLPL's pseudo-labels from the cache: the global view against the plain class text features (no GCN,
+    as VLPL's fixed text features), positive where softmax(cos/τ) > θ, no negatives (disabled for ResNet
+    backbones in VLPL's code)."""
+    return dataclasses.replace(damp, source="global-plain", threshold=float(params.get("vlpl_threshold", 0.3)),
                                temperature=float(params.get("vlpl_temperature", 0.01)), negative_ratio=0.0,
                                mode="official")

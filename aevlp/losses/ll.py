@@ -63,7 +63,7 @@ class LargeLossMethod(Method):
 
     def __init__(self, spec: LossSpec, name: str, params: dict, run: RunInfo):
         super().__init__(spec, name, params, run)
-        self.delta = float({**spec.defaults, **params}["ll_delta_rel"])
+        self.delta = float(params.get("ll_delta_rel") or spec.defaults["ll_delta_rel"])  # 0: the scheme's own
         self.corrected = torch.zeros((run.num_rows, run.num_classes), dtype=torch.bool)
 
     def loss(self, logits, observed, *, rows=None, pseudo=None, full=None, schedule=None, epoch: int = 1):
