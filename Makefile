@@ -38,7 +38,7 @@ test-fast: setup lint
 # pipelines/README.md (aevlp/settings.py), the comparison methods' values in the benchmark pipelines and
 # docs/training.md (aevlp/losses/recipes.py).
 docs: setup
-	$(BIN)/python -c "from aevlp.settings import write_key_tables; write_key_tables('pipelines/README.md')"
+	$(BIN)/python -c "from aevlp.settings_docs import write_key_tables; write_key_tables('pipelines/README.md')"
 	$(BIN)/python -c "import aevlp.losses.recipes as r; r.write_pipeline_blocks('pipelines'); r.write_recipe_tables('docs/training.md')"
 
 clean:

@@ -56,21 +56,27 @@ def _check_selection(c: int, top_k: int, negative_ratio: float) -> int:
     return int(negative_ratio * c)
 
 
-def select(score: torch.Tensor, neg_score: torch.Tensor, *, top_k: int, threshold: float,
+def select(score: torch.Tensor, neg_score: torch.Tensor, *, top_k: int, threshold,
            negative_ratio: float, negatives: bool = True, observed: torch.Tensor | None = None) -> torch.Tensor:
-    """Pseudo-labels int8 `[N,C]` in {-1,0,1} from DAMP scores (§3.4 steps 5–7).
+    """Pseudo-labels int8 `[N,C]` in {-1,0,1} from DAMP scores (docs/method.md, "DAMP", steps 5–7).
 
-    Positives: the top-k classes of f with f ≥ threshold. Negatives: the ⌊ratio·C⌋ lowest g, written
-    last so a class picked as both ends negative, as in the code. `negatives=False` writes them as 0
-    (neutral) — the official code's behaviour ("official" mode). Observed positives, when given, are 1.
+    Positives: the top-k classes of f with f ≥ threshold (one θ, or one per class: a [C] array, see
+    `aevlp.thresholds`). Negatives: the ⌊ratio·C⌋ lowest g, written last so a class picked as both ends
+    negative, as in the code. `negatives=False` writes them as 0 (neutral) — the official code's
+    behaviour ("official" mode). Observed positives, when given, are 1.
     """
     if score.shape != neg_score.shape or score.ndim != 2:
         raise ValueError(f"score {tuple(score.shape)} and neg_score {tuple(neg_score.shape)} must be one [N,C] shape")
     n, c = score.shape
     m = _check_selection(c, top_k, negative_ratio)
     values, idx = torch.topk(score, k=top_k, dim=1)
+    thr = torch.as_tensor(threshold, dtype=score.dtype, device=score.device)
+    if thr.ndim == 1:
+        if thr.shape[0] != c:
+            raise ValueError(f"{thr.shape[0]} class thresholds for {c} classes")
+        thr = thr[idx]  # each top-k class against its own θ
     pseudo = torch.zeros((n, c), dtype=torch.int8, device=score.device)
-    pseudo.scatter_(1, idx, (values >= threshold).to(torch.int8))
+    pseudo.scatter_(1, idx, (values >= thr).to(torch.int8))
     return _negatives_and_observed(pseudo, neg_score, m, negatives, observed)
 
 

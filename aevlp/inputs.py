@@ -22,7 +22,8 @@ from aevlp import distributed
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.imaging import load_uint8
 
-__all__ = ["ImageRows", "EmbeddingRows", "EpochBatches", "flips", "make_loader", "default_workers", "stage_two_inputs"]
+__all__ = ["ImageRows", "EmbeddingRows", "EpochBatches", "flips", "make_loader", "default_workers", "stage_two_inputs",
+           "input_size"]
 
 
 def flips(seed: int, epoch: int, rows: torch.Tensor) -> torch.Tensor:
@@ -133,6 +134,21 @@ def make_loader(ds, batch_size: int, workers: int, device: torch.device, *,
 
 
 SPLITS = ("train", "val", "test")
+
+
+def input_size(backbone: str, image_size: int, data) -> int:
+    """The classifier's input size: train.image_size, or the backbone's own (448 for the ResNets), or the
+    training images' own size (small-cnn); 0 for a backbone that reads embeddings."""
+    from aevlp.models import BACKBONES
+
+    if image_size or BACKBONES.get(backbone).input != "image":
+        return image_size
+    if BACKBONES.get(backbone).image_size:
+        return BACKBONES.get(backbone).image_size
+    from PIL import Image
+
+    with Image.open(data.image_root / data.train.images[0]) as im:
+        return max(im.size)
 
 
 def stage_two_inputs(specs, data, cache, n: int, keep: np.ndarray, size: int, device: torch.device,

@@ -4,7 +4,7 @@ what it does (as litgpt's `args.py` declares its dataclasses).
 A section is a frozen dataclass; a key is a field made with `key(default, doc, choices=..., check=...)`.
 Everything else is derived from these declarations: the defaults (`defaults()`), the checks a config
 dict goes through (`check_value`, `check_section`), the typed specs the stages read (`Specs.of`, in
-`aevlp.specs`), and the key tables of pipelines/README.md (`key_tables()`). Building a section checks
+`aevlp.specs`), and the key tables of pipelines/README.md (`aevlp.settings_docs`). Building a section checks
 it (`__post_init__`), so a spec made in Python is held to the same declaration as a pipeline file.
 A leaf module: it imports nothing of aevlp but the errors and Cole et al.'s seed.
 """
@@ -21,7 +21,7 @@ from aevlp.errors import ConfigError
 
 __all__ = ["Check", "Rule", "key", "between", "SECTIONS", "PipelineSpec", "DatasetSpec", "ClipSpec", "TextSpec",
            "ViewsSpec", "DampSpec", "LossParams", "TrainSpec", "CacheSpec", "defaults", "declared", "check_value",
-           "check_section", "checked", "choices_of", "key_tables", "write_key_tables"]
+           "check_section", "checked", "choices_of"]
 
 @dataclass(frozen=True)
 class Check:
@@ -232,6 +232,14 @@ class DampSpec(_Section):
                                 check=between(0, 1, False, True))
     mode: str = key("paper", "paper: negatives are real -1 labels; official: written as 0 (neutral), as the "
                              "official code does", choices=("paper", "official"))
+    class_thresholds: str = key("", "per-class θ_c instead of one θ: a rule from the observed positives (rate | "
+                                    "observed; docs/method.md) or a CSV class,threshold (aevlp cache thresholds)")
+    min_auc: float = key(0.6, "with class_thresholds = a rule: a class whose observed positives the teacher ranks "
+                              "above its unknown entries less often than this gets no pseudo-positives (GR's loss)",
+                         check=between(0, 1))
+    student: str = key("", "a student's scores stored in the cache (aevlp refine) to fuse with DAMP's before selection")
+    student_weight: float = key(0.5, "the student's share w of the fused score w·p_student + (1−w)·f_DAMP",
+                                check=UNIT)
 
     def selection(self) -> dict:
         """The keyword arguments of `aevlp.damp.pseudo_labels` (without `source`); stored in caches."""
@@ -364,57 +372,3 @@ def defaults() -> dict[str, dict[str, Any]]:
 def check_section(section: str, table: dict[str, Any]) -> None:
     """The cross-key rules of a section (each key was checked when set): a ConfigError for the first broken."""
     checked(SECTIONS[section], **table)
-
-
-def _allowed(f) -> str:
-    if f.metadata["choices"]:
-        return " \\| ".join(f"`{c}`" for c in f.metadata["choices"])
-    if f.metadata["check"]:
-        return f.metadata["check"].allowed
-    return {"bool": "true or false", "int": "an integer", "float": "a number", "list": "a list",
-            "str": "a string"}[_kind(f.default)]
-
-
-def key_tables() -> str:
-    """The markdown tables of every section's keys (pipelines/README.md holds them; a test keeps them current)."""
-    out = []
-    for s, cls in SECTIONS.items():
-        if s == "pipeline":
-            continue
-        out += [f"### `[{s}]` ({cls.STAGE})", "", "| key | default | allowed | what it does |", "|---|---|---|---|"]
-        for name, f in declared(cls).items():
-            default = list(f.default) if isinstance(f.default, tuple) else f.default
-            doc = f.metadata["doc"].replace("|", "\\|")
-            if cls.STAGE != "stage two" and not f.metadata["cache"]:
-                doc += " (does not change the cache)"
-            out.append(f"| `{name}` | `{_toml(default)}` | {_allowed(f)} | {doc} |")
-        out.append("")
-    return "\n".join(out)
-
-
-TABLES_BEGIN = "<!-- key tables: generated from aevlp/settings.py by `make docs`; do not edit by hand -->"
-TABLES_END = "<!-- end of generated key tables -->"
-
-
-def write_key_tables(path: str) -> bool:
-    """Put `key_tables()` between the markers of a markdown file; True if the file changed."""
-    from pathlib import Path
-
-    p = Path(path)
-    text = p.read_text()
-    head, rest = text.split(TABLES_BEGIN, 1)
-    _, tail = rest.split(TABLES_END, 1)
-    new = f"{head}{TABLES_BEGIN}\n\n{key_tables()}\n{TABLES_END}{tail}"
-    if new != text:
-        p.write_text(new)
-    return new != text
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return f'"{value}"'
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    return repr(value)

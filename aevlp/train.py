@@ -28,7 +28,7 @@ from aevlp.device import autocast, resolve_device, resolve_train_precision
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.evaluate import predict_scores
 from aevlp.imaging import ModelInput
-from aevlp.inputs import flips, make_loader, stage_two_inputs
+from aevlp.inputs import flips, input_size, make_loader, stage_two_inputs
 from aevlp.labeler import PseudoLabeler
 from aevlp.losses import LOSSES, LossSpec, Method, RunInfo, build_method, check_labels_available
 from aevlp.metrics import (
@@ -43,6 +43,7 @@ from aevlp.progress import bar
 from aevlp.schedules import gr_schedule
 from aevlp.specs import Specs, TrainSpec
 from aevlp.stopping import should_stop, stop_reason
+from aevlp.thresholds import write_thresholds
 
 __all__ = ["run_train", "as_trained", "TrainingInterrupted"]
 
@@ -117,6 +118,12 @@ def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path
     if r.main:
         (r.run / "config.toml").write_text(dump_config(r.cfg))
         echo(_recipe_line(r.t, lr_source))
+        if r.labeler.thresholds is not None:  # RUN/class_thresholds.csv: the θ per class it selects with, and why
+            path = write_thresholds(r.run / "class_thresholds.csv", r.data.classnames, r.labeler.thresholds,
+                                    r.labeler.threshold_table)
+            off = int((r.labeler.thresholds > 1).sum())
+            echo(f"class thresholds ({r.specs.damp.class_thresholds}): {path}"
+                 + (f"; {off} class(es) without pseudo-positives (teacher unreliable)" if off else ""))
     try:
         _epochs(r, state, progress, echo)
     except KeyboardInterrupt:
@@ -216,7 +223,8 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: t
     run = Path(distributed.broadcast(str(run)))  # one run directory for all ranks
     if main:
         run.mkdir(parents=True, exist_ok=True)
-    meta = {"backbone": t.backbone, "classnames": data.classnames, "image_size": _image_size(t, data),
+    meta = {"backbone": t.backbone, "classnames": data.classnames,
+            "image_size": input_size(t.backbone, t.image_size, data),
             "boost_alpha": float(core.boost_alpha),
             "embed_dim": core.head.in_features if BACKBONES.get(t.backbone).input == "embedding" else 0,
             "dataset": data.info.name, "loss": specs.loss["name"], **_clip_meta(cache, t),
@@ -224,7 +232,8 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: t
     damp = spec.pseudo_labels(specs.damp, params) if spec.pseudo_labels else specs.damp
     inputs = stage_two_inputs(specs, data, cache, n, keep, meta["image_size"], device, main)
     return TrainRun(cfg=cfg, specs=specs, data=data, cache=cache, keep=keep, observed=observed, truth=truth,
-                    method=method, loss_spec=spec, labeler=PseudoLabeler(cache, damp, observed), device=device,
+                    method=method, loss_spec=spec, device=device,
+                    labeler=PseudoLabeler(cache, damp, observed, params["expected_pos"]),
                     precision=resolve_train_precision(t.precision, device), core=core, model=model,
                     opt=opt, inputs=inputs, run=run, main=main, meta=meta,
                     train_loader=make_loader(inputs[0], t.batch_size, t.workers, device, shuffle_seed=t.seed))
@@ -281,18 +290,6 @@ def _clip_meta(cache: Cache, t: TrainSpec) -> dict:
     info = json.loads(cache.f.attrs.get("info", "{}"))
     return {"clip": info.get("clip"), "clip_weights": cache.fingerprint.get("clip_weights"),
             "clip_preprocess": json.loads(cache.f.attrs.get("clip_preprocess", "{}"))}
-
-
-def _image_size(t: TrainSpec, data: SPMLData) -> int:
-    """train.image_size, or the backbone's default (448 for the ResNets), or the training images' own size."""
-    if t.image_size or BACKBONES.get(t.backbone).input != "image":
-        return t.image_size
-    if BACKBONES.get(t.backbone).image_size:
-        return BACKBONES.get(t.backbone).image_size
-    from PIL import Image
-
-    with Image.open(data.image_root / data.train.images[0]) as im:
-        return max(im.size)
 
 
 def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndarray]:
@@ -400,6 +397,7 @@ def _test_and_write_results(r: TrainRun, state: dict) -> dict:
                "test_metrics": test_metrics,
                **{k: best_rec[k] for k in best_rec if k.startswith("pseudo_")},
                "cache": str(r.cache.path), "cache_fingerprint": fingerprint_id(r.cache.fingerprint),
+               **({"student": r.labeler.provenance} if r.labeler.provenance else {}),
                "data_hash": training_data_hash(r.data, r.specs.dataset.image_check),
                "train_images": int(r.keep.sum()), "run_dir": str(r.run)}
     (r.run / "results.json").write_text(json.dumps(results, indent=1))

@@ -102,7 +102,7 @@ workers = 0
     return path
 
 
-def probabilities_by_hand(run_dir: Path, paths: list, size: int) -> np.ndarray:
+def probabilities_by_hand(run_dir: Path, paths: list, size: int, flip: bool = False) -> np.ndarray:
     """A trained run's class probabilities for image files, computed without aevlp's input pipeline: PIL's
     bilinear resize, ImageNet normalisation in numpy, the best.pt weights in a freshly built model."""
     import torch
@@ -117,5 +117,6 @@ def probabilities_by_hand(run_dir: Path, paths: list, size: int) -> np.ndarray:
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     x = np.stack([(np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)) / 255 - mean) / std
                   for p in paths]).transpose(0, 3, 1, 2)
+    x = x[..., ::-1].copy() if flip else x
     with torch.no_grad():
         return torch.sigmoid(model(torch.as_tensor(x, dtype=torch.float32))).numpy()

@@ -34,7 +34,9 @@ MODULE_COMMANDS = {
     "evaluate.py": ["eval", "predict"],
     "models.py": ["train", "run", "bench", "predict", "eval", "demo"], "shards.py": ["pseudolabel"],
     "distributed.py": ["pseudolabel"], "device.py": ["pseudolabel", "train", "run", "bench"],
-    "train.py": ["train", "run", "bench"], "inputs.py": ["train", "run", "bench"], "labeler.py": ["train", "run", "bench"],
+    "train.py": ["train", "run", "bench"], "inputs.py": ["train", "run", "bench"],
+    "labeler.py": ["train", "run", "bench"], "cache/sources.py": ["train", "run", "bench", "refine"],
+    "thresholds.py": ["train", "run", "bench", "cache thresholds"], "refine.py": ["refine"],
     "losses/latent.py": ["train", "run", "bench"], "losses/recipes.py": ["train", "run", "bench"],
 }
 

@@ -343,3 +343,43 @@ def test_vlpl_pseudo_labels_use_the_plain_text_features(setup):
     assert not np.allclose(plain, refined)  # the GCN changed the refined ones
     s = torch.softmax(torch.as_tensor((emb @ plain.T).astype(np.float16).astype(np.float32)) / 0.01, -1).numpy()
     assert np.array_equal(z, np.where(observed == 1, 1, (s > 0.3).astype(np.int8)))
+
+
+def test_refine_stores_the_students_scores_and_trains_the_next_round(setup, tmp_path):
+    import shutil
+
+    import h5py
+    cache = tmp_path / "c.h5"
+    shutil.copy(setup["cache"], cache)
+    first = run_train(base_cfg(setup["clip"], setup["root"], cache, "train.epochs=2"), run_dir=tmp_path / "base",
+                      progress=False)
+    assert "student" not in first
+    r = CliRunner().invoke(cli, ["refine", str(tmp_path / "base"), "--no-progress"])
+    assert r.exit_code == 0 and "round 1: test mAP" in r.output, r.output
+    res = json.loads((tmp_path / "base-r1" / "results.json").read_text())
+    assert res["student"]["run"] == str((tmp_path / "base").resolve())
+    assert res["student"]["epoch"] == first["best_epoch"]
+    from aevlp.data import load_dataset
+    data = load_dataset("voc", setup["root"])
+    with h5py.File(cache) as f:
+        stored = f["sources"]["base-r1"][:].astype(np.float32)
+        keep = ~f["bad"][:]
+    paths = [data.image_root / p for p in data.train.images[keep]]
+    both = (probabilities_by_hand(tmp_path / "base", paths, 32) +
+            probabilities_by_hand(tmp_path / "base", paths, 32, flip=True)) / 2
+    assert np.allclose(stored[keep], both, atol=1e-3)  # both flips averaged (stored as float16)
+    r = CliRunner().invoke(cli, ["refine", str(tmp_path / "base"), "--no-progress"])
+    assert r.exit_code == 0 and "round 1: " in r.output and "is done" in r.output  # reused, not trained again
+    from aevlp.cache import Cache
+    from aevlp.labeler import PseudoLabeler
+    from aevlp.specs import Specs
+    cfg = base_cfg(setup["clip"], setup["root"], cache, 'damp.student="base-r1"', "damp.student_weight=1.0",
+                   "damp.negative_ratio=0")
+    with Cache(cache) as c:
+        z = PseudoLabeler(c, Specs.of(cfg).damp, c.array("observed")).for_epoch(1)
+        obs = c.array("observed")
+    top = np.argsort(-stored, 1)[:, :3]  # w = 1: the student's own scores alone pick the pseudo-positives
+    expect = np.zeros_like(obs)
+    for i in range(len(obs)):
+        expect[i, [k for k in top[i] if stored[i, k] >= 0.06]] = 1
+    assert np.array_equal(z, np.where(obs == 1, 1, expect))

@@ -164,3 +164,55 @@ def cache_gallery(file: str, classname: str | None, rnd: int, per_panel: int, ou
         click.echo(f"wrote {g['png']}")
     else:
         click.echo(f"wrote {gallery_html(file, out or 'out/gallery', rnd=rnd, per_panel=per_panel)}")
+
+
+@cache_group.command("thresholds")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--rule", type=click.Choice(["rate", "observed"]), default="rate", show_default=True,
+              help="How θ_c is chosen from the observed positives (docs/method.md, per-class thresholds).")
+@click.option("--config", default=None, metavar="PIPELINE",
+              help="The [damp] settings to score with [default: the pipeline the cache was made with].")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Write the CSV (class,threshold,...) that damp.class_thresholds reads [default: none].")
+@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Override a [damp] or [loss] key, e.g. --set damp.min_auc=0.8 (repeatable).")
+def cache_thresholds(file: str, rule: str, config: str | None, out: str | None, overrides: tuple[str, ...]) -> None:
+    """Per-class thresholds θ_c from the observed positives: per class the suggested θ_c, how many training
+    images it and the global θ make positive, and their precision/recall where full labels exist.
+
+    \b
+    A class whose observed positives the teacher does not rank above its unknown entries (AUC below
+    damp.min_auc) gets θ_c = 1.01: no pseudo-positives, GR's loss for it.
+
+    \b
+    Examples:
+      aevlp cache thresholds demo/cache/fashion-mosaic.h5
+      aevlp cache thresholds cache/voc.h5 --out out/voc_thresholds.csv
+      aevlp train --pseudo cache/voc.h5 --set damp.class_thresholds='"out/voc_thresholds.csv"'
+    """
+    from aevlp.cache import Cache
+    from aevlp.class_report import class_scores, threshold_table
+    from aevlp.config import find_pipeline, load_config
+    from aevlp.data.registry import get_dataset
+    from aevlp.specs import Specs
+    from aevlp.thresholds import write_thresholds
+
+    with Cache(file) as c:
+        info = json.loads(c.f.attrs.get("info", "{}"))
+        pipeline = config or (info.get("pipeline") if info.get("pipeline") and Path(info["pipeline"]).is_file()
+                              else None)
+        cfg = load_config(find_pipeline(pipeline) if pipeline else None,
+                          [*overrides, f'damp.class_thresholds="{rule}"'],
+                          dataset={"name": c.fingerprint.get("dataset")})
+        specs = Specs.of(cfg)
+        labels = c.array("labels") if "labels" in c.f else None
+        expected = specs.loss["expected_pos"] or (float(labels.sum(1).mean()) if labels is not None else
+                                                  get_dataset(specs.dataset.name).expected_pos or 2.0)
+        scores = class_scores(c, specs.damp, expected)
+    table = threshold_table(scores, specs.damp.threshold)
+    click.echo(table.to_string(index=False))
+    off = int((scores.thresholds > 1).sum())
+    click.echo(f"rule {rule}, expected positives per image {expected:g}, global θ {specs.damp.threshold:g}"
+               + (f"; {off} class(es) without pseudo-positives (teacher unreliable)" if off else ""))
+    if out:
+        click.echo(f"wrote {write_thresholds(out, scores.classnames, scores.thresholds, scores.rule_table)}")

@@ -150,17 +150,10 @@ TABLES_END = "<!-- end of generated recipe tables -->"
 
 
 def write_recipe_tables(path: str) -> bool:
-    """Put `recipe_tables()` between the markers of a markdown file; True if the file changed."""
-    from pathlib import Path
+    """Put `recipe_tables()` between the markers of docs/training.md; True if the file changed."""
+    from aevlp.settings_docs import write_between
 
-    p = Path(path)
-    text = p.read_text()
-    head, rest = text.split(TABLES_BEGIN, 1)
-    _, tail = rest.split(TABLES_END, 1)
-    new = f"{head}{TABLES_BEGIN}\n\n{recipe_tables()}\n{TABLES_END}{tail}"
-    if new != text:
-        p.write_text(new)
-    return new != text
+    return write_between(path, TABLES_BEGIN, TABLES_END, recipe_tables())
 
 
 def recipe_tables() -> str:

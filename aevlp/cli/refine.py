@@ -1,0 +1,37 @@
+"""`aevlp refine`: teacher–student rounds from a finished run (no stage one)."""
+from __future__ import annotations
+
+import click
+
+from aevlp.cli.group import cli
+
+
+@cli.command("refine")
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--rounds", type=click.IntRange(1, 10), default=1, show_default=True,
+              help="Teacher–student rounds: each student's scores teach the next run.")
+@click.option("--no-progress", is_flag=True)
+def refine_cmd(run_dir: str, rounds: int, no_progress: bool) -> None:
+    """Teacher–student rounds: the run's student labels its own training images (both flips averaged), its
+    scores are stored in the cache with their provenance (sources/RUN-r1), and RUN-r1 trains from them
+    fused with the teacher's DAMP scores (damp.student_weight, per-class thresholds as the run's).
+
+    \b
+    Stage one is never re-run. Each round is reused when done and resumed when interrupted; RUN-r1,
+    RUN-r2, ... are ordinary run directories (aevlp report compares them).
+
+    \b
+    Examples:
+      aevlp refine runs/voc-gpr                 # one round: runs/voc-gpr-r1
+      aevlp refine demo/runs/gpr-damp-s0 --rounds 2
+    """
+    from aevlp.refine import refine
+    from aevlp.train import TrainingInterrupted
+
+    try:
+        results = refine(run_dir, rounds, progress=not no_progress, echo=click.echo)
+    except (TrainingInterrupted, KeyboardInterrupt):
+        click.secho("interrupted: the same `aevlp refine` command goes on from there", fg="yellow", err=True)
+        raise SystemExit(130) from None
+    for i, r in enumerate(results, 1):
+        click.echo(f"round {i}: test mAP {r['test_map']:.2f}  (val mAP {r['val_map']:.2f}); {r['run_dir']}")

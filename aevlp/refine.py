@@ -1,0 +1,105 @@
+"""Teacher–student rounds: a trained student's scores on its own training images, stored in the cache as
+a pseudo-label source, fused with the teacher's DAMP score to select the next round's pseudo-labels.
+
+Stage one is never re-run: the student predicts the training images (each with and without its
+horizontal flip, averaged), its scores go into the cache under `sources/NAME` with their provenance
+(run, epoch, checkpoint hash), and a new run trains with `damp.student = NAME`: at epoch e the labeler
+selects from w·p_student + (1−w)·f_teacher(round (e−1) mod R) (`damp.student_weight` = w). `aevlp refine
+RUN_DIR --rounds N` chains N such rounds, each resumable (a stored source is reused, an interrupted
+run resumed).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aevlp.cache import Cache
+from aevlp.cache.sources import store_source
+from aevlp.errors import AevlpError
+
+__all__ = ["student_scores", "refine"]
+
+
+@torch.no_grad()
+def student_scores(run_dir: Path, data, cache: Cache, keep: np.ndarray, n: int) -> np.ndarray:
+    """[N, C] probabilities of a run's best.pt on the first n training rows (both flips averaged; rows
+    stage one could not read stay 0)."""
+    from aevlp.checkpoint import load_checkpoint
+    from aevlp.evaluate import predict_scores
+    from aevlp.imaging import ModelInput
+    from aevlp.inputs import EmbeddingRows, ImageRows, make_loader
+
+    model, meta = load_checkpoint(run_dir / "best.pt")
+    out = np.zeros((n, len(meta["classnames"])), dtype=np.float32)
+    cpu = torch.device("cpu")
+    if meta["backbone"] == "clip-head":  # the cached global embedding of every round, averaged
+        emb = cache.global_embeddings()[:, :n][:, keep].astype(np.float32)
+        out[keep] = np.mean([predict_scores(model, make_loader(EmbeddingRows(e), 256, 0, cpu), cpu) for e in emb], 0)
+        return out
+    layout = ModelInput(meta["image_size"], channels_last=bool(meta.get("channels_last")))
+    if layout.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    paths = [data.image_root / p for p in data.train.images[:n][keep]]
+    loader = make_loader(ImageRows(paths, meta["image_size"]), 64, -1, cpu)
+    both = [predict_scores(model, loader, cpu, prepare=lambda x, rows, f=f: layout(x, cpu, torch.full(
+        (len(rows),), f, dtype=torch.bool))) for f in (False, True)]
+    out[keep] = (both[0] + both[1]) / 2
+    return out
+
+
+def _checkpoint_id(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def _round(run_dir: Path, name: str, progress: bool, echo) -> dict:
+    """One teacher–student round from `run_dir`: store its student scores as `name`, train the next run."""
+    from aevlp.config import tomllib, updated
+    from aevlp.specs import Specs
+    from aevlp.train import run_train
+
+    cfg = tomllib.loads((run_dir / "config.toml").read_text())
+    specs = Specs.of(cfg)
+    results = json.loads((run_dir / "results.json").read_text())
+    nxt = run_dir.parent / name
+    with Cache(specs.cache_path) as cache:
+        have = cache.f.get("sources")
+        known = have is not None and name in have and \
+            json.loads(have[name].attrs["provenance"]).get("checkpoint") == _checkpoint_id(run_dir / "best.pt")
+        if not known:
+            data = specs.dataset.load()
+            n, keep = len(cache), ~cache.f["bad"][:]
+            scores = student_scores(run_dir, data, cache, keep, n)
+    if not known:
+        store_source(specs.cache_path, name, scores, {
+            "run": str(run_dir.resolve()), "epoch": results["best_epoch"], "val_map": results["val_map"],
+            "checkpoint": _checkpoint_id(run_dir / "best.pt"), "flips": "both, averaged",
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        echo(f"stored the student scores of {run_dir} (epoch {results['best_epoch']}) as {specs.cache_path}:"
+             f"sources/{name}")
+    new = updated(cfg, {"damp": {"student": name}})
+    resume = (nxt / "last.pt").exists() and not (nxt / "results.json").exists()
+    return run_train(new, run_dir=nxt, progress=progress, resume=resume, echo=echo)
+
+
+def refine(run_dir: str | Path, rounds: int = 1, *, progress: bool = True, echo=print) -> list[dict]:
+    """N teacher–student rounds from a finished run: RUN-r1, RUN-r2, ... beside it (each reused when done)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "results.json").exists():
+        raise AevlpError(f"{run_dir} has no finished run (results.json)",
+                         hint="train it first (`aevlp train --resume RUN_DIR` finishes an interrupted one)")
+    out, base = [], run_dir.name
+    for r in range(1, rounds + 1):
+        nxt = run_dir.parent / f"{base}-r{r}"
+        if (nxt / "results.json").exists():
+            echo(f"round {r}: {nxt} is done")
+            out.append(json.loads((nxt / "results.json").read_text()))
+        else:
+            echo(f"round {r}: the student {run_dir} teaches {nxt}")
+            out.append(_round(run_dir, nxt.name, progress, echo))
+        run_dir = nxt
+    return out

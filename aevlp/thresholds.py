@@ -1,0 +1,116 @@
+"""Per-class thresholds θ_c for DAMP's positive pseudo-labels, from the cache and the observed labels alone.
+
+The observed positives are known positives: how the teacher scores them says, class by class, what a
+positive scores and whether the teacher tells them from the rest. Two rules (`damp.class_thresholds`):
+
+- `rate`: θ_c is the score above which the unknown entries of class c hold as many images as the class
+  is expected to have among them. In the single-positive protocol the observed label is one of an
+  image's positives drawn uniformly, so a class observed n_c times has about n_c·(E−1) more positives
+  among the unknown entries (E: expected positives per image).
+- `observed`: θ_c maximises an F1 estimated without labels: recall(θ) is the share of the class's
+  observed positives scoring at least θ; the class's count among the unknown entries is estimated at
+  high θ (where few negatives reach); precision follows.
+
+Either way a class whose observed positives the teacher scores no better than its unknown entries
+(AUC below `MIN_AUC`) gets no positive pseudo-labels: it falls back to GR (GPR with no pseudo-label
+equals GR). A CSV (`class,threshold`) sets them by hand (`aevlp cache thresholds` writes one;
+`aevlp review` too).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from aevlp.errors import ConfigError
+
+__all__ = ["RULES", "MIN_AUC", "MIN_OBSERVED", "class_thresholds", "auc", "rate_rule", "observed_rule",
+           "read_thresholds", "write_thresholds", "OFF"]
+
+RULES = ("rate", "observed")
+MIN_AUC = 0.6  # the default of damp.min_auc
+MIN_OBSERVED = 3  # fewer observed positives than this: no evidence; the global θ stays
+OFF = 1.01  # above every score: no positive pseudo-label for the class
+
+
+def auc(pos: np.ndarray, other: np.ndarray) -> float:
+    """P(a known positive scores above an unknown entry), ties counted half (Mann-Whitney)."""
+    if len(pos) == 0 or len(other) == 0:
+        return 0.5
+    ranks = pd.Series(np.concatenate([pos, other])).rank().to_numpy()
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(other)))
+
+
+def rate_rule(pos: np.ndarray, unknown: np.ndarray, expected_pos: float, global_theta: float) -> float:
+    """θ such that about n_c·(E−1) unknown entries score at least θ (never below the global θ's floor 0)."""
+    k = int(round(len(pos) * max(expected_pos - 1.0, 0.0)))
+    if k <= 0:
+        return OFF
+    k = min(k, len(unknown))
+    return float(np.sort(unknown)[::-1][k - 1])
+
+
+def observed_rule(pos: np.ndarray, unknown: np.ndarray, expected_pos: float, global_theta: float) -> float:
+    """θ maximising the label-free F1 estimate (module docstring)."""
+    grid = np.unique(np.quantile(np.concatenate([pos, unknown]), np.linspace(0.5, 0.999, 60)))
+    recall = np.array([(pos >= t).mean() for t in grid])
+    found = np.array([(unknown >= t).sum() for t in grid])
+    high = recall >= 0.3  # where the estimate of the class's count among unknowns is least contaminated
+    count = np.min(found[high] / recall[high]) if high.any() else len(pos) * max(expected_pos - 1.0, 0.0)
+    precision = np.minimum(1.0, recall * count / np.maximum(found, 1))
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-9)
+    return float(grid[int(np.argmax(f1))]) if f1.max() > 0 else OFF
+
+
+def class_thresholds(scores: np.ndarray, observed: np.ndarray, rule: str, *, expected_pos: float,
+                     global_theta: float, min_auc: float = MIN_AUC) -> tuple[np.ndarray, pd.DataFrame]:
+    """(θ [C], a table per class: observed positives, AUC, θ, why) from DAMP scores f [N, C]."""
+    if rule not in RULES:
+        raise ConfigError(f"damp.class_thresholds = {rule!r}: not a rule ({', '.join(RULES)}) nor a .csv file")
+    pick = {"rate": rate_rule, "observed": observed_rule}[rule]
+    out, rows = np.full(scores.shape[1], global_theta, dtype=np.float64), []
+    for c in range(scores.shape[1]):
+        pos, unknown = scores[observed[:, c] == 1, c], scores[observed[:, c] != 1, c]
+        a = auc(pos, unknown)
+        if len(pos) < MIN_OBSERVED:
+            why = f"only {len(pos)} observed positives: the global θ"
+        elif a < min_auc:
+            out[c], why = OFF, f"teacher unreliable (AUC {a:.2f} < {min_auc}): no pseudo-positives, GR's loss"
+        else:
+            out[c], why = pick(pos, unknown, expected_pos, global_theta), rule
+        rows.append({"observed": len(pos), "auc": round(a, 4), "threshold": round(float(out[c]), 6), "why": why})
+    return out, pd.DataFrame(rows)
+
+
+def read_thresholds(path: str | Path, classnames: list[str]) -> np.ndarray:
+    """θ per class from a CSV with columns class,threshold (every class once; thresholds in [0, 1.01])."""
+    p = Path(path)
+    try:
+        df = pd.read_csv(p, dtype={"class": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ConfigError(f"damp.class_thresholds = {path}: cannot be read as CSV ({e})",
+                          hint="write it with `aevlp cache thresholds CACHE --out FILE.csv`") from None
+    if not {"class", "threshold"} <= set(df.columns):
+        raise ConfigError(f"{p}: needs the columns class,threshold (found {', '.join(df.columns)})")
+    known = dict(zip(df["class"], pd.to_numeric(df["threshold"], errors="coerce")))
+    missing, extra = [c for c in classnames if c not in known], [c for c in known if c not in classnames]
+    if missing or extra:
+        raise ConfigError(f"{p}: its classes differ from the cache's (missing: {missing[:5]}, unknown: {extra[:5]})")
+    values = np.array([known[c] for c in classnames], dtype=np.float64)
+    if not np.all(np.isfinite(values)) or values.min() < 0 or values.max() > OFF:
+        raise ConfigError(f"{p}: every threshold must be a number in [0, {OFF}] ({OFF}: no pseudo-positives)")
+    return values
+
+
+def write_thresholds(path: str | Path, classnames: list[str], thresholds: np.ndarray,
+                     table: pd.DataFrame | None = None) -> Path:
+    """A CSV class,threshold (what `read_thresholds` and damp.class_thresholds read), with the rule's
+    columns beside them when given (observed, auc, why)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame({"class": classnames, "threshold": np.round(thresholds, 6)})
+    if table is not None:
+        df = pd.concat([df, table.drop(columns=["threshold"], errors="ignore").reset_index(drop=True)], axis=1)
+    df.to_csv(p, index=False)
+    return p

@@ -1,0 +1,89 @@
+"""Per-class thresholds from the observed positives (aevlp/thresholds.py), on scores where the right θ_c is
+known by construction, and as stage two reads them."""
+import numpy as np
+import pytest
+from conftest import invoke
+
+from aevlp.errors import ConfigError
+from aevlp.thresholds import OFF, auc, class_thresholds, read_thresholds, write_thresholds
+
+
+def world(seed=0, n=3000, c=4, e=2.0):
+    """Scores f [N, C] where class c's positives score in [0.4 + 0.1c, 1] and its negatives in [0, 0.3 + 0.1c]:
+    every θ in the gap separates them exactly, and the gap moves with the class. Labels: each image holds
+    one or two classes (E = 1.5 expected positives); the observed label is one of them, drawn uniformly."""
+    g = np.random.default_rng(seed)
+    labels = np.zeros((n, c), int)
+    for i in range(n):
+        labels[i, g.choice(c, size=g.integers(1, 3), replace=False)] = 1
+    lo, hi = 0.4 + 0.1 * np.arange(c), 0.3 + 0.1 * np.arange(c)
+    scores = np.where(labels == 1, lo + (1 - lo) * g.random((n, c)), hi * g.random((n, c)))
+    observed = np.zeros_like(labels)
+    for i in range(n):
+        observed[i, g.choice(np.flatnonzero(labels[i]))] = 1
+    return scores, observed, labels
+
+
+def test_rate_rule_finds_each_classs_own_gap():
+    scores, observed, labels = world()
+    theta, table = class_thresholds(scores, observed, "rate", expected_pos=labels.sum(1).mean(), global_theta=0.5)
+    for c in range(4):
+        gap = (0.3 + 0.1 * c, 0.4 + 0.1 * c)
+        # the count estimate n_c·(E−1) is a few % off the truth: θ lands at the gap's edge, within 0.05 of it
+        assert gap[0] - 0.05 <= theta[c] <= gap[1] + 0.05, (c, theta[c], gap)
+        unknown = observed[:, c] == 0
+        picked = unknown & (scores[:, c] >= theta[c])
+        truth = unknown & (labels[:, c] == 1)
+        assert (picked & truth).sum() / picked.sum() > 0.9 and (picked & truth).sum() / truth.sum() > 0.9
+    assert list(table["why"]) == ["rate"] * 4
+
+
+def test_an_unreliable_class_falls_back_to_no_pseudo_positives():
+    scores, observed, labels = world(seed=1)
+    scores[:, 2] = np.random.default_rng(5).random(len(scores))  # class 2: the teacher knows nothing of it
+    theta, table = class_thresholds(scores, observed, "observed", expected_pos=1.5, global_theta=0.5, min_auc=0.6)
+    assert theta[2] == OFF and "unreliable" in table["why"][2]
+    assert auc(scores[observed[:, 2] == 1, 2], scores[observed[:, 2] == 0, 2]) == pytest.approx(0.5, abs=0.05)
+    assert all(theta[c] < 1 for c in (0, 1, 3))
+    few = observed.copy()
+    few[:, 3] = 0
+    few[:2, 3] = 1
+    theta, table = class_thresholds(scores, few, "rate", expected_pos=1.5, global_theta=0.5)
+    assert theta[3] == 0.5 and "only 2 observed" in table["why"][3]  # no evidence: the global θ stays
+
+
+def test_a_thresholds_csv_round_trips_and_is_checked(tmp_path):
+    names = ["cat", "dog", "bird"]
+    path = write_thresholds(tmp_path / "t.csv", names, np.array([0.2, 0.55, OFF]))
+    assert np.allclose(read_thresholds(path, names), [0.2, 0.55, OFF])
+    with pytest.raises(ConfigError, match="classes differ"):
+        read_thresholds(path, ["cat", "dog", "fish"])
+    (tmp_path / "bad.csv").write_text("class,threshold\ncat,0.2\ndog,2\nbird,0.1\n")
+    with pytest.raises(ConfigError, match=r"in \[0, 1.01\]"):
+        read_thresholds(tmp_path / "bad.csv", names)
+
+
+def test_stage_two_selects_with_the_csvs_thresholds(tmp_path, tiny_clip, photo_voc):
+    """`aevlp cache thresholds` writes the CSV train reads: its θ_c change exactly the selected pseudo-labels."""
+    from conftest import tiny_cfg
+
+    from aevlp.cache import Cache
+    from aevlp.labeler import PseudoLabeler
+    from aevlp.pseudolabel import run_pseudolabel
+    from aevlp.specs import Specs
+    cache = tmp_path / "c.h5"
+    cfg = tiny_cfg(tiny_clip, photo_voc, cache, "damp.temperature=0.05")
+    run_pseudolabel(cfg, progress=False)
+    r = invoke("cache", "thresholds", cache, "--config", "voc", "--set", "damp.temperature=0.05", "--out",
+               tmp_path / "t.csv")
+    assert r.exit_code == 0 and "threshold" in r.output and "wrote" in r.output, r.output
+    with Cache(cache) as c:
+        names, observed = c.classnames(), c.array("observed")
+        theta = np.full(20, OFF)
+        theta[:10] = 0.0  # the first ten classes: every top-k pick; the rest: none
+        write_thresholds(tmp_path / "t.csv", names, theta)
+        damp = Specs.of(tiny_cfg(tiny_clip, photo_voc, cache, "damp.temperature=0.05", 'damp.mode="official"',
+                                 f'damp.class_thresholds="{tmp_path / "t.csv"}"')).damp
+        z = PseudoLabeler(c, damp, observed).for_epoch(1)
+    new = (z == 1) & (observed != 1)
+    assert new[:, :10].sum() > 0 and new[:, 10:].sum() == 0
