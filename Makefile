@@ -16,9 +16,12 @@ $(BIN)/aevlp: pyproject.toml
 setup: $(BIN)/aevlp
 
 # Fashion-MNIST (MIT, Zalando) from Debian's package; needs root. Elsewhere: aevlp demo --raw DIR.
+# Chromium (Debian's) for the review site's browser tests; without it they are skipped.
 data:
 	@test -d $(FASHION) || { apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
 	  || echo "note: could not install dataset-fashion-mnist (not root?); the demo will try --raw or a download"
+	@command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "note: could not install chromium (not root?); the review site's browser tests will be skipped"
 
 demo: setup data
 	$(BIN)/aevlp demo

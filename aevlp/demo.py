@@ -14,7 +14,9 @@ import time
 from pathlib import Path
 
 from aevlp.bench import run_bench, write_bench
+from aevlp.config import load_config
 from aevlp.data.fashion import CLASSNAMES, load_fashion_mnist, prepare_fashion_mosaic
+from aevlp.review import write_review
 from aevlp.toybackbone import pretrain_small_cnn
 from aevlp.toyclip import pretrain_toy_clip
 
@@ -32,7 +34,7 @@ SIZES = {"full": {"n_train": 2500, "n_test": 800, "clip_steps": 600, "backbone_s
 def _paths(out: Path) -> dict[str, Path]:
     return {"data": out / "data", "clip": out / "clip", "backbone": out / "backbone", "cache": out / "cache" /
             "fashion-mosaic.h5", "bench": out, "runs": out / "runs", "report": out / "report",
-            "raw": out / "fashion-mnist"}
+            "review": out / "review", "raw": out / "fashion-mnist"}
 
 
 def _pipeline(p: dict[str, Path], size: dict) -> Path:
@@ -100,6 +102,9 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, seeds: int = 1, r
     echo("")
     echo(rep["markdown"])
     echo(f"report: {rep['files']['table']} (table), {rep['files']['plot']} (plot), {p['report'] / 'demo.json'}")
+    review = write_review(p["cache"], p["review"], [p["runs"] / f"gpr-damp-s{seed}"], cfg=load_config(pipeline),
+                          expected_pos=2.5, progress=False)
+    echo(f"next:   open {review}   # the pseudo-labels class by class, a θ slider per class (no server needed)")
     echo(f"next:   aevlp train --pseudo {p['cache']} --loss an        # train one method yourself (no other flag "
          "needed)")
     echo(f"next:   aevlp predict {p['runs'] / f'gpr-damp-s{seed}'} {p['data'] / 'images' / 'val'} --out out/preds.csv"

@@ -16,7 +16,7 @@ from aevlp.imaging import ModelInput, to_model_input
 from aevlp.inputs import ImageRows
 from aevlp.metrics import evaluation_report, per_class_ap
 
-__all__ = ["predict_scores", "evaluate_checkpoint", "predict_images"]
+__all__ = ["predict_scores", "evaluate_checkpoint", "checkpoint_scores", "predict_images"]
 
 
 @torch.no_grad()
@@ -125,6 +125,12 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_root:
     scores = _scores(model, meta, [str(data.image_root / p) for p in s.images], batch_size)
     return ({**evaluation_report(scores, s.labels), "images": len(s)},
             per_class_ap(scores, s.labels, data.classnames))
+
+
+def checkpoint_scores(path: str | Path, image_paths: list[str]) -> np.ndarray:
+    """A run's (or best.pt's) probabilities [N, C] for image files, as `aevlp eval` computes them."""
+    model, meta = _checkpoint(path)
+    return _scores(model, meta, [str(p) for p in image_paths])
 
 
 def predict_images(path: str | Path, images: list[str], threshold: float = 0.5) -> pd.DataFrame:

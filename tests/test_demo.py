@@ -43,13 +43,13 @@ def demo(tmp_path_factory):
             "f1": runs.pivot(index="seed", columns="method", values="pseudo_f1")}
 
 
-def test_demo_prints_the_table_and_three_closing_lines(demo):
+def test_demo_prints_the_table_and_its_closing_lines(demo):
     out = demo["proc"].stdout
     assert "| method | test mAP |" in out and "GPR + DAMP pseudo-labels (AEVLP)" in out and " ± " in out
     assert "zero-shot teacher: CLIP, DAMP" in out and "linear probe on CLIP features" in out
-    last = out.strip().splitlines()[-3:]
-    assert last[0].startswith("report: ") and last[1].startswith("next:   aevlp train --pseudo ")
-    assert last[2].startswith("next:   aevlp predict ")
+    last = out.strip().splitlines()[-4:]
+    assert last[0].startswith("report: ") and last[1].startswith("next:   open ") and "review/index.html" in last[1]
+    assert last[2].startswith("next:   aevlp train --pseudo ") and last[3].startswith("next:   aevlp predict ")
     for f in ("bench.md", "bench.csv", "bench_runs.csv", "bench.png", "demo.json"):
         assert (demo["out"] / "report" / f).exists(), f
     assert sorted(demo["map"].index) == [0, 1] and demo["map"].notna().all().all()

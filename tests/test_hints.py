@@ -37,6 +37,7 @@ MODULE_COMMANDS = {
     "train.py": ["train", "run", "bench"], "inputs.py": ["train", "run", "bench"],
     "labeler.py": ["train", "run", "bench"], "cache/sources.py": ["train", "run", "bench", "refine"],
     "thresholds.py": ["train", "run", "bench", "cache thresholds"], "refine.py": ["refine"],
+    "cache/interchange.py": ["cache export"], "data/reviewed.py": ["data prepare table"],
     "losses/latent.py": ["train", "run", "bench"], "losses/recipes.py": ["train", "run", "bench"],
 }
 

@@ -14,7 +14,7 @@ from aevlp.errors import AevlpError
 
 __all__ = ["export_pseudo_labels", "gallery", "gallery_html"]
 
-FORMATS = ("csv", "parquet", "npz")
+FORMATS = ("csv", "parquet", "npz", "label-studio", "fiftyone")
 RED_BOX = ("red box: the tile whose score for {cls} is highest, the evidence DAMP used (in 'missed': the best "
            "tile, still below the threshold)")
 
@@ -30,6 +30,10 @@ def export_pseudo_labels(path: str | Path, out: str | Path, *, rnd: int = 0, fmt
     class the pseudo-label (1/0/-1) and DAMP score of round `rnd`."""
     if fmt not in FORMATS:
         raise AevlpError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    if fmt in ("label-studio", "fiftyone"):
+        from aevlp.cache.interchange import export_fiftyone, export_label_studio
+
+        return (export_label_studio if fmt == "label-studio" else export_fiftyone)(path, out, rnd=rnd)
     out = Path(out)
     with Cache(path) as c:
         r = _round(c, rnd)

@@ -117,20 +117,31 @@ def cache_clean(folder: str, pipelines: tuple[str, ...], data_root: str | None, 
 @cache_group.command("export")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--round", "rnd", type=int, default=0, show_default=True, help="Augmentation round to export.")
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "npz"]), default="csv", show_default=True)
-@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Output file [default: FILE.round0.csv].")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "npz", "label-studio", "fiftyone"]),
+              default="csv", show_default=True)
+@click.option("--out", default=None, type=click.Path(),
+              help="Output file (label-studio: the tasks JSON; fiftyone: a folder) [default: beside FILE].")
 def cache_export(file: str, rnd: int, fmt: str, out: str | None) -> None:
-    """Pseudo-labels and DAMP scores per image, with image ids and class names, for training elsewhere.
+    """Pseudo-labels and DAMP scores per image, with image ids and class names, for training elsewhere or
+    reviewing in Label Studio or FiftyOne (docs/cache.md has the one command that imports each).
 
     \b
     csv/parquet: image, unreadable, positives, negatives, pseudo:CLASS (1/0/-1), score:CLASS.
     npz: image_ids, classnames, pseudo [N, C], scores [N, C], bad [N].
+    label-studio: tasks JSON (pseudo-positives as predictions with scores) + label_config.xml beside it;
+      the reviewed export comes back with `aevlp data prepare table --reviewed EXPORT.json`.
+    fiftyone: a FiftyOneImageClassificationDataset folder (labels.json, multilabel, with confidences).
 
-    Example: aevlp cache export cache/voc.h5 --round 0 --format csv --out voc_pseudo.csv
+    \b
+    Examples:
+      aevlp cache export cache/voc.h5 --round 0 --format csv --out voc_pseudo.csv
+      aevlp cache export cache/voc.h5 --format label-studio --out out/ls/tasks.json
+      aevlp cache export cache/voc.h5 --format fiftyone --out out/voc-fiftyone
     """
     from aevlp.cache.export import export_pseudo_labels
 
-    target = out or f"{Path(file).with_suffix('')}.round{rnd}.{fmt}"
+    suffix = {"label-studio": "tasks.json", "fiftyone": "fiftyone"}.get(fmt, fmt)
+    target = out or f"{Path(file).with_suffix('')}.round{rnd}.{suffix}"
     click.echo(f"wrote {export_pseudo_labels(file, target, rnd=rnd, fmt=fmt)}")
 
 

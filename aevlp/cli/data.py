@@ -89,8 +89,12 @@ def prepare_cub_cmd(raw: str, out: str) -> None:
                    "single-positive data is; test (and val) rows carry full labels.")
 @click.option("--allow-outside-images", is_flag=True,
               help="Accept image paths that resolve outside --images (absolute paths, ../).")
+@click.option("--reviewed", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="A Label Studio JSON export of the tasks `aevlp cache export --format label-studio` wrote: each "
+                   "annotated training image's chosen classes become observed positives, the others negatives.")
 def prepare_table_cmd(csv_path: str, images: str, out: str, image_col: str | None, labels_col: str,
-                      sep: str, test_frac: float, seed: int, observed_only: bool, allow_outside_images: bool) -> None:
+                      sep: str, test_frac: float, seed: int, observed_only: bool, allow_outside_images: bool,
+                      reviewed: str | None) -> None:
     """Your own images from a CSV.
 
     \b
@@ -104,12 +108,13 @@ def prepare_table_cmd(csv_path: str, images: str, out: str, image_col: str | Non
     Examples:
       aevlp data prepare table --csv tags.csv --images photos/ --out data/mine
       aevlp data prepare table --csv one_tag_each.csv --images photos/ --out data/mine --observed-only
+      aevlp data prepare table --csv tags.csv --images photos/ --out data/mine --reviewed ls-export.json
     """
     from aevlp.data.table import prepare_table
 
     _print_summary(prepare_table(csv_path, images, out, image_col=image_col, labels_col=labels_col, sep=sep,
                                  test_frac=test_frac, seed=seed, observed_only=observed_only,
-                                 allow_outside_images=allow_outside_images))
+                                 allow_outside_images=allow_outside_images, reviewed=reviewed))
 
 
 @data.command("info")

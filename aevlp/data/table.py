@@ -151,10 +151,26 @@ def _splits(df: pd.DataFrame, csv: Path, split_col: str, test_frac: float, seed:
     return split
 
 
+def _with_reviewed(observed: dict | None, reviewed, images, classnames, labels, extra: dict) -> np.ndarray:
+    """The training rows' observed labels (the CSV's known tags, or Cole's single positives) with a Label
+    Studio review laid over them: its confirmed positives and negatives (`aevlp.data.reviewed`)."""
+    from aevlp.data.observe import single_positive
+    from aevlp.data.reviewed import read_reviewed
+
+    base = observed["train"] if observed else single_positive(labels.astype(np.int64))
+    review = read_reviewed(reviewed, list(images), classnames)
+    extra["reviewed"] = {"source": str(reviewed), "images": int((review != 0).any(1).sum()),
+                         "positives": int((review == 1).sum()), "negatives": int((review == -1).sum())}
+    return np.where(review != 0, review, base)
+
+
 def prepare_table(csv: str | Path, images: str | Path, out: str | Path, *, image_col: str | None = None,
                   labels_col: str = "labels", sep: str = "|", split_col: str = "split", test_frac: float = 0.2,
                   seed: int = 0, check_images: bool = True, observed_only: bool = False,
-                  allow_outside_images: bool = False) -> dict:
+                  allow_outside_images: bool = False, reviewed: str | Path | None = None) -> dict:
+    """The CSV as a dataset in the SPML layout (module docstring). `reviewed`: a Label Studio JSON export of
+    the tasks `aevlp cache export --format label-studio` wrote: each annotated training image's classes are
+    observed, chosen as positives and the others as negatives, beside its known tag."""
     csv, images = Path(csv), Path(images)
     df = _read_csv(csv)
     image_col = _image_column(df, csv, image_col)
@@ -173,11 +189,15 @@ def prepare_table(csv: str | Path, images: str | Path, out: str | Path, *, image
         if (labels[split == "train"].sum(1) == 0).any():
             raise DataError(f"{csv}: {int((labels[split == 'train'].sum(1) == 0).sum())} training row(s) have no "
                             "label", hint="in --observed-only mode every training image needs its known tag")
-        obs = np.where((split[train] == "train")[:, None], labels[train], 0)
-        observed = {"train": obs}
+        observed = {"train": np.where((split[train] == "train")[:, None], labels[train], 0)}
+    if reviewed is not None:
+        observed = {"train": _with_reviewed(observed, reviewed, paths[train], classnames, labels[train], extra)}
     phases = {"train": (paths[train], labels[train]), "val": (paths[split == "test"], labels[split == "test"])}
     summary = write_layout(out, "table", classnames, images, phases, extra=extra, observed=observed)
     summary["val_images"] = len(extra.get("val_rows", [])) or "a seeded 20 % of the train rows"
     if observed_only:
         summary["train_labels"] = "observed only (pseudo-label precision/recall will not be reported)"
+    if "reviewed" in extra:
+        r = extra["reviewed"]
+        summary["reviewed"] = f"{r['images']} images: {r['positives']} confirmed positives, {r['negatives']} negatives"
     return summary

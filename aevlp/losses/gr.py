@@ -46,10 +46,11 @@ def _gr_terms(z, p, w, b, mu, sigma, q2, q3):
 
 def gr_loss(logits: torch.Tensor, observed: torch.Tensor, *, w: float, b: float, mu: float, sigma: float,
             q2: float, q3: float) -> torch.Tensor:
-    """GR Loss (Chen et al., IJCAI 2024), mean over all B×C entries."""
+    """GR Loss (Chen et al., IJCAI 2024), mean over all B×C entries. Observed negatives (y = -1, from a
+    review: not in the single-positive benchmark) get -log(1-p)."""
     z, p, y = prep(logits, observed)
     _, _, unknown = _gr_terms(z, p, w, b, mu, sigma, q2, q3)
-    return torch.where(y == 1, neg_log(p), unknown).mean()
+    return torch.where(y == 1, neg_log(p), torch.where(y == -1, neg_log(1 - p), unknown)).mean()
 
 
 def gpr_loss(logits: torch.Tensor, observed: torch.Tensor, pseudo: torch.Tensor, *, w: float, b: float,
@@ -57,8 +58,9 @@ def gpr_loss(logits: torch.Tensor, observed: torch.Tensor, pseudo: torch.Tensor,
              reg: float, expected_pos: float) -> torch.Tensor:
     """GPR Loss (AEVLP, ICCV 2025; docs/method.md, "GPR Loss").
 
-    Observed positives: -log p. Unknown (z=0): the GR term. Positive pseudo-labels: label-smoothed
-    CE towards ρ, weighted by 1-clip(v, 1-λ1, 1-λ2) ∈ [λ2, λ1]. Negative pseudo-labels: v·(-log(1-p)).
+    Observed positives: -log p; observed negatives (y = -1, from a review): -log(1-p). Unknown (z=0):
+    the GR term. Positive pseudo-labels: label-smoothed CE towards ρ, weighted by 1-clip(v, 1-λ1, 1-λ2)
+    ∈ [λ2, λ1]. Negative pseudo-labels: v·(-log(1-p)).
     Plus reg·EPR on p with gradient. Equals `gr_loss` when pseudo ≡ 0 and reg = 0.
     """
     checked(LossParams, lam1=lam1, lam2=lam2, rho=rho)
@@ -68,7 +70,7 @@ def gpr_loss(logits: torch.Tensor, observed: torch.Tensor, pseudo: torch.Tensor,
     positive = (1 - v_clip) * (rho * neg_log(p) + (1 - rho) * neg_log(1 - p))
     negative = V * neg_log(1 - p)
     loss = torch.where(zl == 1, positive, torch.where(zl == -1, negative, unknown))
-    loss = torch.where(y == 1, neg_log(p), loss)
+    loss = torch.where(y == 1, neg_log(p), torch.where(y == -1, neg_log(1 - p), loss))
     total = loss.mean()
     if reg:
         total = total + reg * expected_positive_regularizer(p, expected_pos)

@@ -1,0 +1,74 @@
+"""Pseudo-labels handed to the tools people review labels in, each readable there with one command.
+
+- Label Studio: `tasks.json` (one task per training image, its pseudo-positives as a prediction with
+  the DAMP scores) and `label_config.xml` beside it (a multiple-choice labelling interface). Images are
+  referenced as Label Studio's local-file URLs under the image folder; the image's path relative to it
+  rides along in `data.aevlp_image`, which `aevlp data prepare table --reviewed` reads back.
+- FiftyOne: a `FiftyOneImageClassificationDataset` folder: `labels.json` with, per image (its absolute
+  path as the sample id), a list of classifications {label, confidence}: the pseudo-positives.
+"""
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+import numpy as np
+
+from aevlp.cache.reader import Cache
+from aevlp.data.reviewed import CHOICES_NAME, IMAGE_KEY
+from aevlp.errors import AevlpError
+
+__all__ = ["export_label_studio", "export_fiftyone", "label_config"]
+
+
+def _labels(path: str | Path, rnd: int):
+    """(relative image paths, image root, class names, pseudo [N, C], scores [N, C], readable [N])."""
+    from aevlp.data import load_dataset
+
+    with Cache(path) as c:
+        if not 0 <= rnd < c.rounds:
+            raise AevlpError(f"--round {rnd}: the cache has rounds 0..{c.rounds - 1}")
+        info = json.loads(c.f.attrs.get("info", "{}"))
+        root = load_dataset(c.fingerprint["dataset"], info["data_root"],
+                            image_root=info.get("image_root") or None).image_root
+        return (c.image_ids(), Path(root).resolve(), c.classnames(), c.f["pseudo"][rnd],
+                c.f["scores"][rnd].astype(np.float32), ~c.f["bad"][:].astype(bool))
+
+
+def label_config(classnames: list[str]) -> str:
+    """Label Studio's labelling interface: the image and one multiple-choice list of the classes."""
+    choices = "\n".join(f'    <Choice value="{html.escape(c, quote=True)}"/>' for c in classnames)
+    return (f'<View>\n  <Image name="image" value="$image"/>\n  <Choices name="{CHOICES_NAME}" toName="image" '
+            f'choice="multiple" showInline="true">\n{choices}\n  </Choices>\n</View>\n')
+
+
+def export_label_studio(path: str | Path, out: str | Path, *, rnd: int = 0) -> Path:
+    """`out` (tasks JSON) and label_config.xml beside it."""
+    ids, root, names, pseudo, scores, ok = _labels(path, rnd)
+    tasks = []
+    for i in np.flatnonzero(ok):
+        picked = [k for k in range(len(names)) if pseudo[i, k] == 1]
+        tasks.append({
+            "data": {"image": f"/data/local-files/?d={ids[i]}", IMAGE_KEY: ids[i],
+                     "aevlp_scores": {names[k]: round(float(scores[i, k]), 4) for k in picked}},
+            "predictions": [{"model_version": f"aevlp DAMP round {rnd}",
+                             "score": round(float(scores[i, picked].mean()), 4) if picked else 0.0,
+                             "result": [{"from_name": CHOICES_NAME, "to_name": "image", "type": "choices",
+                                         "value": {"choices": [names[k] for k in picked]}}]}]})
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(tasks, indent=1))
+    out.with_name("label_config.xml").write_text(label_config(names))
+    return out
+
+
+def export_fiftyone(path: str | Path, out: str | Path, *, rnd: int = 0) -> Path:
+    """`out`/labels.json in FiftyOne's image-classification format (multilabel, with confidences)."""
+    ids, root, names, pseudo, scores, ok = _labels(path, rnd)
+    labels = {str(root / ids[i]): [{"label": names[k], "confidence": round(float(scores[i, k]), 4)}
+                                   for k in range(len(names)) if pseudo[i, k] == 1] for i in np.flatnonzero(ok)}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "labels.json").write_text(json.dumps({"labels": labels}, indent=1))
+    return out
