@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FASHION := /usr/share/datasets/fashion-mnist
 
-.PHONY: setup data demo lint test test-fast docs clean
+.PHONY: setup data demo lint test test-fast docs gpu-wheels clean
 
 $(BIN)/aevlp: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,13 @@ test-fast: setup lint
 docs: setup
 	$(BIN)/python -c "from aevlp.settings_docs import write_key_tables; write_key_tables('pipelines/README.md')"
 	$(BIN)/python -c "import aevlp.losses.recipes as r; r.write_pipeline_blocks('pipelines'); r.write_recipe_tables('docs/training.md')"
+
+# The packages a lent GPU box lacks (it has torch, h5py, pandas, click, tqdm; nothing can be fetched there), as
+# wheels in .whl/ for benchmarks/gpu.py: docs/performance.md gives the whole command.
+GPU_WHEELS := open_clip_torch==3.3.0 ftfy==6.3.1 wcwidth==0.9.4 tomli_w==1.2.0
+gpu-wheels: setup
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl $(GPU_WHEELS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -6,9 +6,10 @@ page with the stored results of the others.
     python benchmarks/run_all.py                # about 25 minutes on 2 CPU cores
     python benchmarks/run_all.py --quick        # ViT-B-32 only, fewer images
     python benchmarks/run_all.py --only cache   # stage_one | cache | stage_two | reprompt | render (none)
+    python benchmarks/run_all.py --device cuda --only gpu   # on a GPU box: benchmarks/gpu.py (the VOC run)
 
-GPU-box results (benchmarks/results/stage_two_*h200*.json, from `stage_two.py --device cuda`) are
-rendered beside this machine's.
+GPU-box results (benchmarks/results/stage_two_*h200*.json, from `stage_two.py --device cuda`, and
+benchmarks/results/gpu_*.json, from `gpu.py`) are rendered beside this machine's.
 """
 from __future__ import annotations
 
@@ -37,7 +38,8 @@ def stored(script: str) -> dict:
     return json.loads(path.read_text())
 
 
-def render(s1: dict, s2: dict, ca: dict, notes: str, gpu: list[dict], rp: dict | None) -> str:
+def render(s1: dict, s2: dict, ca: dict, notes: str, gpu: list[dict], rp: dict | None,
+           runs: list[dict] = ()) -> str:
     rows = "\n".join(f"| {r['arch']} | {r['precision']} | {r['bare_images_per_s']:.2f} | {r['pipeline_images_per_s']:.2f} "
                      f"| {r['reference_images_per_s']:.2f} | **{r['pipeline_over_bare']:.2f}** | "
                      f"{r['pipeline_over_reference']:.2f} |" for r in s1["rows"])
@@ -88,6 +90,7 @@ Grid scaling (first architecture, default precision):
 
 {loaders(s2, gpu)}
 {reprompt_section(rp)}
+{gpu_section(runs)}
 {notes}
 """
 
@@ -160,6 +163,48 @@ def reprompt_section(rp: dict | None) -> str:
 """
 
 
+GPU_COMMAND = """\
+1. On a machine with internet: `make gpu-wheels` puts the packages a bare GPU image with PyTorch often
+   lacks (open_clip_torch, ftfy, wcwidth, tomli_w) in `.whl/` (with internet on the GPU machine, skip it
+   and `pip install -e .` there instead).
+2. On the GPU machine, from the repository root, with `.whl` copied along (about 5 minutes on an H200):
+
+       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \\
+           .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && \\
+       PYTHONUNBUFFERED=1 python3 benchmarks/gpu.py --device cuda --json gpu_h200.json
+
+3. Copy `gpu_h200.json` to `benchmarks/results/` and run `python benchmarks/run_all.py --only render`."""
+
+
+def gpu_section(runs: list[dict]) -> str:
+    """The paper's VOC run on one GPU (benchmarks/gpu.py): measured, or how to measure it."""
+    head = "## The paper's VOC run on one GPU (`benchmarks/gpu.py`)\n\n"
+    if not runs:
+        return head + "**GPU: not measured yet.** Run:\n\n" + GPU_COMMAND + "\n"
+    out = [head + "Random-init ViT-B/16 and ResNet-50, synthetic 500×375 JPEGs, pipelines/voc.toml's settings "
+           "(grid 4, R = 4, fp16 CLIP weights; batch 8 at 448 px for training). Per-image figures measured in one "
+           "run; the VOC run (5,717 images, 8 epochs) projected from them.\n"]
+    for r in runs:
+        s1, a, o, p = r["stage_one"], r["stage_two_aevlp"], r["stage_two_official"], r["voc_run"]
+        out += [f"{r['machine'].split(', torch')[0]}, {r['date']}, {r['images']} images.", "",
+                "| measure | value | target |", "|---|---|---|"]
+        out += [f"| stage one, clip.workers = {q['workers']}: `aevlp pseudolabel` / bare encoder | "
+                f"{q['images_per_s']:.1f} / {s1['bare_images_per_s']:.1f} images/s = **{q['over_bare']:.2f}**; GPU busy "
+                f"{q['gpu_utilisation']['mean'] or 0:.0f}% (mean), peak {q['peak_gb'] or 0:.1f} GB | ≥ 0.85 |"
+                for q in s1["pipeline"]]
+        lb = r.get("largest_batch") or {}
+        out += [f"| stage one: aevlp (R = 4 rounds, once) vs the official loop (one round, every epoch) | "
+                f"{s1['pipeline_best_images_per_s']:.1f} vs {s1['official_images_per_s_per_round']:.1f} images/s | — |",
+                f"| largest encoder chunk that fits (the pipeline uses 256) | {lb.get('views_per_forward', '—')} views, "
+                f"{lb.get('images_per_s', 0):.1f} images/s | — |",
+                f"| stage two, one epoch: aevlp ({a['precision']}, channels_last, its loader) vs official (fp32, PIL) | "
+                f"{a['images_per_s']:.1f} vs {o['images_per_s']:.1f} images/s = **{a['images_per_s'] / o['images_per_s']:.2f}×** "
+                f"| — |",
+                f"| the VOC run: aevlp vs official | {p['aevlp_min']:.1f} min (stage one {p['aevlp_stage_one_min']:.1f}) vs "
+                f"{p['official_min']:.1f} min = **{p['aevlp_over_official']:.2f}** | ≤ 0.33 |", ""]
+    return "\n".join(out) + "\nRe-run:\n\n" + GPU_COMMAND + "\n"
+
+
 def precisions() -> str:
     """bf16 and fp32 where the CPU has bf16 instructions; fp32 alone where bf16 would be emulated."""
     from aevlp.device import cpu_supports_bf16
@@ -167,16 +212,29 @@ def precisions() -> str:
     return "bf16,fp32" if cpu_supports_bf16() else "fp32"
 
 
+def gpu_slug() -> str:
+    import torch
+
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return "".join(c for c in name.lower().split()[-1] if c.isalnum()) or "gpu"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", choices=["stage_one", "cache", "stage_two", "reprompt", "render"], default=None,
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                    help="cuda: also run benchmarks/gpu.py (the paper's VOC run on this GPU)")
+    ap.add_argument("--only", choices=["stage_one", "cache", "stage_two", "reprompt", "gpu", "render"], default=None,
                     help="re-run one benchmark (render: none) and use the stored results of the others")
     ap.add_argument("--notes", default=str(HERE / "performance_notes.md"),
                     help="hand-written findings appended to the generated page")
     args = ap.parse_args()
     archs = "ViT-B-32" if args.quick else "ViT-B-32,ViT-B-16"
-    todo = {args.only} if args.only else {"stage_one", "cache", "stage_two", "reprompt"}
+    todo = {args.only} if args.only else {"stage_one", "cache", "stage_two", "reprompt"} | (
+        {"gpu"} if args.device == "cuda" else set())
+    if "gpu" in todo:
+        subprocess.run([sys.executable, str(HERE / "gpu.py"), "--device", "cuda", "--json",
+                        str(RESULTS / f"gpu_{gpu_slug()}.json")], check=True)
     s1 = run("stage_one.py", "--archs", archs, "--images", "8" if args.quick else "16", "--precisions",
              precisions(), "--grids", "1,2,3,4,5") if "stage_one" in todo else stored("stage_one.py")
     ca = run("cache.py", "--images", "8" if args.quick else "16") if "cache" in todo else stored("cache.py")
@@ -184,7 +242,8 @@ def main() -> None:
     rp = run("reprompt.py") if "reprompt" in todo else stored("reprompt.py")
     gpu = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("stage_two_*h200*.json"))]  # GPU-box runs
     notes = Path(args.notes).read_text() if Path(args.notes).exists() else ""
-    DOC.write_text(render(s1, s2, ca, notes, gpu, rp))
+    runs = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("gpu_*.json"))]  # benchmarks/gpu.py
+    DOC.write_text(render(s1, s2, ca, notes, gpu, rp, runs))
     print(f"wrote {DOC}")
 
 

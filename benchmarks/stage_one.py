@@ -12,6 +12,7 @@ Images/s counts source images, each with G*G+1 views (R = 1 round, so every view
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -34,16 +35,24 @@ from aevlp.specs import ClipSpec  # noqa: E402
 from aevlp.views import tile_boxes  # noqa: E402
 
 
-def bare_encoder(arch: str, precision: str, n_views: int) -> float:
-    """Views/s of encode_image alone on pre-normalised tensors of the model's dtype."""
-    clip = load_clip(ClipSpec(arch, "", device="cpu", precision=precision))
-    x = torch.randn(n_views, 3, clip.image_size, clip.image_size)
-    clip.encode_images(x[:MAX_VIEWS_PER_FORWARD // 4])  # warm-up
-    x = x.to(clip.dtype)
+def bare_encoder(arch: str | ClipSpec, precision: str, n_views: int, chunk: int = MAX_VIEWS_PER_FORWARD) -> float:
+    """Views/s of encode_image alone on pre-normalised tensors of the model's dtype, already on its device,
+    `chunk` views per forward (the pipeline's own chunk by default)."""
+    spec = arch if isinstance(arch, ClipSpec) else ClipSpec(arch, "", device="cpu", precision=precision)
+    clip = load_clip(spec)
+    x = torch.randn(n_views, 3, clip.image_size, clip.image_size).to(clip.device, clip.dtype)
+    clip.encode_images(x[:chunk])  # warm-up
+    _sync(clip.device)
     t = time.perf_counter()
-    for i in range(0, n_views, MAX_VIEWS_PER_FORWARD):
-        clip.encode_images(x[i:i + MAX_VIEWS_PER_FORWARD])
+    for i in range(0, n_views, chunk):
+        clip.encode_images(x[i:i + chunk])
+    _sync(clip.device)
     return n_views / (time.perf_counter() - t)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def pipeline(arch: str, precision: str, root: Path, out: Path, grid: int, n: int, workers: int) -> float:
@@ -56,10 +65,12 @@ def pipeline(arch: str, precision: str, root: Path, out: Path, grid: int, n: int
     return run_pseudolabel(cfg, limit=n, progress=False, force=True)["images_per_s"]
 
 
-def reference_loop(arch: str, paths: list[Path], grid: int, classes: int = 20) -> float:
-    """The official code's way: PIL crop + Resize/Flip/ToTensor/Normalize per tile, fp32 weights."""
-    clip = load_clip(ClipSpec(arch, "", device="cpu", precision="fp32"))
-    text = torch.nn.functional.normalize(torch.randn(classes, clip.embed_dim), dim=-1)
+def reference_loop(arch: str | ClipSpec, paths: list[Path], grid: int, classes: int = 20) -> float:
+    """The official code's way: PIL crop + Resize/Flip/ToTensor/Normalize per tile in the main process, fp32
+    weights; source images/s of one round (the official code redoes this every epoch)."""
+    spec = arch if isinstance(arch, ClipSpec) else ClipSpec(arch, "", device="cpu")
+    clip = load_clip(dataclasses.replace(spec, precision="fp32"))
+    text = torch.nn.functional.normalize(torch.randn(classes, clip.embed_dim, device=clip.device), dim=-1)
     tx = transforms.Compose([transforms.Resize((clip.image_size, clip.image_size)),
                              transforms.RandomHorizontalFlip(0.5), transforms.ToTensor(),
                              transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
@@ -75,7 +86,8 @@ def reference_loop(arch: str, paths: list[Path], grid: int, classes: int = 20) -
         emb = torch.cat([clip.encode_images(x[j:j + MAX_VIEWS_PER_FORWARD])
                          for j in range(0, len(x), MAX_VIEWS_PER_FORWARD)])
         sims = (emb @ text.T).reshape(-1, grid * grid + 1, classes)
-        aggregate(sims[:, 0], sims[:, 1:], torch.zeros(len(sims), classes), temperature=0.01, eta=0.3)
+        aggregate(sims[:, 0], sims[:, 1:], torch.zeros(len(sims), classes, device=sims.device), temperature=0.01,
+                  eta=0.3)[0].cpu()
     return len(paths) / (time.perf_counter() - t)
 
 
