@@ -9,7 +9,7 @@ import torch
 from aevlp.errors import ConfigError
 
 __all__ = ["DTYPES", "cpu_supports_bf16", "resolve_device", "resolve_precision", "resolve_train_precision",
-           "autocast"]
+           "autocast", "memory_bytes", "check_fits"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -66,3 +66,25 @@ def autocast(device: torch.device, precision: str):
     """An autocast context for a resolved precision ('fp32' disables it): stage two's mixed precision."""
     return torch.autocast(device.type, dtype=DTYPES.get(precision, torch.float32),
                           enabled=precision in ("bf16", "fp16"))
+
+
+def memory_bytes(device: torch.device) -> int:
+    """What one process can hold: the GPU's memory on CUDA, the machine's RAM otherwise (0: unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory)
+    try:
+        import os
+
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def check_fits(what: str, need: int, device: torch.device, hint: str, share: float = 0.5) -> None:
+    """Refuse settings whose buffers alone (`need` bytes, estimated) would take over `share` of the memory,
+    before anything is allocated: the estimate, the memory and the settings to lower, in one message."""
+    have = memory_bytes(device)
+    if have and need > share * have:
+        raise ConfigError(f"{what} would need about {need / 2 ** 30:.1f} GiB, more than {share:.0%} of the "
+                          f"{have / 2 ** 30:.0f} GiB {'on the GPU' if device.type == 'cuda' else 'of RAM'} here",
+                          hint=hint)

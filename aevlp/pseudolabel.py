@@ -36,6 +36,7 @@ from aevlp.cache.validate import problems as cache_problems
 from aevlp.clip import ClipIdentity, ClipModel, identify_clip, load_clip
 from aevlp.damp import pseudo_labels
 from aevlp.data import SPMLData, image_identity
+from aevlp.device import check_fits
 from aevlp.errors import AevlpError
 from aevlp.progress import bar
 from aevlp.reprompt import rederive
@@ -141,6 +142,7 @@ def plan_stage_one(cfg: dict, limit: int | None = None) -> StageOnePlan:
         raise AevlpError(f"{data.root}: the train split is empty")
     ident = identify_clip(specs.clip)
     views = ViewSpec.of(specs.views, ident.preprocess)
+    _check_view_memory(specs, views)
     ids = list(data.train.images[:n])
     eval_ids = None if specs.cache.store_embeddings == "none" else \
         {"val": list(data.val.images), "test": list(data.test.images)}
@@ -151,9 +153,34 @@ def plan_stage_one(cfg: dict, limit: int | None = None) -> StageOnePlan:
                                store_embeddings=specs.cache.store_embeddings, ids=ids, observed=data.train.observed[:n],
                                phrases=phrases, relation=relation_id(specs.text), eval_ids=eval_ids, images_hash=images)
     target = specs.cache_path
+    if images.endswith(":absent"):
+        fp["images_hash"] = _recorded_images_hash(target, images)
     status, diff = _status(target, fp)
     return StageOnePlan(specs=specs, data=data, n=n, views=views, clip=ident, fingerprint=fp, eval_ids=eval_ids,
                         target=target, status=status, diff=diff, limit=limit)
+
+
+def _check_view_memory(specs: Specs, views: ViewSpec) -> None:
+    """A batch's views (uint8, with the batches the workers queue) and one forward chunk (float32) must fit."""
+    px = 3 * views.size ** 2
+    queued = max(1, 2 * specs.clip.workers + 1)
+    need = specs.clip.batch_size * unique_slots(views) * px * queued + MAX_VIEWS_PER_FORWARD * px * 4
+    check_fits(f"stage one's views (clip.batch_size {specs.clip.batch_size} x {unique_slots(views)} distinct views "
+               f"of {views.size} px per image, grid {views.grid}, rounds {views.rounds}, clip.workers "
+               f"{specs.clip.workers})", need, torch.device("cpu"),
+               hint="lower clip.batch_size or clip.workers (or views.grid / views.rounds)")
+
+
+def _recorded_images_hash(target: Path, absent: str) -> str:
+    """No image is here (a cache copied from another machine): what the cache recorded stands, with a note."""
+    try:
+        recorded = read_fingerprint(target)[0].get("images_hash", absent) if target.exists() else absent
+    except AevlpError:
+        return absent
+    if recorded != absent:
+        log.warning("the images are absent here, so they could not be checked against %s; it is used as it "
+                    "recorded them (everything that needs no image, such as re-prompting, works)", target)
+    return recorded
 
 
 def _load_scorer(plan: StageOnePlan) -> _Scorer:

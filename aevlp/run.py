@@ -186,4 +186,4 @@ def run_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit:
     if not two.run:
         return json.loads(((two.run_dir or plan.run_dir) / "results.json").read_text())
     return run_train(plan.cfg, run_dir=plan.run_dir, limit=limit, progress=progress, resume=two.resume,
-                     echo=echo if epoch_lines else None)
+                     force=True, echo=echo if epoch_lines else None)  # the plan said why it re-trains

@@ -53,7 +53,8 @@ ONE_UP = Check(lambda v: v >= 1, ">= 1")
 UNIT = between(0, 1)
 DEVICE = Check(lambda v: bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)), "auto, cpu, cuda or cuda:N")
 FOUR_NUMBERS = Check(lambda v: len(v) == 4 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and
-                                                   math.isfinite(x) for x in v), "a list of 4 numbers, all finite")
+                                                   math.isfinite(x) and abs(x) <= 1000 for x in v),
+                     "a list of 4 numbers, each in [-1000, 1000]")
 PROMPTS = Check(lambda v: len(v) > 0 and all(isinstance(t, str) and t.count("{}") == 1 for t in v),
                 "a non-empty list of templates, each with exactly one {} for the class")
 

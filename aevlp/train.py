@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from aevlp.metrics import (
 )
 from aevlp.models import BACKBONES, Classifier, build_model
 from aevlp.progress import bar
+from aevlp.run_folder import claim, resume_changes
 from aevlp.schedules import gr_schedule
 from aevlp.specs import Specs, TrainSpec
 from aevlp.stopping import should_stop, stop_reason
@@ -95,7 +97,7 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 
 def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path | None = None,
-              resume: bool = False, limit: int | None = None, progress: bool = True,
+              resume: bool = False, limit: int | None = None, progress: bool = True, force: bool = False,
               explicit: tuple[str, ...] = (), echo: Callable[[str], None] | None = tqdm.write) -> dict:
     """Train, evaluate and write the run directory; with `resume`, continue `run_dir` from its last epoch
     (a run directory whose first epoch never finished starts over).
@@ -105,6 +107,8 @@ def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path
     [text], [views]), so the run records what its pseudo-labels really came from; a key named in
     `explicit` (the user's --set keys) that contradicts the cache is refused. `cfg` itself is not changed.
     `progress`: progress bars; `echo`: where the run's first line, per-epoch summaries and notes go (None: quiet).
+    The folder is locked while it is written; a finished (or interrupted) one is replaced only with `force`;
+    a resume may change only `run_folder.RESUMABLE` settings (aevlp.run_folder).
     """
     echo = echo or (lambda _: None)
     if cache is not None:
@@ -113,17 +117,39 @@ def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path
     if resume and not has_training_state(Path(run_dir)):
         echo(f"note: {run_dir} holds no finished epoch (interrupted before the first ended): starting it over")
         resume = False
-    r = _setup(as_trained(cfg), run_dir, limit, explicit, resume)
-    state = load_training_state(r.run, r.core, r.opt, r.method) if resume else _fresh_state()
-    if r.main:
-        (r.run / "config.toml").write_text(dump_config(r.cfg))
-        echo(_recipe_line(r.t, lr_source))
-        if r.labeler.thresholds is not None:  # RUN/class_thresholds.csv: the θ per class it selects with, and why
-            path = write_thresholds(r.run / "class_thresholds.csv", r.data.classnames, r.labeler.thresholds,
-                                    r.labeler.threshold_table)
-            off = int((r.labeler.thresholds > 1).sum())
-            echo(f"class thresholds ({r.specs.damp.class_thresholds}): {path}"
-                 + (f"; {off} class(es) without pseudo-positives (teacher unreliable)" if off else ""))
+    changes = resume_changes(Path(run_dir), as_trained(cfg)) if resume else []
+    main = distributed.env()[0] == 0
+    lock = claim(Path(run_dir), resume=resume, force=force, echo=echo) if run_dir is not None and main else None
+    try:  # a named folder is claimed before the set-up's work; a new, dated one once it is named
+        r = _setup(as_trained(cfg), run_dir, limit, explicit, resume)
+        lock = lock or (claim(r.run, resume=resume, force=force, echo=echo) if r.main else None)
+        state = load_training_state(r.run, r.core, r.opt, r.method) if resume else _fresh_state()
+        if r.t.epochs < state["epoch"]:
+            raise AevlpError(f"--epochs {r.t.epochs}: {r.run} has already finished {state['epoch']} epochs",
+                             hint=f"resume with --epochs {state['epoch']} or more")
+        if r.main:
+            _start(r, echo, lr_source, changes)
+        return _train_and_test(r, state, progress, echo)
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
+def _start(r: TrainRun, echo: Callable[[str], None], lr_source: str, changes: list[str]) -> None:
+    """config.toml (what runs, resumed changes included), the run's first line, the class thresholds."""
+    (r.run / "config.toml").write_text(dump_config(r.cfg))
+    echo(_recipe_line(r.t, lr_source))
+    if changes:
+        echo("resumed with: " + "; ".join(changes) + " (config.toml records them)")
+    if r.labeler.thresholds is not None:  # RUN/class_thresholds.csv: the θ per class it selects with, and why
+        path = write_thresholds(r.run / "class_thresholds.csv", r.data.classnames, r.labeler.thresholds,
+                                r.labeler.threshold_table)
+        off = int((r.labeler.thresholds > 1).sum())
+        echo(f"class thresholds ({r.specs.damp.class_thresholds}): {path}"
+             + (f"; {off} class(es) without pseudo-positives (teacher unreliable)" if off else ""))
+
+
+def _train_and_test(r: TrainRun, state: dict, progress: bool, echo: Callable[[str], None]) -> dict:
     try:
         _epochs(r, state, progress, echo)
     except KeyboardInterrupt:
@@ -181,34 +207,19 @@ def _fresh_state() -> dict:
     return {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "counter": 0, "history": [], "stopped_early": False}
 
 
-def _aligned_with_cache(cfg: dict, cache: Cache, explicit: tuple[str, ...]) -> dict:
-    """A copy of cfg whose [clip], [text] and [views] are the cache's (what stage one recorded); an
-    explicit --set of one of them that differs is an error."""
-    recorded = json.loads(cache.f.attrs.get("info", "{}")).get("stage_one", {})
-    changes: dict[str, dict] = {}
-    for section, table in recorded.items():
-        for key, value in table.items():
-            if key not in cfg.get(section, {}) or cfg[section][key] == value:
-                continue
-            if f"{section}.{key}" in explicit:
-                raise ConfigError(f"--set {section}.{key}={cfg[section][key]!r} contradicts the cache {cache.path}, "
-                                  f"which was made with {section}.{key} = {value!r}",
-                                  hint="stage-one settings belong to stage one: re-run `aevlp pseudolabel` (or "
-                                       "`aevlp run`) with them, or drop the --set")
-            changes.setdefault(section, {})[key] = value
-    return updated(cfg, changes)
-
-
 def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: tuple[str, ...] = (),
            resume: bool = False) -> TrainRun:
     cache = Cache(Specs.of(cfg).cache_path)
-    cfg = _aligned_with_cache(cfg, cache, explicit)
+    cfg = cache.aligned_config(cfg, explicit)
     specs = Specs.of(cfg)
     t = specs.train
     data = specs.dataset.load()
     n = len(data.train) if limit is None else min(limit, len(data.train))
     observed, truth = data.train.observed[:n], data.train.labels[:n]
     cache.check_matches(list(data.train.images[:n]), observed, data.classnames)
+    if cache.check_images(data.image_root) == "absent":
+        logging.getLogger("aevlp").warning("the images of %s are absent under %s: they could not be checked",
+                                           cache.path, data.image_root)
     keep = ~cache.f["bad"][:]  # unreadable images were skipped in stage one
     params = dict(specs.loss, expected_pos=specs.loss["expected_pos"] or data.info.expected_pos or
                   float(truth.sum(1).mean()))

@@ -18,10 +18,12 @@ HINT_NAMES = {"hint", "fix", "RECOMPUTE"}
 # The commands that run each library module whose messages name flags (a new such module must be listed).
 EVERY_CONFIG = ["pseudolabel", "train", "run", "bench", "cache clean"]
 MODULE_COMMANDS = {
-    "report.py": ["report"], "cache/export.py": ["cache export"],  # (the gallery has --round too)
+    "report.py": ["report"], "run_folder.py": ["train"],
+    "cache/export.py": ["cache export"],  # (the gallery has --round too)
     "cache/schema.py": ["pseudolabel", "run", "bench", "cache ls", "cache inspect", "cache verify", "train"],
     "cache/reader.py": ["train", "run", "cache inspect", "cache export", "cache gallery"],
     "cache/reader.py:check_matches": ["train", "run"],  # a function's own list, where it is narrower
+    "cache/reader.py:aligned_config": ["train"], "cache/reader.py:check_images": ["train", "run"],
     "pseudolabel.py": ["pseudolabel", "run"],  # (bench and demo recompute a stale cache themselves)
     "config.py": ["pseudolabel", "train", "run", "bench"],  # its --set errors come from --set itself
     "settings.py": EVERY_CONFIG, "losses/ll.py": ["train", "run", "bench"],

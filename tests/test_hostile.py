@@ -307,3 +307,196 @@ def test_limit_and_threshold_messages():
     assert r.exit_code == 2 and "give a positive number, or drop --limit" in r.output
     r = invoke("predict", ".", ".", "--threshold", "1.5")
     assert r.exit_code == 2 and "1.5" in r.output
+
+
+# --- Nothing mixed, nothing stale, nothing unverified: the run folder, resumes, caches (docs/trust.md) ---
+
+def finished_run(world, tmp_path, name="r", *extra):
+    r = invoke("train", "--pseudo", world["cache"], "--run-dir", tmp_path / name, "--no-progress", "--epochs", "2",
+               "--backbone", "small-cnn", "--weights", "none", "--image-size", "32", "--workers", "0", *extra)
+    assert r.exit_code == 0, r.output
+    return tmp_path / name
+
+
+def test_a_run_folder_has_one_writer_and_is_not_overwritten_unasked(world, tmp_path):
+    from aevlp.cache.schema import lock_path
+    run = finished_run(world, tmp_path)
+    before = [(run / f).read_text() for f in ("results.json", "config.toml", "metrics.jsonl")]
+    r = invoke("train", "--pseudo", world["cache"], "--run-dir", run, "--no-progress", "--lr", "0.5")
+    assert r.exit_code == 2 and "holds a finished run" in r.output and "--force" in r.output
+    assert [(run / f).read_text() for f in ("results.json", "config.toml", "metrics.jsonl")] == before
+    lock_path(run).write_text(json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname()}))
+    r = invoke("train", "--pseudo", world["cache"], "--run-dir", run, "--no-progress", "--force")
+    assert r.exit_code == 2 and f"being written by pid {os.getpid()}" in r.output  # a live writer: refused
+    lock_path(run).unlink()
+    r = invoke("train", "--pseudo", world["cache"], "--run-dir", run, "--no-progress", "--force", "--epochs", "1",
+               "--backbone", "small-cnn", "--weights", "none", "--image-size", "32", "--workers", "0")
+    assert r.exit_code == 0 and "replacing the finished run" in r.output, r.output
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 and "epochs = 1" in \
+        (run / "config.toml").read_text()  # config.toml, metrics and results all from the one run
+    assert not lock_path(run).exists()
+
+
+def test_resume_refuses_other_settings_and_honours_more_epochs(world, tmp_path):
+    run = finished_run(world, tmp_path)
+    recorded = (run / "config.toml").read_text()
+    for args, what in ((("--set", "train.lr=0.5"), "train.lr: 1e-05 -> 0.5"), (("--lr", "0.5"), "train.lr"),
+                       (("--set", "damp.threshold=0.2"), "damp.threshold")):
+        r = invoke("train", "--resume", run, "--no-progress", *args)
+        assert r.exit_code == 2 and what in r.output and "--run-dir OTHER" in r.output, r.output
+        assert (run / "config.toml").read_text() == recorded
+    r = invoke("train", "--resume", run, "--no-progress", "--epochs", "1")
+    assert r.exit_code == 2 and "already finished 2 epochs" in r.output
+    r = invoke("train", "--resume", run, "--no-progress", "--epochs", "3")
+    assert r.exit_code == 0 and "resumed with: train.epochs: 2 -> 3" in r.output, r.output
+    assert "epochs = 3" in (run / "config.toml").read_text()
+    assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def edited_cache(world, tmp_path, name, edit):
+    p = tmp_path / f"{name}.h5"
+    p.write_bytes(world["cache"].read_bytes())
+    with h5py.File(p, "r+") as f:
+        edit(f)
+    return p
+
+
+def _set_attr(key, value):
+    return lambda f: f.attrs.__setitem__(key, value)
+
+
+def _fingerprint(**changes):
+    return lambda f: f.attrs.__setitem__("fingerprint", json.dumps({**json.loads(f.attrs["fingerprint"]), **changes}))
+
+
+def _replace(name, make):
+    def edit(f):
+        data = make(f[name][()])
+        del f[name]
+        f.create_dataset(name, data=data)
+    return edit
+
+
+def _poke(name, index, value):
+    return lambda f: f[name].__setitem__(index, value)
+
+
+TAMPERED = {  # the row 3 and row 6: each is FAIL in verify and refused by train and pseudolabel
+    "bad mask edited": (_poke("bad", 3, True), "bad: content differs"),
+    "sims edited": (_poke("sims", (0, 1, 1, 1), 0.25), "sims: content differs"),
+    "checksums deleted": (lambda f: f.attrs.__delitem__("checksums"), "no checksums attribute"),
+    "classnames changed": (_replace("classnames", lambda a: np.array([b"kitten", *a[1:]], dtype=object)),
+                           "classnames: content differs"),
+    "labels byte-flipped": (_poke("labels", (0, 0), 1), "labels"),
+    "labels reshaped": (_replace("labels", lambda a: a[:5].astype(np.int8)), "labels has shape (5, 20)"),
+    "test_labels zeroed": (_replace("test_labels", np.zeros_like), "test_labels: content differs"),
+    "NaN text features": (_poke("text_features", (0, 0), np.nan), "text_features: 1 NaN/inf"),
+    "NaN relation": (_poke("relation", (1, 1), np.nan), "relation: 1 NaN/inf"),
+    "sims 60000": (_poke("sims", (0, 0, 0, 0), 60000), "sims: values from"),
+    "schema 99": (_set_attr("schema_version", 99), "schema_version 99 is not one this aevlp reads"),
+    "clip_weights edited": (_fingerprint(clip_weights="sha256:0000"), "attrs:fingerprint: content differs"),
+    "embeddings cut to 10 rows": (_replace("embeddings", lambda a: a[:, :10]), "embeddings has shape"),
+    "embedding width cut": (_replace("embeddings", lambda a: a[..., :16]), "embeddings has shape"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TAMPERED))
+def test_a_tampered_cache_fails_verify_and_is_refused_by_train_and_pseudolabel(world, tmp_path, case):
+    edit, message = TAMPERED[case]
+    path = edited_cache(world, tmp_path, "c", edit)
+    r = invoke("cache", "verify", path)
+    assert r.exit_code == 1 and message in r.output and "Traceback" not in r.output, r.output
+    cfg = cfg_for(world["clip"], world["root"], path)
+    with pytest.raises(AevlpError, match="damaged|not one this aevlp reads|made with different settings"):
+        run_train(cfg, run_dir=tmp_path / "run", progress=False)
+    if case != "clip_weights edited":  # an edited fingerprint reads as another cache's: stale, so recomputed
+        assert plan_stage_one(cfg).status == "damaged", case
+    r = invoke("train", "--pseudo", path, "--run-dir", tmp_path / "run2", "--no-progress")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+
+
+def test_a_sound_cache_verifies_ok_and_the_checksums_cover_every_dataset(world):
+    r = invoke("cache", "verify", world["cache"], "--data-root", world["root"])
+    assert r.exit_code == 0 and "OK" in r.output, r.output
+    with h5py.File(world["cache"]) as f:
+        stored = json.loads(f.attrs["checksums"])
+        assert set(stored) == {k for k in f if isinstance(f[k], h5py.Dataset)} | {"attrs:fingerprint"}
+
+
+def test_verify_names_class_names_that_differ_from_the_data(world, tmp_path):
+    import shutil
+    root = tmp_path / "voc"
+    shutil.copytree(world["root"], root)
+    (root / "aevlp_dataset.json").write_text(json.dumps({"dataset": "voc", "classnames": [f"c{i}" for i in range(20)]}))
+    r = invoke("cache", "verify", world["cache"], "--data-root", root)
+    assert r.exit_code == 1 and "classnames differ from" in r.output and "only in the dataset: c0" in r.output
+
+
+def test_damaged_bytes_and_odd_fingerprints_are_clean_errors(world, tmp_path):
+    data = bytearray(world["cache"].read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 64] = os.urandom(64)
+    (tmp_path / "noise.h5").write_bytes(bytes(data))
+    r = invoke("cache", "verify", tmp_path / "noise.h5")
+    assert r.exit_code == 1 and "FAIL" in r.output and "Traceback" not in r.output, r.output
+    folder = tmp_path / "ls"
+    folder.mkdir()
+    edited_cache(world, folder, "listfp", _set_attr("fingerprint", json.dumps([1, 2])))
+    r = invoke("cache", "ls", folder)
+    assert r.exit_code == 0 and "(unreadable)" in r.output and "Traceback" not in r.output, r.output
+
+
+def test_stale_images_are_refused_by_train(world, tmp_path):
+    import shutil
+
+    from PIL import Image
+    root = tmp_path / "voc"
+    shutil.copytree(world["root"], root)
+    cfg = cfg_for(world["clip"], root, tmp_path / "c.h5")
+    run_pseudolabel(cfg, progress=False)
+    ids = np.load(root / "formatted_train_images.npy")
+    Image.new("RGB", (50, 40)).save(root / "VOCdevkit/VOC2012/JPEGImages" / ids[0])  # replaced, another size
+    with pytest.raises(AevlpError, match="images under .* changed since stage one") as e:
+        run_train(cfg, run_dir=tmp_path / "run", progress=False)
+    assert "--force" in e.value.hint
+
+
+def test_duplicate_image_ids_are_refused_with_their_names(tmp_path):
+    root = make_photo_dataset(tmp_path / "voc", n_train=6, n_test=3)
+    ids = np.load(root / "formatted_train_images.npy")
+    ids[4] = ids[1]
+    np.save(root / "formatted_train_images.npy", ids)
+    r = invoke("data", "info", "--dataset", "voc", "--data-root", root)
+    assert r.exit_code == 2 and f"{ids[1]} (2x)" in r.output and "more than once" in r.output, r.output
+    r = invoke("run", "voc", "--data-root", root, "--dry-run")
+    assert r.exit_code == 2 and "more than once" in r.output, r.output
+
+
+@pytest.mark.parametrize("override,message", [
+    ("damp.temperature=inf", "must be a finite number"), ("loss.beta=[1e308, 2.0, -2.0, -2.0]", "[-1000, 1000]"),
+    ("views.grid=1000", "views.grid = 1000 is out of range"), ("loss.alpha=[0.5, nan, 0.8, 0.5]", "4 numbers"),
+])
+def test_unbounded_numbers_are_refused(override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config("voc", [override])
+
+
+def test_views_that_would_not_fit_in_memory_are_refused_with_the_estimate(world, tmp_path):
+    cfg = cfg_for(world["clip"], world["root"], tmp_path / "big.h5", "views.grid=64", "clip.batch_size=4096")
+    with pytest.raises(ConfigError, match=r"would need about [\d.]+ GiB") as e:
+        plan_stage_one(cfg)
+    assert "clip.batch_size" in e.value.hint
+
+
+def test_reprompting_works_where_the_images_are_absent(tiny_clip, tmp_path, caplog):
+    import shutil
+    root = make_photo_dataset(tmp_path / "voc", n_train=8, n_test=3)
+    cache = tmp_path / "all.h5"
+    cfg = tiny_cfg(tiny_clip, root, cache, 'cache.store_embeddings="all"')
+    run_pseudolabel(cfg, progress=False)
+    shutil.rmtree(root / "VOCdevkit")  # the cache copied to a machine without the images
+    new = load_config(None, []) | {k: dict(v) for k, v in cfg.items()}
+    new["text"]["prompts"] = ["a blurry photo of a {}."]
+    assert plan_stage_one(new).status == "reprompt"
+    assert run_pseudolabel(new, progress=False)["status"] == "re-prompted"
+    assert "could not be checked" in caplog.text

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from aevlp.cache.reader import Cache
+from aevlp.cache.reader import Cache, class_difference
 from aevlp.cache.schema import dataset_hash, lock_path, partial_path, read_fingerprint
 from aevlp.cache.validate import problems
 from aevlp.errors import AevlpError
@@ -75,27 +75,40 @@ def _inspect(path: str | Path) -> tuple[dict, pd.DataFrame]:
     return facts, table
 
 
-def verify_cache(path: str | Path) -> list[str]:
-    """Problems found by reading everything (empty list: the cache is sound); never raises."""
+def verify_cache(path: str | Path, data_root: str | Path | None = None) -> list[str]:
+    """Problems found by reading everything (empty list: the cache is sound); never raises. With
+    `data_root`, the cache's rows and classes are also compared with that dataset's."""
     path = Path(path)
     try:
         f = h5py.File(path, "r")
     except OSError as e:
         return [f"cannot be opened as HDF5 ({e}): truncated or not a cache"]
-    with f:
-        found = [] if f.attrs.get("complete", False) else ["not marked complete"]
-        found += problems(f, thorough=True)
-        if found and found[-1].startswith(("missing datasets", "no readable")):
-            return found
-        try:
-            ok_values = np.isin(f["pseudo"][:], (-1, 0, 1)).all()
-            fp = json.loads(f.attrs["fingerprint"])
-            if not ok_values:
-                found.append("pseudo has values outside {-1, 0, 1}")
-            if dataset_hash(f["image_ids"].asstr()[:], f["observed"][:]) != fp.get("dataset_hash"):
-                found.append("image ids / observed labels do not match the fingerprint's dataset_hash")
-        except (OSError, KeyError, ValueError, TypeError) as e:
-            found.append(f"cannot be read: {type(e).__name__}: {e}")
+    try:
+        with f:
+            found = [] if f.attrs.get("complete", False) else ["not marked complete"]
+            found += problems(f, thorough=True)
+            if found and found[-1].startswith(("missing datasets", "no readable", "schema_version", "cannot be read")):
+                return found
+            return found + _identity(f, data_root)
+    except (OSError, KeyError, ValueError, TypeError, IndexError) as e:  # bytes damaged below the attributes
+        return [f"cannot be read: {type(e).__name__}: {e}"]
+
+
+def _identity(f: h5py.File, data_root: str | Path | None) -> list[str]:
+    """The rows against the fingerprint and, given the data, the class names and image ids against it."""
+    fp, found = json.loads(f.attrs["fingerprint"]), []
+    ids = list(f["image_ids"].asstr()[:])
+    if dataset_hash(ids, f["observed"][:]) != fp.get("dataset_hash"):
+        found.append("image ids / observed labels do not match the fingerprint's dataset_hash")
+    if data_root is not None:
+        from aevlp.data import load_dataset
+
+        data = load_dataset(str(fp.get("dataset")), data_root)
+        names = list(f["classnames"].asstr()[:])
+        if names != list(data.classnames):
+            found.append(f"classnames differ from {data_root}'s: {class_difference(names, list(data.classnames))}")
+        if not set(ids) <= set(data.train.images) | set(data.val.images):
+            found.append(f"image ids not in {data_root}'s training images: another dataset or split")
     return found
 
 

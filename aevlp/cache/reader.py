@@ -9,7 +9,7 @@ import numpy as np
 
 from aevlp.cache.schema import partial_path, read_fingerprint
 from aevlp.cache.validate import problems
-from aevlp.errors import AevlpError
+from aevlp.errors import AevlpError, ConfigError
 
 __all__ = ["Cache"]
 
@@ -145,6 +145,46 @@ class Cache:
                              f"({len(cids)} vs {len(ids)} rows; first difference at row {first})", hint=fix)
         if not np.array_equal(self.array("observed"), observed.astype(np.int8)):
             raise AevlpError(f"{self.path}: observed labels differ from the dataset's", hint=fix)
+
+    def aligned_config(self, cfg: dict, explicit: tuple[str, ...] = ()) -> dict:
+        """A copy of cfg whose [clip], [text] and [views] are this cache's (what stage one recorded); an
+        explicit --set of one of them (a key in `explicit`) that differs is an error."""
+        from aevlp.config import updated
+
+        recorded = json.loads(self.f.attrs.get("info", "{}")).get("stage_one", {})
+        changes: dict[str, dict] = {}
+        for section, table in recorded.items():
+            for key, value in table.items():
+                if key not in cfg.get(section, {}) or cfg[section][key] == value:
+                    continue
+                if f"{section}.{key}" in explicit:
+                    raise ConfigError(f"--set {section}.{key}={cfg[section][key]!r} contradicts the cache {self.path}, "
+                                      f"which was made with {section}.{key} = {value!r}",
+                                      hint="stage-one settings belong to stage one: re-run `aevlp pseudolabel` (or "
+                                           "`aevlp run`) with them, or drop the --set")
+                changes.setdefault(section, {})[key] = value
+        return updated(cfg, changes)
+
+    def check_images(self, image_root: Path) -> str:
+        """Refuse stale pseudo-labels: the image files (sizes and times, or bytes: the mode stage one used)
+        against the identity recorded in the fingerprint. Returns "checked", "unchecked" (stage one was told
+        not to record them) or "absent" (none is here: a cache copied without its images)."""
+        from aevlp.data.layout import image_identity
+
+        recorded = str(self.fingerprint.get("images_hash") or "")
+        mode = recorded.split(":", 1)[0]
+        if mode not in ("stat", "content"):
+            return "unchecked"
+        ids = self.image_ids() + ([*self.array("val_image_ids"), *self.array("test_image_ids")]
+                                  if "val_image_ids" in self.f and "test_image_ids" in self.f else [])
+        now = image_identity(image_root, ids, mode)
+        if now.endswith(":absent"):
+            return "absent"
+        if now != recorded:
+            raise AevlpError(f"{self.path} is stale: the images under {image_root} changed since stage one read them "
+                             f"(images_hash {recorded} -> {now})",
+                             hint="recompute the pseudo-labels: `aevlp pseudolabel ... --force` (or `aevlp run`)")
+        return "checked"
 
     def close(self) -> None:
         self.f.close()

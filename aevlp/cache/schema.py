@@ -152,10 +152,13 @@ def read_fingerprint(path: Path) -> tuple[dict, bool]:
     """(fingerprint, complete) of a cache file; raises AevlpError if it is not an aevlp cache."""
     try:
         with h5py.File(path, "r") as f:
-            return json.loads(f.attrs["fingerprint"]), bool(f.attrs.get("complete", False))
-    except (OSError, KeyError, json.JSONDecodeError) as e:
+            fp = json.loads(f.attrs["fingerprint"])
+            if not isinstance(fp, dict):
+                raise ValueError(f"its fingerprint is a {type(fp).__name__}, not a table")
+            return fp, bool(f.attrs.get("complete", False))
+    except (OSError, KeyError, ValueError, TypeError) as e:
         raise AevlpError(f"{path} is not a readable aevlp cache ({e})",
-                         hint="delete it, or recompute it: `aevlp pseudolabel ... --force`") from e
+                         hint="delete it, or recompute it: `aevlp pseudolabel ... --force`") from None
 
 
 @dataclass(frozen=True)

@@ -17,14 +17,10 @@ import numpy as np
 
 from aevlp import __version__
 from aevlp.cache.schema import SCHEMA_VERSION, STR, CacheLayout, lock_path, partial_path, read_fingerprint
-from aevlp.cache.validate import checksums
+from aevlp.cache.validate import FINGERPRINT_KEY, checksums
 from aevlp.errors import AevlpError
 
 __all__ = ["CacheLock", "CacheWriter", "lock_owner"]
-
-ROW_CONTENT = ("sims", "scores", "pseudo", "embeddings", "embedding_index", "val_embeddings", "test_embeddings",
-               "observed", "done", "bad")
-
 
 class CacheLock:
     """Exclusive lock file next to the target, so two runs never write one cache.
@@ -253,7 +249,8 @@ class CacheWriter:
     def finish(self, stats: dict | None = None) -> Path:
         if not self.f["done"][:].all():
             raise AevlpError(f"{self.tmp}: not every row is done")
-        self.f.attrs["checksums"] = json.dumps(checksums(self.f, [k for k in ROW_CONTENT if k in self.f]))
+        self.f.attrs["checksums"] = json.dumps(checksums(self.f, [*sorted(k for k in self.f if isinstance(
+            self.f[k], h5py.Dataset)), FINGERPRINT_KEY]))  # every dataset and the fingerprint (docs/trust.md)
         self.f.attrs["complete"] = True
         self.f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         if stats:

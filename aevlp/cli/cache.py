@@ -56,14 +56,18 @@ def cache_inspect(file: str, csv_out: str | None) -> None:
 
 @cache_group.command("verify")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-def cache_verify(file: str) -> None:
-    """Check a cache: complete flag, shapes, NaN/inf, done mask, fingerprint. Exit 1 on a problem.
+@click.option("--data-root", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Also compare the class names and image ids with this dataset folder.")
+def cache_verify(file: str, data_root: str | None) -> None:
+    """Check everything in a cache: schema version, every dataset's dtype and shape against the
+    fingerprint, finite values in range, the done mask, and the SHA-256 of every dataset and of the
+    fingerprint written when it was finished. Exit 1 on a problem (docs/trust.md).
 
-    Example: aevlp cache verify cache/voc.h5
+    Example: aevlp cache verify cache/voc.h5 --data-root data/voc
     """
     from aevlp.cache.admin import verify_cache
 
-    problems = verify_cache(file)
+    problems = verify_cache(file, data_root)
     if problems:
         for p in problems:
             click.secho(f"FAIL {file}: {p}", fg="red")

@@ -66,14 +66,16 @@ def _cache_info(path: str) -> tuple[str | None, dict]:
                    "runs; 20-35x faster per core than decoding JPEGs; 3*S^2 bytes an image).")
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="Output folder [default: runs/...].")
 @click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
-              help="Continue an interrupted run directory from its last finished epoch.")
+              help="Continue an interrupted run directory from its last finished epoch (with its settings; "
+                   "--epochs N trains on to N, --workers changes the loader).")
+@click.option("--force", is_flag=True, help="Replace a finished (or interrupted) run in --run-dir.")
 @click.option("--limit", type=int, default=None, callback=check_limit,
               help="Only the first N training images (match stage one's).")
 @click.option("--no-progress", is_flag=True)
 @set_option
 def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels, damp_source, recipe, epochs,
-              batch_size, lr, image_size, seed, device, workers, image_cache, run_dir, resume, limit, no_progress,
-              overrides) -> None:
+              batch_size, lr, image_size, seed, device, workers, image_cache, run_dir, resume, force, limit,
+              no_progress, overrides) -> None:
     """Stage two: train a multi-label classifier with GPR Loss (or a baseline) from a stage-one cache.
 
     \b
@@ -96,8 +98,12 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
     from aevlp.config import load_config
     from aevlp.train import TrainingInterrupted, run_train
 
-    if resume:
-        cfg = load_config(Path(resume) / "config.toml", overrides)
+    flags = {"loss": {"name": loss}, "damp": {"source": damp_source},
+             "train": {"backbone": backbone, "weights": weights, "labels": labels, "recipe": recipe, "epochs": epochs,
+                       "batch_size": batch_size, "lr": lr, "image_size": image_size, "seed": seed, "device": device,
+                       "workers": workers, "image_cache": image_cache}}
+    if resume:  # the run's own settings; a flag or --set that changes one is checked by run_train
+        cfg = load_config(Path(resume) / "config.toml", overrides, **flags)
         run_dir = resume
     else:
         if cache is None and dataset is None:
@@ -105,12 +111,7 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
         cached_name, info = _cache_info(cache) if cache else (None, {})
         recorded = info.get("pipeline") if info.get("pipeline") and Path(info["pipeline"]).is_file() else None
         cfg = resolve(config or recorded, dataset or cached_name, overrides,
-                      dataset={"data_root": data_root or info.get("data_root")},
-                      loss={"name": loss}, damp={"source": damp_source},
-                      train={"backbone": backbone, "weights": weights, "labels": labels, "recipe": recipe,
-                             "epochs": epochs,
-                             "batch_size": batch_size, "lr": lr, "image_size": image_size, "seed": seed,
-                             "device": device, "workers": workers, "image_cache": image_cache},
+                      dataset={"data_root": data_root or info.get("data_root")}, **flags,
                       cache={"path": str(cache) if cache else None})
         if limit is None:
             limit = info.get("limit")
@@ -118,7 +119,7 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
 
     try:
         explicit = tuple(o.split("=", 1)[0].strip() for o in overrides)
-        r = run_train(cfg, run_dir=run_dir, explicit=explicit, resume=bool(resume), limit=limit,
+        r = run_train(cfg, run_dir=run_dir, explicit=explicit, resume=bool(resume), limit=limit, force=force,
                       progress=not no_progress, echo=click.echo)
     except TrainingInterrupted as e:
         click.secho(interrupted_message(e), fg="yellow", err=True)

@@ -104,6 +104,12 @@ def _load_phase(root: Path, phase: str, num_classes: int, hint: str, report: dic
     if images.ndim != 1:
         raise DataError(f"{img_path}: expected a 1-D array of image paths, got shape {images.shape}")
     images = images.astype(str)
+    names, counts = np.unique(images, return_counts=True)
+    if (counts > 1).any():
+        dup = [f"{n} ({c}x)" for n, c in zip(names[counts > 1], counts[counts > 1])]
+        raise DataError(f"{img_path}: {len(dup)} image id(s) appear more than once: {', '.join(dup[:5])}"
+                        f"{' ...' if len(dup) > 5 else ''}",
+                        hint="each image once, with all its labels in one row (`aevlp data prepare table` merges rows)")
     labels = _load_array(lab_path, hint)
     if labels.ndim != 2 or labels.shape[0] != len(images):
         raise DataError(f"{lab_path}: shape {labels.shape} does not match {len(images)} images in {img_path.name}",
@@ -187,10 +193,11 @@ def _train_val(meta: dict, n: int, val_frac: float, split_seed: int) -> tuple[np
 
 def image_identity(image_root: Path, paths: Sequence[str], mode: str = "stat") -> str:
     """A short hash of the image files themselves: their sizes and modification times ("stat"), their
-    bytes ("content": slower, exact), or nothing ("none"), so that replaced images are noticed."""
+    bytes ("content": slower, exact), or nothing ("none"), so that replaced images are noticed.
+    "MODE:absent" when none of them exists here (a cache copied without its images: nothing to check)."""
     if mode == "none":
         return "none"
-    h = hashlib.sha256()
+    h, found = hashlib.sha256(), 0
     for rel in paths:
         path = Path(image_root) / rel
         try:
@@ -199,10 +206,11 @@ def image_identity(image_root: Path, paths: Sequence[str], mode: str = "stat") -
             else:
                 st = path.stat()
                 h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+            found += 1
         except OSError:
             h.update(b"missing")
         h.update(b"\0")
-    return f"{mode}:{h.hexdigest()[:16]}"
+    return f"{mode}:{h.hexdigest()[:16]}" if found or not paths else f"{mode}:absent"
 
 
 def training_data_hash(data: SPMLData, mode: str = "stat") -> str:
