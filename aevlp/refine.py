@@ -56,7 +56,7 @@ def _checkpoint_id(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def _round(run_dir: Path, name: str, progress: bool, echo) -> dict:
+def _round(run_dir: Path, name: str, progress: bool, echo, overrides: tuple[str, ...] = ()) -> dict:
     """One teacher–student round from `run_dir`: store its student scores as `name`, train the next run."""
     from aevlp.config import tomllib, updated
     from aevlp.specs import Specs
@@ -82,12 +82,21 @@ def _round(run_dir: Path, name: str, progress: bool, echo) -> dict:
         echo(f"stored the student scores of {run_dir} (epoch {results['best_epoch']}) as {specs.cache_path}:"
              f"sources/{name}")
     new = updated(cfg, {"damp": {"student": name}})
+    if overrides:  # the next round's own settings (e.g. a GR student teaching GPR: loss.name = "gpr")
+        from aevlp.config import apply_overrides
+        from aevlp.settings import check_section
+
+        new = apply_overrides(new, overrides)
+        for section, table in new.items():
+            check_section(section, table)
     resume = (nxt / "last.pt").exists() and not (nxt / "results.json").exists()
     return run_train(new, run_dir=nxt, progress=progress, resume=resume, echo=echo)
 
 
-def refine(run_dir: str | Path, rounds: int = 1, *, progress: bool = True, echo=print) -> list[dict]:
-    """N teacher–student rounds from a finished run: RUN-r1, RUN-r2, ... beside it (each reused when done)."""
+def refine(run_dir: str | Path, rounds: int = 1, *, overrides: tuple[str, ...] = (), progress: bool = True,
+           echo=print) -> list[dict]:
+    """N teacher–student rounds from a finished run: RUN-r1, RUN-r2, ... beside it (each reused when done).
+    `overrides`: `section.key=value` settings of the new rounds (the run's own otherwise)."""
     run_dir = Path(run_dir)
     if not (run_dir / "results.json").exists():
         raise AevlpError(f"{run_dir} has no finished run (results.json)",
@@ -100,6 +109,6 @@ def refine(run_dir: str | Path, rounds: int = 1, *, progress: bool = True, echo=
             out.append(json.loads((nxt / "results.json").read_text()))
         else:
             echo(f"round {r}: the student {run_dir} teaches {nxt}")
-            out.append(_round(run_dir, nxt.name, progress, echo))
+            out.append(_round(run_dir, nxt.name, progress, echo, overrides))
         run_dir = nxt
     return out

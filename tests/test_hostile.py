@@ -420,7 +420,8 @@ def test_a_sound_cache_verifies_ok_and_the_checksums_cover_every_dataset(world):
     assert r.exit_code == 0 and "OK" in r.output, r.output
     with h5py.File(world["cache"]) as f:
         stored = json.loads(f.attrs["checksums"])
-        assert set(stored) == {k for k in f if isinstance(f[k], h5py.Dataset)} | {"attrs:fingerprint"}
+        assert set(stored) == {k for k in f if isinstance(f[k], h5py.Dataset)} | {
+            "attrs:fingerprint", "attrs:info", "attrs:selection", "attrs:clip_preprocess"}
 
 
 def test_verify_names_class_names_that_differ_from_the_data(world, tmp_path):

@@ -106,17 +106,17 @@ class Cache:
         """[R, N, D] float16 global-view embeddings of the training rows, per round."""
         emb = self.f["embeddings"]
         if self.embedding_mode != "all":
-            return emb[:]
+            return self._verified("embeddings", emb[:])
         if "embedding_index" not in self.f:  # schema 1: [R, N, V, D]
             return emb[:, :, 0]
         idx = self.f["embedding_index"][:, :, 0]  # [N, R]: the slot of the global view per round
-        slots = emb[:]
+        slots = self._verified("embeddings", emb[:])
         return np.stack([slots[np.arange(len(idx)), idx[:, r]] for r in range(idx.shape[1])])
 
     def eval_embeddings(self, split: str, views: bool = False) -> np.ndarray:
         """Unflipped embeddings of the val or test images: the global view [N, D], or with `views`
         every view [N, V, D] (caches that stored all views)."""
-        emb = self.f[f"{split}_embeddings"][:]
+        emb = self._verified(f"{split}_embeddings", self.f[f"{split}_embeddings"][:])
         if views:
             return emb if emb.ndim == 3 else emb[:, None]
         return emb[:, 0] if emb.ndim == 3 else emb
@@ -145,6 +145,16 @@ class Cache:
                              f"({len(cids)} vs {len(ids)} rows; first difference at row {first})", hint=fix)
         if not np.array_equal(self.array("observed"), observed.astype(np.int8)):
             raise AevlpError(f"{self.path}: observed labels differ from the dataset's", hint=fix)
+
+    def _verified(self, name: str, values: np.ndarray) -> np.ndarray:
+        """A whole dataset as read, held to its checksum (the embeddings: too large to hash on every open)."""
+        import hashlib
+
+        stored = json.loads(self.f.attrs.get("checksums", "{}")).get(name)
+        if stored and hashlib.sha256(np.ascontiguousarray(values)).hexdigest() != stored:
+            raise AevlpError(f"{self.path} is damaged: {name}: content differs from the checksum written when the "
+                             "cache was finished", hint=RECOMPUTE)
+        return values
 
     def aligned_config(self, cfg: dict, explicit: tuple[str, ...] = ()) -> dict:
         """A copy of cfg whose [clip], [text] and [views] are this cache's (what stage one recorded); an

@@ -2,8 +2,8 @@
 ranges, finiteness, the done mask and the content checksums written when the cache was finished.
 
 `problems(f)` runs on every open (`train`, `eval`, `run`, `pseudolabel`'s up-to-date check, the cache
-tools): everything but the stored image embeddings is read and checked against its SHA-256 (a VOC-size
-cache in milliseconds; docs/trust.md gives the cost), the embeddings on a sample of rows.
+tools): everything but the stored image embeddings is read and checked against its SHA-256 (docs/trust.md
+gives the cost: a fifth of a second at VOC's size), values and finiteness on a sample of rows.
 `problems(f, thorough=True)` (`aevlp cache verify`) reads everything. Both return readable lines and
 never raise on a damaged file.
 """
@@ -18,7 +18,8 @@ import numpy as np
 
 from aevlp.cache.schema import SCHEMA_VERSION, CacheLayout
 
-__all__ = ["problems", "checksums", "DATASET_DTYPES", "FINGERPRINT_KEY", "LAST_SCHEMA_WITHOUT_CHECKSUMS"]
+__all__ = ["problems", "checksums", "sealed_names", "DATASET_DTYPES", "FINGERPRINT_KEY",
+           "LAST_SCHEMA_WITHOUT_CHECKSUMS"]
 
 log = logging.getLogger("aevlp")
 
@@ -31,6 +32,8 @@ EMBEDDINGS = ("embeddings", "val_embeddings", "test_embeddings")  # large: check
 RANGES = {"sims": (-1.01, 1.01), "scores": (-0.01, 1.01), "pseudo": (-1, 1), "observed": (-1, 1), "labels": (-1, 1),
           "val_labels": (-1, 1), "test_labels": (-1, 1)}  # cosines, probabilities, labels (float16 rounding allowed)
 FINGERPRINT_KEY = "attrs:fingerprint"  # the fingerprint attribute's own checksum, beside the datasets'
+SEALED_ATTRS = ("fingerprint", "info", "selection", "clip_preprocess")  # JSON attributes fixed at creation: checksummed
+JSON_ATTRS = (*SEALED_ATTRS, "summary", "versions")  # each must read as a JSON table
 LAST_SCHEMA_WITHOUT_CHECKSUMS = 1  # caches of schema 1 predate checksums; from schema 2 on they are required
 SAMPLE_ROWS = 512
 _warned: set[str] = set()
@@ -53,19 +56,25 @@ def _blocks(ds: h5py.Dataset, max_items: int = 1 << 24):
             yield ds[i:i + 1, j:j + step]
 
 
+def sealed_names(f: h5py.File) -> list[str]:
+    """What a finished cache's checksums cover: every dataset, and the attributes fixed at creation."""
+    return [*sorted(k for k in f if isinstance(f[k], h5py.Dataset)), *(f"attrs:{a}" for a in SEALED_ATTRS
+                                                                       if a in f.attrs)]
+
+
 def checksums(f: h5py.File, names=None) -> dict[str, str]:
-    """sha256 of each dataset's bytes in C order, and of the fingerprint attribute."""
+    """sha256 of each dataset's bytes in C order, and of each named attribute ("attrs:NAME")."""
     out = {}
-    for name in names or sorted(k for k in f if isinstance(f[k], h5py.Dataset)):
-        if name == FINGERPRINT_KEY:
-            out[name] = hashlib.sha256(str(f.attrs.get("fingerprint", "")).encode()).hexdigest()
+    for name in names or sealed_names(f):
+        if name.startswith("attrs:"):
+            out[name] = hashlib.sha256(str(f.attrs.get(name[6:], "")).encode()).hexdigest()
             continue
         ds, h = f[name], hashlib.sha256()
         if ds.dtype.kind == "O" or ds.shape == ():
             h.update(json.dumps([str(x) for x in np.asarray(ds[()]).ravel()]).encode())
         else:
             for block in _blocks(ds):
-                h.update(np.ascontiguousarray(block).tobytes())
+                h.update(np.ascontiguousarray(block))  # the buffer itself: no copy
         out[name] = h.hexdigest()
     return out
 
@@ -89,6 +98,12 @@ def _header(f: h5py.File) -> tuple[dict | None, list[str]]:
                     "it, or the attribute was edited"]
     if fp.get("schema_version", version) != version:
         return fp, [f"schema_version {version} differs from the fingerprint's {fp.get('schema_version')}"]
+    for name in JSON_ATTRS:
+        try:
+            if name in f.attrs and not isinstance(json.loads(f.attrs[name]), dict):
+                raise ValueError
+        except (ValueError, TypeError):
+            return fp, [f"the {name} attribute is not a readable JSON table"]
     return fp, []
 
 
@@ -137,29 +152,44 @@ def _rows(n: int, thorough: bool) -> np.ndarray:
     return np.arange(n) if thorough or n <= SAMPLE_ROWS else np.unique(np.linspace(0, n - 1, SAMPLE_ROWS).astype(int))
 
 
+def _row_axis(k: str, layout: CacheLayout) -> int:
+    """1 for the per-round datasets [R, N, ...] (sims, scores, pseudo, unindexed embeddings), else 0."""
+    return 1 if k in ("sims", "scores", "pseudo") or (k == "embeddings" and not layout.indexed) else 0
+
+
+def _sample(ds: h5py.Dataset, k: str, layout: CacheLayout) -> list[np.ndarray]:
+    """SAMPLE_ROWS rows of a per-image dataset, spread over it (every round of [R, N, ...] ones)."""
+    if _row_axis(k, layout) == 0:
+        return [ds[_rows(ds.shape[0], False)]]
+    return [ds[r:r + 1, _rows(ds.shape[1], False)] for r in range(ds.shape[0])]
+
+
+def _range(blocks) -> tuple[int, float, float]:
+    """(NaN/inf count, min, max of the finite values) over blocks, in each block's own dtype."""
+    bad, lo, hi = 0, np.inf, -np.inf
+    for block in blocks:
+        block = np.asarray(block)
+        if block.dtype.kind == "f":
+            ok = np.isfinite(block)
+            bad += int(block.size - np.count_nonzero(ok))
+            block = block[ok] if bad else block
+        if block.size:
+            lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    return bad, lo, hi
+
+
 def _values(f: h5py.File, thorough: bool) -> list[str]:
-    """NaN/inf and out-of-range values: every row of everything (thorough), or everything but the image
-    embeddings, which are sampled (on open)."""
+    """NaN/inf and out-of-range values: every value (thorough), or on open the small datasets whole and the
+    per-image ones on a sample of rows (their content is held to the checksums instead)."""
     layout, out = CacheLayout.of_file(f), []
+    per_image = ("sims", "scores", "pseudo", "observed", "labels", *EMBEDDINGS)
     for k in ("sims", "scores", "pseudo", "observed", "labels", "val_labels", "test_labels", "text_features",
               "text_features_plain", "relation", *EMBEDDINGS):
         if k not in f:
             continue
         ds = f[k]
-        sampled = k in EMBEDDINGS and not thorough and ds.shape[0] > SAMPLE_ROWS
-        if not sampled:
-            blocks = _blocks(ds)
-        elif layout.row_axis(k) == 0 or k != "embeddings":
-            blocks = [ds[_rows(ds.shape[0], False)]]
-        else:
-            blocks = [ds[r:r + 1, _rows(ds.shape[1], False)] for r in range(ds.shape[0])]
-        bad, lo, hi = 0, np.inf, -np.inf
-        for block in blocks:
-            block = np.asarray(block, dtype=np.float32)
-            ok = np.isfinite(block)
-            bad += int(block.size - ok.sum())
-            if ok.any():
-                lo, hi = min(lo, float(block[ok].min())), max(hi, float(block[ok].max()))
+        sampled = k in per_image and not thorough and ds.shape[_row_axis(k, layout)] > SAMPLE_ROWS
+        bad, lo, hi = _range(_sample(ds, k, layout) if sampled else _blocks(ds))
         if bad:
             out.append(f"{k}: {bad} NaN/inf values{' (in the rows sampled)' if sampled else ''}")
         low, high = RANGES.get(k, (-np.inf, np.inf))
@@ -188,8 +218,8 @@ def _integrity(f: h5py.File, version: int, thorough: bool, where: str) -> list[s
         assert isinstance(stored, dict)
     except (ValueError, AssertionError):
         return ["the checksums attribute is not readable"]
-    names = [k for k in stored if (thorough or k not in EMBEDDINGS) and (k in f or k == FINGERPRINT_KEY)]
-    gone = [k for k in stored if k != FINGERPRINT_KEY and k not in f]
+    names = [k for k in stored if (thorough or k not in EMBEDDINGS) and (k in f or k.startswith("attrs:"))]
+    gone = [k for k in stored if not k.startswith("attrs:") and k not in f]
     now = checksums(f, names)
     return [f"{k}: content differs from the checksum written when the cache was finished"
             for k in names if now.get(k) != stored[k]] + [f"{k}: checksummed at finish, now missing" for k in gone]

@@ -17,7 +17,7 @@ import numpy as np
 
 from aevlp import __version__
 from aevlp.cache.schema import SCHEMA_VERSION, STR, CacheLayout, lock_path, partial_path, read_fingerprint
-from aevlp.cache.validate import FINGERPRINT_KEY, checksums
+from aevlp.cache.validate import checksums, sealed_names
 from aevlp.errors import AevlpError
 
 __all__ = ["CacheLock", "CacheWriter", "lock_owner"]
@@ -249,8 +249,7 @@ class CacheWriter:
     def finish(self, stats: dict | None = None) -> Path:
         if not self.f["done"][:].all():
             raise AevlpError(f"{self.tmp}: not every row is done")
-        self.f.attrs["checksums"] = json.dumps(checksums(self.f, [*sorted(k for k in self.f if isinstance(
-            self.f[k], h5py.Dataset)), FINGERPRINT_KEY]))  # every dataset and the fingerprint (docs/trust.md)
+        self.f.attrs["checksums"] = json.dumps(checksums(self.f, sealed_names(self.f)))  # docs/trust.md
         self.f.attrs["complete"] = True
         self.f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         if stats:

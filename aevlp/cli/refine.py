@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from aevlp.cli.common import RegistryChoice, set_option
 from aevlp.cli.group import cli
 
 
@@ -10,8 +11,11 @@ from aevlp.cli.group import cli
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--rounds", type=click.IntRange(1, 10), default=1, show_default=True,
               help="Teacher–student rounds: each student's scores teach the next run.")
+@click.option("--loss", type=RegistryChoice("aevlp.losses:LOSSES"), default=None,
+              help="The new rounds' method [default: the run's]; a GR run's student teaching GPR: --loss gpr.")
 @click.option("--no-progress", is_flag=True)
-def refine_cmd(run_dir: str, rounds: int, no_progress: bool) -> None:
+@set_option
+def refine_cmd(run_dir: str, rounds: int, loss: str | None, no_progress: bool, overrides: tuple[str, ...]) -> None:
     """Teacher–student rounds: the run's student labels its own training images (both flips averaged), its
     scores are stored in the cache with their provenance (sources/RUN-r1), and RUN-r1 trains from them
     fused with the teacher's DAMP scores (damp.student_weight, per-class thresholds as the run's).
@@ -24,12 +28,14 @@ def refine_cmd(run_dir: str, rounds: int, no_progress: bool) -> None:
     Examples:
       aevlp refine runs/voc-gpr                 # one round: runs/voc-gpr-r1
       aevlp refine demo/runs/gpr-damp-s0 --rounds 2
+      aevlp refine runs/voc-gr --loss gpr --set damp.student_weight=0.7
     """
     from aevlp.refine import refine
     from aevlp.train import TrainingInterrupted
 
     try:
-        results = refine(run_dir, rounds, progress=not no_progress, echo=click.echo)
+        extra = ((f'loss.name="{loss}"',) if loss else ()) + tuple(overrides)
+        results = refine(run_dir, rounds, overrides=extra, progress=not no_progress, echo=click.echo)
     except (TrainingInterrupted, KeyboardInterrupt):
         click.secho("interrupted: the same `aevlp refine` command goes on from there", fg="yellow", err=True)
         raise SystemExit(130) from None

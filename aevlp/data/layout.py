@@ -76,13 +76,17 @@ def read_meta(root: Path) -> dict:
 def _load_array(path: Path, hint: str) -> np.ndarray:
     if not path.exists():
         raise DataError(f"missing file {path}", hint=hint)
+    with open(path, "rb") as fh:
+        if fh.read(6) != b"\x93NUMPY":
+            raise DataError(f"{path} is not a .npy file (numpy's format)", hint=f"write it with np.save; {hint}")
+    plain = "np.save(path, np.asarray(ids, dtype=str))" if "images" in path.name else \
+        "np.save(path, labels.astype(np.int8))"
     try:
         return np.load(path, allow_pickle=False)  # never unpickle: an object array could run code
     except ValueError as e:
         if "pickle" in str(e).lower():
             raise DataError(f"{path} holds Python objects, which aevlp does not unpickle (a file could run code)",
-                            hint="image ids must be a plain string array: np.save(path, np.asarray(ids, dtype=str))"
-                            ) from None
+                            hint=f"save a plain array: {plain}") from None
         raise DataError(f"{path}: cannot be read as a .npy array ({e})", hint=hint) from e
     except Exception as e:  # numpy raises several types for corrupt files
         raise DataError(f"{path}: cannot be read as a .npy array ({e})", hint=hint) from e
@@ -104,6 +108,8 @@ def _load_phase(root: Path, phase: str, num_classes: int, hint: str, report: dic
     if images.ndim != 1:
         raise DataError(f"{img_path}: expected a 1-D array of image paths, got shape {images.shape}")
     images = images.astype(str)
+    if not len(images):
+        raise DataError(f"{img_path} lists no images: the {phase} split is empty", hint=hint)
     names, counts = np.unique(images, return_counts=True)
     if (counts > 1).any():
         dup = [f"{n} ({c}x)" for n, c in zip(names[counts > 1], counts[counts > 1])]
