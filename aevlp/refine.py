@@ -93,15 +93,16 @@ def _round(run_dir: Path, name: str, progress: bool, echo, overrides: tuple[str,
     return run_train(new, run_dir=nxt, progress=progress, resume=resume, echo=echo)
 
 
-def refine(run_dir: str | Path, rounds: int = 1, *, overrides: tuple[str, ...] = (), progress: bool = True,
-           echo=print) -> list[dict]:
+def refine(run_dir: str | Path, rounds: int = 1, *, overrides: tuple[str, ...] = (), prefix: str | None = None,
+           progress: bool = True, echo=print) -> list[dict]:
     """N teacher–student rounds from a finished run: RUN-r1, RUN-r2, ... beside it (each reused when done).
-    `overrides`: `section.key=value` settings of the new rounds (the run's own otherwise)."""
+    `overrides`: `section.key=value` settings of the new rounds (the run's own otherwise); `prefix`: the new
+    runs' names before -rN (the run's name otherwise)."""
     run_dir = Path(run_dir)
     if not (run_dir / "results.json").exists():
         raise AevlpError(f"{run_dir} has no finished run (results.json)",
                          hint="train it first (`aevlp train --resume RUN_DIR` finishes an interrupted one)")
-    out, base = [], run_dir.name
+    out, base = [], prefix or run_dir.name
     for r in range(1, rounds + 1):
         nxt = run_dir.parent / f"{base}-r{r}"
         if (nxt / "results.json").exists():

@@ -99,3 +99,17 @@ def test_bench_writes_mean_and_sd_over_seeds(own):
         assert table.loc[m, "test_map_sd"] == pytest.approx(vals.std(ddof=1))
     assert "zero-shot-global" in table.index
     assert (out / "bench.png").stat().st_size > 5000 and "±" in (out / "bench.md").read_text()
+
+
+def test_bench_gpr_ts_trains_the_gr_student_first_and_refines_it(own):
+    out = own["dir"] / "bench-ts"
+    ok("bench", "table", "gpr-ts", "--seeds", "0", "--data-root", own["data"], "--out", out,
+       "--set", f'cache.path="{own["cache"]}"', *own["clip"], "--set", 'train.backbone="clip-head"',
+       "--set", 'train.weights="none"', "--set", "train.epochs=2", "--set", "train.lr=1e-3",
+       "--set", "train.workers=0", "--no-progress")
+    runs = pd.read_csv(out / "bench_runs.csv")
+    student, taught = out / "runs" / "gr-s0", out / "runs" / "gpr-ts-s0-r1"
+    assert json.loads((student / "results.json").read_text())["loss"] == "gr"  # the student: GR, no pseudo-labels
+    res = json.loads((taught / "results.json").read_text())
+    assert res["loss"] == "gpr" and res["student"]["run"] == str(student.resolve())
+    assert runs["run_dir"].tolist() == [str(taught)] and runs["test_map"].iloc[0] == pytest.approx(res["test_map"])

@@ -22,7 +22,7 @@ def loss_presets() -> dict[str, str]:
     def flag(override: str) -> str:
         k, v = override.split("=", 1)
         return f"{TRAIN_FLAGS[k]} {_parse_value(v)}" if k in TRAIN_FLAGS else f"--set {override}"
-    return {name: " ".join(flag(o) for o in overrides) for name, (_, overrides) in PRESETS.items()}
+    return {name: " ".join(flag(o) for o in preset[1]) for name, preset in PRESETS.items() if len(preset) == 2}
 
 
 def _cache_info(path: str) -> tuple[str | None, dict]:
