@@ -2,7 +2,7 @@
 a pseudo-label source, fused with the teacher's DAMP score to select the next round's pseudo-labels.
 
 Stage one is never re-run: the student predicts the training images (each with and without its
-horizontal flip, averaged), its scores go into the cache under `sources/NAME` with their provenance
+horizontal flip, averaged), its scores go beside the cache (`CACHE.sources/NAME.h5`) with their provenance
 (run, epoch, checkpoint hash), and a new run trains with `damp.student = NAME`: at epoch e the labeler
 selects from w·p_student + (1−w)·f_teacher(round (e−1) mod R) (`damp.student_weight` = w). `aevlp refine
 RUN_DIR --rounds N` chains N such rounds, each resumable (a stored source is reused, an interrupted
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from aevlp.cache import Cache
-from aevlp.cache.sources import store_source
+from aevlp.cache.sources import source_provenance, store_source
 from aevlp.errors import AevlpError
 
 __all__ = ["student_scores", "refine"]
@@ -67,20 +67,15 @@ def _round(run_dir: Path, name: str, progress: bool, echo, overrides: tuple[str,
     results = json.loads((run_dir / "results.json").read_text())
     nxt = run_dir.parent / name
     with Cache(specs.cache_path) as cache:
-        have = cache.f.get("sources")
-        known = have is not None and name in have and \
-            json.loads(have[name].attrs["provenance"]).get("checkpoint") == _checkpoint_id(run_dir / "best.pt")
-        if not known:
+        stored = source_provenance(cache, name)
+        if not stored or stored.get("checkpoint") != _checkpoint_id(run_dir / "best.pt"):
             data = specs.dataset.load()
             n, keep = len(cache), ~cache.f["bad"][:]
-            scores = student_scores(run_dir, data, cache, keep, n)
-    if not known:
-        store_source(specs.cache_path, name, scores, {
-            "run": str(run_dir.resolve()), "epoch": results["best_epoch"], "val_map": results["val_map"],
-            "checkpoint": _checkpoint_id(run_dir / "best.pt"), "flips": "both, averaged",
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-        echo(f"stored the student scores of {run_dir} (epoch {results['best_epoch']}) as {specs.cache_path}:"
-             f"sources/{name}")
+            path = store_source(cache, name, student_scores(run_dir, data, cache, keep, n), {
+                "run": str(run_dir.resolve()), "epoch": results["best_epoch"], "val_map": results["val_map"],
+                "checkpoint": _checkpoint_id(run_dir / "best.pt"), "flips": "both, averaged",
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+            echo(f"stored the student scores of {run_dir} (epoch {results['best_epoch']}) as {path}")
     new = updated(cfg, {"damp": {"student": name}})
     if overrides:  # the next round's own settings (e.g. a GR student teaching GPR: loss.name = "gpr")
         from aevlp.config import apply_overrides

@@ -361,8 +361,9 @@ def test_refine_stores_the_students_scores_and_trains_the_next_round(setup, tmp_
     assert res["student"]["epoch"] == first["best_epoch"]
     from aevlp.data import load_dataset
     data = load_dataset("voc", setup["root"])
+    with h5py.File(cache.with_name(cache.name + ".sources") / "base-r1.h5") as f:
+        stored = f["scores"][:].astype(np.float32)
     with h5py.File(cache) as f:
-        stored = f["sources"]["base-r1"][:].astype(np.float32)
         keep = ~f["bad"][:]
     paths = [data.image_root / p for p in data.train.images[keep]]
     both = (probabilities_by_hand(tmp_path / "base", paths, 32) +
@@ -383,3 +384,15 @@ def test_refine_stores_the_students_scores_and_trains_the_next_round(setup, tmp_
     for i in range(len(obs)):
         expect[i, [k for k in top[i] if stored[i, k] >= 0.06]] = 1
     assert np.array_equal(z, np.where(obs == 1, 1, expect))
+    source = cache.with_name(cache.name + ".sources") / "base-r1.h5"
+    with h5py.File(source, "r+") as f:
+        f["scores"][0, 0] = 0.99  # altered after it was stored
+    with Cache(cache) as c, pytest.raises(AevlpError, match="differ from their checksum"):
+        PseudoLabeler(c, Specs.of(cfg).damp, c.array("observed"))
+    other = tmp_path / "other.h5"
+    shutil.copy(cache, other)
+    with h5py.File(other, "r+") as f:  # another cache: a student's scores belong to the cache they were made for
+        f.attrs["fingerprint"] = json.dumps({**json.loads(f.attrs["fingerprint"]), "gcn_seed": 7})
+    shutil.copytree(source.parent, other.with_name(other.name + ".sources"))
+    with Cache(other, check=False) as c, pytest.raises(AevlpError, match="another cache"):
+        PseudoLabeler(c, Specs.of(cfg).damp, c.array("observed"))

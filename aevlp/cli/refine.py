@@ -17,7 +17,7 @@ from aevlp.cli.group import cli
 @set_option
 def refine_cmd(run_dir: str, rounds: int, loss: str | None, no_progress: bool, overrides: tuple[str, ...]) -> None:
     """Teacher–student rounds: the run's student labels its own training images (both flips averaged), its
-    scores are stored in the cache with their provenance (sources/RUN-r1), and RUN-r1 trains from them
+    scores are stored beside the cache with their provenance (CACHE.sources/RUN-r1.h5), and RUN-r1 trains from them
     fused with the teacher's DAMP scores (damp.student_weight, per-class thresholds as the run's).
 
     \b
