@@ -21,16 +21,15 @@ from aevlp.run import run_pipeline
 __all__ = ["PRESETS", "method_overrides", "run_bench", "summarise", "write_bench"]
 
 # Method names beyond the registered losses: the rows of the paper's comparisons that need more than --loss,
-# and the methods aevlp adds (docs/method.md, "Beyond AEVLP"). A third element names the method whose
-# trained student teaches this one (`aevlp refine` of that run, with these overrides).
-PRESETS: dict[str, tuple] = {
+# and the methods aevlp adds (docs/method.md, "Beyond AEVLP").
+PRESETS: dict[str, tuple[str, list[str]]] = {
     "gpr-damp": ("GPR + DAMP pseudo-labels (AEVLP)", ['loss.name="gpr"', 'damp.source="damp"']),
     "gpr-global": ("GPR + global-view pseudo-labels", ['loss.name="gpr"', 'damp.source="global"']),
     "full-labels": ("full labels (upper bound)", ['loss.name="bce-full"', 'train.labels="full"']),
     "gpr-rate": ("GPR + DAMP, per-class θ from the observed positives", [
         'loss.name="gpr"', 'damp.source="damp"', 'damp.class_thresholds="rate"']),
-    "gpr-ts": ("GPR + DAMP fused with a GR student (teacher–student)", [
-        'loss.name="gpr"', 'damp.source="damp"'], "gr"),
+    "gpr-ts": ("GPR-TS: GPR + DAMP fused with a GR student, per-class θ", [
+        'loss.name="gpr"', 'damp.source="damp"', 'damp.student_loss="gr"', 'damp.class_thresholds="rate"']),
 }
 RESULT_KEYS = ("test_map", "val_map", "pseudo_precision", "pseudo_recall", "pseudo_f1", "best_epoch", "epochs_run")
 
@@ -41,7 +40,7 @@ def method_overrides(method: str, presets: dict | None = None) -> tuple[str, lis
 
     presets = {**PRESETS, **(presets or {})}
     if method in presets:
-        return presets[method][:2]
+        return presets[method]
     if method in LOSSES:
         return LOSSES.get(method).source or method, [f'loss.name="{LOSSES.canonical(method)}"']
     raise ConfigError(f"unknown method '{method}'{did_you_mean(method, [*presets, *LOSSES.names()])}",
@@ -57,19 +56,10 @@ def run_bench(pipeline: str | Path, methods: Sequence[str], seeds: Sequence[int]
     for seed in seeds:
         for method in methods:
             label, overrides = method_overrides(method, presets)
-            preset = {**PRESETS, **(presets or {})}.get(method, ())
-            teacher = preset[2] if len(preset) > 2 else None
-            name = teacher or method  # a student's run first: the method it teaches refines it
-            cfg = load_config(pipeline, [*base, *method_overrides(name, presets)[1], f"train.seed={seed}",
-                                         f'train.out="{out / "runs"}"'])
+            cfg = load_config(pipeline, [*base, *overrides, f"train.seed={seed}", f'train.out="{out / "runs"}"'])
             echo(f"{method} (seed {seed})")
-            r = run_pipeline(cfg, f"{name}-s{seed}", progress=progress, echo=lambda s: echo("  " + s),
+            r = run_pipeline(cfg, f"{method}-s{seed}", progress=progress, echo=lambda s: echo("  " + s),
                              epoch_lines=False)
-            if teacher:
-                from aevlp.refine import refine
-
-                r = refine(r["run_dir"], 1, overrides=tuple(overrides), prefix=f"{method}-s{seed}", progress=progress,
-                           echo=lambda s: echo("  " + s))[0]
             rows.append({"method": method, "label": label, "seed": seed, **{k: r.get(k) for k in RESULT_KEYS},
                          "cache": r.get("cache"), "run_dir": r.get("run_dir")})
     return pd.DataFrame(rows)

@@ -20,9 +20,10 @@ import torch
 
 from aevlp.cache import Cache
 from aevlp.cache.sources import source_provenance, store_source
+from aevlp.config import updated
 from aevlp.errors import AevlpError
 
-__all__ = ["student_scores", "refine"]
+__all__ = ["student_scores", "refine", "trained_student", "taught"]
 
 
 @torch.no_grad()
@@ -58,7 +59,7 @@ def _checkpoint_id(path: Path) -> str:
 
 def _round(run_dir: Path, name: str, progress: bool, echo, overrides: tuple[str, ...] = ()) -> dict:
     """One teacher–student round from `run_dir`: store its student scores as `name`, train the next run."""
-    from aevlp.config import tomllib, updated
+    from aevlp.config import tomllib
     from aevlp.specs import Specs
     from aevlp.train import run_train
 
@@ -108,3 +109,59 @@ def refine(run_dir: str | Path, rounds: int = 1, *, overrides: tuple[str, ...] =
             out.append(_round(run_dir, nxt.name, progress, echo, overrides))
         run_dir = nxt
     return out
+
+
+def taught(cfg: dict, run_dir: str | Path | None = None, **kwargs) -> dict:
+    """`run_train`, with the student `damp.student_loss` asks for trained first (in RUN/student) and its stored
+    scores fused with DAMP's; without it, `run_train` itself."""
+    from aevlp import distributed
+    from aevlp.recipe import as_trained, dated_run
+    from aevlp.train import run_train
+
+    if not cfg["damp"]["student_loss"]:
+        return run_train(cfg, run_dir=run_dir, **kwargs)
+    if distributed.env()[1] > 1:
+        raise AevlpError("damp.student_loss trains its student in one process", hint="run it without torchrun")
+    run = Path(run_dir) if run_dir is not None else dated_run(cfg)
+    cache = kwargs.pop("cache", None)
+    cfg = updated(cfg, {"cache": {"path": str(cache)}}) if cache is not None else cfg
+    name = trained_student(as_trained(cfg), run, limit=kwargs.get("limit"), progress=kwargs.get("progress", True),
+                           echo=kwargs.get("echo") or (lambda _: None))
+    return run_train(cfg, run_dir=run, student=name, **kwargs)
+
+
+def trained_student(cfg: dict, run: Path, *, limit: int | None = None, progress: bool = True, echo=print) -> str:
+    """`damp.student_loss`: train (or reuse, or resume) a student with that method in RUN/student from the same
+    cache and settings, store its scores beside the cache, and return the source's name (named by the student's
+    checkpoint, so a run resumed or repeated finds it again)."""
+    from aevlp.checkpoint import has_training_state
+    from aevlp.config import dump_config
+    from aevlp.losses import LOSSES
+    from aevlp.recipe import as_trained
+    from aevlp.specs import Specs
+    from aevlp.train import run_train
+
+    method = LOSSES.canonical(cfg["damp"]["student_loss"])
+    if LOSSES.get(method).uses_pseudo:
+        raise AevlpError(f"damp.student_loss = {method}: the student is trained without pseudo-labels (gr, an, ...)",
+                         hint="use damp.student_loss = \"gr\" (the gpr-ts method), or aevlp refine for more rounds")
+    scfg = updated(cfg, {"loss": {"name": method}, "damp": {"student_loss": "", "student": ""}})
+    student = run / "student"
+    same = (student / "config.toml").exists() and (student / "config.toml").read_text() == \
+        dump_config(as_trained(scfg))
+    if not (same and (student / "results.json").exists()):
+        resume = same and has_training_state(student)
+        echo(f"student ({method}, damp.student_loss): {'resuming' if resume else 'training'} {student} first")
+        run_train(scfg, run_dir=student, resume=resume, force=not resume, limit=limit, progress=progress, echo=echo)
+    results = json.loads((student / "results.json").read_text())
+    name = f"student-{_checkpoint_id(student / 'best.pt')[7:19]}"
+    with Cache(Specs.of(cfg).cache_path) as cache:
+        if source_provenance(cache, name) is None:
+            data = Specs.of(scfg).dataset.load()  # every row of the cache, as the labeler reads them
+            store_source(cache, name, student_scores(student, data, cache, ~cache.f["bad"][:], len(cache)), {
+                "run": str(student.resolve()), "epoch": results["best_epoch"], "val_map": results["val_map"],
+                "checkpoint": _checkpoint_id(student / "best.pt"), "flips": "both, averaged", "method": method,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+    echo(f"student: {method}, val mAP {results['val_map']:.2f}; its scores are fused with DAMP's (w = "
+         f"{cfg['damp']['student_weight']:g})")
+    return name

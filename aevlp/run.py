@@ -19,8 +19,9 @@ from aevlp.errors import ConfigError
 from aevlp.losses import LOSSES, check_labels_available
 from aevlp.models import BACKBONES, names_file, weights_to_download
 from aevlp.pseudolabel import StageOnePlan, plan_stage_one, run_pseudolabel
+from aevlp.recipe import as_trained
+from aevlp.refine import taught
 from aevlp.specs import Specs
-from aevlp.train import as_trained, run_train
 
 __all__ = ["StagePlan", "PipelinePlan", "plan_pipeline", "run_pipeline", "run_dir_for"]
 
@@ -185,5 +186,5 @@ def run_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit:
         run_pseudolabel(plan.cfg, force=True, limit=limit, progress=progress, plan=plan.stage_one, reprompt=reprompt)
     if not two.run:
         return json.loads(((two.run_dir or plan.run_dir) / "results.json").read_text())
-    return run_train(plan.cfg, run_dir=plan.run_dir, limit=limit, progress=progress, resume=two.resume,
+    return taught(plan.cfg, run_dir=plan.run_dir, limit=limit, progress=progress, resume=two.resume,
                      force=True, echo=echo if epoch_lines else None)  # the plan said why it re-trains

@@ -222,6 +222,9 @@ class ViewsSpec(_Section):
 @dataclass(frozen=True)
 class DampSpec(_Section):
     SECTION, STAGE = "damp", "stage two"
+    RULES = (Rule(("student", "student_loss"), lambda student, student_loss: not (student and student_loss),
+                  "damp.student = {student} and damp.student_loss = {student_loss}: set one (stored scores, or a "
+                  "student trained first), not both"),)
     source: str = key("damp", "pseudo-labels from DAMP (global + tiles), the global view only, or the global view "
                               "against the plain (not GCN-refined) class text features (VLPL's)",
                       choices=("damp", "global", "global-plain"))
@@ -238,7 +241,10 @@ class DampSpec(_Section):
     min_auc: float = key(0.6, "with class_thresholds = a rule: a class whose observed positives the teacher ranks "
                               "above its unknown entries less often than this gets no pseudo-positives (GR's loss)",
                          check=between(0, 1))
-    student: str = key("", "a student's scores stored in the cache (aevlp refine) to fuse with DAMP's before selection")
+    student: str = key("", "a student's scores stored beside the cache (aevlp refine) to fuse with DAMP's before "
+                           "selection")
+    student_loss: str = key("", "train a student with this method first (RUN/student, same cache and settings) and "
+                                "fuse its scores with DAMP's before selection: gr makes the gpr-ts method")
     student_weight: float = key(0.5, "the student's share w of the fused score w·p_student + (1−w)·f_DAMP",
                                 check=UNIT)
 

@@ -8,7 +8,7 @@ a run needs to be resumed or compared is written to its run directory.
 """
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import json
 import logging
 import time
@@ -41,6 +41,7 @@ from aevlp.metrics import (
 )
 from aevlp.models import BACKBONES, Classifier, build_model
 from aevlp.progress import bar
+from aevlp.recipe import as_trained, dated_run, lr_source, recipe_line
 from aevlp.run_folder import claim, resume_changes
 from aevlp.schedules import gr_schedule
 from aevlp.specs import Specs, TrainSpec
@@ -98,7 +99,8 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path | None = None,
               resume: bool = False, limit: int | None = None, progress: bool = True, force: bool = False,
-              explicit: tuple[str, ...] = (), echo: Callable[[str], None] | None = tqdm.write) -> dict:
+              explicit: tuple[str, ...] = (), echo: Callable[[str], None] | None = tqdm.write,
+              student: str = "") -> dict:
     """Train, evaluate and write the run directory; with `resume`, continue `run_dir` from its last epoch
     (a run directory whose first epoch never finished starts over).
 
@@ -108,37 +110,41 @@ def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path
     `explicit` (the user's --set keys) that contradicts the cache is refused. `cfg` itself is not changed.
     `progress`: progress bars; `echo`: where the run's first line, per-epoch summaries and notes go (None: quiet).
     The folder is locked while it is written; a finished (or interrupted) one is replaced only with `force`;
-    a resume may change only `run_folder.RESUMABLE` settings (aevlp.run_folder).
+    a resume may change only `run_folder.RESUMABLE` settings (aevlp.run_folder). `student`: the stored scores
+    of the student `damp.student_loss` asks for (`aevlp.refine.taught`, which trains it first).
     """
     echo = echo or (lambda _: None)
     if cache is not None:
         cfg = updated(cfg, {"cache": {"path": str(cache)}})
-    lr_source = _lr_source(cfg)
+    lr_from = lr_source(cfg)
     if resume and not has_training_state(Path(run_dir)):
         echo(f"note: {run_dir} holds no finished epoch (interrupted before the first ended): starting it over")
         resume = False
     changes = resume_changes(Path(run_dir), as_trained(cfg)) if resume else []
+    if cfg["damp"]["student_loss"] and not student:
+        raise ConfigError("damp.student_loss needs its student trained first", hint="train with `aevlp train` or "
+                          "`aevlp run` (aevlp.refine.taught in Python)")
     main = distributed.env()[0] == 0
     lock = claim(Path(run_dir), resume=resume, force=force, echo=echo) if run_dir is not None and main else None
     try:  # a named folder is claimed before the set-up's work; a new, dated one once it is named
-        r = _setup(as_trained(cfg), run_dir, limit, explicit, resume)
+        r = _setup(as_trained(cfg), run_dir, limit, explicit, resume, student)
         lock = lock or (claim(r.run, resume=resume, force=force, echo=echo) if r.main else None)
         state = load_training_state(r.run, r.core, r.opt, r.method) if resume else _fresh_state()
         if r.t.epochs < state["epoch"]:
             raise AevlpError(f"--epochs {r.t.epochs}: {r.run} has already finished {state['epoch']} epochs",
                              hint=f"resume with --epochs {state['epoch']} or more")
         if r.main:
-            _start(r, echo, lr_source, changes)
+            _start(r, echo, lr_from, changes)
         return _train_and_test(r, state, progress, echo)
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
 
 
-def _start(r: TrainRun, echo: Callable[[str], None], lr_source: str, changes: list[str]) -> None:
+def _start(r: TrainRun, echo: Callable[[str], None], lr_from: str, changes: list[str]) -> None:
     """config.toml (what runs, resumed changes included), the run's first line, the class thresholds."""
     (r.run / "config.toml").write_text(dump_config(r.cfg))
-    echo(_recipe_line(r.t, lr_source))
+    echo(recipe_line(r.t, lr_from))
     if changes:
         echo("resumed with: " + "; ".join(changes) + " (config.toml records them)")
     if r.labeler.thresholds is not None:  # RUN/class_thresholds.csv: the θ per class it selects with, and why
@@ -175,40 +181,12 @@ def _epochs(r: TrainRun, state: dict, progress: bool, echo: Callable[[str], None
             _save_epoch(r, state, improved, z_all, echo)
 
 
-def as_trained(cfg: dict) -> dict:
-    """cfg as the run will train: with train.recipe = official the method's official [train] values
-    (`aevlp.losses.recipes`), and train.lr = 0 replaced by the backbone's own rate (`Backbone.lr`). This is
-    what a run records in its config.toml, and what `aevlp run` compares with it."""
-    if cfg["train"]["recipe"] == "official":
-        from aevlp.data.registry import get_dataset
-        from aevlp.losses.recipes import official_recipe
-
-        recipe = official_recipe(LOSSES.canonical(cfg["loss"]["name"]), get_dataset(cfg["dataset"]["name"]).name)
-        cfg = updated(cfg, {"train": recipe}) if recipe else cfg
-    if cfg["train"]["lr"]:
-        return cfg
-    return updated(cfg, {"train": {"lr": BACKBONES.get(cfg["train"]["backbone"]).lr}})
-
-
-def _lr_source(cfg: dict) -> str:
-    """Where the run's learning rate comes from, in words (before `as_trained` fills it in)."""
-    if cfg["train"]["recipe"] == "official":
-        return f"the official recipe of {cfg['loss']['name']}"
-    return "train.lr" if cfg["train"]["lr"] else f"{cfg['train']['backbone']}'s default; --lr or train.lr to change it"
-
-
-def _recipe_line(t: TrainSpec, lr_source: str) -> str:
-    """The run's first line: the backbone, the rates that run and where the rate came from, the recipe."""
-    return (f"training {t.backbone}: lr {t.lr:g} ({lr_source}), head lr {t.lr * t.lr_mult:g}, {t.epochs} epochs, "
-            f"batch {t.batch_size}, {t.optimizer}, {t.recipe} recipe")
-
-
 def _fresh_state() -> dict:
     return {"epoch": 0, "best_val": -1.0, "best_epoch": 0, "counter": 0, "history": [], "stopped_early": False}
 
 
 def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: tuple[str, ...] = (),
-           resume: bool = False) -> TrainRun:
+           resume: bool = False, student: str = "") -> TrainRun:
     cache = Cache(Specs.of(cfg).cache_path)
     cfg = cache.aligned_config(cfg, explicit)
     specs = Specs.of(cfg)
@@ -229,8 +207,7 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: t
                                                 observed=observed[keep], seed=t.seed, epochs=t.epochs, lr=t.lr))
     device, main = _device(t, stateful=spec.method is not None)
     core, model, opt = _model(t, data.num_classes, cache, device, method, pretrained=not resume)
-    run = Path(run_dir) if run_dir else \
-        Path(t.out) / f"{data.info.name}-{specs.loss['name']}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+    run = Path(run_dir) if run_dir else dated_run(cfg)
     run = Path(distributed.broadcast(str(run)))  # one run directory for all ranks
     if main:
         run.mkdir(parents=True, exist_ok=True)
@@ -241,6 +218,7 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: t
             "dataset": data.info.name, "loss": specs.loss["name"], **_clip_meta(cache, t),
             "channels_last": _channels_last(t), **({"head": core.head.spec()} if hasattr(core.head, "spec") else {})}
     damp = spec.pseudo_labels(specs.damp, params) if spec.pseudo_labels else specs.damp
+    damp = dataclasses.replace(damp, student=student, student_loss="") if student else damp  # config.toml: as given
     inputs = stage_two_inputs(specs, data, cache, n, keep, meta["image_size"], device, main)
     return TrainRun(cfg=cfg, specs=specs, data=data, cache=cache, keep=keep, observed=observed, truth=truth,
                     method=method, loss_spec=spec, device=device,

@@ -276,7 +276,7 @@ def test_the_benchmark_pipelines_hold_the_methods_table_and_the_docs_show_it():
 def test_the_official_recipe_is_each_methods_own():
     from aevlp.config import load_config, updated
     from aevlp.errors import ConfigError
-    from aevlp.train import as_trained
+    from aevlp.recipe import as_trained
     official = {"train": {"recipe": "official"}}
     em_cub = as_trained(updated(load_config("cub", ['loss.name="em-apl"']), official))["train"]
     assert (em_cub["epochs"], em_cub["lr"], em_cub["lr_mult"], em_cub["batch_size"], em_cub["early_stop"]) == \

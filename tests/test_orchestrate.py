@@ -54,7 +54,7 @@ def test_dry_run_then_run_then_nothing_to_do(world, tmp_path, monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("nothing should run")
     monkeypatch.setattr(pl, "load_clip", forbidden)
-    monkeypatch.setattr(run_mod, "run_train", forbidden)
+    monkeypatch.setattr(run_mod, "taught", forbidden)
     r = invoke("run", world["pipe"], "--no-progress", *own)
     assert r.exit_code == 0, r.output
     assert "pseudolabel: skip" in r.output and "train: skip" in r.output

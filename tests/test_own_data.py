@@ -101,15 +101,24 @@ def test_bench_writes_mean_and_sd_over_seeds(own):
     assert (out / "bench.png").stat().st_size > 5000 and "±" in (out / "bench.md").read_text()
 
 
-def test_bench_gpr_ts_trains_the_gr_student_first_and_refines_it(own):
+def test_gpr_ts_trains_its_gr_student_first_and_learns_from_its_scores(own):
     out = own["dir"] / "bench-ts"
     ok("bench", "table", "gpr-ts", "--seeds", "0", "--data-root", own["data"], "--out", out,
        "--set", f'cache.path="{own["cache"]}"', *own["clip"], "--set", 'train.backbone="clip-head"',
        "--set", 'train.weights="none"', "--set", "train.epochs=2", "--set", "train.lr=1e-3",
        "--set", "train.workers=0", "--no-progress")
     runs = pd.read_csv(out / "bench_runs.csv")
-    student, taught = out / "runs" / "gr-s0", out / "runs" / "gpr-ts-s0-r1"
-    assert json.loads((student / "results.json").read_text())["loss"] == "gr"  # the student: GR, no pseudo-labels
-    res = json.loads((taught / "results.json").read_text())
-    assert res["loss"] == "gpr" and res["student"]["run"] == str(student.resolve())
-    assert runs["run_dir"].tolist() == [str(taught)] and runs["test_map"].iloc[0] == pytest.approx(res["test_map"])
+    run = out / "runs" / "gpr-ts-s0"
+    student = json.loads((run / "student" / "results.json").read_text())
+    assert student["loss"] == "gr" and "student" not in student  # the student: GR, no pseudo-labels
+    res = json.loads((run / "results.json").read_text())
+    assert res["loss"] == "gpr" and res["student"]["run"] == str((run / "student").resolve())
+    assert res["student"]["method"] == "gr" and res["student"]["epoch"] == student["best_epoch"]
+    assert runs["run_dir"].tolist() == [str(run)] and runs["test_map"].iloc[0] == pytest.approx(res["test_map"])
+    cfg = (run / "config.toml").read_text()
+    assert 'student_loss = "gr"' in cfg and 'student = ""' in cfg  # config.toml: the settings as given
+    r = invoke("bench", "table", "gpr-ts", "--seeds", "0", "--data-root", own["data"], "--out", out,
+               "--set", f'cache.path="{own["cache"]}"', *own["clip"], "--set", 'train.backbone="clip-head"',
+               "--set", 'train.weights="none"', "--set", "train.epochs=2", "--set", "train.lr=1e-3",
+               "--set", "train.workers=0", "--no-progress")
+    assert r.exit_code == 0 and "train: skip" in r.output  # a finished gpr-ts run (student included) is current

@@ -251,7 +251,7 @@ def test_the_callers_config_is_never_edited(setup, tmp_path):
 
 def test_the_learning_rate_is_the_backbones_unless_given(setup, tmp_path):
     from aevlp.config import load_config, tomllib
-    from aevlp.train import as_trained
+    from aevlp.recipe import as_trained
     assert load_config("table")["train"]["lr"] == 0  # own data: the backbone's own rate
     assert as_trained(load_config("table"))["train"]["lr"] == 1e-5  # ResNet-50: the papers'
     assert as_trained(load_config("voc"))["train"]["lr"] == 1e-5  # a benchmark states its own

@@ -22,7 +22,7 @@ def loss_presets() -> dict[str, str]:
     def flag(override: str) -> str:
         k, v = override.split("=", 1)
         return f"{TRAIN_FLAGS[k]} {_parse_value(v)}" if k in TRAIN_FLAGS else f"--set {override}"
-    return {name: " ".join(flag(o) for o in preset[1]) for name, preset in PRESETS.items() if len(preset) == 2}
+    return {name: " ".join(flag(o) for o in overrides) for name, (_, overrides) in PRESETS.items()}
 
 
 def _cache_info(path: str) -> tuple[str | None, dict]:
@@ -96,7 +96,8 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
       torchrun --nproc-per-node 4 -m aevlp train --pseudo cache/nus.h5      # DDP, global batch kept
     """
     from aevlp.config import load_config
-    from aevlp.train import TrainingInterrupted, run_train
+    from aevlp.refine import taught
+    from aevlp.train import TrainingInterrupted
 
     flags = {"loss": {"name": loss}, "damp": {"source": damp_source},
              "train": {"backbone": backbone, "weights": weights, "labels": labels, "recipe": recipe, "epochs": epochs,
@@ -119,7 +120,7 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
 
     try:
         explicit = tuple(o.split("=", 1)[0].strip() for o in overrides)
-        r = run_train(cfg, run_dir=run_dir, explicit=explicit, resume=bool(resume), limit=limit, force=force,
+        r = taught(cfg, run_dir=run_dir, explicit=explicit, resume=bool(resume), limit=limit, force=force,
                       progress=not no_progress, echo=click.echo)
     except TrainingInterrupted as e:
         click.secho(interrupted_message(e), fg="yellow", err=True)
