@@ -22,7 +22,8 @@ from aevlp.toyclip import pretrain_toy_clip
 
 __all__ = ["METHODS", "PROBES", "SIZES", "run_demo"]
 
-METHODS = ["an", "gr", "gpr-global", "gpr-damp", "full-labels"]  # end to end, small-cnn from the toy backbone
+# end to end, small-cnn from the toy backbone: the paper's comparison, then what aevlp adds (docs/method.md)
+METHODS = ["an", "gr", "gpr-global", "gpr-damp", "gpr-rate", "gpr-ts", "full-labels"]
 _PROBE = ['train.backbone="clip-head"', 'train.weights="none"', "train.epochs=25", "train.batch_size=16",
           "train.lr=1e-3"]
 PROBES = {"probe-an": ("linear probe on CLIP features: AN", ['loss.name="an"', *_PROBE]),

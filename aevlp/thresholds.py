@@ -6,7 +6,8 @@ positive scores and whether the teacher tells them from the rest. Two rules (`da
 - `rate`: θ_c is the score above which the unknown entries of class c hold as many images as the class
   is expected to have among them. In the single-positive protocol the observed label is one of an
   image's positives drawn uniformly, so a class observed n_c times has about n_c·(E−1) more positives
-  among the unknown entries (E: expected positives per image).
+  among the unknown entries (E: expected positives per image, `loss.expected_pos`, else the training
+  labels' mean; where that is 1, as on observed-only data, the rate is unknown and the global θ stays).
 - `observed`: θ_c maximises an F1 estimated without labels: recall(θ) is the share of the class's
   observed positives scoring at least θ; the class's count among the unknown entries is estimated at
   high θ (where few negatives reach); precision follows.
@@ -75,6 +76,8 @@ def class_thresholds(scores: np.ndarray, observed: np.ndarray, rule: str, *, exp
         a = auc(pos, unknown)
         if len(pos) < MIN_OBSERVED:
             why = f"only {len(pos)} observed positives: the global θ"
+        elif rule == "rate" and expected_pos <= 1:  # observed-only data: the rate is unknown, not zero
+            why = f"expected positives per image {expected_pos:g} (set loss.expected_pos): the global θ"
         elif a < min_auc:
             out[c], why = OFF, f"teacher unreliable (AUC {a:.2f} < {min_auc}): no pseudo-positives, GR's loss"
         else:
