@@ -21,13 +21,15 @@ from aevlp.run import run_pipeline
 __all__ = ["PRESETS", "method_overrides", "run_bench", "summarise", "write_bench"]
 
 # Method names beyond the registered losses: the rows of the paper's comparisons that need more than --loss,
-# and the methods aevlp adds (docs/method.md, "Beyond AEVLP").
+# and the methods aevlp adds (docs/method.md, "Beyond AEVLP"). Each sets what it is whatever the pipeline's
+# defaults (pipelines/table.toml makes plain GPR into GPR-TS).
+_AEVLP = ['damp.class_thresholds=""', 'damp.student_loss=""']  # one θ, no student: AEVLP as published
 PRESETS: dict[str, tuple[str, list[str]]] = {
-    "gpr-damp": ("GPR + DAMP pseudo-labels (AEVLP)", ['loss.name="gpr"', 'damp.source="damp"']),
-    "gpr-global": ("GPR + global-view pseudo-labels", ['loss.name="gpr"', 'damp.source="global"']),
+    "gpr-damp": ("GPR + DAMP pseudo-labels (AEVLP)", ['loss.name="gpr"', 'damp.source="damp"', *_AEVLP]),
+    "gpr-global": ("GPR + global-view pseudo-labels", ['loss.name="gpr"', 'damp.source="global"', *_AEVLP]),
     "full-labels": ("full labels (upper bound)", ['loss.name="bce-full"', 'train.labels="full"']),
     "gpr-rate": ("GPR + DAMP, per-class θ from the observed positives", [
-        'loss.name="gpr"', 'damp.source="damp"', 'damp.class_thresholds="rate"']),
+        'loss.name="gpr"', 'damp.source="damp"', 'damp.class_thresholds="rate"', 'damp.student_loss=""']),
     "gpr-ts": ("GPR-TS: GPR + DAMP fused with a GR student, per-class θ", [
         'loss.name="gpr"', 'damp.source="damp"', 'damp.student_loss="gr"', 'damp.class_thresholds="rate"']),
 }

@@ -134,3 +134,17 @@ def updated(cfg: dict, changes: dict[str, dict[str, Any]]) -> dict:
 
 def dump_config(cfg: dict) -> str:
     return tomli_w.dumps(cfg)
+
+
+def recorded_config(path: str | Path) -> dict | None:
+    """A run's config.toml as a full config: a key added to aevlp after the run was made takes its default,
+    so a run stays current across versions that only add settings. None when the file cannot be read."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    cfg = defaults()
+    for section, table in data.items():
+        if isinstance(table, dict):
+            cfg.setdefault(section, {}).update(table)
+    return cfg

@@ -11,7 +11,7 @@ from aevlp.losses import LOSSES
 from aevlp.models import BACKBONES
 from aevlp.specs import TrainSpec
 
-__all__ = ["as_trained", "lr_source", "recipe_line", "dated_run"]
+__all__ = ["as_trained", "lr_source", "recipe_line", "dated_run", "wants_student"]
 
 
 def as_trained(cfg: dict) -> dict:
@@ -48,3 +48,10 @@ def dated_run(cfg: dict) -> Path:
 
     return Path(cfg["train"]["out"]) / \
         f"{get_dataset(cfg['dataset']['name']).name}-{cfg['loss']['name']}-{dt.datetime.now():%Y%m%d-%H%M%S}"
+
+
+def wants_student(cfg: dict) -> bool:
+    """Whether the run trains a student first (`damp.student_loss`): only for a method that selects from
+    DAMP's scores (not one without pseudo-labels, nor one with its own selection, as VLPL)."""
+    spec = LOSSES.get(cfg["loss"]["name"])
+    return bool(cfg["damp"]["student_loss"]) and spec.uses_pseudo and spec.pseudo_labels is None

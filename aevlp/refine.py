@@ -115,10 +115,10 @@ def taught(cfg: dict, run_dir: str | Path | None = None, **kwargs) -> dict:
     """`run_train`, with the student `damp.student_loss` asks for trained first (in RUN/student) and its stored
     scores fused with DAMP's; without it, `run_train` itself."""
     from aevlp import distributed
-    from aevlp.recipe import as_trained, dated_run
+    from aevlp.recipe import as_trained, dated_run, wants_student
     from aevlp.train import run_train
 
-    if not cfg["damp"]["student_loss"]:
+    if not wants_student(cfg):
         return run_train(cfg, run_dir=run_dir, **kwargs)
     if distributed.env()[1] > 1:
         raise AevlpError("damp.student_loss trains its student in one process", hint="run it without torchrun")
@@ -135,7 +135,7 @@ def trained_student(cfg: dict, run: Path, *, limit: int | None = None, progress:
     cache and settings, store its scores beside the cache, and return the source's name (named by the student's
     checkpoint, so a run resumed or repeated finds it again)."""
     from aevlp.checkpoint import has_training_state
-    from aevlp.config import dump_config
+    from aevlp.config import recorded_config
     from aevlp.losses import LOSSES
     from aevlp.recipe import as_trained
     from aevlp.specs import Specs
@@ -147,8 +147,7 @@ def trained_student(cfg: dict, run: Path, *, limit: int | None = None, progress:
                          hint="use damp.student_loss = \"gr\" (the gpr-ts method), or aevlp refine for more rounds")
     scfg = updated(cfg, {"loss": {"name": method}, "damp": {"student_loss": "", "student": ""}})
     student = run / "student"
-    same = (student / "config.toml").exists() and (student / "config.toml").read_text() == \
-        dump_config(as_trained(scfg))
+    same = recorded_config(student / "config.toml") == as_trained(scfg)
     if not (same and (student / "results.json").exists()):
         resume = same and has_training_state(student)
         echo(f"student ({method}, damp.student_loss): {'resuming' if resume else 'training'} {student} first")

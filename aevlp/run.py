@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aevlp.cache import fingerprint_id
 from aevlp.checkpoint import has_training_state
-from aevlp.config import dump_config, tomllib, updated
+from aevlp.config import recorded_config, updated
 from aevlp.data import training_data_hash
 from aevlp.errors import ConfigError
 from aevlp.losses import LOSSES, check_labels_available
@@ -52,11 +52,14 @@ def run_dir_for(cfg: dict, name: str) -> Path:
 
 
 def _config_diff(path: Path, cfg: dict) -> list[str]:
-    if not path.exists():
-        return []
-    old = tomllib.loads(path.read_text())
+    old = recorded_config(path) or {}
     return [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}" for s, table in cfg.items() for k, v in table.items()
             if old.get(s, {}).get(k) != v]
+
+
+def same_config(path: Path, cfg: dict) -> bool:
+    """Whether a run's config.toml records this resolved config (keys added since then at their defaults)."""
+    return recorded_config(path) == cfg
 
 
 def _stage_one(p1: StageOnePlan, force: bool) -> StagePlan:
@@ -81,13 +84,13 @@ def _stage_two(cfg: dict, run_dir: Path, cache_fp: dict, data_hash: str, stage_o
     if stage_one_runs:
         return StagePlan("train", True, "its cache is being recomputed")
     if not results.exists():
-        if has_training_state(run_dir) and config.exists() and config.read_text() == dump_config(cfg):
+        if has_training_state(run_dir) and same_config(config, cfg):
             return StagePlan("train", True, f"an interrupted run will be resumed ({run_dir})", resume=True)
         twin = _identical_run(cfg, run_dir, cache_fp, data_hash)
         if twin is not None:
             return StagePlan("train", False, f"an identical finished run exists: {twin}", run_dir=twin)
         return StagePlan("train", True, f"no results yet in {run_dir}")
-    if not config.exists() or config.read_text() != dump_config(cfg):
+    if not same_config(config, cfg):
         return StagePlan("train", True, f"{config} differs from the resolved pipeline", _config_diff(config, cfg))
     why = _stale_results(results, cache_fp, data_hash)
     return StagePlan("train", True, why) if why else StagePlan("train", False, f"{results} is current")
@@ -106,11 +109,8 @@ def _identical_run(cfg: dict, run_dir: Path, cache_fp: dict, data_hash: str) -> 
     """A finished, current run beside `run_dir` (in train.out) made with this very config, whichever pipeline
     file and path spellings it came from: e.g. the demo's own GPR + DAMP run for `aevlp run demo`."""
     def same(config: Path) -> bool:
-        try:
-            other = tomllib.loads(config.read_text())
-        except (OSError, tomllib.TOMLDecodeError):
-            return False
-        return _comparable(other) == _comparable(cfg)
+        other = recorded_config(config)
+        return other is not None and _comparable(other) == _comparable(cfg)
     for config in sorted(run_dir.parent.glob("*/config.toml")):
         d = config.parent
         if d != run_dir and (d / "results.json").exists() and same(config) and \

@@ -41,7 +41,7 @@ from aevlp.metrics import (
 )
 from aevlp.models import BACKBONES, Classifier, build_model
 from aevlp.progress import bar
-from aevlp.recipe import as_trained, dated_run, lr_source, recipe_line
+from aevlp.recipe import as_trained, dated_run, lr_source, recipe_line, wants_student
 from aevlp.run_folder import claim, resume_changes
 from aevlp.schedules import gr_schedule
 from aevlp.specs import Specs, TrainSpec
@@ -121,7 +121,7 @@ def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path
         echo(f"note: {run_dir} holds no finished epoch (interrupted before the first ended): starting it over")
         resume = False
     changes = resume_changes(Path(run_dir), as_trained(cfg)) if resume else []
-    if cfg["damp"]["student_loss"] and not student:
+    if wants_student(cfg) and not student:
         raise ConfigError("damp.student_loss needs its student trained first", hint="train with `aevlp train` or "
                           "`aevlp run` (aevlp.refine.taught in Python)")
     main = distributed.env()[0] == 0

@@ -89,7 +89,7 @@ class AplMethod(Method):
 def vlpl_selection(damp, params: dict):
     """VLPL's pseudo-labels from the cache: the global view against the plain class text features (no GCN,
     as VLPL's fixed text features), positive where softmax(cos/τ) > θ, no negatives (disabled for ResNet
-    backbones in VLPL's code)."""
+    backbones in VLPL's code); one θ for all classes and no student, as its authors ran it."""
     return dataclasses.replace(damp, source="global-plain", threshold=float(params.get("vlpl_threshold", 0.3)),
                                temperature=float(params.get("vlpl_temperature", 0.01)), negative_ratio=0.0,
-                               mode="official")
+                               mode="official", class_thresholds="", student="", student_loss="")
