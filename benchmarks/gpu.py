@@ -163,7 +163,7 @@ def largest_batch(s: Scale) -> dict:
     while chunk <= limit:
         try:
             rate = bare_encoder(s.clip_spec(), s.precision, chunk * 2, chunk=chunk)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             break
         best = {"views_per_forward": chunk, "images_per_s": rate / (R_ROUNDS * 17)}
         chunk *= 2
