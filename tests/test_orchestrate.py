@@ -138,12 +138,18 @@ def test_cache_clean_asks_and_keeps_wanted(ran, tmp_path):
     orphan.write_bytes(world["cache"].read_bytes())
     partial = folder / "gone.h5.partial"
     partial.write_bytes(b"x")
+    sources = folder / "old.h5.sources"  # a student's scores of the cache that goes
+    sources.mkdir()
+    (sources / "student-x.h5").write_bytes(b"x")
+    kept = world["cache"].with_name(world["cache"].name + ".sources")
+    kept.mkdir(exist_ok=True)
     r = invoke("cache", "clean", folder, "--stale-for", world["pipe"])
     assert r.exit_code == 0 and "pass --yes" in r.output
     assert orphan.exists() and partial.exists()  # never without --yes
     r = invoke("cache", "clean", folder, "--stale-for", world["pipe"], "--yes")
-    assert r.exit_code == 0 and "deleted 2 files" in r.output
-    assert not orphan.exists() and not partial.exists() and world["cache"].exists()  # the wanted cache stays
+    assert r.exit_code == 0 and "deleted 3 files" in r.output, r.output
+    assert not orphan.exists() and not partial.exists() and not sources.exists()
+    assert world["cache"].exists() and kept.exists()  # the wanted cache and its sources stay
     partial.write_bytes(b"x")
     r = invoke("cache", "clean", folder, "--yes")  # without --stale-for: only unfinished files
     assert "deleted 1 files" in r.output and world["cache"].exists()

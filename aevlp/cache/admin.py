@@ -130,4 +130,9 @@ def clean_candidates(folder: str | Path, wanted: list[Path] | None = None) -> li
         for p in sorted(folder.glob("*.h5")):
             if p.resolve() not in keep:
                 out.append((p, "no given pipeline wants this cache"))
+    gone = {p for p, _ in out}
+    for d in sorted(folder.glob("*.h5.sources")):  # students' scores of a cache that is gone (or going)
+        cache = d.with_name(d.name[: -len(".sources")])
+        if not cache.exists() or cache in gone:
+            out.append((d, "student scores of a cache that is not there"))
     return out

@@ -113,8 +113,10 @@ def cache_clean(folder: str, pipelines: tuple[str, ...], data_root: str | None, 
             return
         if not click.confirm(f"delete these {len(items)} files?"):
             return
+    import shutil
+
     for path, _ in items:
-        path.unlink(missing_ok=True)
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     click.echo(f"deleted {len(items)} files")
 
 
