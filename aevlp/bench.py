@@ -32,6 +32,8 @@ PRESETS: dict[str, tuple[str, list[str]]] = {
         'loss.name="gpr"', 'damp.source="damp"', 'damp.class_thresholds="rate"', 'damp.student_loss=""']),
     "gpr-ts": ("GPR-TS: GPR + DAMP fused with a GR student, per-class θ", [
         'loss.name="gpr"', 'damp.source="damp"', 'damp.student_loss="gr"', 'damp.class_thresholds="rate"']),
+    "gpr-ts-em": ("GPR-TS with an EM student", [
+        'loss.name="gpr"', 'damp.source="damp"', 'damp.student_loss="em"', 'damp.class_thresholds="rate"']),
 }
 RESULT_KEYS = ("test_map", "val_map", "pseudo_precision", "pseudo_recall", "pseudo_f1", "best_epoch", "epochs_run")
 

@@ -258,3 +258,23 @@ def test_run_plans_stage_one_once(world, tmp_path, monkeypatch):
     from aevlp.cache import fingerprint_id, read_fingerprint
     res = json.loads((tmp_path / "runs" / "tiny" / "results.json").read_text())
     assert res["cache_fingerprint"] == fingerprint_id(read_fingerprint(tmp_path / "r3.h5")[0])
+
+
+def test_every_bench_preset_is_a_valid_pipeline_whatever_the_pipelines_defaults():
+    """Each preset resolves against the benchmark and own-data pipelines (a typo in a key or value fails
+    here), and is what its name says there: AEVLP as published has one θ and no student even where
+    table.toml's defaults are GPR-TS; the -ts presets train a student that needs no pseudo-labels."""
+    from aevlp.bench import PRESETS, method_overrides
+    from aevlp.losses import LOSSES
+    from aevlp.recipe import wants_student
+    for pipeline in ("voc", "table"):
+        for name in PRESETS:
+            cfg = load_config(pipeline, method_overrides(name)[1])
+            assert LOSSES.get(cfg["loss"]["name"])
+            student = cfg["damp"]["student_loss"]
+            assert wants_student(cfg) == name.startswith("gpr-ts"), (pipeline, name)
+            if student:
+                assert not LOSSES.get(student).uses_pseudo, (name, student)
+        gpr = load_config(pipeline, method_overrides("gpr-damp")[1])["damp"]
+        assert gpr["class_thresholds"] == "" and gpr["student_loss"] == ""
+    assert load_config("table", method_overrides("gpr-ts-em")[1])["damp"]["student_loss"] == "em"
