@@ -57,6 +57,15 @@ def _checkpoint_id(path: Path) -> str:
     return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def _store_student(cache: Cache, name: str, run_dir: Path, data, checkpoint: str, results: dict, **extra) -> Path:
+    """Store the scores of run_dir's best.pt on every row of the cache as source NAME, with their provenance."""
+    scores = student_scores(run_dir, data, cache, ~cache.f["bad"][:], len(cache))
+    return store_source(cache, name, scores, {
+        "run": str(run_dir.resolve()), "epoch": results["best_epoch"], "val_map": results["val_map"],
+        "checkpoint": checkpoint, "flips": "both, averaged", **extra,
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+
+
 def _round(run_dir: Path, name: str, progress: bool, echo, overrides: tuple[str, ...] = ()) -> dict:
     """One teacher–student round from `run_dir`: store its student scores as `name`, train the next run."""
     from aevlp.config import tomllib
@@ -67,15 +76,11 @@ def _round(run_dir: Path, name: str, progress: bool, echo, overrides: tuple[str,
     specs = Specs.of(cfg)
     results = json.loads((run_dir / "results.json").read_text())
     nxt = run_dir.parent / name
+    checkpoint = _checkpoint_id(run_dir / "best.pt")
     with Cache(specs.cache_path) as cache:
         stored = source_provenance(cache, name)
-        if not stored or stored.get("checkpoint") != _checkpoint_id(run_dir / "best.pt"):
-            data = specs.dataset.load()
-            n, keep = len(cache), ~cache.f["bad"][:]
-            path = store_source(cache, name, student_scores(run_dir, data, cache, keep, n), {
-                "run": str(run_dir.resolve()), "epoch": results["best_epoch"], "val_map": results["val_map"],
-                "checkpoint": _checkpoint_id(run_dir / "best.pt"), "flips": "both, averaged",
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        if not stored or stored.get("checkpoint") != checkpoint:
+            path = _store_student(cache, name, run_dir, specs.dataset.load(), checkpoint, results)
             echo(f"stored the student scores of {run_dir} (epoch {results['best_epoch']}) as {path}")
     new = updated(cfg, {"damp": {"student": name}})
     if overrides:  # the next round's own settings (e.g. a GR student teaching GPR: loss.name = "gpr")
@@ -153,14 +158,11 @@ def trained_student(cfg: dict, run: Path, *, limit: int | None = None, progress:
         echo(f"student ({method}, damp.student_loss): {'resuming' if resume else 'training'} {student} first")
         run_train(scfg, run_dir=student, resume=resume, force=not resume, limit=limit, progress=progress, echo=echo)
     results = json.loads((student / "results.json").read_text())
-    name = f"student-{_checkpoint_id(student / 'best.pt')[7:19]}"
+    checkpoint = _checkpoint_id(student / "best.pt")
+    name = f"student-{checkpoint[7:19]}"
     with Cache(Specs.of(cfg).cache_path) as cache:
-        if source_provenance(cache, name) is None:
-            data = Specs.of(scfg).dataset.load()  # every row of the cache, as the labeler reads them
-            store_source(cache, name, student_scores(student, data, cache, ~cache.f["bad"][:], len(cache)), {
-                "run": str(student.resolve()), "epoch": results["best_epoch"], "val_map": results["val_map"],
-                "checkpoint": _checkpoint_id(student / "best.pt"), "flips": "both, averaged", "method": method,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+        if source_provenance(cache, name) is None:  # every row of the cache, as the labeler reads them
+            _store_student(cache, name, student, Specs.of(scfg).dataset.load(), checkpoint, results, method=method)
     echo(f"student: {method}, val mAP {results['val_map']:.2f}; its scores are fused with DAMP's (w = "
          f"{cfg['damp']['student_weight']:g})")
     return name
