@@ -132,6 +132,14 @@ def updated(cfg: dict, changes: dict[str, dict[str, Any]]) -> dict:
     return out
 
 
+def changed_settings(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+    """{"section.key": (old value, new value)} for every setting that differs (a side without it: None)."""
+    def flat(cfg: dict) -> dict[str, Any]:
+        return {f"{s}.{k}": v for s, table in cfg.items() if isinstance(table, dict) for k, v in table.items()}
+    a, b = flat(old), flat(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)}
+
+
 def dump_config(cfg: dict) -> str:
     return tomli_w.dumps(cfg)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aevlp.cache import fingerprint_id
 from aevlp.checkpoint import has_training_state
-from aevlp.config import recorded_config, updated
+from aevlp.config import changed_settings, recorded_config, updated
 from aevlp.data import training_data_hash
 from aevlp.errors import ConfigError
 from aevlp.losses import LOSSES, check_labels_available
@@ -52,9 +52,7 @@ def run_dir_for(cfg: dict, name: str) -> Path:
 
 
 def _config_diff(path: Path, cfg: dict) -> list[str]:
-    old = recorded_config(path) or {}
-    return [f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}" for s, table in cfg.items() for k, v in table.items()
-            if old.get(s, {}).get(k) != v]
+    return [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed_settings(recorded_config(path) or {}, cfg).items()]
 
 
 def same_config(path: Path, cfg: dict) -> bool:

@@ -49,18 +49,12 @@ def claim(run: Path, *, resume: bool, force: bool, echo=print) -> CacheLock:
     return lock
 
 
-def _flat(cfg: dict) -> dict[str, object]:
-    return {f"{s}.{k}": v for s, table in cfg.items() if isinstance(table, dict) for k, v in table.items()}
-
-
 def resume_changes(run: Path, cfg: dict) -> list[str]:
     """The settings a resume changes (each 'key: old -> new', all of them in RESUMABLE); any other
     difference from RUN/config.toml is refused."""
-    from aevlp.config import load_config
+    from aevlp.config import changed_settings, load_config
 
-    recorded = _flat(load_config(run / "config.toml"))
-    now = _flat(cfg)
-    diff = {k: (recorded.get(k), now.get(k)) for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)}
+    diff = changed_settings(load_config(run / "config.toml"), cfg)
     refused = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items() if k not in RESUMABLE]
     if refused:
         raise AevlpError(f"--resume continues {run} as it was started; these settings differ from its config.toml:"
