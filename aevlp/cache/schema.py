@@ -22,8 +22,8 @@ from aevlp.errors import AevlpError
 from aevlp.settings import CacheSpec, TextSpec, checked, choices_of
 
 __all__ = ["SCHEMA_VERSION", "STR", "EMBEDDING_MODES", "IMAGE_SIDE", "default_path", "partial_path", "lock_path",
-           "dataset_hash", "clip_preprocess", "stage_one_fingerprint", "shard_fingerprint", "can_reprompt",
-           "fingerprint_id", "fingerprint_diff", "read_fingerprint", "CacheLayout"]
+           "sources_path", "dataset_hash", "clip_preprocess", "stage_one_fingerprint", "shard_fingerprint",
+           "can_reprompt", "fingerprint_id", "fingerprint_diff", "parse_fingerprint", "read_fingerprint", "CacheLayout"]
 
 SCHEMA_VERSION = 2  # 2: "all" embeddings stored once per distinct view + an index; eval labels stored
 STR = h5py.string_dtype("utf-8")
@@ -41,6 +41,11 @@ def partial_path(target: Path) -> Path:
 
 def lock_path(target: Path) -> Path:
     return target.with_name(target.name + ".lock")
+
+
+def sources_path(target: Path) -> Path:
+    """The folder beside a cache that holds its pseudo-label sources (students' scores, aevlp.cache.sources)."""
+    return target.with_name(target.name + ".sources")
 
 
 def dataset_hash(image_ids: Iterable[str], observed: np.ndarray) -> str:
@@ -148,14 +153,19 @@ def fingerprint_diff(old: dict, new: dict) -> list[str]:
     return [f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in keys if old.get(k) != new.get(k)]
 
 
+def parse_fingerprint(f: h5py.File) -> dict:
+    """The fingerprint table of an open cache file; KeyError, ValueError or TypeError if it has none."""
+    fp = json.loads(f.attrs["fingerprint"])
+    if not isinstance(fp, dict):
+        raise ValueError(f"its fingerprint is a {type(fp).__name__}, not a table")
+    return fp
+
+
 def read_fingerprint(path: Path) -> tuple[dict, bool]:
     """(fingerprint, complete) of a cache file; raises AevlpError if it is not an aevlp cache."""
     try:
         with h5py.File(path, "r") as f:
-            fp = json.loads(f.attrs["fingerprint"])
-            if not isinstance(fp, dict):
-                raise ValueError(f"its fingerprint is a {type(fp).__name__}, not a table")
-            return fp, bool(f.attrs.get("complete", False))
+            return parse_fingerprint(f), bool(f.attrs.get("complete", False))
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise AevlpError(f"{path} is not a readable aevlp cache ({e})",
                          hint="delete it, or recompute it: `aevlp pseudolabel ... --force`") from None

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from aevlp.cache.reader import Cache
-from aevlp.cache.schema import fingerprint_id
+from aevlp.cache.schema import fingerprint_id, sources_path
 from aevlp.errors import AevlpError
 
 __all__ = ["store_source", "read_source", "source_path", "source_provenance"]
@@ -27,8 +27,7 @@ __all__ = ["store_source", "read_source", "source_path", "source_provenance"]
 
 def source_path(cache_path: Path, name: str) -> Path:
     """Where source NAME of a cache lives: CACHE.sources/NAME.h5 beside it."""
-    cache_path = Path(cache_path)
-    return cache_path.with_name(cache_path.name + ".sources") / f"{name}.h5"
+    return sources_path(Path(cache_path)) / f"{name}.h5"
 
 
 def store_source(cache: Cache, name: str, scores: np.ndarray, provenance: dict) -> Path:

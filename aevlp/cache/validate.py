@@ -16,7 +16,7 @@ import logging
 import h5py
 import numpy as np
 
-from aevlp.cache.schema import SCHEMA_VERSION, CacheLayout
+from aevlp.cache.schema import SCHEMA_VERSION, CacheLayout, parse_fingerprint
 
 __all__ = ["problems", "checksums", "sealed_names", "DATASET_DTYPES", "FINGERPRINT_KEY",
            "LAST_SCHEMA_WITHOUT_CHECKSUMS"]
@@ -83,9 +83,7 @@ def _header(f: h5py.File) -> tuple[dict | None, list[str]]:
     """(fingerprint, problems) from the attributes: a readable fingerprint table and a schema version this
     aevlp knows, the same in both places."""
     try:
-        fp = json.loads(f.attrs["fingerprint"])
-        if not isinstance(fp, dict):
-            raise ValueError("not a table")
+        fp = parse_fingerprint(f)
     except (KeyError, ValueError, TypeError):
         return None, ["no readable aevlp fingerprint attribute"]
     version = f.attrs.get("schema_version", fp.get("schema_version"))
