@@ -12,10 +12,9 @@ import pandas as pd
 
 from aevlp.cache import Cache
 from aevlp.labeler import PseudoLabeler
-from aevlp.specs import DampSpec
 from aevlp.thresholds import OFF
 
-__all__ = ["ClassScores", "class_scores", "threshold_table"]
+__all__ = ["ClassScores", "class_scores", "cache_expected_positives", "threshold_table"]
 
 
 @dataclasses.dataclass
@@ -32,11 +31,20 @@ class ClassScores:
     rule_table: pd.DataFrame | None
 
 
-def class_scores(cache: Cache, damp: DampSpec, expected_pos: float) -> ClassScores:
-    """The scores and thresholds of a cache under `damp` (its class_thresholds rule or CSV, or the global θ)."""
-    observed = cache.array("observed")
-    labeler = PseudoLabeler(cache, damp, observed, expected_pos)
-    theta = labeler.thresholds if labeler.thresholds is not None else np.full(observed.shape[1], damp.threshold)
+def cache_expected_positives(cache: Cache, configured: float) -> float:
+    """E as stage two computes it for this cache's rows (`aevlp.data.registry.expected_positives`)."""
+    from aevlp.data.registry import expected_positives
+
+    labels = cache.array("labels") if "labels" in cache.f else cache.array("observed")  # observed-only data
+    return expected_positives(configured, str(cache.fingerprint.get("dataset")), labels)
+
+
+def class_scores(labeler: PseudoLabeler) -> ClassScores:
+    """The scores and thresholds a labeler of the whole cache selects with (its damp.class_thresholds rule or
+    CSV, or the global θ)."""
+    cache, observed = labeler.cache, labeler.observed.numpy()
+    theta = labeler.thresholds if labeler.thresholds is not None else \
+        np.full(observed.shape[1], labeler.damp.threshold)
     return ClassScores(cache.classnames(), labeler.scores(), observed,
                        cache.array("labels") if "labels" in cache.f else None, cache.f["bad"][:].astype(bool),
                        np.asarray(theta, dtype=np.float64), labeler.threshold_table)

@@ -104,7 +104,7 @@ def run_demo(out: str | Path = "demo", *, quick: bool = False, seeds: int = 1, r
     echo(rep["markdown"])
     echo(f"report: {rep['files']['table']} (table), {rep['files']['plot']} (plot), {p['report'] / 'demo.json'}")
     review = write_review(p["cache"], p["review"], [p["runs"] / f"gpr-damp-s{seed}"], cfg=load_config(pipeline),
-                          expected_pos=2.5, progress=False)
+                          progress=False)
     echo(f"next:   open {review}   # the pseudo-labels class by class, a θ slider per class (no server needed)")
     echo(f"next:   aevlp train --pseudo {p['cache']} --loss an        # train one method yourself (no other flag "
          "needed)")

@@ -27,6 +27,7 @@ class PseudoLabeler:
         self.cache, self.damp = cache, damp
         self.observed = torch.as_tensor(observed)
         self._memo: dict[int, np.ndarray] = {}
+        self._scores: np.ndarray | None = None
         self._plain = _plain_global_sims(cache) if damp.source == "global-plain" else None
         self.student, self.provenance = self._student(len(observed))
         self.thresholds, self.threshold_table = self._class_thresholds(expected_pos)
@@ -63,9 +64,11 @@ class PseudoLabeler:
 
     def scores(self) -> np.ndarray:
         """[N, C] the score positives are selected from (DAMP's f, fused with a student's where stored),
-        averaged over the rounds: what the threshold rules read."""
-        rounds = (torch.as_tensor(self.cache.sims(r).astype(np.float32)) for r in range(self.cache.rounds))
-        return torch.stack([self._fused(s)[0] for s in rounds]).mean(0).numpy()
+        averaged over the rounds: what the threshold rules read (computed once)."""
+        if self._scores is None:
+            rounds = (torch.as_tensor(self.cache.sims(r).astype(np.float32)) for r in range(self.cache.rounds))
+            self._scores = torch.stack([self._fused(s)[0] for s in rounds]).mean(0).numpy()
+        return self._scores
 
     def _student(self, n: int) -> tuple[torch.Tensor | None, dict | None]:
         if not self.damp.student:

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from aevlp.cache import Cache
-from aevlp.class_report import class_scores
+from aevlp.class_report import cache_expected_positives, class_scores
 from aevlp.labeler import PseudoLabeler
 from aevlp.specs import Specs
 
@@ -194,8 +194,9 @@ def _disagreements(runs: list[dict], data, out: Path, per_class: int) -> dict[in
 
 
 def write_review(cache_path: str | Path, out: str | Path, runs: list[str | Path] = (), *, per_class: int = 60,
-                 cfg: dict | None = None, expected_pos: float = 0.0, progress: bool = True) -> Path:
-    """Write the site for a cache (scored with `cfg`'s [damp], default the cache's own pipeline) into `out`."""
+                 cfg: dict | None = None, progress: bool = True) -> Path:
+    """Write the site for a cache (scored with `cfg`'s [damp], default the cache's own pipeline) into `out`;
+    per-class thresholds by a rule use the expected positives per image stage two would."""
     from aevlp.progress import bar
 
     out = Path(out)
@@ -205,8 +206,9 @@ def write_review(cache_path: str | Path, out: str | Path, runs: list[str | Path]
     specs = Specs.of(cfg)
     with Cache(cache_path) as cache:
         data = specs.dataset.load()
-        s = class_scores(cache, specs.damp, expected_pos)
-        labeler = PseudoLabeler(cache, specs.damp, s.observed, expected_pos)
+        labeler = PseudoLabeler(cache, specs.damp, cache.array("observed"),
+                                cache_expected_positives(cache, specs.loss["expected_pos"]))
+        s = class_scores(labeler)
         neg = labeler.for_epoch(1) == -1
         sims0 = cache.f["sims"][0].astype(np.float32)
         ids = cache.image_ids()

@@ -25,6 +25,7 @@ from aevlp.cache import Cache, fingerprint_id
 from aevlp.checkpoint import has_training_state, load_checkpoint, load_training_state, rng_state, save_checkpoint
 from aevlp.config import dump_config, updated
 from aevlp.data import SPMLData, training_data_hash
+from aevlp.data.registry import expected_positives
 from aevlp.device import autocast, resolve_device, resolve_train_precision
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.evaluate import predict_scores
@@ -199,8 +200,7 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: t
         logging.getLogger("aevlp").warning("the images of %s are absent under %s: they could not be checked",
                                            cache.path, data.image_root)
     keep = ~cache.f["bad"][:]  # unreadable images were skipped in stage one
-    params = dict(specs.loss, expected_pos=specs.loss["expected_pos"] or data.info.expected_pos or
-                  float(truth.sum(1).mean()))
+    params = dict(specs.loss, expected_pos=expected_positives(specs.loss["expected_pos"], data.info.name, truth))
     name, spec = specs.loss["name"], LOSSES.get(specs.loss["name"])
     check_labels_available(name, t.labels, data.train_labels_known)
     method = build_method(name, params, RunInfo(num_rows=int(keep.sum()), num_classes=data.num_classes,
@@ -276,8 +276,7 @@ def _clip_meta(cache: Cache, t: TrainSpec) -> dict:
     """What a clip-head model needs to embed new images itself: the CLIP the cache was made with."""
     if BACKBONES.get(t.backbone).input != "embedding":
         return {}
-    info = json.loads(cache.f.attrs.get("info", "{}"))
-    return {"clip": info.get("clip"), "clip_weights": cache.fingerprint.get("clip_weights"),
+    return {"clip": cache.info.get("clip"), "clip_weights": cache.fingerprint.get("clip_weights"),
             "clip_preprocess": json.loads(cache.f.attrs.get("clip_preprocess", "{}"))}
 
 

@@ -77,6 +77,7 @@ def test_stage_two_selects_with_the_csvs_thresholds(tmp_path, tiny_clip, photo_v
     r = invoke("cache", "thresholds", cache, "--config", "voc", "--set", "damp.temperature=0.05", "--out",
                tmp_path / "t.csv")
     assert r.exit_code == 0 and "threshold" in r.output and "wrote" in r.output, r.output
+    assert "expected positives per image 1.5," in r.output  # VOC's published E, as stage two takes it
     with Cache(cache) as c:
         names, observed = c.classnames(), c.array("observed")
         theta = np.full(20, OFF)
@@ -87,3 +88,13 @@ def test_stage_two_selects_with_the_csvs_thresholds(tmp_path, tiny_clip, photo_v
         z = PseudoLabeler(c, damp, observed).for_epoch(1)
     new = (z == 1) & (observed != 1)
     assert new[:, :10].sum() > 0 and new[:, 10:].sum() == 0
+
+
+def test_expected_positives_is_the_setting_then_the_datasets_value_then_the_labels_mean():
+    """One E for stage two and the threshold tools: loss.expected_pos, else the dataset's published mean
+    (VOC 1.5, COCO 2.9: Cole et al.), else the training labels' mean (own data)."""
+    from aevlp.data.registry import expected_positives
+    labels = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 1, 0]])  # 7 positives over 4 images
+    assert expected_positives(2.0, "voc", labels) == 2.0
+    assert expected_positives(0.0, "voc", labels) == 1.5 and expected_positives(0.0, "coco", labels) == 2.9
+    assert expected_positives(0.0, "table", labels) == pytest.approx(7 / 4)

@@ -102,7 +102,6 @@ def gallery(path: str | Path, classname: str, out: str | Path, *, rnd: int = 0, 
     writes beside the PNG as JSON) the image ids shown per panel."""
     from PIL import Image, ImageDraw
 
-    from aevlp.data import load_dataset
 
     out = Path(out)
     with Cache(path) as c:
@@ -111,8 +110,7 @@ def gallery(path: str | Path, classname: str, out: str | Path, *, rnd: int = 0, 
             from aevlp.registry import did_you_mean
             raise AevlpError(f"no class '{classname}' in {path}{did_you_mean(classname, names)}")
         r, k = _round(c, rnd), names.index(classname)
-        info = json.loads(c.f.attrs.get("info", "{}"))
-        root = load_dataset(c.fingerprint["dataset"], info["data_root"], image_root=info.get("image_root") or None)
+        root = c.dataset()
         ids, grid, tau = c.image_ids(), int(c.fingerprint["grid"]), c.selection.get("temperature", 0.01)
         every = _panels(c, r, k)
         totals = {title: len(rows) for title, rows in every.items()}

@@ -24,14 +24,11 @@ __all__ = ["export_label_studio", "export_fiftyone", "label_config"]
 
 def _labels(path: str | Path, rnd: int):
     """(relative image paths, image root, class names, pseudo [N, C], scores [N, C], readable [N])."""
-    from aevlp.data import load_dataset
 
     with Cache(path) as c:
         if not 0 <= rnd < c.rounds:
             raise AevlpError(f"--round {rnd}: the cache has rounds 0..{c.rounds - 1}")
-        info = json.loads(c.f.attrs.get("info", "{}"))
-        root = load_dataset(c.fingerprint["dataset"], info["data_root"],
-                            image_root=info.get("image_root") or None).image_root
+        root = c.dataset().image_root
         return (c.image_ids(), Path(root).resolve(), c.classnames(), c.f["pseudo"][rnd],
                 c.f["scores"][rnd].astype(np.float32), ~c.f["bad"][:].astype(bool))
 

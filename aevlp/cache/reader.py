@@ -121,6 +121,23 @@ class Cache:
             return emb if emb.ndim == 3 else emb[:, None]
         return emb[:, 0] if emb.ndim == 3 else emb
 
+    @property
+    def info(self) -> dict:
+        """What stage one recorded beside the fingerprint: its pipeline file, data root, limit, its settings."""
+        return json.loads(self.f.attrs.get("info", "{}"))
+
+    def pipeline_file(self) -> str | None:
+        """The pipeline file stage one ran, where it is still there (a cache remembers its pipeline)."""
+        path = self.info.get("pipeline")
+        return path if path and Path(path).is_file() else None
+
+    def dataset(self):
+        """The dataset the cache was made from, read from the data root stage one recorded."""
+        from aevlp.data import load_dataset
+
+        info = self.info
+        return load_dataset(self.fingerprint["dataset"], info["data_root"], image_root=info.get("image_root") or None)
+
     def plain_text_features(self) -> np.ndarray | None:
         """[C, D] class features of the prompts before the GCN, where stage one stored them (since 2026-12)."""
         return self.f["text_features_plain"][:] if "text_features_plain" in self.f else None
@@ -161,7 +178,7 @@ class Cache:
         explicit --set of one of them (a key in `explicit`) that differs is an error."""
         from aevlp.config import updated
 
-        recorded = json.loads(self.f.attrs.get("info", "{}")).get("stage_one", {})
+        recorded = self.info.get("stage_one", {})
         changes: dict[str, dict] = {}
         for section, table in recorded.items():
             for key, value in table.items():

@@ -208,24 +208,20 @@ def cache_thresholds(file: str, rule: str, config: str | None, out: str | None, 
       aevlp train --pseudo cache/voc.h5 --set damp.class_thresholds='"out/voc_thresholds.csv"'
     """
     from aevlp.cache import Cache
-    from aevlp.class_report import class_scores, threshold_table
+    from aevlp.class_report import cache_expected_positives, class_scores, threshold_table
     from aevlp.config import find_pipeline, load_config
-    from aevlp.data.registry import get_dataset
+    from aevlp.labeler import PseudoLabeler
     from aevlp.specs import Specs
     from aevlp.thresholds import write_thresholds
 
     with Cache(file) as c:
-        info = json.loads(c.f.attrs.get("info", "{}"))
-        pipeline = config or (info.get("pipeline") if info.get("pipeline") and Path(info["pipeline"]).is_file()
-                              else None)
+        pipeline = config or c.pipeline_file()
         cfg = load_config(find_pipeline(pipeline) if pipeline else None,
                           [*overrides, f'damp.class_thresholds="{rule}"'],
                           dataset={"name": c.fingerprint.get("dataset")})
         specs = Specs.of(cfg)
-        labels = c.array("labels") if "labels" in c.f else None
-        expected = specs.loss["expected_pos"] or (float(labels.sum(1).mean()) if labels is not None else
-                                                  get_dataset(specs.dataset.name).expected_pos or 2.0)
-        scores = class_scores(c, specs.damp, expected)
+        expected = cache_expected_positives(c, specs.loss["expected_pos"])
+        scores = class_scores(PseudoLabeler(c, specs.damp, c.array("observed"), expected))
     table = threshold_table(scores, specs.damp.threshold)
     click.echo(table.to_string(index=False))
     off = int((scores.thresholds > 1).sum())

@@ -1,9 +1,6 @@
 """`aevlp review`: the pseudo-labels class by class in a browser, from the file system."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import click
 
 from aevlp.cli.group import cli
@@ -42,14 +39,9 @@ def review_cmd(cache: str, run_dirs: tuple[str, ...], out: str, per_class: int, 
     from aevlp.review import write_review
 
     with Cache(cache) as c:
-        info = json.loads(c.f.attrs.get("info", "{}"))
-        labels_mean = float(c.array("labels").sum(1).mean()) if "labels" in c.f else 0.0
-        dataset = c.fingerprint.get("dataset")
-    pipeline = config or (info.get("pipeline") if info.get("pipeline") and Path(info["pipeline"]).is_file() else None)
+        info, dataset, pipeline = c.info, c.fingerprint.get("dataset"), config or c.pipeline_file()
     cfg = load_config(find_pipeline(pipeline) if pipeline else None, overrides,
                       dataset={"name": dataset, "data_root": info.get("data_root"),
                                "image_root": info.get("image_root") or None})
-    expected = cfg["loss"]["expected_pos"] or labels_mean or 2.0
-    page = write_review(cache, out, list(run_dirs), per_class=per_class, cfg=cfg, expected_pos=expected,
-                        progress=not no_progress)
+    page = write_review(cache, out, list(run_dirs), per_class=per_class, cfg=cfg, progress=not no_progress)
     click.echo(f"wrote {page} (open it in a browser; it needs no server)")

@@ -1,7 +1,6 @@
 """`aevlp train`, `aevlp eval`, `aevlp predict`: stage two from the command line."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -25,12 +24,13 @@ def loss_presets() -> dict[str, str]:
     return {name: " ".join(flag(o) for o in overrides) for name, (_, overrides) in PRESETS.items()}
 
 
-def _cache_info(path: str) -> tuple[str | None, dict]:
-    """Dataset name and data root recorded in a cache, so `--pseudo` alone is enough."""
+def _cache_info(path: str) -> tuple[str | None, dict, str | None]:
+    """Dataset name, what stage one recorded (data root, limit) and its pipeline file, so `--pseudo` alone is
+    enough."""
     from aevlp.cache import Cache
 
     with Cache(path) as c:
-        return c.fingerprint.get("dataset"), json.loads(c.f.attrs.get("info", "{}"))
+        return c.fingerprint.get("dataset"), c.info, c.pipeline_file()
 
 
 @cli.command("train")
@@ -109,8 +109,7 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
     else:
         if cache is None and dataset is None:
             raise AevlpError("no cache given", hint="pass --pseudo cache/DATASET.h5 (made by aevlp pseudolabel)")
-        cached_name, info = _cache_info(cache) if cache else (None, {})
-        recorded = info.get("pipeline") if info.get("pipeline") and Path(info["pipeline"]).is_file() else None
+        cached_name, info, recorded = _cache_info(cache) if cache else (None, {}, None)
         cfg = resolve(config or recorded, dataset or cached_name, overrides,
                       dataset={"data_root": data_root or info.get("data_root")}, **flags,
                       cache={"path": str(cache) if cache else None})
