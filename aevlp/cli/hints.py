@@ -18,7 +18,8 @@ __all__ = ["FLAG_KEYS", "SWAPS", "for_command", "command_flags", "HintFilter"]
 # Flags the library's messages name, and the setting each one sets (`--set KEY=VALUE` elsewhere).
 FLAG_KEYS = {
     "--weights": ("train.weights",), "--backbone": ("train.backbone",), "--loss": ("loss.name",),
-    "--labels": ("train.labels",), "--lr": ("train.lr",), "--epochs": ("train.epochs",),
+    "--labels": ("train.labels",), "--damp-source": ("damp.source",), "--lr": ("train.lr",),
+    "--epochs": ("train.epochs",),
     "--pretrained": ("clip.pretrained",), "--pretrained-cfg": ("clip.pretrained_cfg",), "--clip": ("clip.arch",),
     "--clip-config": ("clip.config",), "--store-embeddings": ("cache.store_embeddings",),
     "--on-bad-image": ("cache.on_bad_image",), "--data-root": ("dataset.data_root",), "--dataset": ("dataset.name",),

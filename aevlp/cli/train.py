@@ -10,17 +10,19 @@ from aevlp.cli.group import cli
 from aevlp.data.registry import DATASETS
 from aevlp.errors import AevlpError
 
-TRAIN_FLAGS = {"loss.name": "--loss", "damp.source": "--damp-source", "train.labels": "--labels"}
-
 
 def loss_presets() -> dict[str, str]:
     """The bench's method names that are a loss plus other settings, spelled as `aevlp train` flags."""
     from aevlp.bench import PRESETS
+    from aevlp.cli.hints import FLAG_KEYS, command_flags
     from aevlp.config import _parse_value
+
+    own = command_flags(train_cmd)
+    flags = {keys[0]: f for f, keys in FLAG_KEYS.items() if len(keys) == 1 and f in own}  # setting -> train's flag
 
     def flag(override: str) -> str:
         k, v = override.split("=", 1)
-        return f"{TRAIN_FLAGS[k]} {_parse_value(v)}" if k in TRAIN_FLAGS else f"--set {override}"
+        return f"{flags[k]} {_parse_value(v)}" if k in flags else f"--set {override}"
     return {name: " ".join(flag(o) for o in overrides) for name, (_, overrides) in PRESETS.items()}
 
 
