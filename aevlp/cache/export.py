@@ -102,7 +102,6 @@ def gallery(path: str | Path, classname: str, out: str | Path, *, rnd: int = 0, 
     writes beside the PNG as JSON) the image ids shown per panel."""
     from PIL import Image, ImageDraw
 
-
     out = Path(out)
     with Cache(path) as c:
         names = c.classnames()
@@ -110,7 +109,7 @@ def gallery(path: str | Path, classname: str, out: str | Path, *, rnd: int = 0, 
             from aevlp.registry import did_you_mean
             raise AevlpError(f"no class '{classname}' in {path}{did_you_mean(classname, names)}")
         r, k = _round(c, rnd), names.index(classname)
-        root = c.dataset()
+        data = c.dataset()
         ids, grid, tau = c.image_ids(), int(c.fingerprint["grid"]), c.selection.get("temperature", 0.01)
         every = _panels(c, r, k)
         totals = {title: len(rows) for title, rows in every.items()}
@@ -126,7 +125,7 @@ def gallery(path: str | Path, classname: str, out: str | Path, *, rnd: int = 0, 
         draw.text((4, y + 4), f"{classname}: {title} ({len(rows)} shown of {totals[title]})", fill="black")
         y += pad
         for j, i in enumerate(rows):
-            thumb = _thumb(root.image_root / ids[i], tiles[int(i)], grid, size)
+            thumb = _thumb(data.image_root / ids[i], tiles[int(i)], grid, size)
             sheet.paste(thumb, ((j % cols) * (size + 4) + 2, y + (j // cols) * (size + 4)))
         y += max(1, -(-len(rows) // cols)) * (size + 4)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,6 @@ __all__ = ["export_label_studio", "export_fiftyone", "label_config"]
 
 def _labels(path: str | Path, rnd: int):
     """(relative image paths, image root, class names, pseudo [N, C], scores [N, C], readable [N])."""
-
     with Cache(path) as c:
         if not 0 <= rnd < c.rounds:
             raise AevlpError(f"--round {rnd}: the cache has rounds 0..{c.rounds - 1}")
