@@ -10,11 +10,11 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from aevlp.cache import Cache
 from aevlp.labeler import PseudoLabeler
+from aevlp.priors import Expected
 from aevlp.thresholds import OFF
 
-__all__ = ["ClassScores", "class_scores", "cache_expected_positives", "threshold_table"]
+__all__ = ["ClassScores", "class_scores", "threshold_table"]
 
 
 @dataclasses.dataclass
@@ -29,14 +29,7 @@ class ClassScores:
     bad: np.ndarray
     thresholds: np.ndarray
     rule_table: pd.DataFrame | None
-
-
-def cache_expected_positives(cache: Cache, configured: float) -> float:
-    """E as stage two computes it for this cache's rows (`aevlp.data.registry.expected_positives`)."""
-    from aevlp.data.registry import expected_positives
-
-    labels = cache.array("labels") if "labels" in cache.f else cache.array("observed")  # observed-only data
-    return expected_positives(configured, str(cache.fingerprint.get("dataset")), labels)
+    expected: Expected | None = None  # E and each class's hidden positives, with their source
 
 
 def class_scores(labeler: PseudoLabeler) -> ClassScores:
@@ -47,7 +40,7 @@ def class_scores(labeler: PseudoLabeler) -> ClassScores:
         np.full(observed.shape[1], labeler.damp.threshold)
     return ClassScores(cache.classnames(), labeler.scores(), observed,
                        cache.array("labels") if "labels" in cache.f else None, cache.f["bad"][:].astype(bool),
-                       np.asarray(theta, dtype=np.float64), labeler.threshold_table)
+                       np.asarray(theta, dtype=np.float64), labeler.threshold_table, labeler.expected)
 
 
 def _counts(s: ClassScores, c: int, theta: float) -> dict:
@@ -63,17 +56,33 @@ def _counts(s: ClassScores, c: int, theta: float) -> dict:
     return out
 
 
+def _hidden_source(expected: Expected | None, c: int) -> str:
+    """Where class c's count of hidden positives comes from, in words."""
+    if expected is None:
+        return ""
+    if expected.hidden is None:
+        return f"n_c·(E − 1), E {expected.value:.3g} from {expected.source}"
+    if expected.priors is not None and expected.priors.why[c] != expected.priors.method:
+        return f"{expected.priors.why[c]}: the other classes' mean prior"
+    return expected.source
+
+
 def threshold_table(s: ClassScores, global_theta: float) -> pd.DataFrame:
-    """One row per class: its observed positives and the teacher's mean score on them, the suggested θ_c,
-    what θ_c and the global θ make positive (precision/recall against full labels where known)."""
-    rows = []
+    """One row per class: its observed positives and the teacher's mean score on them, the positives it hides
+    among its unknown entries (the rule's count, its source, and the truth where full labels exist), the
+    suggested θ_c, what θ_c and the global θ make positive (precision/recall against full labels where known)."""
+    rows, usable = [], ~s.bad
+    n_obs = ((s.observed == 1) & usable[:, None]).sum(0)
+    hidden = s.expected.hidden_for(n_obs) if s.expected is not None else np.full(len(n_obs), np.nan)
     for c, name in enumerate(s.classnames):
-        obs = (s.observed[:, c] == 1) & ~s.bad
+        obs = (s.observed[:, c] == 1) & usable
         mine, glob = _counts(s, c, s.thresholds[c]), _counts(s, c, global_theta)
         row = {"class": name, "observed": int(obs.sum()),
                "mean_score_observed": round(float(s.scores[obs, c].mean()) if obs.any() else 0.0, 4),
-               "threshold": round(float(s.thresholds[c]), 6), **{f"{k}": v for k, v in mine.items()},
-               **{f"{k}_at_global": v for k, v in glob.items()}}
+               "hidden": round(float(hidden[c]), 1), "hidden_source": _hidden_source(s.expected, c)}
+        if s.labels is not None:
+            row["true_hidden"] = int(((s.labels[:, c] == 1) & (s.observed[:, c] == 0) & usable).sum())
+        row.update(threshold=round(float(s.thresholds[c]), 6), **mine, **{f"{k}_at_global": v for k, v in glob.items()})
         if s.rule_table is not None:
             row.update(auc=s.rule_table["auc"].iloc[c], why=s.rule_table["why"].iloc[c])
         rows.append(row)

@@ -25,7 +25,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 __all__ = ["load_config", "defaults", "find_pipeline", "list_pipelines", "apply_overrides", "updated", "dump_config",
-           "pipeline_dirs", "tomllib"]
+           "pipeline_dirs", "tomllib", "config_for_cache"]
 
 
 
@@ -109,9 +109,12 @@ def load_config(pipeline: str | Path | None = None, overrides: Iterable[str] = (
     if pipeline:
         path = find_pipeline(str(pipeline))
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: invalid TOML ({e})") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})",
+                              hint="save the pipeline file as UTF-8 (TOML is UTF-8)") from None
         _merge(cfg, data, str(path))
         if not data.get("pipeline", {}).get("name"):
             cfg["pipeline"]["name"] = str(path.resolve())
@@ -120,6 +123,21 @@ def load_config(pipeline: str | Path | None = None, overrides: Iterable[str] = (
     for section, table in cfg.items():
         check_section(section, table)
     return cfg
+
+
+def config_for_cache(cache, config: str | Path | None = None, overrides: Iterable[str] = (), **sections: dict) -> dict:
+    """The config a cache's pseudo-labels are read with: `config` (a pipeline), else the pipeline the cache was
+    made with where it is still there, else the defaults; the cache's dataset, data and image roots and path;
+    then `sections` (flags) and `overrides` (--set). What train, review, `cache thresholds` and the exports
+    select with, so each shows what the others use. `cache`: an open `aevlp.cache.Cache`."""
+    pipeline = config or cache.pipeline_file()
+    info = cache.info
+    base: dict[str, dict] = {"dataset": {"name": cache.fingerprint.get("dataset"), "data_root": info.get("data_root"),
+                                         "image_root": info.get("image_root") or None},
+                             "cache": {"path": str(cache.path)}}
+    for section, table in sections.items():
+        base.setdefault(section, {}).update({k: v for k, v in table.items() if v is not None})
+    return load_config(find_pipeline(str(pipeline)) if pipeline else None, overrides, **base)
 
 
 def updated(cfg: dict, changes: dict[str, dict[str, Any]]) -> dict:

@@ -1,6 +1,7 @@
 """Where and in which dtype a stage runs: device and precision resolution, shared by both stages."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import torch
 from aevlp.errors import ConfigError
 
 __all__ = ["DTYPES", "cpu_supports_bf16", "resolve_device", "resolve_precision", "resolve_train_precision",
-           "autocast", "memory_bytes", "check_fits"]
+           "autocast", "memory_bytes", "check_fits", "Inference", "inference"]
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -60,6 +61,28 @@ def resolve_train_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
     return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+@dataclass(frozen=True)
+class Inference:
+    """Where and how a trained model scores images outside training (eval, predict, the student's scores, review,
+    the teacher row): the device, the autocast precision training used there, images per forward pass."""
+
+    device: torch.device
+    precision: str
+    batch_size: int = 64
+
+    def describe(self) -> str:
+        return f"{self.device.type}, {self.precision}, batch {self.batch_size}"
+
+
+def inference(device: str = "auto", batch_size: int = 64, precision: str = "auto") -> Inference:
+    """The one rule every command that runs a trained model resolves its device by: `auto` is the GPU when there
+    is one; the precision is stage two's (`auto`: bf16 autocast on a CUDA GPU that has it, else fp32)."""
+    dev = resolve_device(device)
+    if batch_size < 1:
+        raise ConfigError(f"a batch of {batch_size} images: give a positive number of images per forward pass")
+    return Inference(dev, resolve_train_precision(precision, dev), batch_size)
 
 
 def autocast(device: torch.device, precision: str):

@@ -10,10 +10,10 @@ from torch.utils.data import DataLoader
 
 from aevlp.checkpoint import load_checkpoint
 from aevlp.data import load_dataset
-from aevlp.device import autocast
+from aevlp.device import Inference, autocast, inference
 from aevlp.errors import AevlpError
 from aevlp.imaging import ModelInput, to_model_input
-from aevlp.inputs import ImageRows
+from aevlp.inputs import ImageRows, make_loader
 from aevlp.metrics import evaluation_report, per_class_ap
 
 __all__ = ["predict_scores", "evaluate_checkpoint", "checkpoint_scores", "predict_images"]
@@ -59,7 +59,7 @@ def expand_images(items: list[str]) -> list[str]:
     return out
 
 
-def _clip_embeddings(meta: dict, paths: list[str]) -> torch.Tensor:
+def _clip_embeddings(meta: dict, paths: list[str], infer: Inference) -> torch.Tensor:
     """For a clip-head model: the unflipped global view of each image, embedded by the very CLIP the
     cache was made with (its weights must be the same file; checked by hash)."""
     from aevlp.clip import load_clip
@@ -69,14 +69,15 @@ def _clip_embeddings(meta: dict, paths: list[str]) -> torch.Tensor:
     if not meta.get("clip"):
         raise AevlpError("this clip-head model does not record the CLIP it was trained on (an older run)",
                          hint="re-train it with this version of aevlp, or use an image backbone")
-    clip = load_clip(ClipSpec(**{**meta["clip"], "device": "cpu"}))
+    clip = load_clip(ClipSpec(**{**meta["clip"], "device": str(infer.device)}))
     if clip.weights_id != meta.get("clip_weights"):
         raise AevlpError(f"the CLIP weights {meta['clip'].get('pretrained')} differ from the ones this model was "
                          "trained on", hint="point clip.pretrained at the original checkpoint")
     pre = meta["clip_preprocess"]
     spec = ViewSpec(grid=1, size=pre["image_size"], resize=pre["resize_mode"], interpolation=pre["interpolation"],
                     mean=tuple(pre["mean"]), std=tuple(pre["std"]), flip=False)
-    batches = [list(range(i, min(i + 64, len(paths)))) for i in range(0, len(paths), 64)]
+    bs = infer.batch_size
+    batches = [list(range(i, min(i + bs, len(paths)))) for i in range(0, len(paths), bs)]
     out = []
     for _, slots, errors in GlobalViews(paths, batches, spec):
         if errors:
@@ -85,15 +86,22 @@ def _clip_embeddings(meta: dict, paths: list[str]) -> torch.Tensor:
     return torch.cat(out)
 
 
-def _scores(model, meta: dict, paths: list[str], batch_size: int = 32) -> np.ndarray:
+def _scores(model, meta: dict, paths: list[str], infer: Inference | None = None) -> np.ndarray:
+    """A checkpoint's probabilities [N, C] for image files, on `infer`'s device (the one rule: `aevlp.device.
+    inference`) with the precision training used there; images decoded by the loader's workers."""
+    infer = infer or inference()
+    dev = infer.device
+    model = model.to(dev)
     if meta["backbone"] == "clip-head":
-        with torch.no_grad():
-            return torch.sigmoid(model(_clip_embeddings(meta, paths))).numpy()
+        emb = _clip_embeddings(meta, paths, infer).to(dev)
+        with torch.no_grad(), autocast(dev, infer.precision):
+            return torch.sigmoid(model(emb).float()).cpu().numpy()
     layout = ModelInput(meta["image_size"], channels_last=bool(meta.get("channels_last")))
     if layout.channels_last:  # the memory format the run trained and tested in: the very same numbers
         model = model.to(memory_format=torch.channels_last)
-    return predict_scores(model, DataLoader(ImageRows(paths, meta["image_size"]), batch_size=batch_size),
-                          torch.device("cpu"), prepare=lambda x, rows: layout(x, torch.device("cpu")))
+    workers = 0 if len(paths) <= infer.batch_size else -1  # a few images: no worker start-up
+    loader = make_loader(ImageRows(paths, meta["image_size"]), infer.batch_size, workers, dev)
+    return predict_scores(model, loader, dev, infer.precision, prepare=lambda x, rows: layout(x, dev))
 
 
 def _run_dataset(path: str | Path) -> tuple[str, str]:
@@ -111,9 +119,10 @@ def _run_dataset(path: str | Path) -> tuple[str, str]:
 
 
 def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_root: str | None = None,
-                        split: str = "test", batch_size: int = 32) -> tuple[dict, pd.DataFrame]:
+                        split: str = "test", batch_size: int = 64, device: str = "auto") -> tuple[dict, pd.DataFrame]:
     """(mAP report, per-class AP table) of a trained model on a split; the dataset and its root default
     to those of the run the checkpoint belongs to."""
+    infer = inference(device, batch_size)
     model, meta = _checkpoint(path)
     if not dataset or not data_root:
         run_name, run_root = _run_dataset(path)
@@ -122,23 +131,25 @@ def evaluate_checkpoint(path: str | Path, dataset: str | None = None, data_root:
     if data.classnames != meta["classnames"]:
         raise AevlpError(f"{path} was trained on other classes than {data.info.name}'s")
     s = data.split(split)
-    scores = _scores(model, meta, [str(data.image_root / p) for p in s.images], batch_size)
+    scores = _scores(model, meta, [str(data.image_root / p) for p in s.images], infer)
     return ({**evaluation_report(scores, s.labels), "images": len(s)},
             per_class_ap(scores, s.labels, data.classnames))
 
 
-def checkpoint_scores(path: str | Path, image_paths: list[str]) -> np.ndarray:
+def checkpoint_scores(path: str | Path, image_paths: list[str], infer: Inference | None = None) -> np.ndarray:
     """A run's (or best.pt's) probabilities [N, C] for image files, as `aevlp eval` computes them."""
     model, meta = _checkpoint(path)
-    return _scores(model, meta, [str(p) for p in image_paths])
+    return _scores(model, meta, [str(p) for p in image_paths], infer)
 
 
-def predict_images(path: str | Path, images: list[str], threshold: float = 0.5) -> pd.DataFrame:
+def predict_images(path: str | Path, images: list[str], threshold: float = 0.5, device: str = "auto",
+                   batch_size: int = 64) -> pd.DataFrame:
     """path, one probability column per class, labels (>= threshold, joined by |), num_labels, and top3
     ("name:p; name:p; name:p": class names may hold spaces)."""
+    infer = inference(device, batch_size)
     model, meta = _checkpoint(path)
     paths = expand_images(images)
-    scores = _scores(model, meta, paths)
+    scores = _scores(model, meta, paths, infer)
     names = meta["classnames"]
     df = pd.DataFrame(scores, columns=names)
     df.insert(0, "path", paths)

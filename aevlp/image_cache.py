@@ -74,10 +74,20 @@ def _open_for_build(path: Path, fp: dict, data, size: int) -> h5py.File:
 
 
 def ensure_image_cache(data, size: int, path: Path, *, progress: bool = True) -> Path:
-    """Build (or finish building) the image cache unless a current one is there; return its path."""
+    """Build (or finish building) the image cache unless a current one is there; return its path. One process
+    builds it at a time (the caches' lock: a second run started meanwhile is refused, naming the builder)."""
+    from aevlp.cache.writer import CacheLock
+
     fp = image_cache_fingerprint(data, size)
     if _current(path, fp):
         return path
+    with CacheLock(path):
+        if not _current(path, fp):  # another run may have finished it while this one waited to start
+            _build(path, fp, data, size, progress)
+    return path
+
+
+def _build(path: Path, fp: dict, data, size: int, progress: bool) -> None:
     f = _open_for_build(path, fp, data, size)
     try:
         for name, s in _splits(data):
@@ -95,7 +105,6 @@ def ensure_image_cache(data, size: int, path: Path, *, progress: bool = True) ->
         f.attrs["complete"] = True
     finally:
         f.close()
-    return path
 
 
 class CachedImages:

@@ -36,12 +36,15 @@ from aevlp.cache.validate import problems as cache_problems
 from aevlp.clip import ClipIdentity, ClipModel, identify_clip, load_clip
 from aevlp.damp import pseudo_labels
 from aevlp.data import SPMLData, image_identity
-from aevlp.device import check_fits
+from aevlp.device import check_fits, resolve_device
 from aevlp.errors import AevlpError
+from aevlp.placement import Place, decode_place, resize_place
+from aevlp.profiling import profiled, step
 from aevlp.progress import bar
 from aevlp.reprompt import rederive
 from aevlp.specs import Specs
 from aevlp.text import ClassFeatures, class_phrases, relation_id, text_features
+from aevlp.view_scoring import Launched, encode, launch
 from aevlp.views import GlobalViews, ViewBatches, ViewSpec, expand_views, render_on_device, unique_slots
 
 __all__ = ["StageOnePlan", "run_pseudolabel", "plan_stage_one", "MAX_VIEWS_PER_FORWARD"]
@@ -69,6 +72,7 @@ class StageOnePlan:
     status: str
     diff: list[str]
     limit: int | None = None
+    placement: str = ""  # where decoding and resizing happen, and why (aevlp.placement)
 
     @property
     def image_paths(self) -> list[str]:
@@ -141,7 +145,11 @@ def plan_stage_one(cfg: dict, limit: int | None = None) -> StageOnePlan:
     if n < 1:
         raise AevlpError(f"{data.root}: the train split is empty")
     ident = identify_clip(specs.clip)
-    views = ViewSpec.of(specs.views, ident.preprocess)
+    device = resolve_device(specs.clip.device)
+    paths = [data.image_root / i for i in data.train.images[:n]]
+    resize, decode = resize_place(specs.views.resize_on, device), \
+        decode_place(specs.views.decode_on, device, paths, "views.decode_on")
+    views = ViewSpec.of(specs.views, ident.preprocess, resize_on=resize.where, decode_on=decode.where)
     _check_view_memory(specs, views)
     ids = list(data.train.images[:n])
     eval_ids = None if specs.cache.store_embeddings == "none" else \
@@ -157,7 +165,16 @@ def plan_stage_one(cfg: dict, limit: int | None = None) -> StageOnePlan:
         fp["images_hash"] = _recorded_images_hash(target, images)
     status, diff = _status(target, fp)
     return StageOnePlan(specs=specs, data=data, n=n, views=views, clip=ident, fingerprint=fp, eval_ids=eval_ids,
-                        target=target, status=status, diff=diff, limit=limit)
+                        target=target, status=status, diff=diff, limit=limit,
+                        placement=_placement_line(views, resize, decode, device))
+
+
+def _placement_line(views: ViewSpec, resize: Place, decode: Place, device: torch.device) -> str:
+    """Where stage one decodes and resizes, and why, in one line."""
+    dec = "the GPU's decoder (nvJPEG)" if views.decode_on == "device" else "the workers"
+    res = "the device" if views.resize_on == "device" else "the workers"
+    why = decode.why if views.decode_on == "device" else f"{decode.why}; {resize.why}"
+    return f"images decoded by {dec}, views cut and resized on {res}, CLIP on {device.type} ({why})"
 
 
 def _check_view_memory(specs: Specs, views: ViewSpec) -> None:
@@ -190,7 +207,7 @@ def _load_scorer(plan: StageOnePlan) -> _Scorer:
 
 def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None, progress: bool = True,
                     shard: tuple[int, int] | None = None, plan: StageOnePlan | None = None,
-                    reprompt: bool = True) -> dict:
+                    reprompt: bool = True, profile: str | Path | None = None, echo=None) -> dict:
     """Compute (or reuse, or resume) the cache the config asks for; returns a summary dict.
 
     A matching complete cache is reused without loading CLIP at all. Under torchrun each rank
@@ -199,7 +216,8 @@ def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None,
     for this very cfg and limit, when the caller already made one. When only the text side changed
     (prompts, phrases, classes, GCN) and the cache stores every view's embedding, the new cache is
     re-derived from those embeddings without decoding or encoding an image (`reprompt=False`: the
-    full path).
+    full path). `profile`: write torch.profiler's table and trace there (`aevlp.profiling`); `echo`: where the
+    line saying where images are decoded and resized goes (None: nowhere).
     """
     plan = plan or plan_stage_one(cfg, limit)
     target = plan.target
@@ -214,15 +232,18 @@ def run_pseudolabel(cfg: dict, *, force: bool = False, limit: int | None = None,
         raise AevlpError(f"{target} {what}" + "".join("\n    " + d for d in plan.diff),
                          hint="pass --force to recompute (the old file stays until the new one is complete), "
                               "or --out OTHER.h5 to keep both")
+    if echo is not None:
+        echo(plan.placement)
     scorer = _load_scorer(plan)
     rank, world, _ = distributed.env()
     if shard is None and world > 1:
         distributed.init(scorer.clip.device.type)
         shard = (rank, world)
-    if shard is None:
-        stats, resumed = _compute(plan, scorer, target, plan.fingerprint, (0, plan.n), plan.eval_ids, progress)
-        return {"cache": str(target), "status": "resumed" if resumed else "computed", **stats}
-    return _run_shard(plan, scorer, shard, progress)
+    with profiled(profile, echo or (lambda _: None)):
+        if shard is None:
+            stats, resumed = _compute(plan, scorer, target, plan.fingerprint, (0, plan.n), plan.eval_ids, progress)
+            return {"cache": str(target), "status": "resumed" if resumed else "computed", **stats}
+        return _run_shard(plan, scorer, shard, progress)
 
 
 def _run_shard(plan: StageOnePlan, scorer: _Scorer, shard: tuple[int, int], progress: bool) -> dict:
@@ -275,20 +296,11 @@ def _compute(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tu
     return stats, writer.resumed
 
 
-def _encode(clip: ClipModel, slots: torch.Tensor, views: ViewSpec) -> torch.Tensor:
-    """[B, U, 3, S, S] uint8 → [B, U, D] normalised embeddings, in fixed-size forward chunks."""
-    b, u = slots.shape[:2]
-    flat = slots.reshape(b * u, *slots.shape[2:])
-    step = -(-flat.shape[0] // -(-flat.shape[0] // MAX_VIEWS_PER_FORWARD))  # equal chunks: 272 -> 2 x 136
-    out = [clip.encode_images(views.transform.normalize(flat[i:i + step].to(clip.device, non_blocking=True),
-                                                        clip.dtype)) for i in range(0, flat.shape[0], step)]
-    return torch.cat(out).reshape(b, u, -1)
-
-
 def _view_loader(plan: StageOnePlan, scorer: _Scorer, todo: list[list[int]], paths: list[str],
                  row_offset: int) -> torch.utils.data.DataLoader:
-    workers = plan.specs.clip.workers
-    ds = ViewBatches(paths, todo, plan.views, row_offset, decode_only=plan.views.resize_on == "device")
+    workers, views = plan.specs.clip.workers, plan.views
+    ship = "encoded" if views.decode_on == "device" else "decoded" if views.resize_on == "device" else "views"
+    ds = ViewBatches(paths, todo, views, row_offset, ship=ship)
     return torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers,
                                        pin_memory=scorer.clip.device.type == "cuda",
                                        prefetch_factor=2 if workers > 0 else None)
@@ -304,26 +316,34 @@ def _raise_or_warn(errors: list, skip: bool) -> None:
         log.warning("skipping %s", msg)
 
 
-def _score_batch(plan: StageOnePlan, scorer: _Scorer, slots, index, observed: torch.Tensor, bad: np.ndarray):
-    """One batch's views → (sims [R,B,V,C] f16, scores, pseudo [R,B,C], embeddings to store or None,
-    their view index or None)."""
-    emb = _encode(scorer.clip, slots, plan.views)  # [B, U, D]
-    sims_u = (emb @ scorer.text_on_device.T).float().cpu()  # [B, U, C]
-    sims = expand_views(sims_u, index).half()  # [R, B, V, C], rounded as stored
-    sel = plan.specs.damp.selection()
-    scores, pseudo = zip(*(pseudo_labels(sims[r].float(), observed, **sel) for r in range(plan.views.rounds)))
-    scores, pseudo = torch.stack(scores), torch.stack(pseudo)
-    if bad.any():
-        sims[:, bad], scores[:, bad], pseudo[:, bad] = 0, 0, 0
-    mode = plan.specs.cache.store_embeddings
+def _land(writer: CacheWriter, plan: StageOnePlan, batch: Launched, observed: torch.Tensor) -> None:
+    """The host's share of a batch whose device work is done: rounds per view, the readable DAMP pseudo-labels,
+    the HDF5 writes (sims [R,B,V,C] f16, scores, pseudo [R,B,C], the embeddings the cache keeps)."""
+    batch.land()
+    rows = batch.rows
+    bad = np.zeros(len(rows), dtype=bool)
+    for row, _ in batch.errors:
+        bad[int(row) - int(rows[0])] = True
+    with step("DAMP"):
+        sims = expand_views(batch.sims, batch.index).half()  # [R, B, V, C], rounded as stored
+        sel = plan.specs.damp.selection()
+        scores, pseudo = zip(*(pseudo_labels(sims[r].float(), observed[rows], **sel)
+                               for r in range(plan.views.rounds)))
+        scores, pseudo = torch.stack(scores), torch.stack(pseudo)
+        if bad.any():
+            sims[:, bad], scores[:, bad], pseudo[:, bad] = 0, 0, 0
+    mode, emb, emb_index = plan.specs.cache.store_embeddings, None, None
     if mode == "all":  # each distinct (tile, flip) view once, and which one each round used
-        return sims.numpy(), scores.numpy(), pseudo.numpy(), emb.cpu().numpy(), index.numpy()
-    e = expand_views(emb.cpu(), index)[:, :, 0].numpy() if mode == "global" else None  # [R, B, D]
-    return sims.numpy(), scores.numpy(), pseudo.numpy(), e, None
+        emb, emb_index = batch.emb.numpy(), batch.index.numpy()
+    elif mode == "global":
+        emb = expand_views(batch.emb, batch.index)[:, :, 0].numpy()  # [R, B, D]
+    with step("write"):
+        writer.write(int(rows[0]), sims.numpy(), scores.numpy(), pseudo.numpy(), bad, emb, emb_index)
 
 
 def _fill(writer: CacheWriter, plan: StageOnePlan, scorer: _Scorer, rows: tuple[int, int], progress: bool) -> int:
-    """Score every pending batch of rows [start, stop) into `writer`; returns the rows computed."""
+    """Score every pending batch of rows [start, stop) into `writer`; returns the rows computed. Batch i is
+    landed (its DAMP and writes on the host) after batch i + 1 is launched on the device (`aevlp.view_scoring`)."""
     start, stop = rows
     paths, n, bs = plan.image_paths[start:stop], stop - start, max(1, plan.specs.clip.batch_size)
     pending = set(writer.pending().tolist())
@@ -333,18 +353,26 @@ def _fill(writer: CacheWriter, plan: StageOnePlan, scorer: _Scorer, rows: tuple[
     skip = plan.specs.cache.on_bad_image == "skip"
     pbar = bar(total=n, initial=n - sum(len(b) for b in todo), unit="img", desc="stage one", disable=not progress,
                dynamic_ncols=True)
-    computed = 0
-    for batch_rows, slots, index, errors in _view_loader(plan, scorer, todo, paths, start):
-        _raise_or_warn(errors, skip)
-        if plan.views.resize_on == "device":  # the worker only decoded: crop and resize where CLIP runs
-            slots, index = render_on_device(slots, batch_rows, plan.views, scorer.clip.device, start)
-        bad = np.zeros(len(batch_rows), dtype=bool)
-        for row, _ in errors:
-            bad[int(row) - int(batch_rows[0])] = True
-        sims, scores, pseudo, emb, emb_index = _score_batch(plan, scorer, slots, index, obs_t[batch_rows], bad)
-        writer.write(int(batch_rows[0]), sims, scores, pseudo, bad, emb, emb_index)
-        computed += len(batch_rows)
-        pbar.update(len(batch_rows))
+    computed, queued, loader = 0, None, iter(_view_loader(plan, scorer, todo, paths, start))
+    keep = plan.specs.cache.store_embeddings != "none"
+    while True:
+        with step("wait for workers"):
+            item = next(loader, None)
+        if item is not None:
+            batch_rows, slots, index, errors = item
+            if plan.views.resize_on == "device":  # the worker only decoded (or read): the rest where CLIP runs
+                with step("render on device"):
+                    slots, index, failed = render_on_device(slots, batch_rows, plan.views, scorer.clip.device, start)
+                errors = [*errors, *((r, f"{paths[r]}: {m}") for r, m in failed)]
+            _raise_or_warn(errors, skip)
+            launched = launch(scorer.clip, scorer.text_on_device, slots, index, plan.views, batch_rows, errors, keep)
+        if queued is not None:
+            _land(writer, plan, queued, obs_t)
+            computed += len(queued.rows)
+            pbar.update(len(queued.rows))
+        if item is None:
+            break
+        queued = launched
     pbar.close()
     return computed
 
@@ -364,6 +392,6 @@ def _embed_eval(plan: StageOnePlan, scorer: _Scorer, paths: list[str], progress:
         rows, slots, errors = item[0], item[1], item[-1]
         if errors:
             raise AevlpError(f"{len(errors)} unreadable {split} image(s):\n    " + "\n    ".join(m for _, m in errors))
-        emb = _encode(scorer.clip, slots, plan.views).cpu().numpy()
+        emb = encode(scorer.clip, slots, plan.views).float().cpu().numpy()
         out[rows.numpy()] = emb if every else emb[:, 0]
     return out

@@ -16,14 +16,19 @@ __all__ = ["as_trained", "lr_source", "recipe_line", "dated_run", "wants_student
 
 def as_trained(cfg: dict) -> dict:
     """cfg as the run will train: with train.recipe = official the method's official [train] values
-    (`aevlp.losses.recipes`), and train.lr = 0 replaced by the backbone's own rate (`Backbone.lr`). This is
-    what a run records in its config.toml, and what `aevlp run` compares with it."""
+    (`aevlp.losses.recipes`), train.lr = 0 replaced by the backbone's own rate (`Backbone.lr`) and train.decode_on
+    = auto by the place it resolves to (`aevlp.placement`). This is what a run records in its config.toml, and
+    what `aevlp run` compares with it."""
     if cfg["train"]["recipe"] == "official":
         from aevlp.data.registry import get_dataset
         from aevlp.losses.recipes import official_recipe
 
         recipe = official_recipe(LOSSES.canonical(cfg["loss"]["name"]), get_dataset(cfg["dataset"]["name"]).name)
         cfg = updated(cfg, {"train": recipe}) if recipe else cfg
+    if cfg["train"]["decode_on"] == "auto":
+        from aevlp.placement import train_decode_place
+
+        cfg = updated(cfg, {"train": {"decode_on": train_decode_place(cfg).where}})
     if cfg["train"]["lr"]:
         return cfg
     return updated(cfg, {"train": {"lr": BACKBONES.get(cfg["train"]["backbone"]).lr}})
@@ -54,4 +59,5 @@ def wants_student(cfg: dict) -> bool:
     """Whether the run trains a student first (`damp.student_loss`): only for a method that selects from
     DAMP's scores (not one without pseudo-labels, nor one with its own selection, as VLPL)."""
     spec = LOSSES.get(cfg["loss"]["name"])
-    return bool(cfg["damp"]["student_loss"]) and spec.uses_pseudo and spec.pseudo_labels is None
+    return bool(cfg["damp"]["student_loss"]) and spec.uses_pseudo and spec.pseudo_labels is None and \
+        cfg["train"]["labels"] != "full"

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from aevlp.cache import Cache
-from aevlp.class_report import cache_expected_positives, class_scores
-from aevlp.labeler import PseudoLabeler
+from aevlp.class_report import class_scores
+from aevlp.labeler import labeler_for
 from aevlp.specs import Specs
 
 __all__ = ["write_review", "THUMB"]
@@ -146,7 +146,7 @@ def _runs_table(s, runs: list[dict]) -> str:
     return f"<h2>test AP per class</h2><table><tr>{head}</tr>{rows}<tr><td>mAP</td>{means}</tr></table>"
 
 
-def _run_results(runs: list[str | Path], cache: Cache, s, data) -> list[dict]:
+def _run_results(runs: list[str | Path], cache: Cache, s, data, infer) -> list[dict]:
     """Each run's per-class test AP and test scores, and the teacher's (DAMP on the stored test views)."""
     import pandas as pd
 
@@ -157,13 +157,13 @@ def _run_results(runs: list[str | Path], cache: Cache, s, data) -> list[dict]:
     out = []
     if cache.has_eval_embeddings() and cache.eval_labels("test") is not None:
         teach = zero_shot_scores(cache.eval_embeddings("test", views=True), cache.f["text_features"][:],
-                                 cache.selection.get("temperature", 0.01))
+                                 cache.selection.get("temperature", 0.01), infer.device)
         t = teach.get("damp", teach["global"])
         out.append({"name": "zero-shot teacher", "ap": per_class_ap(t, cache.eval_labels("test"))["ap"].to_numpy(),
                     "scores": t, "teacher": True})
     for run in map(Path, runs):
         table = pd.read_csv(run / "per_class_ap.csv")
-        scores = checkpoint_scores(run, [data.image_root / p for p in data.test.images])
+        scores = checkpoint_scores(run, [data.image_root / p for p in data.test.images], infer)
         out.append({"name": run.name, "ap": table["ap"].to_numpy(), "scores": scores, "teacher": False})
     return out
 
@@ -194,27 +194,33 @@ def _disagreements(runs: list[dict], data, out: Path, per_class: int) -> dict[in
 
 
 def write_review(cache_path: str | Path, out: str | Path, runs: list[str | Path] = (), *, per_class: int = 60,
-                 cfg: dict | None = None, progress: bool = True) -> Path:
-    """Write the site for a cache (scored with `cfg`'s [damp], default the cache's own pipeline) into `out`;
-    per-class thresholds by a rule use the expected positives per image stage two would."""
+                 cfg: dict | None = None, student: str = "", progress: bool = True, device: str = "auto",
+                 batch_size: int = 64) -> Path:
+    """Write the site for a cache into `out`, its labels selected as a training run with `cfg` (default: the
+    pipeline the cache was made with) and the stored student source `student` would select them
+    (`aevlp.labeler.labeler_for`); the runs and the teacher score the test images on `device` (the one
+    inference rule, `aevlp.device.inference`)."""
+    from aevlp.config import config_for_cache
+    from aevlp.device import inference
     from aevlp.progress import bar
 
+    infer = inference(device, batch_size)
     out = Path(out)
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
     (out / "data").mkdir(exist_ok=True)
     shutil.copytree(ASSETS, out / "assets", dirs_exist_ok=True)
-    specs = Specs.of(cfg)
     with Cache(cache_path) as cache:
+        cfg = cfg if cfg is not None else config_for_cache(cache)
+        specs = Specs.of(cfg)
         data = specs.dataset.load()
-        labeler = PseudoLabeler(cache, specs.damp, cache.array("observed"),
-                                cache_expected_positives(cache, specs.loss["expected_pos"]))
+        labeler = labeler_for(cache, cfg, data=data, student=student)
         s = class_scores(labeler)
         neg = labeler.for_epoch(1) == -1
         sims0 = cache.f["sims"][0].astype(np.float32)
         ids = cache.image_ids()
         ctx = {"cache": str(cache_path), "summary": json.loads(cache.f.attrs.get("summary", "{}")),
                "tau": specs.damp.temperature, "grid": int(cache.fingerprint["grid"]), "top_k": specs.damp.top_k}
-        run_results = _run_results(runs, cache, s, data)
+        run_results = _run_results(runs, cache, s, data, infer)
     rank = (-s.scores).argsort(1).argsort(1)
     ctx["disagree"] = _disagreements(run_results, data, out, per_class // 4)
     usable = ~s.bad

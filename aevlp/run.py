@@ -155,6 +155,10 @@ def plan_pipeline(cfg: dict, name: str, *, force_stage: str | None = None, limit
         p1.status = "stale"
     one = _stage_one(p1, force_stage == "pseudolabel")
     run_dir = run_dir_for(cfg, name)
+    if not one.run:  # a run records the stage-one settings its cache recorded: compare with those
+        from aevlp.cache.reader import aligned_config, recorded_stage_one
+
+        cfg = aligned_config(cfg, recorded_stage_one(p1.target), p1.target)
     data_hash = training_data_hash(p1.data, p1.specs.dataset.image_check)
     two = _stage_two(cfg, run_dir, p1.fingerprint, data_hash, one.run, force_stage == "train")
     downloads = _downloads(p1, Specs.of(cfg), one.run, two.run)

@@ -3,7 +3,9 @@
 - `claim(run, resume=..., force=...)`: a lock (the caches' own: a lock file beside the folder, naming the
   writer's pid and host; one left by a dead process is taken over) refuses a second `aevlp train` into a
   folder being written; a finished folder (results.json) is replaced only with `force`, and an interrupted
-  one only resumed, or started over with `force`.
+  one only resumed, or started over with `force`. Replacing clears the old run's files first (its student
+  folder, a run of its own, stays), so a replacement that is interrupted never leaves the old results
+  beside the new settings.
 - `resume_changes(run, cfg)`: what `--resume` may change (more epochs, the loader's worker count) and
   what it refuses (anything else: the run would no longer be the one its folder records).
 """
@@ -16,7 +18,7 @@ from aevlp.cache.writer import CacheLock
 from aevlp.checkpoint import has_training_state
 from aevlp.errors import AevlpError
 
-__all__ = ["claim", "resume_changes", "RESUMABLE"]
+__all__ = ["claim", "resume_changes", "check_record", "RESUMABLE"]
 
 RESUMABLE = ("train.epochs", "train.workers")  # honoured by --resume; every other setting must match the run's
 
@@ -43,10 +45,44 @@ def claim(run: Path, *, resume: bool, force: bool, echo=print) -> CacheLock:
         elif has_training_state(run) and not resume and not force:
             raise AevlpError(f"{run} holds an interrupted run (its last.pt)",
                              hint=f"go on with `aevlp train --resume {run}`, or pass --force to start it over")
+        if force and not resume:
+            clear(run)
     except BaseException:
         lock.__exit__(None, None, None)
         raise
     return lock
+
+
+RUN_FILES = ("results.json", "best.pt", "last.pt", "last.prev.pt", "metrics.jsonl", "per_class_ap.csv",
+             "class_thresholds.csv", "pseudo_per_class.csv", "config.toml")
+
+
+def clear(run: Path) -> None:
+    """Remove what a training run wrote into `run` (not its student folder, nor anything else put there)."""
+    import shutil
+
+    for name in RUN_FILES:
+        (run / name).unlink(missing_ok=True)
+    shutil.rmtree(run / "scores", ignore_errors=True)
+
+
+def check_record(run: Path, record: dict | None, cfg: dict, cache: str) -> None:
+    """A resumed run goes on as its last.pt was trained: `record` (what last.pt recorded: the whole config and
+    the cache path; None for runs made before it did) against the config it resumes with, every setting but
+    the RESUMABLE ones, and the cache. A config.toml edited by hand, or another cache, is refused."""
+    from aevlp.config import changed_settings
+
+    if not record:
+        return
+    diff = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed_settings(record.get("config", {}), cfg).items()
+            if k not in RESUMABLE and k != "cache.path"]
+    if diff:
+        raise AevlpError(f"{run}/config.toml no longer says what its last.pt was trained with (edited since?):"
+                         + "".join(f"\n    {line}" for line in diff),
+                         hint="restore those settings to resume, or start a new run: --run-dir OTHER")
+    if record.get("cache") and Path(record["cache"]).resolve() != Path(cache).resolve():
+        raise AevlpError(f"{run} was trained from the cache {record['cache']}, not {cache}",
+                         hint="resume it from its own cache (config.toml's cache.path), or start a new run")
 
 
 def resume_changes(run: Path, cfg: dict) -> list[str]:

@@ -48,6 +48,7 @@ def between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) 
 
 
 POS = Check(lambda v: v > 0, "> 0")
+SEED = Check(lambda v: 0 <= v < 2 ** 32, "in [0, 2^32 - 1]")
 NONNEG = Check(lambda v: v >= 0, ">= 0")
 ONE_UP = Check(lambda v: v >= 1, ">= 1")
 UNIT = between(0, 1)
@@ -55,6 +56,8 @@ DEVICE = Check(lambda v: bool(re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v)), "au
 FOUR_NUMBERS = Check(lambda v: len(v) == 4 and all(isinstance(x, (int, float)) and not isinstance(x, bool) and
                                                    math.isfinite(x) and abs(x) <= 1000 for x in v),
                      "a list of 4 numbers, each in [-1000, 1000]")
+SOURCE_NAME = Check(lambda v: v == "" or (bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}", v)) and ".." not in v),
+                    "a plain name of a file in CACHE.sources/ (letters, digits, '.', '_', '-'; no path)")
 PROMPTS = Check(lambda v: len(v) > 0 and all(isinstance(t, str) and t.count("{}") == 1 for t in v),
                 "a non-empty list of templates, each with exactly one {} for the class")
 
@@ -151,7 +154,7 @@ class DatasetSpec(_Section):
     image_root: str = key("", "where the images live, if not where the layout says", cache=False)
     val_frac: float = key(0.2, "share of the official train set held out as val (clean labels)",
                           check=between(0, 1, True, True))
-    split_seed: int = key(COLE_SEED, "seed of the train/val split (Cole et al.'s)")
+    split_seed: int = key(COLE_SEED, "seed of the train/val split (Cole et al.'s)", check=SEED)
     image_check: str = key("stat", "how image files are identified in fingerprints: size + mtime, content hash, "
                                    "or not at all", choices=("stat", "content", "none"))
 
@@ -190,7 +193,7 @@ class TextSpec(_Section):
                                    check=PROMPTS)
     phrases: str = key("", "a file of class phrases (CSV classname,phrase, or one per line) if names read badly")
     gcn: bool = key(True, "the frozen relation GCN over the class text features (official: on)")
-    gcn_seed: int = key(0, "the GCN's random weights (the official code leaves them unseeded)")
+    gcn_seed: int = key(0, "the GCN's random weights (the official code leaves them unseeded)", check=SEED)
     sparse_topk: int = key(20, "relation entries kept per row (capped at the number of classes)", check=ONE_UP)
     reweight_p: float = key(0.2, "total weight of related classes; the class itself keeps 1 - p",
                             check=between(0, 1, False, True))
@@ -214,9 +217,13 @@ class ViewsSpec(_Section):
     flip: bool = key(True, "independent random horizontal flip per view and round (official)")
     jitter: float = key(0.0, "random tile enlargement per side, as a share of the tile (official: 0)",
                         check=between(0, 0.5))
-    seed: int = key(0, "seed of the flips and jitter")
-    resize_on: str = key("worker", "where crops are resized: worker (the decoding processes) or device (the GPU)",
-                         choices=("worker", "device"))
+    seed: int = key(0, "seed of the flips and jitter", check=SEED)
+    resize_on: str = key("auto", "where crops are resized: worker (the decoding processes), device (the GPU); auto: "
+                                 "the device on a GPU, else the workers (aevlp/placement.py)",
+                         choices=("auto", "worker", "device"))
+    decode_on: str = key("auto", "where JPEGs are decoded: worker, or device (the GPU's nvJPEG; crops then resized "
+                                 "there too); auto: the device on a GPU when every image is a JPEG",
+                         choices=("auto", "worker", "device"))
 
 
 @dataclass(frozen=True)
@@ -238,11 +245,16 @@ class DampSpec(_Section):
                              "official code does", choices=("paper", "official"))
     class_thresholds: str = key("", "per-class θ_c instead of one θ: a rule from the observed positives (rate | "
                                     "observed; docs/method.md) or a CSV class,threshold (aevlp cache thresholds)")
+    prior: str = key("quantile", "where E (expected positives per image) is not known (observed-only data, no "
+                                 "labelled val split): the class-prior estimator E is estimated with, from a "
+                                 "student's val scores (else the teacher's): quantile | bbe | elkan-noto | km2 "
+                                 "(aevlp/priors.py; docs/method.md)",
+                     choices=("quantile", "bbe", "elkan-noto", "km2"))
     min_auc: float = key(0.6, "with class_thresholds = a rule: a class whose observed positives the teacher ranks "
                               "above its unknown entries less often than this gets no pseudo-positives (GR's loss)",
                          check=between(0, 1))
     student: str = key("", "a student's scores stored beside the cache (aevlp refine) to fuse with DAMP's before "
-                           "selection")
+                           "selection: the source's name in CACHE.sources/", check=SOURCE_NAME)
     student_loss: str = key("", "train a student with this method first (RUN/student, same cache and settings) and "
                                 "fuse its scores with DAMP's before selection: gr makes the gpr-ts method")
     student_weight: float = key(0.5, "the student's share w of the fused score w·p_student + (1−w)·f_DAMP",
@@ -273,8 +285,10 @@ class LossParams(_Section):
     lam2: float = key(0.5, "lower bound of the positive pseudo-label weight", check=UNIT)
     rho: float = key(0.9, "label-smoothing target of positive pseudo-labels", check=UNIT)
     reg: float = key(0.001, "GPR: weight of the expected-positive regulariser", check=between(0, 1e6))
-    expected_pos: float = key(0.0, "expected positives per image (Cole et al.); 0: the mean of the training labels",
-                              check=between(0, 1e6))
+    expected_pos: float = key(0.0, "expected positives per image (Cole et al.), 0 or >= 1; 0: the dataset's "
+                                   "published value, the full training labels' mean, a labelled val split's, or "
+                                   "estimated (damp.prior)",
+                              check=Check(lambda v: v == 0 or 1 <= v <= 1e6, "0 (from the data) or in [1, 1e6]"))
     em_alpha: float = key(0.1, "EM / EM-APL / VLPL: weight of the entropy term on unknowns", check=between(0, 1e6))
     pl_weight: float = key(0.7, "VLPL / EM-PL: weight of positive pseudo-labels", check=between(0, 1e6))
     ls_coef: float = key(0.1, "AN-LS: label smoothing", check=between(0, 1, False, True))
@@ -318,14 +332,22 @@ class TrainSpec(_Section):
                          "(ResNets 1e-5, the papers'; small-cnn 3e-4; clip-head 1e-3)", check=between(0, 10))
     lr_mult: float = key(10.0, "the head's lr is lr x lr_mult", check=between(0, 1e6, True))
     image_size: int = key(0, "classifier input size; 0: the backbone's own (448 for the ResNets) or the images'",
-                          check=between(0, 4096))
+                          check=Check(lambda v: v == 0 or 32 <= v <= 4096, "0 (the backbone's own) or in [32, 4096] "
+                                      "(the backbones downsample 32 times)"))
     early_stop: str = key("aevlp", "aevlp (patience or a drop > max_drop) | gr (drop only) | first-drop | none",
                           choices=("aevlp", "gr", "first-drop", "none"))
     patience: int = key(2, "epochs without val improvement before stopping (early_stop = aevlp)", check=NONNEG)
     max_drop: float = key(2.0, "val mAP points below the best that stop training", check=between(0, 100))
+    select: str = key("auto", "which epoch is tested: val (best val mAP), observed-auc (the held-out rows' tags "
+                              "against their unknowns, per class AUC), observed (mAP against their tags), "
+                              "observed+pseudo (their tags and pseudo-labels), last; auto: val with a fully "
+                              "labelled val split, else observed-auc (measured best; aevlp/model_selection.py)",
+                      choices=("auto", "val", "observed-auc", "observed", "observed+pseudo", "last"))
+    save_scores: bool = key(False, "keep every epoch's val and test predictions in RUN/scores/epoch-N.npz (for model-"
+                                   "selection studies; the run itself still tests only its selected epoch)")
     linear_init: int = key(0, "epochs with the backbone frozen (only the head trains)", check=NONNEG)
     linear_init_lr: float = key(0.0, "the head's lr during those epochs; 0: lr x lr_mult", check=between(0, 10))
-    seed: int = key(0, "seed of the initialisation, the shuffling and the flips")
+    seed: int = key(0, "seed of the initialisation, the shuffling and the flips", check=SEED)
     workers: int = key(-1, "DataLoader processes; -1: the machine's cores but one (at most 8)",
                        check=Check(lambda v: -1 <= v <= 256, "in [-1, 256] (-1: one per core but one)"))
     device: str = key("auto", "where training runs", check=DEVICE)
@@ -337,8 +359,9 @@ class TrainSpec(_Section):
                                 "method's authors' recipe on the benchmark datasets (docs/training.md)",
                       choices=("shared", "official"))
     image_cache: bool = key(False, "read images pre-resized from one HDF5 file per dataset and size")
-    decode_on: str = key("worker", "where JPEGs are decoded: worker, or device (the GPU's decoder)",
-                         choices=("worker", "device"))
+    decode_on: str = key("auto", "where JPEGs are decoded: worker, or device (the GPU's decoder, nvJPEG); auto: the "
+                                 "device on a GPU when every image is a JPEG, else the workers (aevlp/placement.py)",
+                         choices=("auto", "worker", "device"))
     channels_last: str = key("auto", "the image backbone's memory format: auto (= on) | on | off",
                              choices=("auto", "on", "off"))
     compile: bool = key(False, "torch.compile the model")

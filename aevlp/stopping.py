@@ -6,13 +6,19 @@ from aevlp.settings import TrainSpec
 __all__ = ["should_stop", "stop_reason"]
 
 
+def _value(rec: dict) -> float:
+    """An epoch's value of the selection criterion (runs from before `train.select`: its val mAP)."""
+    return rec.get("select", rec["val_map"])
+
+
 def stop_reason(state: dict, t: TrainSpec) -> str:
     """Why training stopped early, in words: the epoch, the val mAP and the rule that fired."""
     cur, best = state["history"][-1], state["best_val"]
+    now = _value(cur)
     if t.early_stop == "first-drop":
-        why = f"val mAP {cur['val_map']:.2f} did not improve on the best {best:.2f}"
-    elif best - cur["val_map"] > t.max_drop:
-        why = f"val mAP {cur['val_map']:.2f} fell more than {t.max_drop:g} points below the best {best:.2f}"
+        why = f"val mAP {now:.2f} did not improve on the best {best:.2f}"
+    elif best - now > t.max_drop:
+        why = f"val mAP {now:.2f} fell more than {t.max_drop:g} points below the best {best:.2f}"
     else:
         why = f"no val improvement for {t.patience} epochs (best {best:.2f})"
     return f"stopped after epoch {cur['epoch']}: {why} (train.early_stop = \"{t.early_stop}\"; best epoch " \
@@ -24,7 +30,7 @@ def should_stop(state: dict, t: TrainSpec) -> bool:
     without improvement (Zhou et al.'s EM/APL code); none: never."""
     if t.early_stop == "none":
         return False
-    drop = state["best_val"] - state["history"][-1]["val_map"]
+    drop = state["best_val"] - _value(state["history"][-1])
     if t.early_stop == "first-drop":
         return state["counter"] >= 1
     if drop > t.max_drop:

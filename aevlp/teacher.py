@@ -19,16 +19,22 @@ from aevlp.metrics import mean_average_precision
 __all__ = ["zero_shot_scores", "zero_shot_summary"]
 
 
-def zero_shot_scores(embeddings: np.ndarray, text: np.ndarray, temperature: float) -> dict[str, np.ndarray]:
-    """{"global": s^g [N, C]} and, for embeddings [N, V, D] with V > 1, {"damp": f [N, C]}."""
-    emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
-    sims = emb @ torch.as_tensor(np.asarray(text, dtype=np.float32)).T  # [N, C] or [N, V, C]
+def zero_shot_scores(embeddings: np.ndarray, text: np.ndarray, temperature: float,
+                     device: torch.device | None = None) -> dict[str, np.ndarray]:
+    """{"global": s^g [N, C]} and, for embeddings [N, V, D] with V > 1, {"damp": f [N, C]}; computed on `device`
+    (default: the one inference rule's, `aevlp.device.inference`) in float32."""
+    if device is None:
+        from aevlp.device import inference
+
+        device = inference().device
+    emb = torch.as_tensor(np.asarray(embeddings, dtype=np.float32)).to(device)
+    sims = emb @ torch.as_tensor(np.asarray(text, dtype=np.float32)).to(device).T  # [N, C] or [N, V, C]
     if sims.ndim == 2:
         sims = sims[:, None]
-    out = {"global": softmax(sims[:, 0], temperature).numpy()}
+    out = {"global": softmax(sims[:, 0], temperature).cpu().numpy()}
     if sims.shape[1] > 1:
         f, _ = aggregate(sims[:, 0], sims[:, 1:], torch.zeros_like(sims[:, 0]), temperature=temperature, eta=0.0)
-        out["damp"] = f.numpy()
+        out["damp"] = f.cpu().numpy()
     return out
 
 

@@ -8,7 +8,6 @@ a run needs to be resumed or compared is written to its run directory.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -21,33 +20,30 @@ import torch
 from tqdm.auto import tqdm
 
 from aevlp import distributed
-from aevlp.cache import Cache, fingerprint_id
-from aevlp.checkpoint import has_training_state, load_checkpoint, load_training_state, rng_state, save_checkpoint
-from aevlp.config import dump_config, updated
-from aevlp.data import SPMLData, training_data_hash
-from aevlp.data.registry import expected_positives
+from aevlp.cache import Cache
+from aevlp.checkpoint import has_training_state, load_training_state, rng_state, save_checkpoint
+from aevlp.config import updated
+from aevlp.data import SPMLData
 from aevlp.device import autocast, resolve_device, resolve_train_precision
 from aevlp.errors import AevlpError, ConfigError
 from aevlp.evaluate import predict_scores
 from aevlp.imaging import ModelInput
 from aevlp.inputs import flips, input_size, make_loader, stage_two_inputs
-from aevlp.labeler import PseudoLabeler
+from aevlp.labeler import PseudoLabeler, labeler_for
 from aevlp.losses import LOSSES, LossSpec, Method, RunInfo, build_method, check_labels_available
 from aevlp.metrics import (
-    evaluation_report,
-    mean_average_precision,
-    per_class_ap,
     pseudo_label_quality,
     pseudo_label_quality_per_class,
 )
+from aevlp.model_selection import ModelSelection, resolve_selection, val_pseudo_labels
 from aevlp.models import BACKBONES, Classifier, build_model
 from aevlp.progress import bar
-from aevlp.recipe import as_trained, dated_run, lr_source, recipe_line, wants_student
-from aevlp.run_folder import claim, resume_changes
+from aevlp.recipe import as_trained, dated_run, lr_source, wants_student
+from aevlp.run_folder import check_record, claim, resume_changes
+from aevlp.run_record import announce, test_and_write_results
 from aevlp.schedules import gr_schedule
 from aevlp.specs import Specs, TrainSpec
 from aevlp.stopping import should_stop, stop_reason
-from aevlp.thresholds import write_thresholds
 
 __all__ = ["run_train", "as_trained", "TrainingInterrupted"]
 
@@ -66,6 +62,7 @@ class TrainRun:
     method: Method  # the loss as the loop runs it, with any per-run state (ROLE, LL-Cp, APL)
     loss_spec: LossSpec
     labeler: PseudoLabeler
+    selection: ModelSelection  # which epoch is tested: the criterion and the targets of each proxy
     device: torch.device
     precision: str  # resolved autocast dtype of the forward passes: fp32 | bf16 | fp16
     core: Classifier
@@ -118,10 +115,16 @@ def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path
     if cache is not None:
         cfg = updated(cfg, {"cache": {"path": str(cache)}})
     lr_from = lr_source(cfg)
+    from aevlp.placement import train_decode_place
+
+    decode = train_decode_place(cfg)
     if resume and not has_training_state(Path(run_dir)):
         echo(f"note: {run_dir} holds no finished epoch (interrupted before the first ended): starting it over")
         resume = False
     changes = resume_changes(Path(run_dir), as_trained(cfg)) if resume else []
+    if cfg["train"]["labels"] == "full" and (cfg["damp"]["student"] or cfg["damp"]["student_loss"]):
+        echo("note: train.labels = full: the student settings (damp.student / damp.student_loss) are not used; "
+             "every label is known")
     if wants_student(cfg) and not student:
         raise ConfigError("damp.student_loss needs its student trained first", hint="train with `aevlp train` or "
                           "`aevlp run` (aevlp.refine.taught in Python)")
@@ -131,29 +134,17 @@ def run_train(cfg: dict, *, cache: str | Path | None = None, run_dir: str | Path
         r = _setup(as_trained(cfg), run_dir, limit, explicit, resume, student)
         lock = lock or (claim(r.run, resume=resume, force=force, echo=echo) if r.main else None)
         state = load_training_state(r.run, r.core, r.opt, r.method) if resume else _fresh_state()
+        check_record(r.run, state.get("record"), r.cfg, str(r.cache.path))
+        state["record"] = {"config": r.cfg, "cache": str(Path(r.cache.path).resolve())}  # last.pt's own record
         if r.t.epochs < state["epoch"]:
             raise AevlpError(f"--epochs {r.t.epochs}: {r.run} has already finished {state['epoch']} epochs",
                              hint=f"resume with --epochs {state['epoch']} or more")
         if r.main:
-            _start(r, echo, lr_from, changes)
+            announce(r, echo, lr_from, changes, decode)
         return _train_and_test(r, state, progress, echo)
     finally:
         if lock is not None:
             lock.__exit__(None, None, None)
-
-
-def _start(r: TrainRun, echo: Callable[[str], None], lr_from: str, changes: list[str]) -> None:
-    """config.toml (what runs, resumed changes included), the run's first line, the class thresholds."""
-    (r.run / "config.toml").write_text(dump_config(r.cfg))
-    echo(recipe_line(r.t, lr_from))
-    if changes:
-        echo("resumed with: " + "; ".join(changes) + " (config.toml records them)")
-    if r.labeler.thresholds is not None:  # RUN/class_thresholds.csv: the θ per class it selects with, and why
-        path = write_thresholds(r.run / "class_thresholds.csv", r.data.classnames, r.labeler.thresholds,
-                                r.labeler.threshold_table)
-        off = int((r.labeler.thresholds > 1).sum())
-        echo(f"class thresholds ({r.specs.damp.class_thresholds}): {path}"
-             + (f"; {off} class(es) without pseudo-positives (teacher unreliable)" if off else ""))
 
 
 def _train_and_test(r: TrainRun, state: dict, progress: bool, echo: Callable[[str], None]) -> dict:
@@ -167,7 +158,7 @@ def _train_and_test(r: TrainRun, state: dict, progress: bool, echo: Callable[[st
     if not r.data.train_labels_known:
         echo("note: observed-only data: pseudo-label precision/recall are not reported (no full training "
              f"labels); val mAP is measured on {r.data.val_labels} labels")
-    return _test_and_write_results(r, state)
+    return test_and_write_results(r, state)
 
 
 def _epochs(r: TrainRun, state: dict, progress: bool, echo: Callable[[str], None]) -> None:
@@ -200,7 +191,10 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: t
         logging.getLogger("aevlp").warning("the images of %s are absent under %s: they could not be checked",
                                            cache.path, data.image_root)
     keep = ~cache.f["bad"][:]  # unreadable images were skipped in stage one
-    params = dict(specs.loss, expected_pos=expected_positives(specs.loss["expected_pos"], data.info.name, truth))
+    full = t.labels == "full"  # every label known: no student's scores are fused (run_train said so)
+    labeler = labeler_for(cache, updated(cfg, {"damp": {"student": ""}}) if full else cfg, data=data,
+                          student="" if full else student, observed=observed)
+    params = dict(specs.loss, expected_pos=labeler.expected.value)
     name, spec = specs.loss["name"], LOSSES.get(specs.loss["name"])
     check_labels_available(name, t.labels, data.train_labels_known)
     method = build_method(name, params, RunInfo(num_rows=int(keep.sum()), num_classes=data.num_classes,
@@ -217,12 +211,13 @@ def _setup(cfg: dict, run_dir: str | Path | None, limit: int | None, explicit: t
             "embed_dim": core.head.in_features if BACKBONES.get(t.backbone).input == "embedding" else 0,
             "dataset": data.info.name, "loss": specs.loss["name"], **_clip_meta(cache, t),
             "channels_last": _channels_last(t), **({"head": core.head.spec()} if hasattr(core.head, "spec") else {})}
-    damp = spec.pseudo_labels(specs.damp, params) if spec.pseudo_labels else specs.damp
-    damp = dataclasses.replace(damp, student=student, student_loss="") if student else damp  # config.toml: as given
     inputs = stage_two_inputs(specs, data, cache, n, keep, meta["image_size"], device, main)
+    pseudo = val_pseudo_labels(labeler, cache, data.val.observed) if t.select == "observed+pseudo" else None
+    selection = resolve_selection(t.select, val_full=data.val_labels == "full", val_labels=data.val.labels,
+                                  val_observed=data.val.observed, val_pseudo=pseudo)
     return TrainRun(cfg=cfg, specs=specs, data=data, cache=cache, keep=keep, observed=observed, truth=truth,
                     method=method, loss_spec=spec, device=device,
-                    labeler=PseudoLabeler(cache, damp, observed, params["expected_pos"]),
+                    labeler=labeler, selection=selection,
                     precision=resolve_train_precision(t.precision, device), core=core, model=model,
                     opt=opt, inputs=inputs, run=run, main=main, meta=meta,
                     train_loader=make_loader(inputs[0], t.batch_size, t.workers, device, shuffle_seed=t.seed))
@@ -294,26 +289,37 @@ def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndar
     r.train_loader.batch_sampler.set_epoch(epoch)
     r.model.train()
     scaler = torch.amp.GradScaler(r.device.type, enabled=r.precision == "fp16")  # fp16 needs loss scaling
-    total, count = 0.0, 0
-    for x, rows in bar(r.train_loader, desc=f"epoch {epoch}/{t.epochs}", disable=not (progress and r.main),
-                        leave=False):
+    # the loss is summed on the device and read back every CHECK_EVERY steps: a read after each step would make
+    # the host wait for the GPU at every batch (the recipe's batch of 8 is short work for a GPU)
+    total_t, count = torch.zeros((), dtype=torch.float64, device=r.device), 0
+    for i, (x, rows) in enumerate(bar(r.train_loader, desc=f"epoch {epoch}/{t.epochs}",
+                                      disable=not (progress and r.main), leave=False)):
         with autocast(r.device, r.precision):
             logits = r.model(r.batch(x, rows, epoch))
         loss = r.method.loss(logits.float(), y_obs[rows].to(r.device), rows=rows, pseudo=z[rows].to(r.device),
                              full=y_full[rows].to(r.device), schedule=sched, epoch=epoch)
-        if not torch.isfinite(loss):
-            raise AevlpError(f"the loss became {loss.item()} at epoch {epoch}",
-                             hint="lower train.lr, or check the pseudo-labels (aevlp cache inspect)")
         r.opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(r.opt)
         scaler.update()
-        total += loss.item() * len(rows)
+        total_t += loss.detach().double() * len(rows)
         count += len(rows)
-    total, count = distributed.all_sum([total, count])
+        if (i + 1) % CHECK_EVERY == 0 or r.device.type == "cpu":
+            _check_finite(total_t, epoch)
+    _check_finite(total_t, epoch)
+    total, count = distributed.all_sum([total_t.item(), count])
     extra = r.method.end_epoch(epoch, lambda: _train_scores(r, epoch))
     return {"epoch": epoch, "loss": total / max(count, 1), "round": r.labeler.round_for(epoch), **sched,
             **extra}, z_all
+
+
+CHECK_EVERY = 16  # steps between reads of the summed loss on a GPU (every step on a CPU, where reads are free)
+
+
+def _check_finite(total: torch.Tensor, epoch: int) -> None:
+    if not torch.isfinite(total):
+        raise AevlpError(f"the loss became {total.item()} at epoch {epoch}",
+                         hint="lower train.lr, or check the pseudo-labels (aevlp cache inspect)")
 
 
 def _train_scores(r: TrainRun, epoch: int) -> np.ndarray:
@@ -322,22 +328,27 @@ def _train_scores(r: TrainRun, epoch: int) -> np.ndarray:
 
 
 def _judge(r: TrainRun, state: dict, rec: dict, z_all: np.ndarray, t0: float) -> bool:
-    """Val mAP (rank 0 computes, every rank receives it) and the early-stopping decision; True if improved."""
-    val_map = distributed.broadcast(
-        mean_average_precision(predict_scores(r.core, r.ordered(1), r.device, r.precision, prepare=r.batch),
-                               r.data.val.labels) if r.main else None)
+    """Val mAP and the selection criterion's value (rank 0 computes, every rank receives them) and the
+    early-stopping decision; True if the criterion improved (`train.select = last`: every epoch)."""
+    val = predict_scores(r.core, r.ordered(1), r.device, r.precision, prepare=r.batch) if r.main else None
+    measures = distributed.broadcast(r.selection.measures(val) if r.main else None)
+    if r.main and r.t.save_scores:  # train.save_scores: every epoch's predictions, for model-selection studies
+        (r.run / "scores").mkdir(exist_ok=True)
+        test = predict_scores(r.core, r.ordered(2), r.device, r.precision, prepare=r.batch)
+        np.savez(r.run / "scores" / f"epoch-{rec['epoch']}.npz", val=val.astype(np.float16),
+                 test=test.astype(np.float16))
     keep = r.keep
     q = pseudo_label_quality(z_all[keep], r.observed[keep], r.truth[keep]) \
         if r.loss_spec.uses_pseudo and r.data.train_labels_known else {}
     head = {k: rec[k] for k in ("epoch", "loss")}
-    rec = {**head, "val_map": val_map, **{k: v for k, v in rec.items() if k not in head},
+    rec = {**head, **measures, "select": r.selection.value(measures), **{k: v for k, v in rec.items() if k not in head},
            **{f"pseudo_{k}": v for k, v in q.items() if k in ("precision", "recall", "f1")},
            "seconds": round(time.time() - t0, 2)}
     state["history"].append(rec)
     state["epoch"] = rec["epoch"]
-    improved = val_map > state["best_val"]
+    improved = rec["select"] > state["best_val"] or r.selection.criterion == "last"
     if improved:
-        state.update(best_val=val_map, best_epoch=rec["epoch"], counter=0)
+        state.update(best_val=rec["select"], best_epoch=rec["epoch"], counter=0)
     else:
         state["counter"] += 1
     state["stopped_early"] = should_stop(state, r.t) and rec["epoch"] < r.t.epochs
@@ -360,34 +371,8 @@ def _save_epoch(r: TrainRun, state: dict, improved: bool, z_all: np.ndarray, ech
     rec = state["history"][-1]
     q = (f"  pseudo P/R/F1 {rec['pseudo_precision']:.1f}/{rec['pseudo_recall']:.1f}/{rec['pseudo_f1']:.1f}"
          if "pseudo_f1" in rec else "")
-    echo(f"epoch {rec['epoch']}: loss {rec['loss']:.4f}  val mAP {rec['val_map']:.2f}" + q)
+    crit = r.selection.criterion
+    sel = f"  [{crit} {rec['select']:.2f}]" if crit not in ("val", "last") else ""
+    echo(f"epoch {rec['epoch']}: loss {rec['loss']:.4f}  val mAP {rec['val_map']:.2f}{sel}" + q)
     if state["stopped_early"]:
         echo(state["stop_reason"])
-
-
-def _test_and_write_results(r: TrainRun, state: dict) -> dict:
-    """Test the best checkpoint once; write per_class_ap.csv and results.json."""
-    best, _ = load_checkpoint(r.run / "best.pt")
-    best.to(r.device)
-    if _channels_last(r.t):
-        best = best.to(memory_format=torch.channels_last)
-    test_scores = predict_scores(best, r.ordered(2), r.device, r.precision, prepare=r.batch)
-    test_metrics = evaluation_report(test_scores, r.data.test.labels)
-    test_map = test_metrics["map"]
-    per_class_ap(test_scores, r.data.test.labels, r.data.classnames).to_csv(r.run / "per_class_ap.csv", index=False)
-    best_rec = next(x for x in state["history"] if x["epoch"] == state["best_epoch"])
-    results = {"dataset": r.data.info.name, "loss": r.specs.loss["name"], "backbone": r.t.backbone,
-               "labels": r.t.labels, "damp_source": r.specs.damp.source if r.loss_spec.uses_pseudo else None,
-               "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
-               "stopped_early": state["stopped_early"], "stop_reason": state.get("stop_reason"),
-               "early_stop": r.t.early_stop, "val_map": state["best_val"], "val_labels": r.data.val_labels,
-               "train_labels": "full" if r.data.train_labels_known else "observed only", "test_map": test_map,
-               "test_metrics": test_metrics,
-               **{k: best_rec[k] for k in best_rec if k.startswith("pseudo_")},
-               "cache": str(r.cache.path), "cache_fingerprint": fingerprint_id(r.cache.fingerprint),
-               **({"student": r.labeler.provenance} if r.labeler.provenance else {}),
-               "data_hash": training_data_hash(r.data, r.specs.dataset.image_check),
-               "train_images": int(r.keep.sum()), "run_dir": str(r.run)}
-    (r.run / "results.json").write_text(json.dumps(results, indent=1))
-    r.cache.close()
-    return results

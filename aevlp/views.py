@@ -43,23 +43,30 @@ class ViewSpec:
     interpolation: str = "bicubic"  # bilinear | bicubic | nearest
     mean: tuple[float, ...] = CLIP_MEAN  # the statistics the CLIP input is normalised with
     std: tuple[float, ...] = CLIP_STD
-    resize_on: str = _D.resize_on  # worker | device: where crops are resized (device: the GPU path)
+    resize_on: str = "worker"  # worker | device: where crops are resized (device: the GPU path)
+    decode_on: str = "worker"  # worker | device: where JPEGs are decoded (device: the GPU's decoder)
 
     @classmethod
-    def of(cls, views: ViewsSpec | Mapping[str, Any], pre) -> ViewSpec:
+    def of(cls, views: ViewsSpec | Mapping[str, Any], pre, *, resize_on: str = "worker",
+           decode_on: str = "worker") -> ViewSpec:
         """The spec a pipeline's [views] section (or its table) asks for, given the checkpoint's `Preprocess`:
-        size 0 and "checkpoint" take the checkpoint's own values; "clip"/"imagenet" name fixed statistics."""
+        size 0 and "checkpoint" take the checkpoint's own values; "clip"/"imagenet" name fixed statistics.
+        `resize_on`, `decode_on`: the places `aevlp.placement` resolved (a device decode resizes there too)."""
         views = views if isinstance(views, ViewsSpec) else ViewsSpec(**views)
         mean, std = (pre.mean, pre.std) if views.normalize == "checkpoint" else STATS[views.normalize]
         resize = pre.resize_mode if views.resize == "checkpoint" else views.resize
         interp = pre.interpolation if views.interpolation == "checkpoint" else views.interpolation
         return cls(grid=views.grid, size=views.size or pre.image_size, rounds=views.rounds,
                    resize="shortest" if resize == "crop" else resize, flip=views.flip, jitter=views.jitter,
-                   seed=views.seed, interpolation=interp, mean=tuple(mean), std=tuple(std), resize_on=views.resize_on)
+                   seed=views.seed, interpolation=interp, mean=tuple(mean), std=tuple(std),
+                   resize_on="device" if decode_on == "device" else resize_on, decode_on=decode_on)
 
     def __post_init__(self):
-        for name in ("grid", "rounds", "jitter", "seed", "flip", "resize_on", "interpolation"):
+        for name in ("grid", "rounds", "jitter", "seed", "flip", "resize_on", "decode_on", "interpolation"):
             check_value(ViewsSpec, name, getattr(self, name))
+        if "auto" in (self.resize_on, self.decode_on):
+            raise ConfigError("a resolved view spec places its work: resize_on and decode_on are worker or device "
+                              "(aevlp.placement resolves auto)")
         if self.size < 8:
             raise ConfigError(f"views.size must be >= 8, got {self.size}")
         if self.resize not in RESIZE_MODES or self.interpolation == "checkpoint":
@@ -168,10 +175,12 @@ class ViewBatches(torch.utils.data.Dataset):
     """
 
     def __init__(self, paths: Sequence[str | Path], batches: Sequence[Sequence[int]], spec: ViewSpec,
-                 row_offset: int = 0, decode_only: bool = False):
+                 row_offset: int = 0, ship: str = "views"):
         self.paths, self.batches, self.spec = list(paths), [list(b) for b in batches], spec
         self.row_offset = row_offset  # a shard's first global row: view seeds use global rows
-        self.decode_only = decode_only  # return decoded images; `render_on_device` crops them
+        # views: rendered here; decoded: whole images, `render_on_device` crops them; encoded: a JPEG's bytes
+        # (decoded on the device) or any other image decoded
+        self.ship = ship
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -179,11 +188,11 @@ class ViewBatches(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         rows = self.batches[i]
         s = self.spec
-        if self.decode_only:
+        if self.ship != "views":
             images, errors = [], []
             for row in rows:
                 try:
-                    images.append(decode(self.paths[row]))
+                    images.append(_read(self.paths[row]) if self.ship == "encoded" else decode(self.paths[row]))
                 except Exception as e:
                     images.append(torch.zeros(3, 1, 1, dtype=torch.uint8))
                     errors.append((row, bad_image(self.paths[row], e)))
@@ -200,17 +209,55 @@ class ViewBatches(torch.utils.data.Dataset):
         return torch.as_tensor(rows), out, index, errors
 
 
+def _read(path: str | Path) -> torch.Tensor:
+    """A JPEG's bytes (1-D uint8, decoded on the device), any other image decoded here ([3, H, W])."""
+    from torchvision.io import read_file
+
+    if Path(path).suffix.lower() in (".jpg", ".jpeg"):
+        data = read_file(str(path))
+        if data.numel() < 4 or data[0] != 0xFF or data[1] != 0xD8:  # not a JPEG inside: refuse as the decoder would
+            raise ValueError("not a JPEG file")
+        return data
+    return decode(path)
+
+
+def _decode_batch(images: list[torch.Tensor], device: torch.device) -> tuple[list[torch.Tensor], dict[int, str]]:
+    """The encoded JPEGs of a batch decoded on `device` in one call (nvJPEG on a GPU; libjpeg on a CPU, as
+    `decode` does), the already decoded ones moved there; a batch the decoder refuses is decoded one by one, and
+    the images that fail are returned as 1x1 placeholders with their reasons ({position: message})."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    encoded = [j for j, im in enumerate(images) if im.ndim == 1]
+    out = [im.to(device, non_blocking=True) for im in images]
+    failed: dict[int, str] = {}
+    try:
+        decoded = decode_jpeg([images[j] for j in encoded], mode=ImageReadMode.RGB, device=device) if encoded else []
+    except RuntimeError:
+        decoded = []
+        for j in encoded:
+            try:
+                decoded.append(decode_jpeg(images[j], mode=ImageReadMode.RGB, device=device))
+            except RuntimeError as e:
+                decoded.append(torch.zeros(3, 1, 1, dtype=torch.uint8, device=device))
+                failed[j] = f"not a readable JPEG ({str(e).splitlines()[0][:120]})"
+    for j, im in zip(encoded, decoded):
+        out[j] = im
+    return out, failed
+
+
 def render_on_device(images: list[torch.Tensor], rows: torch.Tensor, spec: ViewSpec, device: torch.device,
-                     row_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Crops and resizes decoded images on `device` (the GPU path): slots [B,U,3,S,S], index [B,R,V].
+                     row_offset: int = 0) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, str]]]:
+    """Crops and resizes images on `device` (the GPU path; JPEG bytes are decoded there first, all of a batch in
+    one call): slots [B,U,3,S,S], index [B,R,V], and (row, reason) of every JPEG the device could not decode.
 
     Bad images arrive as 1x1 placeholders and stay zero, as in the worker path."""
     out = torch.zeros((len(images), unique_slots(spec), 3, spec.size, spec.size), dtype=torch.uint8, device=device)
     index = torch.zeros((len(images), spec.rounds, spec.num_views), dtype=torch.long)
-    for j, (img, row) in enumerate(zip(images, rows.tolist())):
+    decoded, failed = _decode_batch(images, device)
+    for j, (img, row) in enumerate(zip(decoded, rows.tolist())):
         if img.shape[-1] > 1:
-            index[j] = render_views(img.to(device, non_blocking=True), spec, row + row_offset, out[j])
-    return out, index
+            index[j] = render_views(img, spec, row + row_offset, out[j])
+    return out, index, [(rows.tolist()[j], msg) for j, msg in failed.items()]
 
 
 class GlobalViews(torch.utils.data.Dataset):

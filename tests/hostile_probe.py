@@ -10,7 +10,8 @@ each case through the CLI in this process and sorts the outcome:
   TRACEBACK  an uncaught exception (a bug)
   WRONG      a legitimate input refused (a bug)
 
-    python tests/hostile_probe.py --out probe.csv      # about 5 minutes on 2 cores
+    python tests/hostile_probe.py --out probe.csv      # about 6 minutes on 2 cores
+    python tests/hostile_probe.py --quick              # a sample of every group (CI runs it: tests/test_probe.py)
 
 tests/test_hostile.py holds the cases that matter most as unit tests; docs/trust.md says what is checked where.
 """
@@ -31,6 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest import TINY_CLIP, invoke, make_photo_dataset  # noqa: E402
+
+from aevlp.cache import CacheLock  # noqa: E402
 
 TRAIN = ("--no-progress", "--epochs", "1", "--backbone", "small-cnn", "--weights", "none", "--image-size", "32",
          "--workers", "0", "--batch-size", "8")
@@ -59,6 +62,14 @@ out = "{d / 'runs'}"\n''')
         self.run = d / "run"
         r = invoke("train", "--pseudo", self.cache, "--config", self.pipeline, "--run-dir", self.run, *TRAIN)
         assert r.exit_code == 0, r.output
+        self.locks: list = []
+        self.source = self._student()
+
+    def _student(self) -> str:
+        """A student source beside the cache, as `aevlp refine` stores it (the finished run's scores)."""
+        r = invoke("refine", self.run, "--no-progress")
+        assert r.exit_code == 0, r.output
+        return "run-r1"
 
     def copy(self, name: str, edit) -> Path:
         p = self.d / "copies" / f"{name}.h5"
@@ -312,9 +323,9 @@ def run_folder_cases(w: World):
     yield "run: into a finished folder with --force", (*again, "--run-dir", w.rundir("fin2", lambda r: None),
                                                        "--force"), "ok:replacing the finished run"
 
-    def locked(r):
-        (r.parent / f"{r.name}.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    yield "run: into a folder being written", (*again, "--run-dir", w.rundir("lock", locked), "--force"), "refuse"
+    held = w.rundir("lock", lambda r: None)
+    w.locks.append(CacheLock(held).__enter__())  # a live writer holds it (an OS lock: this process's)
+    yield "run: into a folder being written", (*again, "--run-dir", held, "--force"), "refuse"
 
     def stale_lock(r):
         (r.parent / f"{r.name}.lock").write_text(json.dumps({"pid": 2 ** 22 + 7, "host": socket.gethostname()}))
@@ -350,24 +361,205 @@ def run_folder_cases(w: World):
         "x")), w.root / "VOCdevkit/VOC2012/JPEGImages"), "refuse"
 
 
+def _source_copy(w: World, name: str, edit) -> str:
+    """A copy of the run's stored student source, edited (the seal recomputed where `edit` says so)."""
+    from aevlp.cache.sources import _seal, source_path
+
+    dst = source_path(w.cache, name)
+    shutil.copy(source_path(w.cache, w.source), dst)
+    with h5py.File(dst, "r+") as f:
+        reseal = edit(f)
+        if reseal:
+            a = f.attrs
+            ids = [str(x) for x in f["image_ids"].asstr()[()]]
+            vids = [str(x) for x in f["val_image_ids"].asstr()[()]] if "val_image_ids" in f else []
+            a["sha256"] = _seal(str(a["cache_fingerprint"]), a["provenance"], ids, vids, f["scores"][()],
+                                f["val_scores"][()] if "val_scores" in f else None)
+    return name
+
+
+def _scores(value):
+    def edit(f):
+        s = f["scores"][()]
+        s[0, 0] = value
+        del f["scores"]
+        f.create_dataset("scores", data=s)
+        return True
+    return edit
+
+
+def _swap_rows(f):
+    s = f["scores"][()]
+    s[[0, 1]] = s[[1, 0]]
+    del f["scores"]
+    f.create_dataset("scores", data=s)
+    return False
+
+
+SOURCE_EDITS = {
+    "scores NaN": _scores(np.nan), "scores 5.0": _scores(5.0), "scores -3.0": _scores(-3.0),
+    "rows swapped": _swap_rows, "provenance edited": lambda f: f.attrs.__setitem__("provenance", '{"epoch": 9}'),
+    "provenance not JSON": lambda f: f.attrs.__setitem__("provenance", "{x") or True,
+    "provenance a list": lambda f: f.attrs.__setitem__("provenance", "[1]") or True,
+    "scores a group": lambda f: (f.__delitem__("scores"), f.create_group("scores")) and False,
+    "fingerprint of another cache": lambda f: f.attrs.__setitem__("cache_fingerprint", "0" * 16) or True,
+    "row ids of other images": lambda f: f["image_ids"].__setitem__(0, "other.jpg") or True,
+}
+
+
+def source_cases(w: World):
+    train = ("train", "--pseudo", w.cache, "--config", w.pipeline, *TRAIN)
+    for name, edit in SOURCE_EDITS.items():
+        src = _source_copy(w, "probe-" + "".join(c for c in name if c.isalnum()), edit)
+        yield f"source: {name}: train", (*train, "--set", f'damp.student="{src}"', "--run-dir", w.d / "r" / src), \
+            "refuse"
+    for name in ("../run-r1", "/etc/passwd", "sub/run-r1"):
+        yield f"source: damp.student = {name}", (*train, "--set", f'damp.student="{name}"', "--run-dir",
+                                                 w.d / "r" / "srcname"), "refuse"
+    yield "source: sound: train", (*train, "--set", f'damp.student="{w.source}"', "--run-dir", w.d / "r" / "src"), \
+        "ok:"
+
+
+def rounds_cases(w: World):
+    runs = w.d / "rounds"
+    runs.mkdir(exist_ok=True)
+    shutil.copytree(w.run, runs / "run")
+    yield "rounds: refine", ("refine", runs / "run", "--no-progress"), "ok:teaches"
+    yield "rounds: refine again: done", ("refine", runs / "run", "--no-progress"), "ok:is done"
+    yield "rounds: refine --set damp.threshold=7", ("refine", runs / "run", "--set", "damp.threshold=7",
+                                                    "--no-progress"), "refuse"
+    yield "rounds: the teacher trained again, then refine", (
+        "train", "--pseudo", w.cache, "--config", runs / "run" / "config.toml", "--run-dir", runs / "run", "--seed",
+        "3", "--force", "--no-progress"), "ok:"
+    yield "rounds: refine after that", ("refine", runs / "run", "--set", "train.seed=0", "--no-progress"), \
+        "ok:earlier student"
+    cut = w.rundir("cut", lambda r: (r / "results.json").unlink())
+    other = w.d / "other.h5"
+    shutil.copy(w.cache, other)
+    yield "rounds: --resume --pseudo OTHER", ("train", "--resume", cut, "--pseudo", other, "--no-progress"), "refuse"
+    edited = w.rundir("edited", lambda r: ((r / "results.json").unlink(), (r / "config.toml").write_text(
+        (r / "config.toml").read_text().replace("threshold = 0.5", "threshold = 0.3", 1))))
+    yield "rounds: --resume after config.toml edited", ("train", "--resume", edited, "--no-progress"), "refuse"
+    yield "rounds: --labels full with a student", ("train", "--pseudo", w.cache, "--config", w.pipeline, "--labels",
+                                                   "full", "--set", f'damp.student="{w.source}"', "--run-dir",
+                                                   w.d / "r" / "full"), "refuse"
+    yield "rounds: --set clip.arch contradicting the cache", (
+        "train", "--pseudo", w.cache, "--config", w.pipeline, "--set", 'clip.arch="ViT-B-16"', "--run-dir",
+        w.d / "r" / "arch"), "refuse"
+
+
+def _csv(w: World, name: str, rows: list[dict]) -> Path:
+    import pandas as pd
+
+    p = w.d / "csv" / f"{name}.csv"
+    p.parent.mkdir(exist_ok=True)
+    pd.DataFrame(rows).to_csv(p, index=False)
+    return p
+
+
+def prepare_cases(w: World):
+    img = w.root / "VOCdevkit/VOC2012/JPEGImages"
+    names = sorted(p.name for p in img.glob("train*.jpg"))
+    prep = ("data", "prepare", "table", "--images", img, "--out", w.d / "prep")
+    rows = [{"image": n, "labels": "cat" if i % 2 else "dog", "split": "test" if i > 5 else "train"}
+            for i, n in enumerate(names[:8])]
+    dup = _csv(w, "dup", [*rows, {"image": f"./{names[0]}", "labels": "cat", "split": "test"}])
+    yield "prepare: a.png and ./a.png", (*prep, "--csv", dup), "refuse"
+    untagged = _csv(w, "untagged", [{**r, "labels": ""} if i == 2 else r for i, r in enumerate(rows)])
+    yield "prepare: --observed-only with an untagged training row", (*prep, "--csv", untagged, "--observed-only"), \
+        "refuse"
+    good = _csv(w, "good", rows)
+    yield "prepare: --sep ''", (*prep, "--csv", good, "--sep", ""), "refuse"
+    for name, text in (("numbers", "[1, 2]"), ("data a string", '[{"data": "x", "annotations": []}]'),
+                       ("annotation a string", f'[{{"data": {{"aevlp_image": "{names[0]}"}}, "annotations": ["a"]}}]'),
+                       ("deep", "[" * 100000 + "]" * 100000)):
+        p = w.d / "csv" / f"review-{name.replace(' ', '-')}.json"
+        p.write_text(text)
+        yield f"prepare: --reviewed {name}", (*prep, "--csv", good, "--reviewed", p), "refuse"
+
+    def task(choices):
+        return {"data": {"aevlp_image": names[0]}, "annotations": [{"result": [
+            {"from_name": "labels", "to_name": "image", "type": "choices", "value": {"choices": choices}}]}]}
+    twice = w.d / "csv" / "review-twice.json"
+    twice.write_text(json.dumps([task(["cat"]), task(["dog"])]))
+    yield "prepare: --reviewed an image twice, other choices", (*prep, "--csv", good, "--reviewed", twice), "refuse"
+    thresholds = w.d / "csv" / "theta.csv"
+    with h5py.File(w.cache, "r") as f:
+        classes = [c.decode() for c in f["classnames"][:]]
+    thresholds.write_text("class,threshold\n" + "".join(f"{c},0.5\n" for c in classes) + f"{classes[0]},0.9\n")
+    yield "prepare: a thresholds CSV with a class twice", (
+        "train", "--pseudo", w.cache, "--config", w.pipeline, "--set", f'damp.class_thresholds="{thresholds}"',
+        "--run-dir", w.d / "r" / "theta", *TRAIN), "refuse"
+
+
+def misc_cases(w: World):
+    for o in ("train.image_size=1", "train.seed=-1", "train.seed=100000000000000000000"):
+        yield f"misc: --set {o}", ("run", w.pipeline, "--dry-run", "--set", o), "refuse"
+    yield "misc: --seed -1", ("train", "--pseudo", w.cache, "--config", w.pipeline, "--seed", "-1", "--run-dir",
+                              w.d / "r" / "seed"), "refuse"
+    latin = w.d / "latin1.toml"
+    latin.write_bytes(w.pipeline.read_bytes() + "\n# caf\xe9\n".encode("latin-1"))
+    yield "misc: a pipeline that is not UTF-8", ("run", latin, "--dry-run"), "refuse"
+    yield "misc: predict --threshold nan", ("predict", w.run, w.root / "VOCdevkit/VOC2012/JPEGImages",
+                                            "--threshold", "nan", "--out", w.d / "p.csv"), "refuse"
+    odd = w.d / "odd-meta"
+    odd.mkdir(exist_ok=True)
+    data = w.cache.read_bytes()
+    for at in (1164, 1261, 2037):  # HDF5 object headers and heaps: h5py raises RuntimeError there
+        p = odd / f"flip{at}.h5"
+        b = bytearray(data)
+        b[at] ^= 0xFF
+        p.write_bytes(bytes(b))
+        yield f"misc: a metadata byte flipped at {at}: cache verify", ("cache", "verify", p), "either"
+        yield f"misc: a metadata byte flipped at {at}: cache inspect", ("cache", "inspect", p), "either"
+    extra = w.copy("extra-dataset", lambda f: f.create_dataset("extra", data=np.zeros(3)))
+    yield "misc: a dataset added to a cache: cache verify", ("cache", "verify", extra), "refuse"
+    yield "misc: a dataset added to a cache: train", ("train", "--pseudo", extra, "--config", w.pipeline, "--run-dir",
+                                                      w.d / "r" / "extra", *TRAIN), "refuse"
+    forged = w.copy("summary-forged", lambda f: f.attrs.__setitem__("summary", json.dumps({"pseudo_precision": 99.9})))
+    yield "misc: a forged summary: cache inspect", ("cache", "inspect", forged), "refuse"
+
+    def rechecksummed(f):
+        from aevlp.cache.validate import checksums, sealed_names
+        f["pseudo"][0, 0, 3] = 1 - f["pseudo"][0, 0, 3]
+        f.attrs["checksums"] = json.dumps(checksums(f, sealed_names(f)))
+    yield "misc: pseudo edited, checksums recomputed: cache verify", (
+        "cache", "verify", w.copy("rechecksummed", rechecksummed)), "refuse"
+
+
+GROUPS = {"cache": lambda w: cache_cases(w), "file": lambda w: file_cases(w), "config": lambda w: config_cases(w),
+          "data": lambda w: data_cases(w), "run": lambda w: run_folder_cases(w), "source": lambda w: source_cases(w),
+          "rounds": lambda w: rounds_cases(w), "prepare": lambda w: prepare_cases(w), "misc": lambda w: misc_cases(w)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=None, help="write every case's outcome to this CSV")
+    ap.add_argument("--quick", action="store_true", help="every group, a sample of its cases (every third of the "
+                                                         "cache tampers and data edits): a few minutes")
+    ap.add_argument("--json", default=None, help="write the counts and the bad cases here")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         w = World(Path(tmp))
         (w.d / "empty-runs").mkdir()
-        for group in (cache_cases, file_cases, config_cases, data_cases, run_folder_cases):
-            for name, argv, expect in group(w):
+        for gname, group in GROUPS.items():
+            for i, (name, argv, expect) in enumerate(group(w)):
+                if args.quick and gname in ("cache", "data") and i % 3:
+                    continue
                 r = invoke(*argv)
                 got = outcome(r, expect)
                 last = (r.output.strip().splitlines() or [""])[-1][:140] if got != "TRACEBACK" else repr(r.exception)
                 rows.append({"case": name, "expected": expect.split(":")[0], "outcome": got, "says": last})
                 if got in ("SILENT", "TRACEBACK", "WRONG"):
                     print(f"{got:9s} {name}: {last}", flush=True)
+        for lock in w.locks:
+            lock.__exit__(None, None, None)
     counts = {k: sum(r["outcome"] == k for r in rows) for k in ("REFUSED", "OK", "SILENT", "TRACEBACK", "WRONG")}
     print(f"{len(rows)} cases: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cases": len(rows), "counts": counts, "bad": [
+            r for r in rows if r["outcome"] in ("SILENT", "TRACEBACK", "WRONG")]}, indent=1))
     if args.out:
         with open(args.out, "w", newline="") as fh:
             writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -208,7 +208,9 @@ def test_loader_generates_observed_and_splits(tmp_path):
     assert (len(d.train), len(d.val), len(d.test)) == (16, 4, 6)
     assert d.report["train_observed_generated"]
     assert np.all(d.train.observed.sum(1) == 1)
-    assert np.array_equal(d.val.observed, d.val.labels)  # clean val
+    assert np.array_equal(d.val.labels, np.load(root / "formatted_train_labels.npy")[d.val.index])  # clean val
+    # its observed tags (what the model-selection proxies read): one true positive per row, as in training
+    assert np.all(d.val.observed.sum(1) == 1) and np.all(d.val.labels[d.val.observed == 1] == 1)
     assert str(d.image_root).endswith("VOCdevkit/VOC2012/JPEGImages")
 
 

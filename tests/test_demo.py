@@ -75,6 +75,27 @@ def test_the_linear_probe_ties_where_end_to_end_separates(demo):
     assert teacher["zero-shot-damp"] > teacher["zero-shot-global"] + 10, teacher  # tiles find small items
 
 
+def test_the_observed_only_world_keeps_what_aevlp_adds_switched_on(demo):
+    """The same world as a user's single-tag data (one tag per training image, E unknown, no labelled val): the
+    table is printed beside the full-label one, GPR-TS's per-class θ are its own (not all the global θ, as when E
+    fell back to the observed labels' mean of 1), E is estimated from its student, and the best epoch is picked
+    by the observed-only criterion."""
+    out = demo["proc"].stdout
+    assert "one tag per training image" in out and out.count("| method | test mAP |") == 2
+    obs = demo["out"] / "observed-only"
+    for seed in (0, 1):
+        run = obs / "runs" / f"gpr-ts-s{seed}"
+        theta = pd.read_csv(run / "class_thresholds.csv")
+        assert (theta["threshold"] != 0.5).sum() >= 5, theta  # 0.5: the demo pipeline's global θ
+        res = json.loads((run / "results.json").read_text())
+        assert res["train_labels"] == "observed only" and res["val_labels"] == "observed"
+        assert "student's scores on the held-out val rows" in res["expected_pos"]["source"]
+        assert 1.8 < res["expected_pos"]["value"] < 3.2, res["expected_pos"]  # truth 2.5 (1-4 items, uniform)
+        assert res["selection"]["criterion"] != "val"
+    table = {r["method"]: r for r in demo["summary"]["observed_only"]["table"]}
+    assert set(table) >= {"an", "gr", "gpr-damp", "gpr-ts"}
+
+
 def test_train_with_no_flag_on_the_demo_cache(demo):
     cache = demo["out"] / "cache" / "fashion-mosaic.h5"
     r = aevlp("train", "--pseudo", cache, "--no-progress", "--run-dir", "mine", cwd=demo["cwd"])
@@ -131,12 +152,15 @@ def test_gallery_of_a_class(demo):
     with Image.open(demo["cwd"] / "out" / "sandal.png") as im:
         assert im.width >= 600 and im.height >= 200
     listing = json.loads((demo["cwd"] / "out" / "sandal.json").read_text())
-    import h5py
-    with h5py.File(demo["out"] / "cache" / "fashion-mosaic.h5") as f:
-        c = [n.decode() for n in f["classnames"][:]].index("sandal")
-        ids = f["image_ids"].asstr()[:]
-        new = (f["pseudo"][0, :, c] == 1) & (f["observed"][:, c] != 1) & ~f["bad"][:]  # pseudo-positives
-        given, wrong = set(ids[new]), set(ids[new & (f["labels"][:, c] != 1)])
+    from aevlp.cache import Cache
+    from aevlp.config import config_for_cache
+    from aevlp.labeler import labeler_for
+    # what a training run with the demo's pipeline selects
+    with Cache(demo["out"] / "cache" / "fashion-mosaic.h5") as f:
+        c, ids = f.classnames().index("sandal"), np.asarray(f.image_ids())
+        z = labeler_for(f, config_for_cache(f)).for_epoch(1)
+        new = (z[:, c] == 1) & (f.array("observed")[:, c] != 1) & ~f.f["bad"][:]  # pseudo-positives
+        given, wrong = set(ids[new]), set(ids[new & (f.array("labels")[:, c] != 1)])
     shown = listing["panels"]["given the pseudo-label"]
     assert len(shown) == min(24, len(given)) > 0 and set(shown) <= given
     assert listing["totals"]["given the pseudo-label"] == len(given)  # the count is the class's, not the cap
@@ -149,8 +173,9 @@ def test_second_run_reuses_everything(demo):
     before = {p: p.stat().st_mtime_ns for p in made}
     r = aevlp("demo", "--quick", "--seeds", "2", "--no-progress", cwd=demo["cwd"])
     assert r.returncode == 0
-    from aevlp.demo import METHODS, PROBES
-    assert r.stdout.count("train: skip") == 2 * (len(METHODS) + len(PROBES)) and "reused" in r.stdout
+    from aevlp.demo import METHODS, OBSERVED_METHODS, PROBES
+    assert r.stdout.count("train: skip") == 2 * (len(METHODS) + len(PROBES) + len(OBSERVED_METHODS)), r.stdout
+    assert "reused" in r.stdout
     assert {p: p.stat().st_mtime_ns for p in before} == before  # no cache, model or dataset file rewritten
 
 

@@ -319,22 +319,22 @@ def finished_run(world, tmp_path, name="r", *extra):
 
 
 def test_a_run_folder_has_one_writer_and_is_not_overwritten_unasked(world, tmp_path):
-    from aevlp.cache.schema import lock_path
     run = finished_run(world, tmp_path)
     before = [(run / f).read_text() for f in ("results.json", "config.toml", "metrics.jsonl")]
     r = invoke("train", "--pseudo", world["cache"], "--run-dir", run, "--no-progress", "--lr", "0.5")
     assert r.exit_code == 2 and "holds a finished run" in r.output and "--force" in r.output
     assert [(run / f).read_text() for f in ("results.json", "config.toml", "metrics.jsonl")] == before
-    lock_path(run).write_text(json.dumps({"pid": os.getpid(), "host": __import__("socket").gethostname()}))
-    r = invoke("train", "--pseudo", world["cache"], "--run-dir", run, "--no-progress", "--force")
+    from aevlp.cache import CacheLock
+    with CacheLock(run):  # a live writer (this process) holds the folder
+        r = invoke("train", "--pseudo", world["cache"], "--run-dir", run, "--no-progress", "--force")
     assert r.exit_code == 2 and f"being written by pid {os.getpid()}" in r.output  # a live writer: refused
-    lock_path(run).unlink()
     r = invoke("train", "--pseudo", world["cache"], "--run-dir", run, "--no-progress", "--force", "--epochs", "1",
                "--backbone", "small-cnn", "--weights", "none", "--image-size", "32", "--workers", "0")
     assert r.exit_code == 0 and "replacing the finished run" in r.output, r.output
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 and "epochs = 1" in \
         (run / "config.toml").read_text()  # config.toml, metrics and results all from the one run
-    assert not lock_path(run).exists()
+    from aevlp.cache.writer import lock_owner
+    assert lock_owner(run) is None  # released
 
 
 def test_resume_refuses_other_settings_and_honours_more_epochs(world, tmp_path):
@@ -421,7 +421,7 @@ def test_a_sound_cache_verifies_ok_and_the_checksums_cover_every_dataset(world):
     with h5py.File(world["cache"]) as f:
         stored = json.loads(f.attrs["checksums"])
         assert set(stored) == {k for k in f if isinstance(f[k], h5py.Dataset)} | {
-            "attrs:fingerprint", "attrs:info", "attrs:selection", "attrs:clip_preprocess"}
+            "attrs:fingerprint", "attrs:info", "attrs:selection", "attrs:clip_preprocess", "attrs:summary"}
 
 
 def test_verify_names_class_names_that_differ_from_the_data(world, tmp_path):

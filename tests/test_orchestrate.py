@@ -147,7 +147,9 @@ def test_cache_clean_asks_and_keeps_wanted(ran, tmp_path):
     assert r.exit_code == 0 and "pass --yes" in r.output
     assert orphan.exists() and partial.exists()  # never without --yes
     r = invoke("cache", "clean", folder, "--stale-for", world["pipe"], "--yes")
-    assert r.exit_code == 0 and "deleted 3 files" in r.output, r.output
+    # and the wanted cache's lock file, which no process holds (locks are OS locks; their files stay behind)
+    assert r.exit_code == 0 and "deleted 4 files" in r.output and "lock no running process holds" in r.output, \
+        r.output
     assert not orphan.exists() and not partial.exists() and not sources.exists()
     assert world["cache"].exists() and kept.exists()  # the wanted cache and its sources stay
     partial.write_bytes(b"x")

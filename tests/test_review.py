@@ -105,8 +105,10 @@ def test_label_studio_and_fiftyone_exports_and_a_review_back(site, tmp_path):
     assert r.exit_code == 0, r.output
     tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
     config = (tmp_path / "ls" / "label_config.xml").read_text()
-    with Cache(site["cache"]) as c:
-        names, ids, pseudo = c.classnames(), c.image_ids(), c.f["pseudo"][0]
+    from aevlp.config import config_for_cache
+    from aevlp.labeler import labeler_for
+    with Cache(site["cache"]) as c:  # the labels a training run with the cache's own pipeline selects in round 0
+        names, ids, pseudo = c.classnames(), c.image_ids(), labeler_for(c, config_for_cache(c)).for_epoch(1)
     assert 'choice="multiple"' in config and all(f'<Choice value="{n}"/>' in config for n in names)
     assert [t["data"]["aevlp_image"] for t in tasks] == ids
     for t, row in zip(tasks, pseudo):

@@ -11,6 +11,7 @@ import torch
 from conftest import tiny_cfg
 
 from aevlp.cache import Cache, CacheLock, lock_path, partial_path
+from aevlp.cache.writer import lock_owner
 from aevlp.damp import aggregate, select
 from aevlp.errors import AevlpError
 from aevlp.pseudolabel import run_pseudolabel
@@ -23,14 +24,14 @@ def cfg_for(tiny_clip, root, out, **over):
 
 def arrays(path):
     with h5py.File(path, "r") as f:
-        return {k: f[k][:] for k in f}, {k: f.attrs[k] for k in f.attrs if k not in ("created", "summary")}
+        return {k: f[k][:] for k in f}, {k: f.attrs[k] for k in f.attrs if k not in ("created", "run_stats")}
 
 
 def test_cache_contents(tiny_clip, photo_voc, tmp_path):
     out = tmp_path / "c.h5"
     s = run_pseudolabel(cfg_for(tiny_clip, photo_voc, out, **{"cache.store_embeddings": "global"}), progress=False)
     assert s["status"] == "computed" and s["images"] == 16 and s["bad_images"] == 0
-    assert not partial_path(out).exists() and not lock_path(out).exists()
+    assert not partial_path(out).exists() and lock_owner(out) is None  # the lock is free (its file may stay)
     with Cache(out) as c:
         assert c.f["sims"].shape == (3, 16, 5, 20) and c.f["sims"].dtype == np.float16
         assert c.f["scores"].shape == (3, 16, 20) and c.f["pseudo"].dtype == np.int8
@@ -162,7 +163,7 @@ def test_resume_after_kill9_is_bit_identical(tiny_clip, photo_voc, tmp_path):
     assert a.keys() == b.keys() and attrs_a == attrs_b
     for k in a:
         assert np.array_equal(a[k], b[k]), k
-    assert json.loads(h5py.File(out, "r").attrs["summary"])["computed_images"] == 10
+    assert json.loads(h5py.File(out, "r").attrs["run_stats"])["computed_images"] == 10
 
 
 def test_interrupt_keeps_progress(tiny_clip, photo_voc, tmp_path, monkeypatch):
@@ -178,21 +179,55 @@ def test_interrupt_keeps_progress(tiny_clip, photo_voc, tmp_path, monkeypatch):
     monkeypatch.setattr(cache_mod.CacheWriter, "write", flaky)
     with pytest.raises(KeyboardInterrupt):
         run_pseudolabel(cfg_for(tiny_clip, photo_voc, out), progress=False)
-    assert not lock_path(out).exists() and partial_path(out).exists()
+    assert lock_owner(out) is None and partial_path(out).exists()
     monkeypatch.setattr(cache_mod.CacheWriter, "write", orig)
     s = run_pseudolabel(cfg_for(tiny_clip, photo_voc, out), progress=False)
     assert s["status"] == "resumed" and s["computed_images"] == 8
 
 
 def test_lock_refuses_second_writer_and_takes_stale(tmp_path):
+    from aevlp.cache.writer import lock_owner, owner_path
     target = tmp_path / "c.h5"
     with CacheLock(target):
-        with pytest.raises(AevlpError, match="being written by pid"):
+        with pytest.raises(AevlpError, match=f"being written by pid {os.getpid()}"):
             CacheLock(target).__enter__()
-    lock_path(target).write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": os.uname().nodename}))
-    with CacheLock(target) as lock:  # the recorded writer is dead: taken over
-        assert json.loads(lock.path.read_text())["pid"] == os.getpid()
-    assert not lock_path(target).exists()
+        assert lock_owner(target)["pid"] == os.getpid()
+    assert lock_owner(target) is None and not owner_path(target).exists()
+    lock_path(target).write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": os.uname().nodename}))  # a dead writer's
+    with CacheLock(target):
+        assert json.loads(owner_path(target).read_text())["pid"] == os.getpid()
+
+
+TAKE_OVER = """
+import json, sys, time
+from pathlib import Path
+from aevlp.cache import CacheLock
+from aevlp.errors import AevlpError
+target, start = Path(sys.argv[1]), float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+try:
+    with CacheLock(target):
+        print("held", flush=True)
+        time.sleep(1.5)
+except AevlpError:
+    print("refused", flush=True)
+"""
+
+
+def test_two_processes_taking_over_a_dead_lock_together_cannot_both_hold_it(tmp_path):
+    """A lock file and owner left by a dead writer, two processes after it at the same instant: one holds it, the
+    other is refused (a lock file read and deleted by both, as before filelock, let both in)."""
+    import time
+
+    from aevlp.cache.writer import owner_path
+    target = tmp_path / "c.h5"
+    lock_path(target).write_text(json.dumps({"pid": 2 ** 22 + 7, "host": os.uname().nodename}))
+    owner_path(target).write_text(json.dumps({"pid": 2 ** 22 + 7, "host": os.uname().nodename}))
+    start = time.time() + 3
+    procs = [subprocess.Popen([sys.executable, "-c", TAKE_OVER, str(target), str(start)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    said = sorted(p.communicate(timeout=60)[0].strip() for p in procs)
+    assert said == ["held", "refused"], said
 
 
 def test_bad_images(tiny_clip, photo_voc, tmp_path):
@@ -249,6 +284,40 @@ def test_resize_on_device_matches_workers(tiny_clip, photo_voc, tmp_path):
         assert cb.fingerprint["resize_on"] == "device"
         assert np.array_equal(ca.f["pseudo"][:], cb.f["pseudo"][:])
         assert np.allclose(ca.f["sims"][:].astype(np.float32), cb.f["sims"][:].astype(np.float32), atol=2e-3)
+
+
+def test_jpegs_decoded_where_clip_runs_match_the_workers(tiny_clip, photo_voc, tmp_path):
+    """views.decode_on = device: the workers read bytes, the JPEGs are decoded (nvJPEG on a GPU; here libjpeg on
+    the CPU device) and their views cut where CLIP runs: the workers' numbers. The fingerprint records the GPU
+    decoder (it rounds differently on a GPU) and, with the workers, has no such key: caches made before it existed
+    stay current (auto on a CPU is the workers)."""
+    a, b = tmp_path / "worker.h5", tmp_path / "device.h5"
+    run_pseudolabel(cfg_for(tiny_clip, photo_voc, a), progress=False)
+    run_pseudolabel(cfg_for(tiny_clip, photo_voc, b, **{"views.decode_on": "device"}), progress=False)
+    with Cache(a) as ca, Cache(b) as cb:
+        assert "decode_on" not in ca.fingerprint and ca.fingerprint["resize_on"] == "worker"
+        assert cb.fingerprint["decode_on"] == "device" and cb.fingerprint["resize_on"] == "device"
+        assert np.array_equal(ca.f["pseudo"][:], cb.f["pseudo"][:])
+        assert np.allclose(ca.f["sims"][:].astype(np.float32), cb.f["sims"][:].astype(np.float32), atol=2e-3)
+    from aevlp.pseudolabel import plan_stage_one
+    plan = plan_stage_one(cfg_for(tiny_clip, photo_voc, a))
+    assert plan.status == "up-to-date" and "views.resize_on = auto" in plan.placement
+
+
+def test_profile_writes_the_steps_by_time(tiny_clip, photo_voc, tmp_path):
+    """--profile: torch.profiler's table names stage one's steps (the main process's share among them)."""
+    from conftest import invoke
+
+    from aevlp.config import dump_config
+    cfg = cfg_for(tiny_clip, photo_voc, tmp_path / "c.h5")
+    (tmp_path / "p.toml").write_text(dump_config(cfg))
+    r = invoke("pseudolabel", "--config", tmp_path / "p.toml", "--profile", tmp_path / "prof", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "views cut and resized on the workers" in r.output and "profile:" in r.output
+    table = (tmp_path / "prof.txt").read_text()
+    for name in ("wait for workers", "encode", "DAMP", "write"):
+        assert name in table, name
+    assert (tmp_path / "prof.json").stat().st_size > 0
 
 
 @pytest.mark.slow

@@ -70,9 +70,9 @@ def test_same_seed_same_metrics(setup, tmp_path):
 
 def train_interrupted_in_epoch_2(setup, tmp_path, monkeypatch, *extra, name):
     """Train until the second epoch's evaluation raises KeyboardInterrupt (as a ^C would)."""
-    import aevlp.train as tr
+    from aevlp.model_selection import ModelSelection
     calls = {"n": 0}
-    orig = tr.mean_average_precision
+    orig = ModelSelection.measures
 
     def crash_in_epoch_2(*a, **k):
         calls["n"] += 1
@@ -80,7 +80,7 @@ def train_interrupted_in_epoch_2(setup, tmp_path, monkeypatch, *extra, name):
             raise KeyboardInterrupt
         return orig(*a, **k)
     with monkeypatch.context() as m:
-        m.setattr(tr, "mean_average_precision", crash_in_epoch_2)
+        m.setattr(ModelSelection, "measures", crash_in_epoch_2)
         with pytest.raises(KeyboardInterrupt):
             train(setup, tmp_path, *extra, name=name)
     assert len(history(tmp_path / name)) == 1
@@ -97,6 +97,28 @@ def test_resume_equals_uninterrupted(setup, tmp_path, monkeypatch):
     resumed = train(setup, tmp_path, 'train.early_stop="none"', name="cut", resume=True)
     assert same_history(tmp_path / "cut", tmp_path / "full")
     assert resumed["test_map"] == full["test_map"]
+
+
+def test_a_replacement_cut_short_leaves_no_old_results(setup, tmp_path, monkeypatch):
+    """--force clears the finished run before training its replacement: interrupted, the folder holds the new
+    run's first epoch (resumable), never the old results.json or best.pt beside the new config.toml."""
+    train(setup, tmp_path, 'train.early_stop="none"', name="x")
+    old_best = (tmp_path / "x" / "best.pt").read_bytes()
+    from aevlp.model_selection import ModelSelection
+    real, calls = ModelSelection.measures, {"n": 0}
+
+    def crash_in_epoch_2(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+    with monkeypatch.context() as m:
+        m.setattr(ModelSelection, "measures", crash_in_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            train(setup, tmp_path, 'train.early_stop="none"', "train.seed=5", name="x", force=True)
+    run = tmp_path / "x"
+    assert not (run / "results.json").exists() and (run / "best.pt").read_bytes() != old_best
+    assert len(history(run)) == 1 and "seed = 5" in (run / "config.toml").read_text()
 
 
 def test_resume_needs_no_backbone_weights(setup, tmp_path, monkeypatch):

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -92,9 +93,52 @@ def test_view_spec_defaults_and_checks_are_the_declared_ones():
     from aevlp.errors import ConfigError
     from aevlp.settings import ViewsSpec
     spec, declared = ViewSpec(), ViewsSpec()
-    assert (spec.grid, spec.rounds, spec.flip, spec.jitter, spec.seed, spec.resize_on) == \
-        (declared.grid, declared.rounds, declared.flip, declared.jitter, declared.seed, declared.resize_on)
+    assert (spec.grid, spec.rounds, spec.flip, spec.jitter, spec.seed) == \
+        (declared.grid, declared.rounds, declared.flip, declared.jitter, declared.seed)
+    # the places are resolved (aevlp.placement): a spec holds worker or device, never the setting's auto
+    assert declared.resize_on == declared.decode_on == "auto" and spec.resize_on == spec.decode_on == "worker"
+    with pytest.raises(ConfigError, match="aevlp.placement resolves auto"):
+        ViewSpec(resize_on="auto")
     with pytest.raises(ConfigError, match=r"views.jitter = 0.7 is out of range: it must be in \[0, 0.5\]"):
         ViewSpec(jitter=0.7)
     with pytest.raises(ConfigError, match="views.grid = 0 is out of range"):
         ViewSpec(grid=0)
+
+
+def test_auto_places_the_work_on_the_gpu_and_keeps_the_workers_on_a_cpu(tmp_path):
+    """`auto` (aevlp.placement): the device on a CUDA GPU, and there the GPU's JPEG decoder when every image is a
+    JPEG; the workers on a CPU, or where a file is not a JPEG; each with its reason."""
+    from aevlp.placement import decode_place, resize_place
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert resize_place("auto", cpu).where == "worker" and resize_place("auto", gpu).where == "device"
+    assert resize_place("device", cpu).where == "device"  # an explicit choice stands
+    assert decode_place("auto", gpu, ["a.jpg", "b.JPEG"], "train.decode_on").where == "device"
+    png = decode_place("auto", gpu, ["a.jpg", "b.png"], "train.decode_on")
+    assert png.where == "worker" and "JPEG" in png.why
+    assert decode_place("auto", cpu, ["a.jpg"], "views.decode_on") == \
+        decode_place("auto", cpu, ["a.jpg"], "views.decode_on")  # deterministic
+    assert "no GPU" in decode_place("auto", cpu, ["a.jpg"], "views.decode_on").why
+
+
+def test_jpegs_decoded_where_clip_runs_give_the_workers_views(tmp_path):
+    """views.decode_on = device: the workers only read the JPEG bytes, the views are decoded, cut and resized where
+    CLIP runs (on a CPU libjpeg, as the workers': the same pixels); a PNG is decoded by the worker; a file that is
+    not a JPEG inside comes back as a bad image with its reason, not a crash."""
+    from PIL import Image
+
+    from aevlp.views import ViewBatches, render_on_device
+    rs = np.random.RandomState(0)
+    paths = []
+    for i, ext in enumerate(("jpg", "png", "jpg")):
+        p = tmp_path / f"im{i}.{ext}"
+        Image.fromarray((rs.rand(50 + 7 * i, 64, 3) * 255).astype(np.uint8)).save(p)
+        paths.append(p)
+    (tmp_path / "fake.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    paths.append(tmp_path / "fake.jpg")
+    spec = ViewSpec(grid=2, size=16, rounds=2, seed=3)
+    rows, worker, index, errors = ViewBatches(paths[:3], [[0, 1, 2]], spec)[0]
+    _, shipped, _, errs = ViewBatches(paths, [[0, 1, 2, 3]], spec, ship="encoded")[0]
+    assert shipped[0].ndim == 1 and shipped[1].ndim == 3 and errs == []  # bytes for a JPEG, pixels for a PNG
+    slots, idx, failed = render_on_device(shipped, torch.arange(4), spec, torch.device("cpu"))
+    assert torch.equal(slots[:3], worker) and torch.equal(idx[:3], index)
+    assert [r for r, _ in failed] == [3] and "JPEG" in failed[0][1] and slots[3].sum() == 0

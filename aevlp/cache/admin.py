@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 
 from aevlp.cache.reader import Cache, class_difference
-from aevlp.cache.schema import dataset_hash, lock_path, partial_path, read_fingerprint
+from aevlp.cache.schema import dataset_hash, read_fingerprint
 from aevlp.cache.validate import problems
+from aevlp.cache.writer import lock_owner, owner_path
 from aevlp.errors import AevlpError
 from aevlp.metrics import pseudo_label_quality_per_class
 
@@ -81,17 +82,38 @@ def verify_cache(path: str | Path, data_root: str | Path | None = None) -> list[
     path = Path(path)
     try:
         f = h5py.File(path, "r")
-    except OSError as e:
-        return [f"cannot be opened as HDF5 ({e}): truncated or not a cache"]
+    except (OSError, RuntimeError) as e:  # HDF5 reports damaged metadata as either
+        return [f"cannot be opened as HDF5 ({e}): truncated, damaged or not a cache"]
     try:
         with f:
             found = [] if f.attrs.get("complete", False) else ["not marked complete"]
             found += problems(f, thorough=True)
             if found and found[-1].startswith(("missing datasets", "no readable", "schema_version", "cannot be read")):
                 return found
-            return found + _identity(f, data_root)
-    except (OSError, KeyError, ValueError, TypeError, IndexError) as e:  # bytes damaged below the attributes
+            return found + _rederived(f) + _identity(f, data_root)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:  # bytes damaged below
         return [f"cannot be read: {type(e).__name__}: {e}"]
+
+
+def _rederived(f: h5py.File) -> list[str]:
+    """What can be computed again from the similarities: each round's DAMP scores and pseudo-labels under the
+    selection stage one stored (a cache whose checksums were recomputed after an edit is caught here)."""
+    import torch
+
+    from aevlp.damp import pseudo_labels
+
+    sel, obs, bad = json.loads(f.attrs["selection"]), torch.as_tensor(f["observed"][()]), f["bad"][()].astype(bool)
+    found = []
+    for r in range(f["sims"].shape[0]):
+        scores, pseudo = pseudo_labels(torch.as_tensor(f["sims"][r].astype(np.float32)), obs, **sel)
+        scores, pseudo = scores.numpy().astype(np.float16), pseudo.numpy()
+        scores[bad], pseudo[bad] = 0, 0
+        if not np.array_equal(pseudo, f["pseudo"][r]):
+            found.append(f"pseudo, round {r}: differs from the pseudo-labels the similarities give under the stored "
+                         f"selection ({int((pseudo != f['pseudo'][r]).sum())} entries)")
+        if not np.allclose(scores.astype(np.float32), f["scores"][r].astype(np.float32), atol=1e-3):
+            found.append(f"scores, round {r}: differ from the DAMP scores the similarities give")
+    return found
 
 
 def _identity(f: h5py.File, data_root: str | Path | None) -> list[str]:
@@ -107,8 +129,11 @@ def _identity(f: h5py.File, data_root: str | Path | None) -> list[str]:
         names = list(f["classnames"].asstr()[:])
         if names != list(data.classnames):
             found.append(f"classnames differ from {data_root}'s: {class_difference(names, list(data.classnames))}")
-        if not set(ids) <= set(data.train.images) | set(data.val.images):
+        rows = {im: obs for split in (data.train, data.val) for im, obs in zip(split.images, split.observed)}
+        if not set(ids) <= set(rows):
             found.append(f"image ids not in {data_root}'s training images: another dataset or split")
+        elif not np.array_equal(f["observed"][()], np.stack([rows[i] for i in ids])):
+            found.append(f"observed labels differ from {data_root}'s for the same images")
     return found
 
 
@@ -119,12 +144,12 @@ def clean_candidates(folder: str | Path, wanted: list[Path] | None = None) -> li
     folder = Path(folder)
     for p in sorted(folder.glob("*.h5.partial")):
         target = p.with_name(p.name[: -len(".partial")])
-        if not lock_path(target).exists():
+        if lock_owner(target) is None:
             out.append((p, "unfinished run (resume it with the same command, or delete)"))
     for lock in sorted(folder.glob("*.h5.lock")):
         target = lock.with_name(lock.name[: -len(".lock")])
-        if not partial_path(target).exists():
-            out.append((lock, "lock without a running write"))
+        if lock_owner(target) is None:
+            out += [(f, "lock no running process holds") for f in (lock, owner_path(target)) if f.exists()]
     if wanted is not None:
         keep = {Path(w).resolve() for w in wanted}
         for p in sorted(folder.glob("*.h5")):

@@ -1,9 +1,15 @@
 """Getting pseudo-labels out of a cache: a table per image (`aevlp cache export`) and a contact sheet
-of the images given a class (`aevlp cache gallery`), to look at while iterating on prompts."""
+of the images given a class (`aevlp cache gallery`), to look at while iterating on prompts.
+
+Every export selects through the labeler a training run uses (`aevlp.labeler.labeler_for`), with the same
+settings and student: what a file says is what a run with those settings trains on in that round (epoch
+e reads round (e − 1) mod R). Each writes what it was selected with beside it (its provenance).
+"""
 from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,36 +18,72 @@ import pandas as pd
 from aevlp.cache.reader import Cache
 from aevlp.errors import AevlpError
 
-__all__ = ["export_pseudo_labels", "gallery", "gallery_html"]
+__all__ = ["Labels", "selected_labels", "write_provenance", "export_pseudo_labels", "gallery", "gallery_html"]
 
 FORMATS = ("csv", "parquet", "npz", "label-studio", "fiftyone")
 RED_BOX = ("red box: the tile whose score for {cls} is highest, the evidence DAMP used (in 'missed': the best "
            "tile, still below the threshold)")
 
 
-def _round(c: Cache, rnd: int) -> int:
-    if not 0 <= rnd < c.rounds:
-        raise AevlpError(f"--round {rnd}: the cache has rounds 0..{c.rounds - 1}")
-    return rnd
+@dataclass(frozen=True)
+class Labels:
+    """One round's pseudo-labels of every training row, as a run with given settings selects them."""
+
+    image_ids: list[str]
+    classnames: list[str]
+    pseudo: np.ndarray  # [N, C] int8 in {-1, 0, 1}
+    scores: np.ndarray  # [N, C] float32: the score selected from (DAMP's f, fused with a student's)
+    bad: np.ndarray  # [N] unreadable in stage one
+    observed: np.ndarray  # [N, C]
+    round: int
+    provenance: dict
+    image_root: Path
 
 
-def export_pseudo_labels(path: str | Path, out: str | Path, *, rnd: int = 0, fmt: str = "csv") -> Path:
-    """One row per training image: image id, its positive and negative pseudo-labels (names), and per
-    class the pseudo-label (1/0/-1) and DAMP score of round `rnd`."""
+def selected_labels(path: str | Path, *, rnd: int = 0, cfg: dict | None = None, student: str = "") -> Labels:
+    """Round `rnd`'s labels of cache `path` selected with `cfg` (default: the pipeline the cache was made with)
+    and the stored student source `student` (`aevlp.refine.run_selection` gives a run's)."""
+    from aevlp.config import config_for_cache
+    from aevlp.labeler import labeler_for
+
+    with Cache(path) as c:
+        if not 0 <= rnd < c.rounds:
+            raise AevlpError(f"--round {rnd}: the cache has rounds 0..{c.rounds - 1}")
+        cfg = cfg if cfg is not None else config_for_cache(c)
+        data = c.dataset()
+        lab = labeler_for(c, cfg, data=data, student=student)
+        prov = {"cache": str(Path(path).resolve()), "round": rnd, "epochs": f"e with (e - 1) mod {c.rounds} = {rnd}",
+                "loss": cfg["loss"]["name"], **lab.provenance_record()}
+        return Labels(c.image_ids(), c.classnames(), lab.for_epoch(rnd + 1), lab.round_scores(rnd),
+                         c.f["bad"][:].astype(bool), c.array("observed"), rnd, prov, Path(data.image_root))
+
+
+def write_provenance(out: Path, prov: dict) -> Path:
+    """OUT.provenance.json beside an export (inside it for a folder): what its labels were selected with."""
+    target = out / "provenance.json" if out.is_dir() else out.with_name(out.name + ".provenance.json")
+    target.write_text(json.dumps(prov, indent=1, default=str))
+    return target
+
+
+def export_pseudo_labels(path: str | Path, out: str | Path, *, rnd: int = 0, fmt: str = "csv", cfg: dict | None = None,
+                         student: str = "") -> Path:
+    """One row per training image: image id, its positive and negative pseudo-labels (names), and per class the
+    pseudo-label (1/0/-1) and the score selected from, in round `rnd`, as `selected_labels` selects them."""
     if fmt not in FORMATS:
         raise AevlpError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    sel = selected_labels(path, rnd=rnd, cfg=cfg, student=student)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     if fmt in ("label-studio", "fiftyone"):
         from aevlp.cache.interchange import export_fiftyone, export_label_studio
 
-        return (export_label_studio if fmt == "label-studio" else export_fiftyone)(path, out, rnd=rnd)
-    out = Path(out)
-    with Cache(path) as c:
-        r = _round(c, rnd)
-        ids, names = c.image_ids(), c.classnames()
-        pseudo, scores, bad = c.f["pseudo"][r], c.f["scores"][r].astype(np.float32), c.f["bad"][:]
+        written = (export_label_studio if fmt == "label-studio" else export_fiftyone)(sel, out)
+        write_provenance(written, sel.provenance)
+        return written
+    ids, names, pseudo, scores, bad = sel.image_ids, sel.classnames, sel.pseudo, sel.scores, sel.bad
     if fmt == "npz":
         np.savez(out, image_ids=np.asarray(ids, dtype=str), classnames=np.asarray(names, dtype=str), pseudo=pseudo,
-                 scores=scores, bad=bad)
+                 scores=scores, bad=bad, provenance=np.asarray(json.dumps(sel.provenance, default=str)))
         return out
     df = pd.DataFrame({"image": ids, "unreadable": bad,
                        "positives": ["|".join(n for n, z in zip(names, row) if z == 1) for row in pseudo],
@@ -55,12 +97,13 @@ def export_pseudo_labels(path: str | Path, out: str | Path, *, rnd: int = 0, fmt
             raise AevlpError("parquet needs pyarrow", hint="pip install pyarrow, or use --format csv") from e
     else:
         df.to_csv(out, index=False)
+    write_provenance(out, sel.provenance)
     return out
 
 
-def _panels(c: Cache, r: int, k: int) -> dict[str, np.ndarray]:
+def _panels(c: Cache, sel: Labels, k: int) -> dict[str, np.ndarray]:
     """Row indices per panel for class k: new pseudo-positives, and with ground truth the wrong and missed."""
-    pseudo, obs, bad = c.f["pseudo"][r][:, k], c.array("observed")[:, k], c.f["bad"][:]
+    pseudo, obs, bad = sel.pseudo[:, k], sel.observed[:, k], sel.bad
     given = np.flatnonzero((pseudo == 1) & (obs != 1) & ~bad)
     panels = {"given the pseudo-label": given}
     if "labels" in c.f:
@@ -96,22 +139,23 @@ def _thumb(path: Path, tile: int, grid: int, size: int = 128):
     return im
 
 
-def gallery(path: str | Path, classname: str, out: str | Path, *, rnd: int = 0, per_panel: int = 24) -> dict:
-    """A PNG contact sheet for one class: the images given it as a pseudo-label (the tile that fired
-    outlined in red) and, where ground truth is stored, the wrong and the missed ones. Returns (and
-    writes beside the PNG as JSON) the image ids shown per panel."""
+def gallery(path: str | Path, classname: str, out: str | Path, *, rnd: int = 0, per_panel: int = 24,
+            cfg: dict | None = None, student: str = "", sel: Labels | None = None) -> dict:
+    """A PNG contact sheet for one class: the images given it as a pseudo-label (selected as `selected_labels` does;
+    the tile that fired outlined in red) and, where ground truth is stored, the wrong and the missed ones.
+    Returns (and writes beside the PNG as JSON, with the provenance) the image ids shown per panel."""
     from PIL import Image, ImageDraw
 
     out = Path(out)
+    sel = sel or selected_labels(path, rnd=rnd, cfg=cfg, student=student)
     with Cache(path) as c:
-        names = c.classnames()
+        names = sel.classnames
         if classname not in names:
             from aevlp.registry import did_you_mean
             raise AevlpError(f"no class '{classname}' in {path}{did_you_mean(classname, names)}")
-        r, k = _round(c, rnd), names.index(classname)
-        data = c.dataset()
-        ids, grid, tau = c.image_ids(), int(c.fingerprint["grid"]), c.selection.get("temperature", 0.01)
-        every = _panels(c, r, k)
+        r, k = sel.round, names.index(classname)
+        ids, grid, tau = sel.image_ids, int(c.fingerprint["grid"]), sel.provenance["selection"]["temperature"]
+        every = _panels(c, sel, k)
         totals = {title: len(rows) for title, rows in every.items()}
         panels = {title: rows[:per_panel] for title, rows in every.items()}
         tiles = {int(i): _fired_tile(c, r, int(i), k, tau) for rows in panels.values() for i in rows}
@@ -125,25 +169,26 @@ def gallery(path: str | Path, classname: str, out: str | Path, *, rnd: int = 0, 
         draw.text((4, y + 4), f"{classname}: {title} ({len(rows)} shown of {totals[title]})", fill="black")
         y += pad
         for j, i in enumerate(rows):
-            thumb = _thumb(data.image_root / ids[i], tiles[int(i)], grid, size)
+            thumb = _thumb(sel.image_root / ids[i], tiles[int(i)], grid, size)
             sheet.paste(thumb, ((j % cols) * (size + 4) + 2, y + (j // cols) * (size + 4)))
         y += max(1, -(-len(rows) // cols)) * (size + 4)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     listing = {title: [ids[i] for i in rows] for title, rows in panels.items()}
     out.with_suffix(".json").write_text(json.dumps({"class": classname, "round": r, "panels": listing,
-                                                    "totals": totals}, indent=1))
+                                                    "totals": totals, "provenance": sel.provenance},
+                                                   indent=1, default=str))
     return {"png": str(out), "panels": listing, "totals": totals}
 
 
-def gallery_html(path: str | Path, out_dir: str | Path, *, rnd: int = 0, per_panel: int = 16) -> Path:
+def gallery_html(path: str | Path, out_dir: str | Path, *, rnd: int = 0, per_panel: int = 16, cfg: dict | None = None,
+                 student: str = "") -> Path:
     """One contact sheet per class and an index.html linking them all."""
     out_dir = Path(out_dir)
-    with Cache(path) as c:
-        names = c.classnames()
+    sel = selected_labels(path, rnd=rnd, cfg=cfg, student=student)
     items = []
-    for i, name in enumerate(names):
-        g = gallery(path, name, out_dir / f"class{i:03d}.png", rnd=rnd, per_panel=per_panel)
+    for i, name in enumerate(sel.classnames):
+        g = gallery(path, name, out_dir / f"class{i:03d}.png", rnd=rnd, per_panel=per_panel, sel=sel)
         counts = ", ".join(f"{t}: {len(v)} shown of {g['totals'][t]}" for t, v in g["panels"].items())
         items.append(f'<h2>{html.escape(name)}</h2><p>{html.escape(counts)}</p><img src="class{i:03d}.png">')
     page = out_dir / "index.html"

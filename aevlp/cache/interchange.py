@@ -12,24 +12,13 @@ from __future__ import annotations
 import html
 import json
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
-from aevlp.cache.reader import Cache
 from aevlp.data.reviewed import CHOICES_NAME, IMAGE_KEY
-from aevlp.errors import AevlpError
 
 __all__ = ["export_label_studio", "export_fiftyone", "label_config"]
-
-
-def _labels(path: str | Path, rnd: int):
-    """(relative image paths, image root, class names, pseudo [N, C], scores [N, C], readable [N])."""
-    with Cache(path) as c:
-        if not 0 <= rnd < c.rounds:
-            raise AevlpError(f"--round {rnd}: the cache has rounds 0..{c.rounds - 1}")
-        root = c.dataset().image_root
-        return (c.image_ids(), Path(root).resolve(), c.classnames(), c.f["pseudo"][rnd],
-                c.f["scores"][rnd].astype(np.float32), ~c.f["bad"][:].astype(bool))
 
 
 def label_config(classnames: list[str]) -> str:
@@ -39,17 +28,19 @@ def label_config(classnames: list[str]) -> str:
             f'choice="multiple" showInline="true">\n{choices}\n  </Choices>\n</View>\n')
 
 
-def export_label_studio(path: str | Path, out: str | Path, *, rnd: int = 0) -> Path:
-    """`out` (tasks JSON) and label_config.xml beside it."""
-    ids, root, names, pseudo, scores, ok = _labels(path, rnd)
+def export_label_studio(sel, out: str | Path) -> Path:
+    """`out` (tasks JSON) and label_config.xml beside it, from `aevlp.cache.export.Labels`."""
+    names, ok = sel.classnames, np.flatnonzero(~sel.bad)
+    version = f"aevlp {sel.provenance.get('loss', '')} labels, round {sel.round}"
     tasks = []
-    for i in np.flatnonzero(ok):
-        picked = [k for k in range(len(names)) if pseudo[i, k] == 1]
+    for i in ok:
+        picked = [k for k in range(len(names)) if sel.pseudo[i, k] == 1]
+        image = sel.image_ids[i]
         tasks.append({
-            "data": {"image": f"/data/local-files/?d={ids[i]}", IMAGE_KEY: ids[i],
-                     "aevlp_scores": {names[k]: round(float(scores[i, k]), 4) for k in picked}},
-            "predictions": [{"model_version": f"aevlp DAMP round {rnd}",
-                             "score": round(float(scores[i, picked].mean()), 4) if picked else 0.0,
+            "data": {"image": f"/data/local-files/?d={quote(image, safe='/')}", IMAGE_KEY: image,
+                     "aevlp_scores": {names[k]: round(float(sel.scores[i, k]), 4) for k in picked}},
+            "predictions": [{"model_version": version,
+                             "score": round(float(sel.scores[i, picked].mean()), 4) if picked else 0.0,
                              "result": [{"from_name": CHOICES_NAME, "to_name": "image", "type": "choices",
                                          "value": {"choices": [names[k] for k in picked]}}]}]})
     out = Path(out)
@@ -59,11 +50,12 @@ def export_label_studio(path: str | Path, out: str | Path, *, rnd: int = 0) -> P
     return out
 
 
-def export_fiftyone(path: str | Path, out: str | Path, *, rnd: int = 0) -> Path:
+def export_fiftyone(sel, out: str | Path) -> Path:
     """`out`/labels.json in FiftyOne's image-classification format (multilabel, with confidences)."""
-    ids, root, names, pseudo, scores, ok = _labels(path, rnd)
-    labels = {str(root / ids[i]): [{"label": names[k], "confidence": round(float(scores[i, k]), 4)}
-                                   for k in range(len(names)) if pseudo[i, k] == 1] for i in np.flatnonzero(ok)}
+    root, names = Path(sel.image_root).resolve(), sel.classnames
+    labels = {str(root / sel.image_ids[i]): [{"label": names[k], "confidence": round(float(sel.scores[i, k]), 4)}
+                                             for k in range(len(names)) if sel.pseudo[i, k] == 1]
+              for i in np.flatnonzero(~sel.bad)}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "labels.json").write_text(json.dumps({"labels": labels}, indent=1))

@@ -43,6 +43,47 @@ def class_difference(cached: list[str], data: list[str]) -> str:
     return "; ".join(parts)
 
 
+def aligned_config(cfg: dict, recorded: dict, path: Path, explicit: tuple[str, ...] = ()) -> dict:
+    """A copy of cfg with the stage-one sections the cache at `path` recorded (`recorded`: its info's
+    "stage_one"): what a run trained from it records; an explicit --set that differs (`explicit`) is an error."""
+    from aevlp.config import updated
+
+    changes: dict[str, dict] = {}
+    for section, table in recorded.items():
+        for key, value in table.items():
+            if key not in cfg.get(section, {}) or cfg[section][key] == value:
+                continue
+            if f"{section}.{key}" in explicit:
+                raise ConfigError(f"--set {section}.{key}={cfg[section][key]!r} contradicts the cache {path}, "
+                                  f"which was made with {section}.{key} = {value!r}",
+                                  hint="stage-one settings belong to stage one: re-run `aevlp pseudolabel` (or "
+                                       "`aevlp run`) with them, or drop the --set")
+            changes.setdefault(section, {})[key] = value
+    return updated(cfg, changes)
+
+
+def stage_one_settings(info: dict) -> dict:
+    """The settings a cache's numbers depend on, as stage one recorded them in its info: [text] and [views], and
+    the [clip] keys of the fingerprint (not where or how fast CLIP ran)."""
+    from dataclasses import fields
+
+    from aevlp.settings import ClipSpec
+
+    fixed = {f.name for f in fields(ClipSpec) if f.metadata.get("cache", True)}
+    clip = {k: v for k, v in (info.get("clip") or {}).items() if k in fixed}
+    return {**info.get("stage_one", {}), **({"clip": clip} if clip else {})}
+
+
+def recorded_stage_one(path: Path) -> dict:
+    """`stage_one_settings` of a complete cache, without opening it as a `Cache` (no checks: for comparing
+    configs); {} when unreadable."""
+    try:
+        with h5py.File(path, "r") as f:
+            return stage_one_settings(json.loads(f.attrs.get("info", "{}")))
+    except (OSError, RuntimeError, ValueError, TypeError, AttributeError):
+        return {}
+
+
 class Cache:
     """Read access to a complete cache (stage two, cache tools); plain h5py works just as well."""
 
@@ -57,8 +98,8 @@ class Cache:
             raise AevlpError(f"cache {self.path} is incomplete", hint="re-run `aevlp pseudolabel` to finish it")
         try:
             self.f = h5py.File(self.path, "r")
-        except OSError as e:
-            raise AevlpError(f"{self.path} cannot be opened as HDF5 ({e})", hint=RECOMPUTE) from None
+        except (OSError, RuntimeError) as e:  # HDF5 reports damaged metadata as either
+            raise AevlpError(f"{self.path} cannot be opened as HDF5 ({e}): damaged", hint=RECOMPUTE) from None
         found = problems(self.f) if check else []
         if found:
             self.f.close()
@@ -176,21 +217,7 @@ class Cache:
     def aligned_config(self, cfg: dict, explicit: tuple[str, ...] = ()) -> dict:
         """A copy of cfg whose [clip], [text] and [views] are this cache's (what stage one recorded); an
         explicit --set of one of them (a key in `explicit`) that differs is an error."""
-        from aevlp.config import updated
-
-        recorded = self.info.get("stage_one", {})
-        changes: dict[str, dict] = {}
-        for section, table in recorded.items():
-            for key, value in table.items():
-                if key not in cfg.get(section, {}) or cfg[section][key] == value:
-                    continue
-                if f"{section}.{key}" in explicit:
-                    raise ConfigError(f"--set {section}.{key}={cfg[section][key]!r} contradicts the cache {self.path}, "
-                                      f"which was made with {section}.{key} = {value!r}",
-                                      hint="stage-one settings belong to stage one: re-run `aevlp pseudolabel` (or "
-                                           "`aevlp run`) with them, or drop the --set")
-                changes.setdefault(section, {})[key] = value
-        return updated(cfg, changes)
+        return aligned_config(cfg, stage_one_settings(self.info), self.path, explicit)
 
     def check_images(self, image_root: Path) -> str:
         """Refuse stale pseudo-labels: the image files (sizes and times, or bytes: the mode stage one used)

@@ -128,7 +128,10 @@ def stage_one_fingerprint(*, dataset: str, clip, views, text: TextSpec, store_em
                      prompts=list(text.prompts), phrases=list(phrases), gcn=text.gcn,
                      gcn_seed=text.gcn_seed if text.gcn else None, sparse_topk=text.sparse_topk if text.gcn else None,
                      reweight_p=text.reweight_p if text.gcn else None, relation=relation)
-    return {**asdict(image), **asdict(words)}
+    # decoded on the GPU (nvJPEG rounds a little differently): recorded; absent means the workers decoded, as in
+    # every cache made before the key existed, so those stay current
+    where = {"decode_on": views.decode_on} if getattr(views, "decode_on", "worker") != "worker" else {}
+    return {**asdict(image), **asdict(words), **where}
 
 
 def shard_fingerprint(fp: dict, k: int, w: int, rows: tuple[int, int]) -> dict:
@@ -166,7 +169,7 @@ def read_fingerprint(path: Path) -> tuple[dict, bool]:
     try:
         with h5py.File(path, "r") as f:
             return parse_fingerprint(f), bool(f.attrs.get("complete", False))
-    except (OSError, KeyError, ValueError, TypeError) as e:
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # damaged metadata: HDF5 raises either
         raise AevlpError(f"{path} is not a readable aevlp cache ({e})",
                          hint="delete it, or recompute it: `aevlp pseudolabel ... --force`") from None
 

@@ -32,8 +32,8 @@ EMBEDDINGS = ("embeddings", "val_embeddings", "test_embeddings")  # large: check
 RANGES = {"sims": (-1.01, 1.01), "scores": (-0.01, 1.01), "pseudo": (-1, 1), "observed": (-1, 1), "labels": (-1, 1),
           "val_labels": (-1, 1), "test_labels": (-1, 1)}  # cosines, probabilities, labels (float16 rounding allowed)
 FINGERPRINT_KEY = "attrs:fingerprint"  # the fingerprint attribute's own checksum, beside the datasets'
-SEALED_ATTRS = ("fingerprint", "info", "selection", "clip_preprocess")  # JSON attributes fixed at creation: checksummed
-JSON_ATTRS = (*SEALED_ATTRS, "summary", "versions")  # each must read as a JSON table
+SEALED_ATTRS = ("fingerprint", "info", "selection", "clip_preprocess", "summary")  # fixed at finish: checksummed
+JSON_ATTRS = (*SEALED_ATTRS, "run_stats", "versions")  # each must read as a JSON table
 LAST_SCHEMA_WITHOUT_CHECKSUMS = 1  # caches of schema 1 predate checksums; from schema 2 on they are required
 SAMPLE_ROWS = 512
 _warned: set[str] = set()
@@ -218,9 +218,11 @@ def _integrity(f: h5py.File, version: int, thorough: bool, where: str) -> list[s
         return ["the checksums attribute is not readable"]
     names = [k for k in stored if (thorough or k not in EMBEDDINGS) and (k in f or k.startswith("attrs:"))]
     gone = [k for k in stored if not k.startswith("attrs:") and k not in f]
+    added = [k for k in f if k not in stored and k != "sources"]  # `sources`: an earlier aevlp's, refused when read
     now = checksums(f, names)
     return [f"{k}: content differs from the checksum written when the cache was finished"
-            for k in names if now.get(k) != stored[k]] + [f"{k}: checksummed at finish, now missing" for k in gone]
+            for k in names if now.get(k) != stored[k]] + [f"{k}: checksummed at finish, now missing" for k in gone] + \
+        [f"{k}: not in the cache when it was finished (added since)" for k in added]
 
 
 def problems(f: h5py.File, *, thorough: bool = False) -> list[str]:
@@ -241,6 +243,6 @@ def problems(f: h5py.File, *, thorough: bool = False) -> list[str]:
         out += _values(f, thorough)
         if f.attrs.get("complete", False):
             out += _integrity(f, int(f.attrs.get("schema_version", fp.get("schema_version", 1))), thorough, f.filename)
-    except (OSError, KeyError, ValueError, TypeError, IndexError) as e:  # flipped bytes surface as HDF5 read errors
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError) as e:  # flipped bytes: HDF5 errors
         out = [f"cannot be read: {type(e).__name__}: {e}"]
     return out

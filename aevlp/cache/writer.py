@@ -23,66 +23,69 @@ from aevlp.errors import AevlpError
 __all__ = ["CacheLock", "CacheWriter", "lock_owner"]
 
 class CacheLock:
-    """Exclusive lock file next to the target, so two runs never write one cache.
-
-    A lock left by a dead process on this host is taken over; any other live lock is an error.
-    """
+    """Exclusive lock of a file or folder being written (a cache, a run folder, the image cache): an OS lock
+    (`filelock`) on TARGET.lock, which the OS drops when its process dies, so a lock is never stale and no two
+    processes can both take one over; the writer's pid and host go in TARGET.lock.owner, for the message a
+    second writer gets."""
 
     def __init__(self, target: Path):
+        from filelock import FileLock
+
         self.path = lock_path(target)
+        self.owner = owner_path(target)
         self.held = False
+        self._lock = FileLock(str(self.path))
 
     def __enter__(self) -> CacheLock:
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        from filelock import Timeout
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    other = json.loads(self.path.read_text() or "{}")
-                except (OSError, json.JSONDecodeError):
-                    other = {}
-                if other.get("host") == me["host"] and not _alive(other.get("pid", -1)):
-                    self.path.unlink(missing_ok=True)  # stale: its writer is gone
-                    continue
-                raise AevlpError(f"{self.path.with_suffix('')} is being written by pid {other.get('pid')} on "
-                                 f"{other.get('host')}",
-                                 hint=f"wait for it; if that run is gone, delete {self.path}") from None
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-            self.held = True
-            return self
-        raise AevlpError(f"could not take the lock {self.path}")
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            other = _owner(self.owner)
+            raise AevlpError(f"{self.path.with_suffix('')} is being written by pid {other.get('pid', '?')} on "
+                             f"{other.get('host', 'this or another machine')}",
+                             hint="wait for it to finish (the lock goes when its process ends)") from None
+        self.owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+        self.held = True
+        return self
 
     def __exit__(self, *exc) -> None:
         if self.held:
-            self.path.unlink(missing_ok=True)
+            self.owner.unlink(missing_ok=True)
+            self._lock.release()
             self.held = False
 
 
-def lock_owner(target: Path) -> dict | None:
-    """{"pid", "host"} of a live process writing `target`, or None (no lock, or its writer is gone)."""
+def owner_path(target: Path) -> Path:
+    """TARGET.lock.owner: who holds the lock of TARGET (pid and host), while they hold it."""
     path = lock_path(Path(target))
+    return path.with_name(path.name + ".owner")
+
+
+def _owner(path: Path) -> dict:
     try:
         other = json.loads(path.read_text() or "{}")
-    except (OSError, json.JSONDecodeError):
-        return None
-    if other.get("host") == socket.gethostname() and not _alive(other.get("pid", -1)):
-        return None
-    return other
+        return other if isinstance(other, dict) else {}
+    except (OSError, ValueError):
+        return {}
 
 
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
+def lock_owner(target: Path) -> dict | None:
+    """{"pid", "host"} of a live process writing `target`, or None (no one holds its lock)."""
+    from filelock import FileLock, Timeout
+
+    path = lock_path(Path(target))
+    if not path.exists():
+        return None
+    probe = FileLock(str(path))
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        probe.acquire(timeout=0)
+    except Timeout:
+        return _owner(owner_path(target)) or {"pid": "?", "host": "?"}
+    probe.release()
+    return None
 
 
 def _early(f: h5py.File, name: str, shape: tuple, dtype) -> h5py.Dataset:
@@ -100,6 +103,9 @@ def _versions() -> dict:
 
     return {"aevlp": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
             "open_clip": open_clip.__version__, "h5py": h5py.__version__, "numpy": np.__version__}
+
+
+RUN_STATS = ("computed_images", "seconds", "images_per_s")  # how the run that finished the cache went: not sealed
 
 
 class CacheWriter:
@@ -249,11 +255,13 @@ class CacheWriter:
     def finish(self, stats: dict | None = None) -> Path:
         if not self.f["done"][:].all():
             raise AevlpError(f"{self.tmp}: not every row is done")
+        if stats:  # the summary (`cache inspect`, the bench's teacher row) sealed with the rest; how this run went
+            run = {k: stats[k] for k in RUN_STATS if k in stats}  # (seconds, images computed) beside it, unsealed
+            self.f.attrs["summary"] = json.dumps({k: v for k, v in stats.items() if k not in RUN_STATS})
+            self.f.attrs["run_stats"] = json.dumps(run)
         self.f.attrs["checksums"] = json.dumps(checksums(self.f, sealed_names(self.f)))  # docs/trust.md
         self.f.attrs["complete"] = True
         self.f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        if stats:
-            self.f.attrs["summary"] = json.dumps(stats)
         self.f.close()
         os.replace(self.tmp, self.target)
         return self.target

@@ -42,10 +42,12 @@ def bench_cmd(pipeline, methods, seeds, data_root, out, overrides, no_progress) 
       aevlp bench demo an gr gpr-damp full-labels --seeds 0,1,2 --out demo/bench
     """
     from aevlp.bench import run_bench, write_bench
+    from aevlp.cli.common import interrupted
 
     base = [f'dataset.data_root="{data_root}"'] if data_root else []
-    runs = run_bench(pipeline, list(methods), _seeds(seeds), out=out, base=[*base, *overrides],
-                     progress=not no_progress, echo=click.echo)
+    with interrupted("finished runs are kept (an interrupted one resumes); the same command goes on from there"):
+        runs = run_bench(pipeline, list(methods), _seeds(seeds), out=out, base=[*base, *overrides],
+                         progress=not no_progress, echo=click.echo)
     rep = write_bench(runs, out)
     click.echo(rep["markdown"])
     for kind, path in rep["files"].items():

@@ -16,6 +16,38 @@ def cache_group() -> None:
     """List, inspect, verify and clean stage-one caches."""
 
 
+def label_options(f):
+    """--config, --set and --run: the settings (and student) the labels are selected with, as training would."""
+    f = click.option("--run", "run_dir", default=None, type=click.Path(exists=True, file_okay=False),
+                     help="Select as this training run did: its settings and its student (GPR-TS) [default: the "
+                          "pipeline the cache was made with, no student].")(f)
+    f = click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
+                     help="Override a setting, e.g. --set damp.threshold=0.4 (repeatable).")(f)
+    return click.option("--config", default=None, metavar="PIPELINE",
+                        help="The pipeline whose settings select the labels [default: the cache's own].")(f)
+
+
+def label_settings(file: str, config: str | None, overrides: tuple[str, ...], run_dir: str | None) -> tuple[dict, str]:
+    """(config, student source) the labels of cache FILE are selected with (`label_options`)."""
+    from aevlp.cache import Cache, fingerprint_id
+    from aevlp.config import apply_overrides, config_for_cache
+
+    with Cache(file) as c:
+        if not run_dir:
+            return config_for_cache(c, config, overrides), ""
+        if config:
+            raise AevlpError("--run and --config both name settings", hint="pass one of them")
+        from aevlp.refine import run_selection
+
+        cfg, student = run_selection(run_dir)
+        results = Path(run_dir) / "results.json"
+        made = json.loads(results.read_text()).get("cache_fingerprint") if results.exists() else None
+        if made != fingerprint_id(c.fingerprint):
+            raise AevlpError(f"{run_dir} was not trained from {file}" + ("" if made else " (it has no results.json)"),
+                             hint="pass the cache the run was trained from, or a run of this cache")
+        return apply_overrides(cfg, overrides), student
+
+
 @cache_group.command("ls")
 @click.argument("folder", default="cache", type=click.Path(file_okay=False))
 def cache_ls(folder: str) -> None:
@@ -127,9 +159,16 @@ def cache_clean(folder: str, pipelines: tuple[str, ...], data_root: str | None, 
               default="csv", show_default=True)
 @click.option("--out", default=None, type=click.Path(),
               help="Output file (label-studio: the tasks JSON; fiftyone: a folder) [default: beside FILE].")
-def cache_export(file: str, rnd: int, fmt: str, out: str | None) -> None:
-    """Pseudo-labels and DAMP scores per image, with image ids and class names, for training elsewhere or
+@label_options
+def cache_export(file: str, rnd: int, fmt: str, out: str | None, config: str | None, overrides: tuple[str, ...],
+                 run_dir: str | None) -> None:
+    """Pseudo-labels and their scores per image, with image ids and class names, for training elsewhere or
     reviewing in Label Studio or FiftyOne (docs/cache.md has the one command that imports each).
+
+    \b
+    The labels are those a training run selects in that round (epoch e reads round (e-1) mod R) with the
+    same settings: the cache's pipeline, --config/--set, or --run RUN (its settings and its student). What
+    they were selected with is written beside them (OUT.provenance.json; a folder: provenance.json inside).
 
     \b
     csv/parquet: image, unreadable, positives, negatives, pseudo:CLASS (1/0/-1), score:CLASS.
@@ -143,12 +182,14 @@ def cache_export(file: str, rnd: int, fmt: str, out: str | None) -> None:
       aevlp cache export cache/voc.h5 --round 0 --format csv --out voc_pseudo.csv
       aevlp cache export cache/voc.h5 --format label-studio --out out/ls/tasks.json
       aevlp cache export cache/voc.h5 --format fiftyone --out out/voc-fiftyone
+      aevlp cache export cache/table.h5 --run runs/table-gpr-... --format label-studio   # what that run trained on
     """
     from aevlp.cache.export import export_pseudo_labels
 
+    cfg, student = label_settings(file, config, overrides, run_dir)
     suffix = {"label-studio": "tasks.json", "fiftyone": "fiftyone"}.get(fmt, fmt)
     target = out or f"{Path(file).with_suffix('')}.round{rnd}.{suffix}"
-    click.echo(f"wrote {export_pseudo_labels(file, target, rnd=rnd, fmt=fmt)}")
+    click.echo(f"wrote {export_pseudo_labels(file, target, rnd=rnd, fmt=fmt, cfg=cfg, student=student)}")
 
 
 @cache_group.command("gallery")
@@ -158,7 +199,9 @@ def cache_export(file: str, rnd: int, fmt: str, out: str | None) -> None:
 @click.option("--round", "rnd", type=int, default=0, show_default=True)
 @click.option("--per-panel", type=int, default=24, show_default=True, help="At most this many images per panel.")
 @click.option("--out", default=None, type=click.Path(), help="PNG (one class) or folder [default: out/gallery/].")
-def cache_gallery(file: str, classname: str | None, rnd: int, per_panel: int, out: str | None) -> None:
+@label_options
+def cache_gallery(file: str, classname: str | None, rnd: int, per_panel: int, out: str | None, config: str | None,
+                  overrides: tuple[str, ...], run_dir: str | None) -> None:
     """Look at the pseudo-labels: the images given a class, with the tile that fired outlined in red.
 
     \b
@@ -173,59 +216,65 @@ def cache_gallery(file: str, classname: str | None, rnd: int, per_panel: int, ou
     """
     from aevlp.cache.export import RED_BOX, gallery, gallery_html
 
+    cfg, student = label_settings(file, config, overrides, run_dir)
     if classname:
-        g = gallery(file, classname, out or f"out/gallery/{classname}.png", rnd=rnd, per_panel=per_panel)
+        g = gallery(file, classname, out or f"out/gallery/{classname}.png", rnd=rnd, per_panel=per_panel, cfg=cfg,
+                    student=student)
         for title, ids in g["panels"].items():
             click.echo(f"  {title}: {len(ids)} shown of {g['totals'][title]}")
         click.echo(f"  {RED_BOX.format(cls=classname)}")
         click.echo(f"wrote {g['png']}")
     else:
-        click.echo(f"wrote {gallery_html(file, out or 'out/gallery', rnd=rnd, per_panel=per_panel)}")
+        page = gallery_html(file, out or "out/gallery", rnd=rnd, per_panel=per_panel, cfg=cfg, student=student)
+        click.echo(f"wrote {page}")
 
 
 @cache_group.command("thresholds")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--rule", type=click.Choice(["rate", "observed"]), default="rate", show_default=True,
               help="How θ_c is chosen from the observed positives (docs/method.md, per-class thresholds).")
-@click.option("--config", default=None, metavar="PIPELINE",
-              help="The [damp] settings to score with [default: the pipeline the cache was made with].")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Write the CSV (class,threshold,...) that damp.class_thresholds reads [default: none].")
-@click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
-              help="Override a [damp] or [loss] key, e.g. --set damp.min_auc=0.8 (repeatable).")
-def cache_thresholds(file: str, rule: str, config: str | None, out: str | None, overrides: tuple[str, ...]) -> None:
-    """Per-class thresholds θ_c from the observed positives: per class the suggested θ_c, how many training
-    images it and the global θ make positive, and their precision/recall where full labels exist.
+@label_options
+def cache_thresholds(file: str, rule: str, out: str | None, config: str | None, overrides: tuple[str, ...],
+                     run_dir: str | None) -> None:
+    """Per-class thresholds θ_c from the observed positives: per class the positives it hides among its unknown
+    entries (and where that number comes from; the truth beside it where full labels exist), the suggested θ_c,
+    how many training images it and the global θ make positive, and their precision/recall where full labels
+    exist.
 
     \b
-    A class whose observed positives the teacher does not rank above its unknown entries (AUC below
-    damp.min_auc) gets θ_c = 1.01: no pseudo-positives, GR's loss for it.
+    The hidden positives come from E where it is known (loss.expected_pos, the dataset's published value, the
+    full training labels), from a fully labelled val split, or are estimated from the scores (damp.prior: a
+    student's on the val rows with --run of a GPR-TS run, else the teacher's). A class whose observed positives
+    the teacher does not rank above its unknown entries (AUC below damp.min_auc) gets θ_c = 1.01: no
+    pseudo-positives, GR's loss for it.
 
     \b
     Examples:
       aevlp cache thresholds demo/cache/fashion-mosaic.h5
       aevlp cache thresholds cache/voc.h5 --out out/voc_thresholds.csv
+      aevlp cache thresholds cache/table.h5 --run runs/table-gpr-...    # as that run selected (its student)
       aevlp train --pseudo cache/voc.h5 --set damp.class_thresholds='"out/voc_thresholds.csv"'
     """
     from aevlp.cache import Cache
-    from aevlp.class_report import cache_expected_positives, class_scores, threshold_table
-    from aevlp.config import find_pipeline, load_config
-    from aevlp.labeler import PseudoLabeler
+    from aevlp.class_report import class_scores, threshold_table
+    from aevlp.config import updated
+    from aevlp.labeler import labeler_for
     from aevlp.specs import Specs
     from aevlp.thresholds import write_thresholds
 
+    cfg, student = label_settings(file, config, overrides, run_dir)
+    cfg = updated(cfg, {"damp": {"class_thresholds": rule}})
     with Cache(file) as c:
-        pipeline = config or c.pipeline_file()
-        cfg = load_config(find_pipeline(pipeline) if pipeline else None,
-                          [*overrides, f'damp.class_thresholds="{rule}"'],
-                          dataset={"name": c.fingerprint.get("dataset")})
-        specs = Specs.of(cfg)
-        expected = cache_expected_positives(c, specs.loss["expected_pos"])
-        scores = class_scores(PseudoLabeler(c, specs.damp, c.array("observed"), expected))
-    table = threshold_table(scores, specs.damp.threshold)
+        lab = labeler_for(c, cfg, student=student)
+        scores = class_scores(lab)
+    theta = Specs.of(cfg).damp.threshold
+    table = threshold_table(scores, theta)
     click.echo(table.to_string(index=False))
     off = int((scores.thresholds > 1).sum())
-    click.echo(f"rule {rule}, expected positives per image {expected:g}, global θ {specs.damp.threshold:g}"
-               + (f"; {off} class(es) without pseudo-positives (teacher unreliable)" if off else ""))
+    click.echo(f"rule {rule}; expected positives per image E = {lab.expected.value:.3g} ({lab.expected.source}); "
+               f"global θ {theta:g}" + (f"; {off} class(es) without pseudo-positives (teacher unreliable)" if off
+                                        else ""))
     if out:
-        click.echo(f"wrote {write_thresholds(out, scores.classnames, scores.thresholds, scores.rule_table)}")
+        click.echo(f"wrote {write_thresholds(out, scores.classnames, scores.thresholds, table)}")

@@ -10,7 +10,8 @@ from aevlp.config import find_pipeline, load_config
 from aevlp.errors import ConfigError
 from aevlp.registry import Registry, did_you_mean
 
-__all__ = ["RegistryChoice", "default_pipeline", "resolve", "set_option", "config_option", "check_limit"]
+__all__ = ["RegistryChoice", "default_pipeline", "resolve", "set_option", "config_option", "check_limit",
+           "inference_options", "interrupted"]
 
 
 class RegistryChoice(click.Choice):
@@ -90,3 +91,26 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="SECTION.
                           help="Override any pipeline key, e.g. --set damp.threshold=0.4 (repeatable).")
 config_option = click.option("--config", default=None, metavar="PIPELINE",
                              help="Pipeline TOML (a path, or a name in pipelines/) [default: the dataset's].")
+
+
+def interrupted(what: str):
+    """A context that turns Ctrl-C into one line saying what was kept and how to go on (exit status 130)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def handler():
+        try:
+            yield
+        except KeyboardInterrupt:
+            click.secho(f"interrupted: {what}", fg="yellow", err=True)
+            raise SystemExit(130) from None
+    return handler()
+
+
+def inference_options(f):
+    """--device and --batch-size of a command that runs a trained model (`aevlp.device.inference`: the one rule)."""
+    f = click.option("--batch-size", type=click.IntRange(1, 65536), default=64, show_default=True,
+                     help="Images per forward pass.")(f)
+    return click.option("--device", default="auto", show_default=True,
+                        help="Where the model runs: auto (the GPU when there is one), cpu, cuda, cuda:N; "
+                             "bf16 autocast on a GPU, as training.")(f)

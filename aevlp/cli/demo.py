@@ -35,7 +35,10 @@ def demo_cmd(quick: bool, seeds: int, out: str, raw: str | None, seed: int, no_p
 
     if seeds < 1:
         raise click.BadParameter("must be >= 1", param_hint="--seeds")
-    run_demo(out, quick=quick, seeds=seeds, raw=raw, seed=seed, progress=not no_progress, echo=click.echo)
+    from aevlp.cli.common import interrupted
+
+    with interrupted("every finished step and run is kept; `aevlp demo` with the same options goes on from there"):
+        run_demo(out, quick=quick, seeds=seeds, raw=raw, seed=seed, progress=not no_progress, echo=click.echo)
 
 
 @prepare.command("fashion-mosaic")

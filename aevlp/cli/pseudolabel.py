@@ -46,11 +46,14 @@ from aevlp.data.registry import DATASETS
 @click.option("--shard", default=None, metavar="K/W",
               help="Compute only shard K of W (e.g. to re-run a failed torchrun rank alone); the cache is "
                    "merged once all W shards are complete. Under torchrun, shards are the ranks.")
+@click.option("--profile", default=None, type=click.Path(dir_okay=False), metavar="PATH",
+              help="Profile the run with torch.profiler: PATH.txt (the steps by total time: waiting for the "
+                   "workers, rendering, copies, normalisation, encoding, DAMP, writes) and PATH.json (a Chrome trace).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @set_option
 def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, pretrained_cfg, clip_config, prompts, phrases,
                     grid, rounds, batch_size, workers, device, precision, store_embeddings, on_bad_image, limit,
-                    force, no_reprompt, shard, no_progress, overrides) -> None:
+                    force, no_reprompt, shard, profile, no_progress, overrides) -> None:
     """Stage one: score DAMP views of every training image with a frozen CLIP into an HDF5 cache.
 
     \b
@@ -83,7 +86,8 @@ def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, pretraine
     rank = distributed.env()[0]
     try:
         summary = run_pseudolabel(cfg, force=force, limit=limit, progress=not no_progress and rank == 0,
-                                  shard=parse_shard(shard) if shard else None, reprompt=not no_reprompt)
+                                  shard=parse_shard(shard) if shard else None, reprompt=not no_reprompt,
+                                  profile=profile, echo=click.echo if rank == 0 else None)
     except KeyboardInterrupt:
         click.secho("interrupted: finished rows are kept; run the same command again to resume", fg="yellow", err=True)
         raise SystemExit(130) from None

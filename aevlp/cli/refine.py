@@ -13,9 +13,12 @@ from aevlp.cli.group import cli
               help="Teacher–student rounds: each student's scores teach the next run.")
 @click.option("--loss", type=RegistryChoice("aevlp.losses:LOSSES"), default=None,
               help="The new rounds' method [default: the run's]; a GR run's student teaching GPR: --loss gpr.")
+@click.option("--device", default=None, help="Where the student scores its images and the new rounds train "
+                                             "[default: the run's train.device, auto: the GPU when there is one].")
 @click.option("--no-progress", is_flag=True)
 @set_option
-def refine_cmd(run_dir: str, rounds: int, loss: str | None, no_progress: bool, overrides: tuple[str, ...]) -> None:
+def refine_cmd(run_dir: str, rounds: int, loss: str | None, device: str | None, no_progress: bool,
+               overrides: tuple[str, ...]) -> None:
     """Teacher–student rounds: the run's student labels its own training images (both flips averaged), its
     scores are stored beside the cache with their provenance (CACHE.sources/RUN-r1.h5), and RUN-r1 trains from them
     fused with the teacher's DAMP scores (damp.student_weight, per-class thresholds as the run's).
@@ -34,8 +37,9 @@ def refine_cmd(run_dir: str, rounds: int, loss: str | None, no_progress: bool, o
     from aevlp.train import TrainingInterrupted
 
     try:
-        extra = ((f'loss.name="{loss}"',) if loss else ()) + tuple(overrides)
-        results = refine(run_dir, rounds, overrides=extra, progress=not no_progress, echo=click.echo)
+        extra = ((f'loss.name="{loss}"',) if loss else ()) + ((f'train.device="{device}"',) if device else ()) \
+            + tuple(overrides)
+        results = refine(run_dir, rounds, overrides=extra, progress=not no_progress, echo=click.echo, device=device)
     except (TrainingInterrupted, KeyboardInterrupt):
         click.secho("interrupted: the same `aevlp refine` command goes on from there", fg="yellow", err=True)
         raise SystemExit(130) from None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 
+from aevlp.cli.common import inference_options
 from aevlp.cli.group import cli
 
 
@@ -18,8 +19,9 @@ from aevlp.cli.group import cli
 @click.option("--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Override a [damp] key, e.g. --set damp.class_thresholds='\"rate\"' (repeatable).")
 @click.option("--no-progress", is_flag=True)
+@inference_options
 def review_cmd(cache: str, run_dirs: tuple[str, ...], out: str, per_class: int, config: str | None,
-               overrides: tuple[str, ...], no_progress: bool) -> None:
+               overrides: tuple[str, ...], no_progress: bool, batch_size: int, device: str) -> None:
     """A static site of the cache's pseudo-labels, class by class: counts at θ, precision/recall where
     full labels exist, thumbnails marked observed / pseudo-positive / pseudo-negative / unknown with the
     tile that scored highest outlined, a θ slider per class, and "download thresholds" (the CSV that
@@ -35,13 +37,14 @@ def review_cmd(cache: str, run_dirs: tuple[str, ...], out: str, per_class: int, 
       aevlp review cache/voc.h5 runs/voc --out out/voc-review --per-class 40
     """
     from aevlp.cache import Cache
-    from aevlp.config import find_pipeline, load_config
+    from aevlp.config import config_for_cache
     from aevlp.review import write_review
 
     with Cache(cache) as c:
-        info, dataset, pipeline = c.info, c.fingerprint.get("dataset"), config or c.pipeline_file()
-    cfg = load_config(find_pipeline(pipeline) if pipeline else None, overrides,
-                      dataset={"name": dataset, "data_root": info.get("data_root"),
-                               "image_root": info.get("image_root") or None})
-    page = write_review(cache, out, list(run_dirs), per_class=per_class, cfg=cfg, progress=not no_progress)
+        cfg = config_for_cache(c, config, overrides)
+    from aevlp.cli.common import interrupted
+
+    with interrupted(f"{out} is incomplete; run the same command again (thumbnails made so far are reused)"):
+        page = write_review(cache, out, list(run_dirs), per_class=per_class, cfg=cfg, progress=not no_progress,
+                            device=device, batch_size=batch_size)
     click.echo(f"wrote {page} (open it in a browser; it needs no server)")

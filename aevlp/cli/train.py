@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from aevlp.cli.common import RegistryChoice, check_limit, config_option, resolve, set_option
+from aevlp.cli.common import RegistryChoice, check_limit, config_option, inference_options, resolve, set_option
 from aevlp.cli.group import cli
 from aevlp.data.registry import DATASETS
 from aevlp.errors import AevlpError
@@ -55,6 +55,10 @@ def _cache_info(path: str) -> tuple[str | None, dict, str | None]:
 @click.option("--recipe", type=click.Choice(["shared", "official"]), default=None,
               help="shared: the pipeline's recipe for every method (like for like); official: the method's "
                    "authors' recipe on the benchmark datasets (docs/training.md).")
+@click.option("--select", type=click.Choice(["auto", "val", "observed-auc", "observed", "observed+pseudo", "last"]),
+              default=None, help="Which epoch is tested: auto (val with a fully labelled val split, else "
+                                 "observed-auc), val, observed-auc, observed, observed+pseudo, last "
+                                 "(docs/training.md).")
 @click.option("--epochs", type=int, default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--lr", type=float, default=None, help="Backbone learning rate (the head gets lr x lr_mult).")
@@ -75,7 +79,7 @@ def _cache_info(path: str) -> tuple[str | None, dict, str | None]:
               help="Only the first N training images (match stage one's).")
 @click.option("--no-progress", is_flag=True)
 @set_option
-def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels, damp_source, recipe, epochs,
+def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels, damp_source, recipe, select, epochs,
               batch_size, lr, image_size, seed, device, workers, image_cache, run_dir, resume, force, limit,
               no_progress, overrides) -> None:
     """Stage two: train a multi-label classifier with GPR Loss (or a baseline) from a stage-one cache.
@@ -97,27 +101,16 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
       aevlp train --resume runs/voc-gpr-20261124-101500
       torchrun --nproc-per-node 4 -m aevlp train --pseudo cache/nus.h5      # DDP, global batch kept
     """
-    from aevlp.config import load_config
+    from aevlp import distributed
     from aevlp.refine import taught
     from aevlp.train import TrainingInterrupted
 
     flags = {"loss": {"name": loss}, "damp": {"source": damp_source},
-             "train": {"backbone": backbone, "weights": weights, "labels": labels, "recipe": recipe, "epochs": epochs,
-                       "batch_size": batch_size, "lr": lr, "image_size": image_size, "seed": seed, "device": device,
-                       "workers": workers, "image_cache": image_cache}}
-    if resume:  # the run's own settings; a flag or --set that changes one is checked by run_train
-        cfg = load_config(Path(resume) / "config.toml", overrides, **flags)
-        run_dir = resume
-    else:
-        if cache is None and dataset is None:
-            raise AevlpError("no cache given", hint="pass --pseudo cache/DATASET.h5 (made by aevlp pseudolabel)")
-        cached_name, info, recorded = _cache_info(cache) if cache else (None, {}, None)
-        cfg = resolve(config or recorded, dataset or cached_name, overrides,
-                      dataset={"data_root": data_root or info.get("data_root")}, **flags,
-                      cache={"path": str(cache) if cache else None})
-        if limit is None:
-            limit = info.get("limit")
-    from aevlp import distributed
+             "train": {"backbone": backbone, "weights": weights, "labels": labels, "recipe": recipe, "select": select,
+                       "epochs": epochs, "batch_size": batch_size, "lr": lr, "image_size": image_size, "seed": seed,
+                       "device": device, "workers": workers, "image_cache": image_cache}}
+    cfg, limit = _train_config(cache, dataset, data_root, config, resume, limit, overrides, flags)
+    run_dir = resume or run_dir
 
     try:
         explicit = tuple(o.split("=", 1)[0].strip() for o in overrides)
@@ -139,6 +132,36 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
     click.echo(f"run directory: {r['run_dir']}")
 
 
+def _finite(value: float) -> float:
+    """click's FloatRange lets NaN through (every comparison with it is false)."""
+    if value != value:
+        raise click.BadParameter("nan is not a probability: give a number in [0, 1]")
+    return value
+
+
+def _train_config(cache, dataset, data_root, config, resume, limit, overrides, flags) -> tuple[dict, int | None]:
+    """(config, limit) of a new run (the cache's pipeline, dataset and data root unless given) or of a resumed
+    one (its own config.toml; another --pseudo is refused; a flag or --set that changes a setting is checked
+    by run_train)."""
+    from aevlp.config import load_config
+
+    if resume:
+        cfg = load_config(Path(resume) / "config.toml", overrides, **flags)
+        own = cfg["cache"]["path"]
+        if cache and (not own or Path(cache).resolve() != Path(own).resolve()):
+            raise AevlpError(f"--pseudo {cache}: {resume} was trained from {own or 'another cache'}; a resume goes "
+                             "on with its own cache", hint="drop --pseudo to resume, or train a new run from "
+                                                           f"{cache} (--run-dir OTHER)")
+        return cfg, limit
+    if cache is None and dataset is None:
+        raise AevlpError("no cache given", hint="pass --pseudo cache/DATASET.h5 (made by aevlp pseudolabel)")
+    cached_name, info, recorded = _cache_info(cache) if cache else (None, {}, None)
+    cfg = resolve(config or recorded, dataset or cached_name, overrides,
+                  dataset={"data_root": data_root or info.get("data_root")}, **flags,
+                  cache={"path": str(cache) if cache else None})
+    return cfg, info.get("limit") if limit is None else limit
+
+
 def interrupted_message(e) -> str:
     """What a Ctrl-C left behind, and the command that goes on from there."""
     if e.epochs_saved:
@@ -154,8 +177,8 @@ def interrupted_message(e) -> str:
 @click.option("--data-root", default=None, type=click.Path(), help="SPML-layout folder [default: the run's].")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Per-class AP CSV.")
-@click.option("--batch-size", type=int, default=32)
-def eval_cmd(checkpoint, dataset, data_root, split, out, batch_size) -> None:
+@inference_options
+def eval_cmd(checkpoint, dataset, data_root, split, out, batch_size, device) -> None:
     """mAP and per-class AP of a trained model (RUN_DIR or its best.pt) on a split.
 
     The dataset is the run's (its config.toml) unless --dataset/--data-root name another copy.
@@ -168,7 +191,7 @@ def eval_cmd(checkpoint, dataset, data_root, split, out, batch_size) -> None:
     """
     from aevlp.evaluate import evaluate_checkpoint
 
-    r, table = evaluate_checkpoint(checkpoint, dataset, data_root, split, batch_size)
+    r, table = evaluate_checkpoint(checkpoint, dataset, data_root, split, batch_size, device)
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     click.echo(f"{split} mAP {r['map']:.2f} over {r['images']} images")
     click.echo("  " + "  ".join(f"{k} {v:.2f}" for k, v in r.items() if k not in ("map", "images")))
@@ -179,10 +202,11 @@ def eval_cmd(checkpoint, dataset, data_root, split, out, batch_size) -> None:
 @cli.command("predict")
 @click.argument("checkpoint", type=click.Path(exists=True))
 @click.argument("images", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5,
+@click.option("--threshold", type=click.FloatRange(0, 1, clamp=False), default=0.5, callback=lambda c, p, v: _finite(v),
               help="Probability at which a label is predicted.")
 @click.option("--out", default="out/preds.csv", type=click.Path(dir_okay=False), help="CSV output.")
-def predict_cmd(checkpoint, images, threshold, out) -> None:
+@inference_options
+def predict_cmd(checkpoint, images, threshold, out, batch_size, device) -> None:
     """Label image files (or every image in a folder) with a trained model (RUN_DIR or its best.pt).
 
     \b
@@ -197,7 +221,7 @@ def predict_cmd(checkpoint, images, threshold, out) -> None:
     """
     from aevlp.evaluate import predict_images
 
-    df = predict_images(checkpoint, list(images), threshold)
+    df = predict_images(checkpoint, list(images), threshold, device, batch_size)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(out, index=False)
     for _, row in df.head(20).iterrows():

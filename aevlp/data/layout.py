@@ -179,8 +179,9 @@ def load_dataset(name: str, root: str | Path, *, image_root: str | Path | None =
     return SPMLData(
         info=info, root=root, image_root=img_root, classnames=classnames,
         train=Split(images[tr], labels[tr], observed[tr], tr),
-        # Val and test are judged against clean labels: their "observed" matrix is the truth.
-        val=Split(images[va], labels[va], labels[va].copy(), va),
+        # Val is judged against its labels (clean, or on observed-only data the held-out rows' tags); its
+        # observed tags are what the model-selection proxies read (aevlp.model_selection). Test: the truth.
+        val=Split(images[va], labels[va], observed[va], va),
         test=Split(test_imgs, test_labels, test_labels.copy(), np.arange(len(test_imgs))),
         report=report, train_labels_known=known,
         val_labels="full" if known or "val_rows" in meta else "observed",
@@ -226,7 +227,10 @@ def training_data_hash(data: SPMLData, mode: str = "stat") -> str:
     for split in (data.train, data.val, data.test):
         h.update("\0".join(map(str, split.images)).encode())
         h.update(np.ascontiguousarray(split.labels, dtype=np.int8).tobytes())
-        h.update(np.ascontiguousarray(split.observed, dtype=np.int8).tobytes())
+        # val and test as they were hashed before their observed tags were kept (runs made then stay current):
+        # the val rows' tags come from the same file as the training rows', which the cache fingerprints
+        observed = split.observed if split is data.train else split.labels
+        h.update(np.ascontiguousarray(observed, dtype=np.int8).tobytes())
     h.update(image_identity(data.image_root, [*data.val.images, *data.test.images], mode).encode())
     return h.hexdigest()[:16]
 

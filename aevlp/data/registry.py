@@ -7,8 +7,7 @@ from importlib import resources
 from aevlp.errors import DataError
 from aevlp.registry import Registry
 
-__all__ = ["DatasetInfo", "DATASETS", "register_dataset", "get_dataset", "known_datasets", "builtin_classnames",
-           "expected_positives"]
+__all__ = ["DatasetInfo", "DATASETS", "register_dataset", "get_dataset", "known_datasets", "builtin_classnames"]
 
 
 @dataclass(frozen=True)
@@ -37,13 +36,6 @@ def get_dataset(name: str) -> DatasetInfo:
     except DataError as e:
         raise DataError(e.message, hint=f"known datasets: {', '.join(known_datasets())} (use 'table' for your "
                                         "own CSV, see `aevlp data prepare table --help`)") from None
-
-
-def expected_positives(configured: float, dataset: str, labels) -> float:
-    """E, the mean number of positives per image, as stage two uses it (EPR, GPR's regulariser, the `rate`
-    thresholds): `loss.expected_pos` when set, else the dataset's published value, else the mean of the
-    training `labels` [N, C] (on observed-only data the observed ones: about 1, so `rate` keeps the global θ)."""
-    return float(configured or get_dataset(dataset).expected_pos or labels.sum(1).mean())
 
 
 def known_datasets() -> list[str]:

@@ -115,8 +115,15 @@ def _labels(df: pd.DataFrame, csv: Path, cols: tuple[str, ...], labels_col: str,
 
 def _paths(df: pd.DataFrame, csv: Path, image_col: str, images: Path, allow_outside: bool,
            check_images: bool) -> np.ndarray:
-    """Image paths relative to --images: unique, inside it (unless allowed), and existing."""
-    paths = df[image_col].str.strip().to_numpy()
+    """Image paths relative to --images: unique (`a.png` and `./a.png` are one image), inside it (unless
+    allowed), and existing; written normalised."""
+    import posixpath
+
+    paths = np.array([posixpath.normpath(p.strip().replace("\\", "/")) if p.strip() else "" for p in df[image_col]],
+                     dtype=object)
+    empty = np.flatnonzero(paths == "")
+    if len(empty):
+        raise DataError(f"{csv}: line {empty[0] + 2} has no image path", hint="every row names its image")
     dup = pd.Series(paths)[pd.Series(paths).duplicated()].tolist()
     if dup:
         raise DataError(f"{csv}: image {dup[0]!r} appears {int((paths == dup[0]).sum())} times",
@@ -164,6 +171,25 @@ def _with_reviewed(observed: dict | None, reviewed, images, classnames, labels, 
     return np.where(review != 0, review, base)
 
 
+def _check_tagged(df: pd.DataFrame, csv: Path, labels: np.ndarray, split: np.ndarray, image_col: str) -> None:
+    """Every training row of observed-only data carries its known tag; the rows that do not are named."""
+    empty = np.flatnonzero((split == "train") & (labels.sum(1) == 0))
+    if len(empty):
+        where = ", ".join(f"line {i + 2} ({df[image_col].iloc[i]})" for i in empty[:5])
+        raise DataError(f"{csv}: {len(empty)} training row(s) have no tag: {where}{' ...' if len(empty) > 5 else ''}",
+                        hint="in --observed-only mode every training image needs its known tag: add it, or move "
+                             "the row to split=test with its full labels")
+
+
+def _observed_only(labels: np.ndarray, is_train: np.ndarray) -> np.ndarray:
+    """The observed labels of observed-only data: a training row's tags as they are; a fully labelled val row
+    (split=val) one of its labels drawn as Cole et al.'s sampler draws a single positive, so the model-selection
+    proxies can be measured against its full labels (aevlp.model_selection)."""
+    from aevlp.data.observe import single_positive
+
+    return np.where(is_train[:, None], labels, single_positive(labels.astype(np.int64)))
+
+
 def prepare_table(csv: str | Path, images: str | Path, out: str | Path, *, image_col: str | None = None,
                   labels_col: str = "labels", sep: str = "|", split_col: str = "split", test_frac: float = 0.2,
                   seed: int = 0, check_images: bool = True, observed_only: bool = False,
@@ -172,6 +198,9 @@ def prepare_table(csv: str | Path, images: str | Path, out: str | Path, *, image
     the tasks `aevlp cache export --format label-studio` wrote: each annotated training image's classes are
     observed, chosen as positives and the others as negatives, beside its known tag."""
     csv, images = Path(csv), Path(images)
+    if not sep or sep.isspace() or len(sep) > 3:
+        raise DataError(f"--sep {sep!r}: the separator between a row's labels must be one to three visible "
+                        "characters", hint="the default is '|' (cat|dog); e.g. --sep ';'")
     df = _read_csv(csv)
     image_col = _image_column(df, csv, image_col)
     classnames, labels = _labels(df, csv, (image_col, split_col), labels_col, sep)
@@ -186,10 +215,8 @@ def prepare_table(csv: str | Path, images: str | Path, out: str | Path, *, image
         extra["val_rows"] = [int(i) for i in np.flatnonzero(split[train] == "val")]
     observed = None
     if observed_only:  # the known positives are the observed labels; nothing else is known of these rows
-        if (labels[split == "train"].sum(1) == 0).any():
-            raise DataError(f"{csv}: {int((labels[split == 'train'].sum(1) == 0).sum())} training row(s) have no "
-                            "label", hint="in --observed-only mode every training image needs its known tag")
-        observed = {"train": np.where((split[train] == "train")[:, None], labels[train], 0)}
+        _check_tagged(df, csv, labels, split, image_col)
+        observed = {"train": _observed_only(labels[train], split[train] == "train")}
     if reviewed is not None:
         observed = {"train": _with_reviewed(observed, reviewed, paths[train], classnames, labels[train], extra)}
     phases = {"train": (paths[train], labels[train]), "val": (paths[split == "test"], labels[split == "test"])}
@@ -201,3 +228,34 @@ def prepare_table(csv: str | Path, images: str | Path, out: str | Path, *, image
         r = extra["reviewed"]
         summary["reviewed"] = f"{r['images']} images: {r['positives']} confirmed positives, {r['negatives']} negatives"
     return summary
+
+
+def observed_only_copy(data, out: str | Path, *, labelled_val: bool = False) -> dict:
+    """A dataset folder over the same images holding only what a user with single-tag data has: each training
+    row its observed tag (the dataset's own single positive), the test rows fully labelled. The val rows stay
+    training rows with their tag (no labelled val split: a seeded 20 % is held out again, the same rows), or with
+    `labelled_val` a fully labelled val split. Written as a CSV a user could write (`out/tags.csv`: one 0/1 column
+    per class, in the dataset's class order, so a run on it starts from the same weights as one on the full
+    labels) through `prepare_table --observed-only`; reused when the CSV is unchanged. `data`: an `SPMLData`
+    with full labels."""
+    out = Path(out)
+    names = list(data.classnames)
+    n = len(data.train) + len(data.val)
+    labels = np.zeros((n, len(names)), dtype=np.int64)
+    images, split = np.empty(n, dtype=object), np.full(n, "train", dtype=object)
+    for part, is_val in ((data.train, False), (data.val, True)):
+        keep_full = labelled_val and is_val
+        labels[part.index] = part.labels if keep_full else (part.observed == 1)
+        images[part.index] = part.images
+        split[part.index] = "val" if keep_full else "train"
+    df = pd.DataFrame(np.concatenate([labels, data.test.labels.astype(np.int64)]), columns=names)
+    df.insert(0, "split", [*split, *["test"] * len(data.test)])
+    df.insert(0, "image", [*images, *data.test.images])
+    text = df.to_csv(index=False)
+    csv = out / "tags.csv"
+    if csv.exists() and csv.read_text() == text and (out / "aevlp_dataset.json").exists():
+        return {"status": "reused", "out": str(out), "csv": str(csv)}
+    out.mkdir(parents=True, exist_ok=True)
+    csv.write_text(text)
+    summary = prepare_table(csv, data.image_root, out, observed_only=True)
+    return {**summary, "status": "created", "csv": str(csv)}
