@@ -30,13 +30,14 @@ __version__ = "0.1.0"
 
 _API = {
     "load_config": "aevlp.config", "Specs": "aevlp.specs", "load_dataset": "aevlp.data",
-    "run_pseudolabel": "aevlp.pseudolabel", "plan_stage_one": "aevlp.pseudolabel", "Cache": "aevlp.cache",
+    "run_pseudolabel": "aevlp.stage_one.pseudolabel", "plan_stage_one": "aevlp.stage_one.pseudolabel",
+    "Cache": "aevlp.cache",
     "pseudo_labels": "aevlp.damp", "aggregate": "aevlp.damp", "select": "aevlp.damp",
     "build_loss": "aevlp.losses", "LOSSES": "aevlp.losses", "gr_loss": "aevlp.losses", "gpr_loss": "aevlp.losses",
-    "register_loss": "aevlp.losses", "gr_schedule": "aevlp.schedules", "run_train": "aevlp.train",
-    "evaluate_checkpoint": "aevlp.evaluate", "predict_images": "aevlp.evaluate",
+    "register_loss": "aevlp.losses", "gr_schedule": "aevlp.schedules", "run_train": "aevlp.stage_two.train",
+    "evaluate_checkpoint": "aevlp.stage_two.evaluate", "predict_images": "aevlp.stage_two.evaluate",
     "mean_average_precision": "aevlp.metrics", "pseudo_label_quality": "aevlp.metrics",
-    "register_backbone": "aevlp.models", "register_dataset": "aevlp.data",
+    "register_backbone": "aevlp.stage_two.models", "register_dataset": "aevlp.data",
 }
 
 __all__ = ["__version__", *_API]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from aevlp.errors import ConfigError
-from aevlp.settings import DampSpec, checked
+from aevlp.settings import DampSpec, checked, default_of
 
 __all__ = ["softmax", "aggregate", "select", "select_global", "pseudo_labels"]
 
@@ -61,7 +61,7 @@ def select(score: torch.Tensor, neg_score: torch.Tensor, *, top_k: int, threshol
     """Pseudo-labels int8 `[N,C]` in {-1,0,1} from DAMP scores (docs/method.md, "DAMP", steps 5–7).
 
     Positives: the top-k classes of f with f ≥ threshold (one θ, or one per class: a [C] array, see
-    `aevlp.thresholds`). Negatives: the ⌊ratio·C⌋ lowest g, written last so a class picked as both ends
+    `aevlp.stage_two.thresholds`). Negatives: the ⌊ratio·C⌋ lowest g, written last so a class picked as both ends
     negative, as in the code. `negatives=False` writes them as 0 (neutral) — the official code's
     behaviour ("official" mode). Observed positives, when given, are 1.
     """
@@ -92,7 +92,8 @@ def _negatives_and_observed(pseudo: torch.Tensor, low: torch.Tensor, m: int, neg
     return pseudo
 
 
-def select_global(global_sims: torch.Tensor, *, temperature: float = 0.01, threshold: float = 0.3,
+def select_global(global_sims: torch.Tensor, *, temperature: float = default_of("loss.vlpl_temperature"),
+                  threshold: float = default_of("loss.vlpl_threshold"),
                   negative_ratio: float = 0.0, negatives: bool = True,
                   observed: torch.Tensor | None = None) -> torch.Tensor:
     """VLPL-style pseudo-labels from the global view only (Xing et al., CVPRW 2024; §3.9).

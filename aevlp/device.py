@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from aevlp.errors import ConfigError
+from aevlp.errors import ConfigError, flag
 
 __all__ = ["DTYPES", "cpu_supports_bf16", "resolve_device", "resolve_precision", "resolve_train_precision",
            "autocast", "memory_bytes", "check_fits", "Inference", "inference"]
@@ -25,8 +25,9 @@ def cpu_supports_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' → cuda when available, else cpu; a CUDA device where there is none is an error."""
+def resolve_device(device: str, setting: str = "--device") -> torch.device:
+    """'auto' → cuda when available, else cpu; a CUDA device where there is none is an error (naming `setting`,
+    the setting or flag the device came from)."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -34,7 +35,8 @@ def resolve_device(device: str) -> torch.device:
     except RuntimeError as e:
         raise ConfigError(f"unknown device '{device}'", hint="use auto, cpu, cuda or cuda:N") from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device}: CUDA is not available here", hint="use --device cpu or auto")
+        raise ConfigError(f"{flag(setting, device)}: CUDA is not available here",
+                          hint=f"use {flag(setting, 'cpu')} or auto")
     return dev
 
 

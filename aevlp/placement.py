@@ -55,21 +55,19 @@ def decode_place(setting: str, device: torch.device, paths: Iterable[str | Path]
     return Place("device", f"{key} = auto: JPEGs on a GPU (nvJPEG)")
 
 
-def train_decode_place(cfg: dict) -> Place:
-    """Stage two's `train.decode_on` for a config: `auto` resolved with its train.device and its dataset's image
-    names (read from the data root's image lists, without loading the dataset); embedding backbones decode
-    nothing."""
+def train_decode_place(t, data_root: str) -> Place:
+    """Stage two's `train.decode_on` (`t`: the run's TrainSpec): `auto` resolved with its train.device and the
+    image names of the dataset at `data_root` (read from its image lists, without loading the dataset); embedding
+    backbones decode nothing."""
     from aevlp.device import resolve_device
-    from aevlp.models import BACKBONES
+    from aevlp.stage_two.models import BACKBONES
 
-    t = cfg["train"]
-    if t["decode_on"] != "auto":
-        return Place(t["decode_on"], f"train.decode_on = {t['decode_on']}")
-    if BACKBONES.get(t["backbone"]).input == "embedding" or t["image_cache"]:
+    if t.decode_on != "auto":
+        return Place(t.decode_on, f"train.decode_on = {t.decode_on}")
+    if BACKBONES.get(t.backbone).input == "embedding" or t.image_cache:
         return Place("worker", "train.decode_on = auto: " + ("the images come pre-resized from the image cache"
-                                                             if t["image_cache"] else "the backbone reads embeddings"))
-    return decode_place("auto", resolve_device(t["device"]), _image_names(cfg["dataset"]["data_root"]),
-                        "train.decode_on")
+                                                             if t.image_cache else "the backbone reads embeddings"))
+    return decode_place("auto", resolve_device(t.device, "train.device"), _image_names(data_root), "train.decode_on")
 
 
 def _image_names(data_root: str) -> list[str]:

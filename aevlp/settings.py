@@ -17,11 +17,11 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar
 
 from aevlp.data.observe import COLE_SEED
-from aevlp.errors import ConfigError
+from aevlp.errors import ConfigError, flag
 
 __all__ = ["Check", "Rule", "key", "between", "SECTIONS", "PipelineSpec", "DatasetSpec", "ClipSpec", "TextSpec",
            "ViewsSpec", "DampSpec", "LossParams", "TrainSpec", "CacheSpec", "defaults", "declared", "check_value",
-           "check_section", "checked", "choices_of"]
+           "check_section", "checked", "choices_of", "default_of"]
 
 @dataclass(frozen=True)
 class Check:
@@ -96,13 +96,13 @@ def check_value(cls, name: str, value: Any) -> Any:
     if not ok:
         raise ConfigError(f"{where} = {value!r} should be a {_kind(f.default)}")
     if isinstance(value, float) and not math.isfinite(value):
-        raise ConfigError(f"{where} = {value!r} must be a finite number", hint=f"fix it with --set {where}=...")
+        raise ConfigError(f"{where} = {value!r} must be a finite number", hint=f"fix it: {flag(where, '...')}")
     choices, check = f.metadata["choices"], f.metadata["check"]
     if choices and value not in choices:
         raise ConfigError(f"{where} = {value!r} is not one of {', '.join(choices)}")
     if check is not None and not check.ok(value):
         raise ConfigError(f"{where} = {_show(value)} is out of range: it must be {check.allowed}",
-                          hint=f"fix it in the pipeline or with --set {where}=...")
+                          hint=f"fix it: {flag(where, '...')}")
     return value
 
 
@@ -149,8 +149,8 @@ class PipelineSpec(_Section):
 class DatasetSpec(_Section):
     SECTION, STAGE = "dataset", "both"
     name: str = key("", "registered dataset name (`aevlp data ls`)")
-    data_root: str = key("", "folder in the SPML layout; usually given with --data-root (a copy elsewhere with "
-                             "the same files is the same cache)", cache=False)
+    data_root: str = key("", "folder in the SPML layout (a copy elsewhere with the same files is the same "
+                             "cache)", cache=False)
     image_root: str = key("", "where the images live, if not where the layout says", cache=False)
     val_frac: float = key(0.2, "share of the official train set held out as val (clean labels)",
                           check=between(0, 1, True, True))
@@ -163,7 +163,8 @@ class DatasetSpec(_Section):
         from aevlp.data import load_dataset
 
         if not self.data_root:
-            raise ConfigError("no data root", hint="pass --data-root DIR (a folder in the SPML layout)")
+            raise ConfigError("no data root",
+                              hint=f"pass {flag('dataset.data_root', 'DIR')} (a folder in the SPML layout)")
         return load_dataset(self.name, self.data_root, image_root=self.image_root or None,
                             val_frac=self.val_frac, split_seed=self.split_seed)
 
@@ -248,7 +249,7 @@ class DampSpec(_Section):
     prior: str = key("quantile", "where E (expected positives per image) is not known (observed-only data, no "
                                  "labelled val split): the class-prior estimator E is estimated with, from a "
                                  "student's val scores (else the teacher's): quantile | bbe | elkan-noto | km2 "
-                                 "(aevlp/priors.py; docs/method.md)",
+                                 "(aevlp/stage_two/priors.py; docs/method.md)",
                      choices=("quantile", "bbe", "elkan-noto", "km2"))
     min_auc: float = key(0.6, "with class_thresholds = a rule: a class whose observed positives the teacher ranks "
                               "above its unknown entries less often than this gets no pseudo-positives (GR's loss)",
@@ -341,7 +342,8 @@ class TrainSpec(_Section):
     select: str = key("auto", "which epoch is tested: val (best val mAP), observed-auc (the held-out rows' tags "
                               "against their unknowns, per class AUC), observed (mAP against their tags), "
                               "observed+pseudo (their tags and pseudo-labels), last; auto: val with a fully "
-                              "labelled val split, else observed-auc (measured best; aevlp/model_selection.py)",
+                              "labelled val split, else observed-auc (measured best; "
+                              "aevlp/stage_two/model_selection.py)",
                       choices=("auto", "val", "observed-auc", "observed", "observed+pseudo", "last"))
     save_scores: bool = key(False, "keep every epoch's val and test predictions in RUN/scores/epoch-N.npz (for model-"
                                    "selection studies; the run itself still tests only its selected epoch)")
@@ -382,6 +384,12 @@ class CacheSpec(_Section):
 # In the order a config dict (and a run's config.toml) has always had its sections.
 SECTIONS: dict[str, type] = {c.SECTION: c for c in (PipelineSpec, DatasetSpec, ClipSpec, TextSpec, ViewsSpec,
                                                      DampSpec, LossParams, TrainSpec, CacheSpec)}
+
+
+def default_of(dotted: str) -> Any:
+    """The declared default of `section.key`: what code that takes a setting as an argument falls back to."""
+    section, name = dotted.split(".", 1)
+    return declared(SECTIONS[section])[name].default
 
 
 def declared(cls) -> dict[str, Any]:

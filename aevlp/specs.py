@@ -3,7 +3,7 @@
 `config.load_config` resolves defaults ← pipeline ← flags ← --set into a plain dict (what a run
 directory records as config.toml). `Specs.of(cfg)` turns that dict into the frozen section
 dataclasses declared in `aevlp.settings` once, at the edge; the stages read fields
-(`specs.clip.batch_size`), never `cfg["clip"]["batch_size"]`.
+(`specs.clip.batch_size`), never the dict's nested keys.
 """
 from __future__ import annotations
 

@@ -25,8 +25,8 @@ HERE = Path(__file__).resolve().parent.parent
 STEP = """
 import json, sys, time
 from aevlp.config import load_config
-from aevlp.pseudolabel import run_pseudolabel
-from aevlp.train import run_train
+from aevlp.stage_one.pseudolabel import run_pseudolabel
+from aevlp.stage_two.train import run_train
 root, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cfg = load_config(None, ['dataset.name="voc"', f'dataset.data_root="{root}"', f'cache.path="{out}/c.h5"',
                          'clip.arch="ViT-B-32"', 'clip.pretrained=""', "views.grid=4", "views.rounds=4",

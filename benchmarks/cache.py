@@ -27,9 +27,9 @@ from common import machine, make_jpeg_dataset, today  # noqa: E402
 
 from aevlp.cache import Cache  # noqa: E402
 from aevlp.config import load_config  # noqa: E402
-from aevlp.labeler import PseudoLabeler  # noqa: E402
-from aevlp.pseudolabel import run_pseudolabel  # noqa: E402
 from aevlp.specs import DampSpec  # noqa: E402
+from aevlp.stage_one.pseudolabel import run_pseudolabel  # noqa: E402
+from aevlp.stage_two.labeler import PseudoLabeler  # noqa: E402
 
 
 def stage_one(root: Path, out: Path, n: int, rounds: int, arch: str) -> float:

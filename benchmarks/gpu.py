@@ -44,9 +44,9 @@ from stage_one import reference_loop  # noqa: E402
 from stage_two import PILRows  # noqa: E402
 
 from aevlp.config import load_config  # noqa: E402
-from aevlp.pseudolabel import run_pseudolabel  # noqa: E402
 from aevlp.specs import ClipSpec  # noqa: E402
-from aevlp.view_scoring import views_per_forward  # noqa: E402
+from aevlp.stage_one.pseudolabel import run_pseudolabel  # noqa: E402
+from aevlp.stage_one.view_scoring import views_per_forward  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VOC_TRAIN_IMAGES, VOC_EPOCHS = 5717, 8  # the paper's VOC run: the official train split less nothing, 8 epochs
@@ -112,10 +112,10 @@ class Utilisation:
                 return
 
     def encoding(self):
-        """Set `active` while `aevlp.pseudolabel._fill` (the encoding loop) runs."""
+        """Set `active` while `aevlp.stage_one.pseudolabel._fill` (the encoding loop) runs."""
         import contextlib
 
-        import aevlp.pseudolabel as pl
+        import aevlp.stage_one.pseudolabel as pl
 
         real, util = pl._fill, self
 
@@ -170,7 +170,7 @@ def stage_one(s: Scale, root: Path, tmp: Path, paths: list[Path]) -> dict:
     """Pipeline images/s per clip.workers and per placement, against the bare encoder on the distinct views."""
     from stage_one import bare_encoder
 
-    from aevlp.views import ViewSpec, unique_slots
+    from aevlp.stage_one.views import ViewSpec, unique_slots
 
     every, distinct = R_ROUNDS * 17, unique_slots(ViewSpec(grid=4, rounds=R_ROUNDS))  # 68 views, 34 encoded
     _peak_reset()
@@ -243,7 +243,7 @@ LOADERS = {"workers (PIL)": ('train.decode_on="worker"', "train.image_cache=fals
 
 def aevlp_epoch(s: Scale, root: Path, cache: str, tmp: Path, workers: int, loader: str) -> dict:
     """One epoch of `aevlp train` on the stage-one cache with a loader: channels_last, bf16 (fp32 on a CPU)."""
-    from aevlp.train import run_train
+    from aevlp.stage_two.train import run_train
 
     prec = "bf16" if s.device == "cuda" else "fp32"
     run = tmp / f"aevlp-run-{len(loader)}"
@@ -273,7 +273,7 @@ def inference_rates(s: Scale, run_dir: str, root: Path, cache: str) -> dict:
     """The student's scoring (every training image, both flips averaged) on the CPU and on the device."""
     from aevlp.cache import Cache
     from aevlp.device import inference
-    from aevlp.refine import student_scores
+    from aevlp.stage_two.refine import student_scores
 
     out = {}
     with Cache(cache) as c:
@@ -298,8 +298,8 @@ def inference_rates(s: Scale, run_dir: str, root: Path, cache: str) -> dict:
 def official_epoch(s: Scale, paths: list[Path], batch: int, workers: int) -> dict:
     """One epoch the official code's way: PIL loader (Resize, flip, ToTensor, Normalize), fp32, GPR Loss."""
     from aevlp.losses import build_loss
-    from aevlp.models import build_model
     from aevlp.schedules import gr_schedule
+    from aevlp.stage_two.models import build_model
 
     dev = torch.device(s.device)
     torch.manual_seed(0)

@@ -27,9 +27,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, today  # noqa: E402
 
-from aevlp.bench import run_bench  # noqa: E402
 from aevlp.metrics import mean_average_precision  # noqa: E402
-from aevlp.model_selection import observed_auc  # noqa: E402
+from aevlp.stage_two.model_selection import observed_auc  # noqa: E402
+from aevlp.tools.bench import run_bench  # noqa: E402
 
 METHODS = ["an", "gr", "gpr-damp", "gpr-ts"]
 WEAK = ["views.grid=3"]
@@ -39,7 +39,7 @@ def worlds(demo: Path) -> dict[str, dict]:
     """Each world's full-label and observed-only pipeline, cache and bench folder."""
     from aevlp.data import load_dataset
     from aevlp.data.table import observed_only_copy
-    from aevlp.demo import SIZES, _paths, _pipeline
+    from aevlp.tools.demo import SIZES, _paths, _pipeline
 
     p = _paths(demo)
     observed_only_copy(load_dataset("fashion-mosaic", p["data"]), p["observed"] / "data")

@@ -1,4 +1,5 @@
-"""How well each class-prior estimator (aevlp/priors.py) recovers what full labels say, on caches that have them.
+"""How well each class-prior estimator (aevlp/stage_two/priors.py) recovers what full labels say, on caches that
+have them.
 
 For every cache given (made from data with full training labels, so the truth is known; the estimators see
 only the observed labels and the scores, as on observed-only data), side by side in one run: per estimator
@@ -27,14 +28,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, today  # noqa: E402
 
-from aevlp.priors import ESTIMATORS, estimated  # noqa: E402
+from aevlp.stage_two.priors import ESTIMATORS, estimated  # noqa: E402
 
 
 def cache_scores(path: str, student: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(round-averaged DAMP scores f [N, C] (fused with `student` where given), observed, full labels, usable)."""
     from aevlp.cache import Cache
     from aevlp.config import config_for_cache
-    from aevlp.labeler import labeler_for
+    from aevlp.stage_two.labeler import labeler_for
 
     with Cache(path) as c:
         cfg = config_for_cache(c)
@@ -46,7 +47,7 @@ def student_val(path: str, run: str) -> tuple[np.ndarray, np.ndarray, np.ndarray
     """(val scores of RUN's best.pt, the val rows' observed tags, their full labels, the training rows' observed
     labels, their full labels) on the dataset of cache `path`."""
     from aevlp.cache import Cache
-    from aevlp.refine import student_val_scores
+    from aevlp.stage_two.refine import student_val_scores
 
     with Cache(path) as c:
         data = c.dataset()

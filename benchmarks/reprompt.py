@@ -26,7 +26,7 @@ from common import machine, make_jpeg_dataset, today  # noqa: E402
 MEM_SCRIPT = r"""
 import json, sys, time
 from aevlp.config import load_config
-from aevlp.pseudolabel import run_pseudolabel
+from aevlp.stage_one.pseudolabel import run_pseudolabel
 root, out, n, prompt, cfgf, weights = sys.argv[1:7]
 cfg = load_config(None, ['dataset.name="voc"', f'dataset.data_root="{root}"', f'cache.path="{out}"',
                          'clip.arch="tiny-mem"', f'clip.config="{cfgf}"', f'clip.pretrained="{weights}"',
@@ -65,7 +65,7 @@ def full_vs_rederive(root: Path, tmp: Path, arch: str, n: int) -> dict:
     import open_clip
     import torch
 
-    from aevlp.pseudolabel import run_pseudolabel
+    from aevlp.stage_one.pseudolabel import run_pseudolabel
 
     weights = tmp / f"{arch}.pt"
     torch.save(open_clip.create_model(arch).state_dict(), weights)  # a weights file: the text tower loads alone
@@ -96,7 +96,7 @@ def peak_memory(root: Path, tmp: Path, n: int) -> dict:
     import open_clip
     import torch
 
-    from aevlp.clip_source import register_model_config
+    from aevlp.stage_one.clip_source import register_model_config
 
     cfgf = tmp / "tiny-mem.json"
     cfgf.write_text(json.dumps(TINY))

@@ -26,13 +26,13 @@ from torchvision import transforms
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, make_jpeg_dataset, today  # noqa: E402
 
-from aevlp.clip import load_clip  # noqa: E402
 from aevlp.config import load_config  # noqa: E402
 from aevlp.damp import aggregate  # noqa: E402
 from aevlp.imaging import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from aevlp.pseudolabel import MAX_VIEWS_PER_FORWARD, run_pseudolabel  # noqa: E402
 from aevlp.specs import ClipSpec  # noqa: E402
-from aevlp.views import tile_boxes  # noqa: E402
+from aevlp.stage_one.clip import load_clip  # noqa: E402
+from aevlp.stage_one.pseudolabel import MAX_VIEWS_PER_FORWARD, run_pseudolabel  # noqa: E402
+from aevlp.stage_one.views import tile_boxes  # noqa: E402
 
 
 def bare_encoder(arch: str | ClipSpec, precision: str, n_views: int, chunk: int = MAX_VIEWS_PER_FORWARD) -> float:

@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, make_jpeg_dataset, today  # noqa: E402
 
 from aevlp.losses import build_loss  # noqa: E402
-from aevlp.models import build_model  # noqa: E402
 from aevlp.schedules import gr_schedule  # noqa: E402
+from aevlp.stage_two.models import build_model  # noqa: E402
 
 COCO = dict(q2=0.01, q3=1.0, lam1=0.7, lam2=0.5, rho=0.9, reg=0.001, expected_pos=2.9)
 
@@ -105,8 +105,8 @@ def loader_rates(paths: list, size: int, batch: int, cache_dir: Path, device: st
     """Images/s of one process on one core (workers=0, one torch thread) through each loader, best of
     three interleaved rounds; aevlp's without and with `to_model_input` on this process (it runs on the
     GPU there); and of one worker process feeding this one (the batches cross processes)."""
-    from aevlp.image_cache import CachedImages
-    from aevlp.inputs import ImageRows
+    from aevlp.stage_two.image_cache import CachedImages
+    from aevlp.stage_two.inputs import ImageRows
 
     cached = _image_cache(paths, size, cache_dir)
     dev = torch.device(device)
@@ -130,8 +130,8 @@ def loader_rates(paths: list, size: int, batch: int, cache_dir: Path, device: st
 def parallel_rates(paths: list, size: int, batch: int, workers: int, cache: Path, device: str) -> dict:
     """Images/s of a whole training loader with `workers` processes, the batches made model input on
     `device` (aevlp: normalised and flipped there), best of two interleaved rounds."""
-    from aevlp.image_cache import CachedImages
-    from aevlp.inputs import ImageRows
+    from aevlp.stage_two.image_cache import CachedImages
+    from aevlp.stage_two.inputs import ImageRows
 
     dev = torch.device(device)
     reps = max(1, -(-64 * workers * batch // len(paths)))  # >= 64 batches per worker: start-up and prefetch amortised
@@ -147,7 +147,7 @@ def parallel_rates(paths: list, size: int, batch: int, workers: int, cache: Path
 def decode_agreement(paths: list, size: int, device: str) -> dict:
     """How far train.decode_on = device (GPU decode_jpeg + tensor resize) is from the workers' pixels."""
     from aevlp.imaging import to_model_input
-    from aevlp.inputs import ImageRows, make_loader
+    from aevlp.stage_two.inputs import ImageRows, make_loader
 
     dev = torch.device(device)
     a, _ = next(iter(make_loader(ImageRows(paths[:16], size), 16, 0, torch.device("cpu"))))
@@ -162,7 +162,7 @@ def _rate(ds, batch: int, workers: int, normalise_on, size: int, to: torch.devic
     """Images/s after the first batch (so a worker's start-up is not counted), or `from_start`;
     `to`: the device the batches are moved to (pinned memory when it is CUDA)."""
     from aevlp.imaging import to_model_input
-    from aevlp.inputs import make_loader
+    from aevlp.stage_two.inputs import make_loader
 
     to = to or torch.device("cpu")
     t, n = time.perf_counter(), 0
@@ -183,7 +183,7 @@ def _rate(ds, batch: int, workers: int, normalise_on, size: int, to: torch.devic
 def _gpu_decode_rate(paths: list, size: int, batch: int, dev: torch.device) -> float:
     """Images/s of train.decode_on = device: file bytes read on the CPU, decoded and resized on the GPU."""
     from aevlp.imaging import to_model_input
-    from aevlp.inputs import ImageRows, make_loader
+    from aevlp.stage_two.inputs import ImageRows, make_loader
 
     ds = ImageRows(paths, size, encoded=True)
     best = 0.0
@@ -200,7 +200,7 @@ def _image_cache(paths: list, size: int, cache_dir: Path) -> Path:
     """A one-split image cache of `paths` at `size`, built by aevlp's own builder."""
     from types import SimpleNamespace as NS
 
-    from aevlp.image_cache import ensure_image_cache
+    from aevlp.stage_two.image_cache import ensure_image_cache
 
     root = Path(paths[0]).parent
     split = NS(images=np.array([Path(p).name for p in paths]))
@@ -212,8 +212,8 @@ def _image_cache(paths: list, size: int, cache_dir: Path) -> Path:
 def cache_read_rate(n: int, v: int, c: int, rounds: int) -> float:
     """Rows/s: read round r of /sims from an HDF5 file and run DAMP aggregate + select on it."""
     from aevlp.cache import Cache
-    from aevlp.labeler import PseudoLabeler
     from aevlp.specs import DampSpec
+    from aevlp.stage_two.labeler import PseudoLabeler
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.h5"

@@ -108,7 +108,7 @@ def probabilities_by_hand(run_dir: Path, paths: list, size: int, flip: bool = Fa
     import torch
     from PIL import Image
 
-    from aevlp.models import build_model
+    from aevlp.stage_two.models import build_model
     ckpt = torch.load(Path(run_dir) / "best.pt", map_location="cpu", weights_only=True)
     meta = ckpt["meta"]
     model = build_model(meta["backbone"], len(meta["classnames"]), weights="none")

@@ -193,7 +193,7 @@ def test_ll_cp_corrections_are_permanent(batch):
 
 
 def test_boostlu_pooling_matches_a_manual_cam():
-    from aevlp.models import build_model
+    from aevlp.stage_two.models import build_model
     torch.manual_seed(0)
     model = build_model("small-cnn", 5, weights="none").eval()
     x = torch.randn(3, 3, 32, 32)
@@ -276,7 +276,7 @@ def test_the_benchmark_pipelines_hold_the_methods_table_and_the_docs_show_it():
 def test_the_official_recipe_is_each_methods_own():
     from aevlp.config import load_config, updated
     from aevlp.errors import ConfigError
-    from aevlp.recipe import as_trained
+    from aevlp.stage_two.plan import as_trained
     official = {"train": {"recipe": "official"}}
     em_cub = as_trained(updated(load_config("cub", ['loss.name="em-apl"']), official))["train"]
     assert (em_cub["epochs"], em_cub["lr"], em_cub["lr_mult"], em_cub["batch_size"], em_cub["early_stop"]) == \

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_gpu_script_runs_tiny_on_cpu(tmp_path):
     out = tmp_path / "gpu.json"
     subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--device", "cpu", "--tiny", "--json",
-                    str(out)], check=True, cwd=tmp_path, capture_output=True, text=True)
+                    str(out)], check=True, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     r = json.loads(out.read_text())
     s1, a, o, p = r["stage_one"], r["stage_two_aevlp"], r["stage_two_official"], r["voc_run"]
     assert [q["workers"] for q in s1["pipeline"]] == [0, 1]

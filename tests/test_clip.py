@@ -16,14 +16,14 @@ from conftest import TINY_CLIP, make_photo_dataset, tiny_cfg
 
 from aevlp.cache.schema import fingerprint_diff
 from aevlp.cli import cli
-from aevlp.clip import load_clip
-from aevlp.clip_source import resolve_clip, write_clip_folder
 from aevlp.config import load_config
 from aevlp.errors import AevlpError
 from aevlp.imaging import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN
-from aevlp.pseudolabel import plan_stage_one, run_pseudolabel
 from aevlp.specs import ClipSpec
-from aevlp.views import ViewSpec
+from aevlp.stage_one.clip import load_clip
+from aevlp.stage_one.clip_source import resolve_clip, write_clip_folder
+from aevlp.stage_one.pseudolabel import plan_stage_one, run_pseudolabel
+from aevlp.stage_one.views import ViewSpec
 
 
 def activations(model) -> set[str]:
@@ -76,7 +76,7 @@ def test_other_families_build_and_encode(arch, tag, act):
 def tiny_folder(path: Path, mean=(0.5, 0.5, 0.5), seed=0, **pre) -> Path:
     import open_clip
 
-    from aevlp.clip_source import register_model_config
+    from aevlp.stage_one.clip_source import register_model_config
     torch.manual_seed(seed)
     model = open_clip.create_model(register_model_config(TINY_CLIP, "tiny-folder-src"))
     return write_clip_folder(path, TINY_CLIP, model.state_dict(),
@@ -186,7 +186,7 @@ out = "{tmp_path / 'runs'}"
 def test_weights_file_takes_a_tags_settings_or_warns_once(tmp_path, caplog):
     import open_clip
 
-    from aevlp import clip_source
+    from aevlp.stage_one import clip_source
     weights = tmp_path / "vitb32.safetensors"
     weights.write_bytes(b"not read by resolve")  # resolving hashes the file, nothing more
     s = resolve_clip("ViT-B-32", str(weights), pretrained_cfg="openai")
@@ -196,7 +196,8 @@ def test_weights_file_takes_a_tags_settings_or_warns_once(tmp_path, caplog):
         plain = resolve_clip("ViT-B-32", str(weights))
         resolve_clip("ViT-B-32", str(weights))
     assert not plain.quick_gelu
-    warnings = [r for r in caplog.records if "--pretrained-cfg" in r.getMessage()]
+    warnings = [r for r in caplog.records if "clip.pretrained_cfg = TAG" in r.getMessage()]  # (--pretrained-cfg TAG
+    # where a command that has the flag prints it: tests/test_hints.py)
     assert len(warnings) == 1 and "openai" in warnings[0].getMessage()
     with pytest.raises(AevlpError, match="not a pretrained tag of ViT-B-32"):
         resolve_clip("ViT-B-32", str(weights), pretrained_cfg="webli")
@@ -247,7 +248,7 @@ def test_folder_errors(tmp_path):
 
 def test_class_phrases_file_enters_the_fingerprint(folder_world, tmp_path):
     from aevlp.data.registry import builtin_classnames
-    from aevlp.text import read_phrases
+    from aevlp.stage_one.text import read_phrases
     names = builtin_classnames("voc")
     csv = tmp_path / "phrases.csv"
     csv.write_text("classname,phrase\n" + "\n".join(f'{c},"a {c}, seen from afar"' for c in reversed(names)))

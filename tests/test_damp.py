@@ -3,7 +3,7 @@ import torch
 
 from aevlp.damp import aggregate, select, select_global
 from aevlp.errors import ConfigError
-from aevlp.relation import TextGCN, build_adjacency, refine_text_features, relation_from_text
+from aevlp.stage_one.relation import TextGCN, build_adjacency, refine_text_features, relation_from_text
 
 TAU = 0.05
 

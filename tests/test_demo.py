@@ -154,7 +154,7 @@ def test_gallery_of_a_class(demo):
     listing = json.loads((demo["cwd"] / "out" / "sandal.json").read_text())
     from aevlp.cache import Cache
     from aevlp.config import config_for_cache
-    from aevlp.labeler import labeler_for
+    from aevlp.stage_two.labeler import labeler_for
     # what a training run with the demo's pipeline selects
     with Cache(demo["out"] / "cache" / "fashion-mosaic.h5") as f:
         c, ids = f.classnames().index("sandal"), np.asarray(f.image_ids())
@@ -173,7 +173,7 @@ def test_second_run_reuses_everything(demo):
     before = {p: p.stat().st_mtime_ns for p in made}
     r = aevlp("demo", "--quick", "--seeds", "2", "--no-progress", cwd=demo["cwd"])
     assert r.returncode == 0
-    from aevlp.demo import METHODS, OBSERVED_METHODS, PROBES
+    from aevlp.tools.demo import METHODS, OBSERVED_METHODS, PROBES
     assert r.stdout.count("train: skip") == 2 * (len(METHODS) + len(PROBES) + len(OBSERVED_METHODS)), r.stdout
     assert "reused" in r.stdout
     assert {p: p.stat().st_mtime_ns for p in before} == before  # no cache, model or dataset file rewritten
@@ -205,7 +205,7 @@ def test_your_own_images_walkthrough_offline(demo):
     import h5py
 
     from aevlp.metrics import mean_average_precision
-    from aevlp.teacher import zero_shot_scores
+    from aevlp.stage_one.teacher import zero_shot_scores
     with h5py.File(cwd / "cache" / "table.h5") as f:
         teacher = zero_shot_scores(f["val_embeddings"][:], f["text_features"][:],
                                    json.loads(f.attrs["selection"])["temperature"])

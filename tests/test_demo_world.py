@@ -77,8 +77,8 @@ def test_bad_idx_file(fake_fm):
 
 
 def test_toy_clip_trains_saves_and_is_reused(fake_fm, tmp_path, tiny_clip):
-    from aevlp.clip import load_clip
-    from aevlp.toyclip import pretrain_toy_clip
+    from aevlp.stage_one.clip import load_clip
+    from aevlp.tools.toyclip import pretrain_toy_clip
     fm = load_fashion_mnist(fake_fm)
     r = pretrain_toy_clip(fm, tmp_path / "clip", CLASSNAMES, steps=3, batch_size=16, progress=False)
     assert r["status"] == "trained"

@@ -11,8 +11,8 @@ from conftest import SMALL_CNN, invoke, make_photo_dataset, tiny_cfg
 
 from aevlp.config import load_config
 from aevlp.errors import AevlpError, ConfigError
-from aevlp.pseudolabel import plan_stage_one, run_pseudolabel
-from aevlp.train import run_train
+from aevlp.stage_one.pseudolabel import plan_stage_one, run_pseudolabel
+from aevlp.stage_two.train import run_train
 
 
 class Payload:
@@ -69,7 +69,7 @@ def test_crafted_weights_file_and_small_cnn_weights(tmp_path):
     evil = tmp_path / "evil.pth"
     with open(evil, "wb") as f:
         pickle.dump(Payload(marker), f)
-    from aevlp.models import build_model
+    from aevlp.stage_two.models import build_model
     for backbone in ("resnet50", "small-cnn"):
         with pytest.raises(AevlpError, match="not a weights file aevlp can load safely"):
             build_model(backbone, 20, weights=str(evil))
@@ -92,9 +92,9 @@ def test_crafted_clip_weights_are_refused_and_never_run(world, tmp_path):
     re-prompting loads — never unpickle code: a payload as a raw pickle or inside a torch zip is refused."""
     import open_clip
 
-    from aevlp.clip import load_clip, load_text_encoder
-    from aevlp.clip_source import write_clip_folder
     from aevlp.specs import ClipSpec
+    from aevlp.stage_one.clip import load_clip, load_text_encoder
+    from aevlp.stage_one.clip_source import write_clip_folder
     marker = tmp_path / "pwned"
     raw, zipped = tmp_path / "raw.pt", tmp_path / "zipped.pt"
     with open(raw, "wb") as f:
@@ -203,11 +203,11 @@ def test_corrupt_partial_rows_are_recomputed_on_resume(world, tmp_path):
 def test_stale_images_and_labels_are_detected(world, tmp_path):
     import shutil
 
-    from aevlp.run import plan_pipeline
+    from aevlp.tools.run import plan_pipeline
     root = tmp_path / "voc"
     shutil.copytree(world["root"], root)
     cfg = cfg_for(world["clip"], root, tmp_path / "c.h5", f'train.out="{tmp_path / "runs"}"')
-    from aevlp.run import run_pipeline
+    from aevlp.tools.run import run_pipeline
     run_pipeline(cfg, "t", progress=False, echo=lambda s: None)
     ids = np.load(root / "formatted_train_images.npy")
     img = root / "VOCdevkit/VOC2012/JPEGImages" / ids[0]
@@ -333,7 +333,7 @@ def test_a_run_folder_has_one_writer_and_is_not_overwritten_unasked(world, tmp_p
     assert r.exit_code == 0 and "replacing the finished run" in r.output, r.output
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1 and "epochs = 1" in \
         (run / "config.toml").read_text()  # config.toml, metrics and results all from the one run
-    from aevlp.cache.writer import lock_owner
+    from aevlp.cache.lock import lock_owner
     assert lock_owner(run) is None  # released
 
 

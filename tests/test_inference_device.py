@@ -13,8 +13,8 @@ import aevlp.device as device_module
 
 @pytest.fixture(scope="module")
 def run(tiny_clip, tmp_path_factory):
-    from aevlp.pseudolabel import run_pseudolabel
-    from aevlp.train import run_train
+    from aevlp.stage_one.pseudolabel import run_pseudolabel
+    from aevlp.stage_two.train import run_train
 
     d = tmp_path_factory.mktemp("infer")
     root = make_photo_dataset(d / "voc", n_train=24, n_test=6)
@@ -30,9 +30,9 @@ def spy(monkeypatch):
     seen = []
     real = device_module.resolve_device
 
-    def record(device):
+    def record(device, *setting):
         seen.append(device)
-        return real(device)
+        return real(device, *setting)
     monkeypatch.setattr(device_module, "resolve_device", record)
     return seen
 
@@ -63,7 +63,7 @@ def test_review_and_refine_score_through_the_rule(run, spy, tmp_path):
 def test_batch_size_and_workers_do_not_change_the_numbers(run):
     """The same probabilities whatever the batch size (the loader's workers start past one batch)."""
     from aevlp.device import inference
-    from aevlp.evaluate import checkpoint_scores
+    from aevlp.stage_two.evaluate import checkpoint_scores
 
     images = sorted((run["root"] / "VOCdevkit" / "VOC2012" / "JPEGImages").glob("val*.jpg"))
     one = checkpoint_scores(run["run"], images, inference("cpu", 1))
@@ -73,11 +73,11 @@ def test_batch_size_and_workers_do_not_change_the_numbers(run):
 
 def test_no_model_runs_on_a_hard_coded_cpu():
     """The modules that run a trained model name no device of their own: the rule decides."""
-    import aevlp.evaluate
-    import aevlp.refine
-    import aevlp.review
-    import aevlp.teacher
+    import aevlp.stage_one.teacher
+    import aevlp.stage_two.evaluate
+    import aevlp.stage_two.refine
+    import aevlp.tools.review
 
-    for mod in (aevlp.evaluate, aevlp.refine, aevlp.review, aevlp.teacher):
+    for mod in (aevlp.stage_two.evaluate, aevlp.stage_two.refine, aevlp.tools.review, aevlp.stage_one.teacher):
         assert 'torch.device("cpu")' not in inspect.getsource(mod), mod.__name__
-    assert Path(aevlp.evaluate.__file__).exists()
+    assert Path(aevlp.stage_two.evaluate.__file__).exists()

@@ -10,11 +10,11 @@ from PIL import Image
 from test_stage_two import base_cfg
 
 from aevlp.data import load_dataset
-from aevlp.image_cache import CachedImages, ensure_image_cache, image_cache_path
 from aevlp.imaging import load_uint8, to_model_input
-from aevlp.inputs import ImageRows, flips, make_loader
-from aevlp.pseudolabel import run_pseudolabel
-from aevlp.train import run_train
+from aevlp.stage_one.pseudolabel import run_pseudolabel
+from aevlp.stage_two.image_cache import CachedImages, ensure_image_cache, image_cache_path
+from aevlp.stage_two.inputs import ImageRows, flips, make_loader
+from aevlp.stage_two.train import run_train
 
 MEAN, STD = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
 
@@ -85,7 +85,7 @@ def test_image_cache_is_reused_and_rebuilt_when_images_change(world, tmp_path):
 
 
 def test_interrupted_image_cache_build_goes_on(world, tmp_path, monkeypatch):
-    import aevlp.image_cache as ic
+    import aevlp.stage_two.image_cache as ic
     data, path = world["data"], image_cache_path(tmp_path / "c.h5", "voc", 16)
     monkeypatch.setattr(ic, "BLOCK", 4)
     calls = {"n": 0}
@@ -101,10 +101,14 @@ def test_interrupted_image_cache_build_goes_on(world, tmp_path, monkeypatch):
         ensure_image_cache(data, 16, path, progress=False)
     monkeypatch.setattr(ic.np, "stack", orig)
     import h5py
-    with h5py.File(path, "r") as f:
+
+    from aevlp.cache import partial_path
+    assert not path.exists()  # only a finished image cache has its name
+    with h5py.File(partial_path(path), "r") as f:
         assert f["train"].attrs["rows_done"] == 8 and not f.attrs["complete"]
         assert json.loads(f.attrs["fingerprint"])["size"] == 16
     ensure_image_cache(data, 16, path, progress=False)
+    assert path.exists() and not partial_path(path).exists()
     got = CachedImages(path, "train")
     assert all(np.array_equal(got[i], load_uint8(data.image_root / data.train.images[i], 16).numpy())
                for i in (0, 7, 8, len(data.train) - 1))

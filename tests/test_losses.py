@@ -187,7 +187,7 @@ def test_every_loss_finite_at_extremes_and_bf16(name):
     y = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0]])
     fn = build_method(name, params, RunInfo(num_rows=2, num_classes=4, observed=y.numpy(), seed=0, epochs=8, lr=1e-3))
     if LOSSES[name].needs_spatial:  # methods with a head of their own read the statistics of its last forward
-        from aevlp.models import build_model
+        from aevlp.stage_two.models import build_model
         model = build_model("small-cnn", 4)
         fn.prepare_model(model)
         model(torch.randn(2, 3, 32, 32))

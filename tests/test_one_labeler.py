@@ -20,9 +20,9 @@ def world(tiny_clip, tmp_path_factory):
     with per-class θ (rate) and that student fused in, for each round (from train's own set-up)."""
     from aevlp.cache.sources import store_source
     from aevlp.config import dump_config, updated
-    from aevlp.pseudolabel import run_pseudolabel
-    from aevlp.recipe import as_trained
-    from aevlp.train import _setup
+    from aevlp.stage_one.pseudolabel import run_pseudolabel
+    from aevlp.stage_two.plan import plan_stage_two
+    from aevlp.stage_two.train import _setup
 
     d = tmp_path_factory.mktemp("labeler")
     root = make_photo_dataset(d / "voc", n_train=30, n_test=8)
@@ -39,7 +39,7 @@ def world(tiny_clip, tmp_path_factory):
                                  "student_weight": 0.1}})
     pipeline = d / "p.toml"
     pipeline.write_text(dump_config(cfg))
-    r = _setup(as_trained(cfg), d / "run", None)
+    r = _setup(plan_stage_two(cfg, run_dir=d / "run"), d / "run")
     trained = {rnd: r.labeler.for_epoch(rnd + 1) for rnd in range(R)}
     theta = r.labeler.thresholds.copy()
     r.cache.close()
@@ -109,7 +109,7 @@ def test_the_review_site_marks_the_negatives_and_thetas_training_uses(world, tmp
     import base64
 
     from aevlp.config import load_config
-    from aevlp.review import write_review
+    from aevlp.tools.review import write_review
 
     write_review(world["cache"], tmp_path / "site", cfg=load_config(world["pipeline"]), per_class=4, progress=False)
     for k in (0, 7):
@@ -121,7 +121,23 @@ def test_the_review_site_marks_the_negatives_and_thetas_training_uses(world, tmp
 
 
 def test_a_review_without_a_config_reads_the_caches_own_pipeline(world, tmp_path):
-    from aevlp.review import write_review
+    from aevlp.tools.review import write_review
 
     page = write_review(world["cache"], tmp_path / "site", per_class=4, progress=False)  # once a crash: Specs.of(None)
     assert page.exists()
+
+
+def test_the_dry_run_shows_the_E_and_thetas_training_selects_with(world):
+    """`train --dry-run` prints the plan's E and per-class θ: those a labeler built afresh from the cache finds."""
+    from aevlp.config import load_config
+    from aevlp.stage_two.labeler import labeler_for
+
+    r = invoke("train", "--config", world["pipeline"], "--pseudo", world["cache"], "--dry-run")
+    assert r.exit_code == 0, r.output
+    with Cache(world["cache"]) as c:
+        fresh = labeler_for(c, load_config(str(world["pipeline"])), student="stu")
+        theta, e = fresh.thresholds, fresh.expected
+    on = theta[theta <= 1]
+    assert np.allclose(theta, world["theta"], atol=1e-6)  # what training selected with
+    assert f"per-class θ (rate): {on.min():.3g}–{on.max():.3g} over {len(on)} classes" in r.output
+    assert f"expected positives per image E: {e.value:.3g} ({e.source})" in r.output

@@ -48,8 +48,8 @@ def test_dry_run_then_run_then_nothing_to_do(world, tmp_path, monkeypatch):
     r = invoke("run", world["pipe"], "--no-progress", *own)
     assert r.exit_code == 0, r.output
     assert "test mAP" in r.output
-    import aevlp.pseudolabel as pl
-    import aevlp.run as run_mod
+    import aevlp.stage_one.pseudolabel as pl
+    import aevlp.tools.run as run_mod
 
     def forbidden(*a, **k):
         raise AssertionError("nothing should run")
@@ -84,7 +84,7 @@ def test_dry_run_decisions(ran, override, stage_one_runs, field):
     ('train.weights="no/such.pth"', "train.weights = 'no/such.pth': file not found"),
 ])
 def test_stage_two_choices_are_refused_before_stage_one(world, tmp_path, monkeypatch, override, message):
-    import aevlp.pseudolabel as pl
+    import aevlp.stage_one.pseudolabel as pl
 
     def forbidden(*a, **k):
         raise AssertionError("stage one must not start")
@@ -196,7 +196,7 @@ def test_report_skips_unfinished_runs_and_tells_runs_apart(ran, tmp_path, monkey
     assert "runs/tiny" in md and "again/tiny" in md
     best = json.loads((runs / "tiny" / "results.json").read_text())["best_epoch"]
     assert f"| {best} | runs/tiny |" in md  # epochs as integers, not 4.00
-    from aevlp.report import collect_runs, compared_pair
+    from aevlp.tools.report import collect_runs, compared_pair
     ours, base = compared_pair(collect_runs([runs / "tiny", twin]))
     assert base is None  # two runs of one method: nothing else to compare with
 
@@ -241,8 +241,8 @@ def test_pipeline_name_is_not_shadowed_by_a_folder(tmp_path, monkeypatch):
 
 def test_run_plans_stage_one_once(world, tmp_path, monkeypatch):
     """Planning loads the dataset and hashes the weights: `aevlp run` does it once and hands it on."""
-    import aevlp.pseudolabel as pl
-    import aevlp.run as run_mod
+    import aevlp.stage_one.pseudolabel as pl
+    import aevlp.tools.run as run_mod
     calls = []
     orig = pl.plan_stage_one
 
@@ -266,9 +266,9 @@ def test_every_bench_preset_is_a_valid_pipeline_whatever_the_pipelines_defaults(
     """Each preset resolves against the benchmark and own-data pipelines (a typo in a key or value fails
     here), and is what its name says there: AEVLP as published has one θ and no student even where
     table.toml's defaults are GPR-TS; the -ts presets train a student that needs no pseudo-labels."""
-    from aevlp.bench import PRESETS, method_overrides
     from aevlp.losses import LOSSES
-    from aevlp.recipe import wants_student
+    from aevlp.stage_two.plan import wants_student
+    from aevlp.tools.bench import PRESETS, method_overrides
     for pipeline in ("voc", "table"):
         for name in PRESETS:
             cfg = load_config(pipeline, method_overrides(name)[1])

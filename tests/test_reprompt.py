@@ -11,7 +11,7 @@ from conftest import make_photo_dataset, tiny_cfg, tiny_pipeline
 
 from aevlp.cli import cli
 from aevlp.config import load_config
-from aevlp.pseudolabel import plan_stage_one, run_pseudolabel
+from aevlp.stage_one.pseudolabel import plan_stage_one, run_pseudolabel
 
 NEW_PROMPT = 'text.prompts=["a blurry picture of a {}."]'
 
@@ -31,8 +31,8 @@ def made(tiny_clip, tmp_path_factory):
 
 
 def test_a_new_prompt_is_re_derived_without_images(made, tmp_path, monkeypatch):
-    import aevlp.clip as clip_mod
-    import aevlp.views as views_mod
+    import aevlp.stage_one.clip as clip_mod
+    import aevlp.stage_one.views as views_mod
     target = tmp_path / "c.h5"
     shutil.copy(made["dir"] / "old.h5", target)
     cfg = cfg_for(made["clip"], made["root"], target, NEW_PROMPT)

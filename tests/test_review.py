@@ -12,7 +12,7 @@ import pytest
 from conftest import invoke, make_photo_dataset, tiny_cfg
 
 from aevlp.cache import Cache
-from aevlp.pseudolabel import run_pseudolabel
+from aevlp.stage_one.pseudolabel import run_pseudolabel
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -79,8 +79,8 @@ def test_a_class_page_shows_the_caches_counts_and_the_slider_changes_them(site):
 
 
 def test_the_downloaded_thresholds_change_stage_twos_pseudo_labels(site, tmp_path):
-    from aevlp.labeler import PseudoLabeler
     from aevlp.specs import Specs
+    from aevlp.stage_two.labeler import PseudoLabeler
     cfg = json.loads(json.dumps(site["cfg"]))
     with Cache(site["cache"]) as c:
         obs = c.array("observed")
@@ -106,7 +106,7 @@ def test_label_studio_and_fiftyone_exports_and_a_review_back(site, tmp_path):
     tasks = json.loads((tmp_path / "ls" / "tasks.json").read_text())
     config = (tmp_path / "ls" / "label_config.xml").read_text()
     from aevlp.config import config_for_cache
-    from aevlp.labeler import labeler_for
+    from aevlp.stage_two.labeler import labeler_for
     with Cache(site["cache"]) as c:  # the labels a training run with the cache's own pipeline selects in round 0
         names, ids, pseudo = c.classnames(), c.image_ids(), labeler_for(c, config_for_cache(c)).for_epoch(1)
     assert 'choice="multiple"' in config and all(f'<Choice value="{n}"/>' in config for n in names)

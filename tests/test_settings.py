@@ -12,10 +12,10 @@ from conftest import tiny_cfg
 from aevlp import config, settings
 from aevlp.config import load_config
 from aevlp.errors import ConfigError
-from aevlp.pseudolabel import plan_stage_one
 from aevlp.settings import SECTIONS, DampSpec, declared, key
 from aevlp.settings_docs import TABLES_BEGIN, TABLES_END, key_tables
 from aevlp.specs import Specs
+from aevlp.stage_one.pseudolabel import plan_stage_one
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,10 +11,10 @@ import torch
 from conftest import tiny_cfg
 
 from aevlp.cache import Cache, CacheLock, lock_path, partial_path
-from aevlp.cache.writer import lock_owner
+from aevlp.cache.lock import lock_owner
 from aevlp.damp import aggregate, select
 from aevlp.errors import AevlpError
-from aevlp.pseudolabel import run_pseudolabel
+from aevlp.stage_one.pseudolabel import run_pseudolabel
 
 
 def cfg_for(tiny_clip, root, out, **over):
@@ -77,7 +77,7 @@ def test_reuse_refusal_and_force(tiny_clip, photo_voc, tmp_path):
         return cfg_for(tiny_clip, photo_voc, out, **{"cache.store_embeddings": "none", **over})
     run_pseudolabel(cfg(), progress=False)
     mtime = out.stat().st_mtime_ns
-    import aevlp.pseudolabel as pl
+    import aevlp.stage_one.pseudolabel as pl
 
     def no_clip(*a, **k):
         raise AssertionError("CLIP must not be loaded for an up-to-date cache")
@@ -186,7 +186,7 @@ def test_interrupt_keeps_progress(tiny_clip, photo_voc, tmp_path, monkeypatch):
 
 
 def test_lock_refuses_second_writer_and_takes_stale(tmp_path):
-    from aevlp.cache.writer import lock_owner, owner_path
+    from aevlp.cache.lock import lock_owner, owner_path
     target = tmp_path / "c.h5"
     with CacheLock(target):
         with pytest.raises(AevlpError, match=f"being written by pid {os.getpid()}"):
@@ -219,7 +219,7 @@ def test_two_processes_taking_over_a_dead_lock_together_cannot_both_hold_it(tmp_
     other is refused (a lock file read and deleted by both, as before filelock, let both in)."""
     import time
 
-    from aevlp.cache.writer import owner_path
+    from aevlp.cache.lock import owner_path
     target = tmp_path / "c.h5"
     lock_path(target).write_text(json.dumps({"pid": 2 ** 22 + 7, "host": os.uname().nodename}))
     owner_path(target).write_text(json.dumps({"pid": 2 ** 22 + 7, "host": os.uname().nodename}))
@@ -251,15 +251,15 @@ def test_missing_weights_and_offline_errors(tiny_clip, photo_voc, tmp_path, monk
         run_pseudolabel(cfg_for(tiny_clip, photo_voc, tmp_path / "c.h5", **{"clip.pretrained": "nope.safetensors"}))
     import open_clip
 
-    from aevlp.clip import load_clip
     from aevlp.specs import ClipSpec
+    from aevlp.stage_one.clip import load_clip
 
     def offline(*a, **k):
         raise OSError("We couldn't connect to 'https://huggingface.co'")
     monkeypatch.setattr(open_clip, "create_model", offline)
     with pytest.raises(AevlpError, match="could not fetch pretrained weights 'openai'") as e:
         load_clip(ClipSpec("ViT-B-32", "openai", device="cpu"))
-    assert "--pretrained PATH" in str(e.value)
+    assert "clip.pretrained = PATH" in str(e.value)  # the API names the setting (a command, its flag)
     with pytest.raises(AevlpError, match="not a pretrained tag"):
         load_clip(ClipSpec("ViT-B-32", "made-up-tag", device="cpu"))
     with pytest.raises(AevlpError, match="unknown CLIP architecture"):
@@ -299,7 +299,7 @@ def test_jpegs_decoded_where_clip_runs_match_the_workers(tiny_clip, photo_voc, t
         assert cb.fingerprint["decode_on"] == "device" and cb.fingerprint["resize_on"] == "device"
         assert np.array_equal(ca.f["pseudo"][:], cb.f["pseudo"][:])
         assert np.allclose(ca.f["sims"][:].astype(np.float32), cb.f["sims"][:].astype(np.float32), atol=2e-3)
-    from aevlp.pseudolabel import plan_stage_one
+    from aevlp.stage_one.pseudolabel import plan_stage_one
     plan = plan_stage_one(cfg_for(tiny_clip, photo_voc, a))
     assert plan.status == "up-to-date" and "views.resize_on = auto" in plan.placement
 
@@ -322,8 +322,8 @@ def test_profile_writes_the_steps_by_time(tiny_clip, photo_voc, tmp_path):
 
 @pytest.mark.slow
 def test_compiled_encoder_matches_eager(tiny_clip):
-    from aevlp.clip import load_clip
     from aevlp.specs import ClipSpec
+    from aevlp.stage_one.clip import load_clip
     spec = ClipSpec("tiny-clip", tiny_clip["pretrained"], config=tiny_clip["config"], device="cpu", precision="fp32")
     eager = load_clip(spec)
     compiled = load_clip(ClipSpec(**{**spec.__dict__, "compile": True}))

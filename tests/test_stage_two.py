@@ -10,8 +10,8 @@ from conftest import SMALL_CNN, make_photo_dataset, probabilities_by_hand, tiny_
 from aevlp.cli import cli
 from aevlp.errors import AevlpError
 from aevlp.losses import LOSSES
-from aevlp.pseudolabel import run_pseudolabel
-from aevlp.train import run_train
+from aevlp.stage_one.pseudolabel import run_pseudolabel
+from aevlp.stage_two.train import run_train
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_same_seed_same_metrics(setup, tmp_path):
 
 def train_interrupted_in_epoch_2(setup, tmp_path, monkeypatch, *extra, name):
     """Train until the second epoch's evaluation raises KeyboardInterrupt (as a ^C would)."""
-    from aevlp.model_selection import ModelSelection
+    from aevlp.stage_two.model_selection import ModelSelection
     calls = {"n": 0}
     orig = ModelSelection.measures
 
@@ -104,7 +104,7 @@ def test_a_replacement_cut_short_leaves_no_old_results(setup, tmp_path, monkeypa
     run's first epoch (resumable), never the old results.json or best.pt beside the new config.toml."""
     train(setup, tmp_path, 'train.early_stop="none"', name="x")
     old_best = (tmp_path / "x" / "best.pt").read_bytes()
-    from aevlp.model_selection import ModelSelection
+    from aevlp.stage_two.model_selection import ModelSelection
     real, calls = ModelSelection.measures, {"n": 0}
 
     def crash_in_epoch_2(*a, **k):
@@ -127,7 +127,7 @@ def test_resume_needs_no_backbone_weights(setup, tmp_path, monkeypatch):
     uninterrupted run."""
     import torch
 
-    from aevlp.models import build_model
+    from aevlp.stage_two.models import build_model
     torch.manual_seed(7)
     weights = tmp_path / "backbone.pt"
     torch.save(build_model("small-cnn", 20).state_dict(), weights)
@@ -145,7 +145,7 @@ def test_resume_needs_no_backbone_weights(setup, tmp_path, monkeypatch):
 def test_early_stopping_rules():
     from types import SimpleNamespace as NS
 
-    from aevlp.stopping import should_stop
+    from aevlp.stage_two.stopping import should_stop
     t = dict(early_stop="aevlp", patience=2, max_drop=2.0)
     st = lambda best, cur, counter: {"best_val": best, "counter": counter, "history": [{"val_map": cur}]}  # noqa
     assert should_stop(st(50, 47.9, 1), NS(**t)) and should_stop(st(50, 49.5, 2), NS(**t))
@@ -186,9 +186,9 @@ def test_every_loss_trains_on_clip_head(setup, tmp_path, loss):
     import torch
 
     from aevlp.cache import Cache
-    from aevlp.checkpoint import load_checkpoint
     from aevlp.metrics import mean_average_precision
-    from aevlp.models import build_model
+    from aevlp.stage_two.checkpoint import load_checkpoint
+    from aevlp.stage_two.models import build_model
     if LOSSES[loss].needs_spatial:  # BoostLU needs class activation maps: refused clearly on clip-head
         with pytest.raises(AevlpError, match="convolutional feature map"):
             train(setup, tmp_path, f'loss.name="{loss}"', 'train.backbone="clip-head"')
@@ -259,7 +259,7 @@ def test_the_callers_config_is_never_edited(setup, tmp_path):
     import copy
 
     from aevlp.config import tomllib
-    from aevlp.run import plan_pipeline
+    from aevlp.tools.run import plan_pipeline
     cfg = base_cfg(setup["clip"], setup["root"], setup["cache"], "train.epochs=1")
     cfg["cache"]["path"] = ""  # the cache given apart, as `aevlp train --pseudo` does
     before = copy.deepcopy(cfg)
@@ -273,7 +273,7 @@ def test_the_callers_config_is_never_edited(setup, tmp_path):
 
 def test_the_learning_rate_is_the_backbones_unless_given(setup, tmp_path):
     from aevlp.config import load_config, tomllib
-    from aevlp.recipe import as_trained
+    from aevlp.stage_two.plan import as_trained
     assert load_config("table")["train"]["lr"] == 0  # own data: the backbone's own rate
     assert as_trained(load_config("table"))["train"]["lr"] == 1e-5  # ResNet-50: the papers'
     assert as_trained(load_config("voc"))["train"]["lr"] == 1e-5  # a benchmark states its own
@@ -290,7 +290,7 @@ def test_the_learning_rate_is_the_backbones_unless_given(setup, tmp_path):
 
 @pytest.mark.parametrize("stop_at", [1, 2])
 def test_ctrl_c_names_the_run_folder_and_resume_goes_on_or_starts_over(setup, tmp_path, monkeypatch, stop_at):
-    import aevlp.train as train_mod
+    import aevlp.stage_two.train as train_mod
     real = train_mod._train_epoch
 
     def interrupt(r, epoch, progress):
@@ -319,8 +319,8 @@ def test_ctrl_c_names_the_run_folder_and_resume_goes_on_or_starts_over(setup, tm
 def test_mime_and_smile_bring_their_head_and_resume_bit_identically(setup, tmp_path, monkeypatch, loss):
     """Their heads sample (a Gaussian latent, a Beta label value) and drop out: a resumed run restores
     torch's random state with the model and matches the uninterrupted one exactly."""
-    from aevlp.evaluate import evaluate_checkpoint
-    from aevlp.heads import HEADS
+    from aevlp.stage_two.evaluate import evaluate_checkpoint
+    from aevlp.stage_two.heads import HEADS
     use = (f'loss.name="{loss}"', 'train.early_stop="none"', "loss.mime_warmup=1", "loss.mime_theta=0.5")
     full = train(setup, tmp_path, *use, name="full")
     train_interrupted_in_epoch_2(setup, tmp_path, monkeypatch, *use, name="cut")
@@ -353,8 +353,8 @@ def test_vlpl_pseudo_labels_use_the_plain_text_features(setup):
     import torch
 
     from aevlp.cache import Cache
-    from aevlp.labeler import PseudoLabeler
     from aevlp.specs import Specs
+    from aevlp.stage_two.labeler import PseudoLabeler
     cfg = base_cfg(setup["clip"], setup["root"], setup["cache"])
     damp = LOSSES.get("vlpl").pseudo_labels(Specs.of(cfg).damp, cfg["loss"])
     with Cache(setup["cache"]) as c:
@@ -394,8 +394,8 @@ def test_refine_stores_the_students_scores_and_trains_the_next_round(setup, tmp_
     r = CliRunner().invoke(cli, ["refine", str(tmp_path / "base"), "--no-progress"])
     assert r.exit_code == 0 and "round 1: " in r.output and "is done" in r.output  # reused, not trained again
     from aevlp.cache import Cache
-    from aevlp.labeler import PseudoLabeler
     from aevlp.specs import Specs
+    from aevlp.stage_two.labeler import PseudoLabeler
     cfg = base_cfg(setup["clip"], setup["root"], cache, 'damp.student="base-r1"', "damp.student_weight=1.0",
                    "damp.negative_ratio=0")
     with Cache(cache) as c:

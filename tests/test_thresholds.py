@@ -1,11 +1,11 @@
-"""Per-class thresholds from the observed positives (aevlp/thresholds.py), on scores where the right θ_c is
+"""Per-class thresholds from the observed positives (aevlp/stage_two/thresholds.py), on scores where the right θ_c is
 known by construction, and as stage two reads them."""
 import numpy as np
 import pytest
 from conftest import invoke
 
 from aevlp.errors import ConfigError
-from aevlp.thresholds import OFF, auc, class_thresholds, read_thresholds, write_thresholds
+from aevlp.stage_two.thresholds import OFF, auc, class_thresholds, read_thresholds, write_thresholds
 
 
 def world(seed=0, n=3000, c=4, e=2.0):
@@ -83,9 +83,9 @@ def test_stage_two_selects_with_the_csvs_thresholds(tmp_path, tiny_clip, photo_v
     from conftest import tiny_cfg
 
     from aevlp.cache import Cache
-    from aevlp.labeler import PseudoLabeler
-    from aevlp.pseudolabel import run_pseudolabel
     from aevlp.specs import Specs
+    from aevlp.stage_one.pseudolabel import run_pseudolabel
+    from aevlp.stage_two.labeler import PseudoLabeler
     cache = tmp_path / "c.h5"
     cfg = tiny_cfg(tiny_clip, photo_voc, cache, "damp.temperature=0.05")
     run_pseudolabel(cfg, progress=False)
@@ -109,7 +109,7 @@ def test_expected_positives_come_from_the_best_source_there_is():
     """E and the hidden positives per class: loss.expected_pos, else the dataset's published mean (VOC 1.5: Cole
     et al.), else the full training labels' mean, else a fully labelled val split, else a PU estimate (a student's
     val scores before the teacher's training scores). The counts are n_c·(E − 1) where E is known."""
-    from aevlp.priors import resolve_expected
+    from aevlp.stage_two.priors import resolve_expected
     labels = np.array([[1, 1, 0], [1, 0, 0], [1, 1, 1], [0, 1, 0]])  # 7 positives over 4 images
     obs = np.array([[1, 0, 0], [1, 0, 0], [0, 0, 1], [0, 1, 0]])
     never = lambda: pytest.fail("the teacher was asked")  # noqa: E731
@@ -134,7 +134,7 @@ def test_each_prior_estimator_recovers_a_known_mixture():
     """Each PU estimator on scores where the truth is known: unknowns mix a share π of positives (scored like the
     observed ones) with negatives, 4 standard deviations apart: BBE, Elkan–Noto and the median rule within 0.03
     of π; KM2 (on a 300-point subsample, its gradient threshold) within 0.08."""
-    from aevlp.priors import ESTIMATORS
+    from aevlp.stage_two.priors import ESTIMATORS
     g = np.random.default_rng(0)
     for pi in (0.1, 0.4):
         k = int(pi * 3000)

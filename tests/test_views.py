@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from aevlp.views import (
+from aevlp.stage_one.views import (
     ViewBatches,
     ViewSpec,
     expand_views,
@@ -126,7 +126,7 @@ def test_jpegs_decoded_where_clip_runs_give_the_workers_views(tmp_path):
     not a JPEG inside comes back as a bad image with its reason, not a crash."""
     from PIL import Image
 
-    from aevlp.views import ViewBatches, render_on_device
+    from aevlp.stage_one.views import ViewBatches, render_on_device
     rs = np.random.RandomState(0)
     paths = []
     for i, ext in enumerate(("jpg", "png", "jpg")):

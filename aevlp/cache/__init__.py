@@ -7,6 +7,7 @@ Schema (docs/cache.md): /sims [R,N,V,C] f16 raw cosine similarities (view 0 = gl
 optional embeddings, /done and /bad row masks, /image_ids, /classnames, /observed, /labels,
 /text_features, /relation; attrs: fingerprint (JSON), schema_version, complete, versions, created.
 """
+from aevlp.cache.lock import CacheLock
 from aevlp.cache.reader import Cache
 from aevlp.cache.schema import (
                                 EMBEDDING_MODES,
@@ -25,7 +26,7 @@ from aevlp.cache.schema import (
                                 shard_fingerprint,
                                 stage_one_fingerprint,
 )
-from aevlp.cache.writer import CacheLock, CacheWriter
+from aevlp.cache.writer import CacheWriter
 
 __all__ = ["SCHEMA_VERSION", "EMBEDDING_MODES", "IMAGE_SIDE", "default_path", "dataset_hash", "fingerprint_diff",
            "fingerprint_id", "stage_one_fingerprint", "shard_fingerprint", "clip_preprocess", "can_reprompt",

@@ -8,10 +8,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from aevlp.cache.lock import lock_owner, owner_path
 from aevlp.cache.reader import Cache, class_difference
 from aevlp.cache.schema import dataset_hash, read_fingerprint
 from aevlp.cache.validate import problems
-from aevlp.cache.writer import lock_owner, owner_path
 from aevlp.errors import AevlpError
 from aevlp.metrics import pseudo_label_quality_per_class
 

@@ -1,7 +1,7 @@
 """Getting pseudo-labels out of a cache: a table per image (`aevlp cache export`) and a contact sheet
 of the images given a class (`aevlp cache gallery`), to look at while iterating on prompts.
 
-Every export selects through the labeler a training run uses (`aevlp.labeler.labeler_for`), with the same
+Every export selects through the labeler a training run uses (`aevlp.stage_two.labeler.labeler_for`), with the same
 settings and student: what a file says is what a run with those settings trains on in that round (epoch
 e reads round (e − 1) mod R). Each writes what it was selected with beside it (its provenance).
 """
@@ -17,6 +17,8 @@ import pandas as pd
 
 from aevlp.cache.reader import Cache
 from aevlp.errors import AevlpError
+from aevlp.specs import Specs
+from aevlp.tools.visual import fired_tile, outlined_thumbnail
 
 __all__ = ["Labels", "selected_labels", "write_provenance", "export_pseudo_labels", "gallery", "gallery_html"]
 
@@ -42,9 +44,9 @@ class Labels:
 
 def selected_labels(path: str | Path, *, rnd: int = 0, cfg: dict | None = None, student: str = "") -> Labels:
     """Round `rnd`'s labels of cache `path` selected with `cfg` (default: the pipeline the cache was made with)
-    and the stored student source `student` (`aevlp.refine.run_selection` gives a run's)."""
+    and the stored student source `student` (`aevlp.stage_two.refine.run_selection` gives a run's)."""
     from aevlp.config import config_for_cache
-    from aevlp.labeler import labeler_for
+    from aevlp.stage_two.labeler import labeler_for
 
     with Cache(path) as c:
         if not 0 <= rnd < c.rounds:
@@ -53,7 +55,7 @@ def selected_labels(path: str | Path, *, rnd: int = 0, cfg: dict | None = None, 
         data = c.dataset()
         lab = labeler_for(c, cfg, data=data, student=student)
         prov = {"cache": str(Path(path).resolve()), "round": rnd, "epochs": f"e with (e - 1) mod {c.rounds} = {rnd}",
-                "loss": cfg["loss"]["name"], **lab.provenance_record()}
+                "loss": Specs.of(cfg).loss["name"], **lab.provenance_record()}
         return Labels(c.image_ids(), c.classnames(), lab.for_epoch(rnd + 1), lab.round_scores(rnd),
                          c.f["bad"][:].astype(bool), c.array("observed"), rnd, prov, Path(data.image_root))
 
@@ -114,31 +116,6 @@ def _panels(c: Cache, sel: Labels, k: int) -> dict[str, np.ndarray]:
     return panels
 
 
-def _fired_tile(c: Cache, r: int, row: int, k: int, temperature: float) -> int:
-    """The tile (1..G²) whose softmax score for class k is highest: the view that made the label."""
-    import torch
-
-    from aevlp.damp import softmax
-
-    soft = softmax(torch.from_numpy(c.f["sims"][r, row].astype(np.float64)), temperature)  # [V, C]
-    return 1 + int(torch.argmax(soft[1:, k]))
-
-
-def _thumb(path: Path, tile: int, grid: int, size: int = 128):
-    from PIL import Image, ImageDraw
-
-    from aevlp.views import tile_boxes
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        x0, y0, x1, y1 = tile_boxes(w, h, grid)[tile - 1]
-        im = im.resize((size, size))
-    sx, sy = size / w, size / h
-    ImageDraw.Draw(im).rectangle([x0 * sx, y0 * sy, x1 * sx - 1, y1 * sy - 1], outline=(255, 40, 40), width=2)
-    return im
-
-
 def gallery(path: str | Path, classname: str, out: str | Path, *, rnd: int = 0, per_panel: int = 24,
             cfg: dict | None = None, student: str = "", sel: Labels | None = None) -> dict:
     """A PNG contact sheet for one class: the images given it as a pseudo-label (selected as `selected_labels` does;
@@ -158,7 +135,7 @@ def gallery(path: str | Path, classname: str, out: str | Path, *, rnd: int = 0, 
         every = _panels(c, sel, k)
         totals = {title: len(rows) for title, rows in every.items()}
         panels = {title: rows[:per_panel] for title, rows in every.items()}
-        tiles = {int(i): _fired_tile(c, r, int(i), k, tau) for rows in panels.values() for i in rows}
+        tiles = {int(i): fired_tile(c.f["sims"][r, int(i)], k, tau) for rows in panels.values() for i in rows}
     cols, size, pad = 8, 128, 22
     height = pad + sum(pad + max(1, -(-len(rows) // cols)) * (size + 4) for rows in panels.values())
     sheet = Image.new("RGB", (cols * (size + 4), height + 4), "white")
@@ -169,7 +146,7 @@ def gallery(path: str | Path, classname: str, out: str | Path, *, rnd: int = 0, 
         draw.text((4, y + 4), f"{classname}: {title} ({len(rows)} shown of {totals[title]})", fill="black")
         y += pad
         for j, i in enumerate(rows):
-            thumb = _thumb(sel.image_root / ids[i], tiles[int(i)], grid, size)
+            thumb = outlined_thumbnail(sel.image_root / ids[i], tiles[int(i)], grid, size)
             sheet.paste(thumb, ((j % cols) * (size + 4) + 2, y + (j // cols) * (size + 4)))
         y += max(1, -(-len(rows) // cols)) * (size + 4)
     out.parent.mkdir(parents=True, exist_ok=True)

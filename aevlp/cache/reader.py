@@ -9,7 +9,7 @@ import numpy as np
 
 from aevlp.cache.schema import partial_path, read_fingerprint
 from aevlp.cache.validate import problems
-from aevlp.errors import AevlpError, ConfigError
+from aevlp.errors import AevlpError, ConfigError, flag
 
 __all__ = ["Cache"]
 
@@ -20,7 +20,7 @@ def _missing_hint(path: Path) -> str:
     partial = partial_path(path)
     if not partial.exists():
         return "create it with `aevlp pseudolabel --dataset NAME --out PATH`"
-    from aevlp.cache.writer import lock_owner
+    from aevlp.cache.lock import lock_owner
 
     owner = lock_owner(path)
     if owner:
@@ -189,7 +189,8 @@ class Cache:
 
     def check_matches(self, ids: list[str], observed: np.ndarray, classnames: list[str]) -> None:
         """Refuse a cache made for other images, labels or classes, saying which and how to fix it."""
-        fix = "re-run stage one for this dataset (`aevlp pseudolabel`), or pass the matching cache: --pseudo FILE.h5"
+        fix = ("re-run stage one for this dataset (`aevlp pseudolabel`), or pass the matching cache: "
+               f"{flag('cache.path', 'FILE.h5')}")
         if self.classnames() != list(classnames):
             raise AevlpError(f"{self.path}: its classes differ from the dataset's: "
                              f"{class_difference(self.classnames(), list(classnames))}", hint=fix)

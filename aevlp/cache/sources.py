@@ -3,7 +3,8 @@ with their provenance, one small HDF5 file each in `CACHE.sources/NAME.h5`.
 
 A source is never written into the cache file itself: training runs keep the cache open for reading, and
 HDF5 refuses a writer while any reader holds the file, so a second round could not start beside them. Each
-source file is written once (to a temporary name, then renamed) and held to the cache's standard:
+source file is written once (a `SealedFile`: under its lock, to NAME.h5.partial, renamed when sealed) and held to
+the cache's standard:
 
 - NAME is a plain name (letters, digits, `.`, `_`, `-`), so `damp.student` can only name a file in
   `CACHE.sources/`;
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
@@ -31,6 +31,7 @@ import numpy as np
 
 from aevlp.cache.reader import Cache
 from aevlp.cache.schema import STR, fingerprint_id, sources_path
+from aevlp.cache.sealed import SealedFile
 from aevlp.errors import AevlpError
 
 __all__ = ["FORMAT", "store_source", "read_source", "source_path", "source_provenance", "check_source_name",
@@ -57,7 +58,7 @@ def source_path(cache_path: Path, name: str) -> Path:
 
 def checkpoint_id(path: Path) -> str:
     """'sha256:' and the first 16 hex digits of a checkpoint file's hash (read in chunks)."""
-    from aevlp.clip_source import file_sha256
+    from aevlp.hashing import file_sha256
 
     return "sha256:" + file_sha256(path)[:16]
 
@@ -76,26 +77,26 @@ def store_source(cache: Cache, name: str, scores: np.ndarray, provenance: dict,
                  val_scores: np.ndarray | None = None, val_ids: list[str] | None = None) -> Path:
     """Write (or replace) source NAME of `cache`: scores [N, C] float16 with the cache's row ids, their provenance,
     and with `val_scores` [M, C] the student's scores on the dataset's val split (`val_ids`: its image ids; where E
-    is unknown, the class priors are estimated from them: `aevlp.priors`); all sealed by one checksum."""
+    is unknown, the class priors are estimated from them: `aevlp.stage_two.priors`); all sealed by one checksum."""
     path = source_path(cache.path, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     values = np.ascontiguousarray(np.asarray(scores, dtype=np.float16))
     val = None if val_scores is None else np.ascontiguousarray(np.asarray(val_scores, dtype=np.float16))
     ids, vids = list(cache.image_ids()), list(val_ids or [])
     if val is not None and len(vids) != len(val):
         raise AevlpError(f"internal: {len(val)} val scores for {len(vids)} val image ids")
     prov, fp = json.dumps(provenance, sort_keys=True, default=str), fingerprint_id(cache.fingerprint)
-    with h5py.File(tmp, "w") as f:
+
+    def create(f: h5py.File) -> None:
         f.create_dataset("scores", data=values)
         f.create_dataset("image_ids", data=np.asarray(ids, dtype=object), dtype=STR)
         if val is not None:
             f.create_dataset("val_scores", data=val)
             f.create_dataset("val_image_ids", data=np.asarray(vids, dtype=object), dtype=STR)
-        f.attrs.update({"format": FORMAT, "provenance": prov, "cache_fingerprint": fp,
-                        "sha256": _seal(fp, prov, ids, vids, values, val)})
-    os.replace(tmp, path)
-    return path
+        f.attrs.update({"format": FORMAT, "provenance": prov, "cache_fingerprint": fp})
+
+    # a SealedFile (locked, written to PATH.partial, renamed when sealed); a leftover partial is never resumed
+    with SealedFile(path, {"cache": fp, "provenance": prov}, create=create, resume=lambda f: False) as sealed:
+        return sealed.finish({"sha256": _seal(fp, prov, ids, vids, values, val)})
 
 
 def _read(path: Path, name: str) -> dict:

@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 
 from aevlp.metrics import pseudo_label_quality
-from aevlp.teacher import zero_shot_summary
+from aevlp.stage_one.teacher import zero_shot_summary
 
 __all__ = ["filled_summary"]
 

@@ -8,84 +8,18 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
-import socket
 from pathlib import Path
 
 import h5py
 import numpy as np
 
 from aevlp import __version__
-from aevlp.cache.schema import SCHEMA_VERSION, STR, CacheLayout, lock_path, partial_path, read_fingerprint
+from aevlp.cache.schema import SCHEMA_VERSION, STR, CacheLayout, partial_path
+from aevlp.cache.sealed import SealedFile
 from aevlp.cache.validate import checksums, sealed_names
 from aevlp.errors import AevlpError
 
-__all__ = ["CacheLock", "CacheWriter", "lock_owner"]
-
-class CacheLock:
-    """Exclusive lock of a file or folder being written (a cache, a run folder, the image cache): an OS lock
-    (`filelock`) on TARGET.lock, which the OS drops when its process dies, so a lock is never stale and no two
-    processes can both take one over; the writer's pid and host go in TARGET.lock.owner, for the message a
-    second writer gets."""
-
-    def __init__(self, target: Path):
-        from filelock import FileLock
-
-        self.path = lock_path(target)
-        self.owner = owner_path(target)
-        self.held = False
-        self._lock = FileLock(str(self.path))
-
-    def __enter__(self) -> CacheLock:
-        from filelock import Timeout
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._lock.acquire(timeout=0)
-        except Timeout:
-            other = _owner(self.owner)
-            raise AevlpError(f"{self.path.with_suffix('')} is being written by pid {other.get('pid', '?')} on "
-                             f"{other.get('host', 'this or another machine')}",
-                             hint="wait for it to finish (the lock goes when its process ends)") from None
-        self.owner.write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-        self.held = True
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.held:
-            self.owner.unlink(missing_ok=True)
-            self._lock.release()
-            self.held = False
-
-
-def owner_path(target: Path) -> Path:
-    """TARGET.lock.owner: who holds the lock of TARGET (pid and host), while they hold it."""
-    path = lock_path(Path(target))
-    return path.with_name(path.name + ".owner")
-
-
-def _owner(path: Path) -> dict:
-    try:
-        other = json.loads(path.read_text() or "{}")
-        return other if isinstance(other, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def lock_owner(target: Path) -> dict | None:
-    """{"pid", "host"} of a live process writing `target`, or None (no one holds its lock)."""
-    from filelock import FileLock, Timeout
-
-    path = lock_path(Path(target))
-    if not path.exists():
-        return None
-    probe = FileLock(str(path))
-    try:
-        probe.acquire(timeout=0)
-    except Timeout:
-        return _owner(owner_path(target)) or {"pid": "?", "host": "?"}
-    probe.release()
-    return None
+__all__ = ["CacheWriter"]
 
 
 def _early(f: h5py.File, name: str, shape: tuple, dtype) -> h5py.Dataset:
@@ -105,11 +39,38 @@ def _versions() -> dict:
             "open_clip": open_clip.__version__, "h5py": h5py.__version__, "numpy": np.__version__}
 
 
+def _resumable(f: h5py.File, layout: CacheLayout, nc: tuple[int, int]) -> bool:
+    """Whether an unfinished cache can be resumed: a wrong structure means start over; rows marked done whose data
+    is not finite or all zero (a torn write) are done again."""
+    try:
+        shapes = layout.row_shapes(*nc)
+        if any(k not in f or f[k].shape != s for k, (s, _) in shapes.items()) or \
+                any(k not in f or f[k].shape != (nc[0],) for k in ("done", "bad")):
+            return False
+        done, bad = f["done"][:].astype(bool), f["bad"][:].astype(bool)
+        for start in range(0, nc[0], 1024):
+            sims = f["sims"][:, start:start + 1024].astype(np.float32)
+            zero = (sims == 0).all(axis=(0, 2, 3)) & ~bad[start:start + 1024]
+            torn = ~np.isfinite(sims).all(axis=(0, 2, 3)) | zero
+            done[start:start + 1024] &= ~torn
+        f["done"][:] = done
+        for split in ("val", "test"):
+            if f.attrs.get("eval_done", False) and f"{split}_embeddings" in f:
+                e = f[f"{split}_embeddings"][:].astype(np.float32)
+                if len(e) and (not np.isfinite(e).all() or (e == 0).all(axis=tuple(range(1, e.ndim))).any()):
+                    f.attrs["eval_done"] = False
+        f.flush()
+    except (OSError, KeyError, ValueError):
+        return False
+    return True
+
+
 RUN_STATS = ("computed_images", "seconds", "images_per_s")  # how the run that finished the cache went: not sealed
 
 
 class CacheWriter:
-    """Creates or resumes `<target>.partial`; `finish()` renames it onto the target atomically.
+    """Creates or resumes the cache `<target>.partial` (a `SealedFile`: under the target's lock); `finish()` seals
+    it and renames it onto the target atomically.
 
     A context manager: leaving the block without `finish()` (an error, Ctrl-C) flushes and closes the
     partial file, so its finished rows are kept for the next run to resume."""
@@ -122,19 +83,8 @@ class CacheWriter:
                  text_features_plain: np.ndarray | None = None):
         self.target, self.tmp = Path(target), partial_path(Path(target))
         self.fingerprint = fingerprint
-        self.resumed = False
-        if self.tmp.exists():
-            try:
-                old, _ = read_fingerprint(self.tmp)
-            except AevlpError:
-                old = None  # unreadable leftover (e.g. killed during creation): start over
-            if old == fingerprint and self._reopen(layout, observed.shape):
-                self.resumed = True
-                return
-            self.tmp.unlink()
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        f = h5py.File(self.tmp, "w")
-        try:
+
+        def create(f: h5py.File) -> None:
             n, c = observed.shape
             for name, (shape, dtype) in layout.row_shapes(n, c).items():
                 _early(f, name, shape, dtype)
@@ -155,20 +105,16 @@ class CacheWriter:
                 f.create_dataset("text_features_plain", data=np.asarray(text_features_plain, dtype=np.float32))
             if relation is not None:
                 f.create_dataset("relation", data=np.asarray(relation, dtype=np.float32))
-            f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.attrs["selection"] = json.dumps(selection, sort_keys=True)
-            f.attrs["complete"] = False
             f.attrs["eval_done"] = not eval_ids
             f.attrs["info"] = json.dumps(info or {})  # where the data came from; not part of the fingerprint
             f.attrs["clip_preprocess"] = json.dumps(clip_preprocess or {})  # what every view got (docs/cache.md)
             f.attrs["versions"] = json.dumps(_versions())
-            f.flush()
-        except Exception:
-            f.close()
-            self.tmp.unlink(missing_ok=True)
-            raise
-        self.f = f
+
+        self.file = SealedFile(self.target, fingerprint, create=create,
+                               resume=lambda f: _resumable(f, layout, observed.shape))
+        self.f, self.resumed = self.file.f, self.file.resumed
 
     @classmethod
     def like(cls, source: h5py.File, target: Path, fingerprint: dict, *, image_ids: list[str],
@@ -187,38 +133,6 @@ class CacheWriter:
                    eval_labels=eval_labels or None,
                    info=json.loads(source.attrs.get("info", "{}")),
                    clip_preprocess=json.loads(source.attrs.get("clip_preprocess", "{}")))
-
-    def _reopen(self, layout: CacheLayout, nc: tuple[int, int]) -> bool:
-        """Reopen an unfinished file to resume it, after checking it: a wrong structure means start over;
-        rows marked done whose data is not finite or all zero (a torn write) are done again."""
-        try:
-            f = h5py.File(self.tmp, "r+")
-        except OSError:
-            return False
-        try:
-            shapes = layout.row_shapes(*nc)
-            if any(k not in f or f[k].shape != s for k, (s, _) in shapes.items()) or \
-                    any(k not in f or f[k].shape != (nc[0],) for k in ("done", "bad")):
-                f.close()
-                return False
-            done, bad = f["done"][:].astype(bool), f["bad"][:].astype(bool)
-            for start in range(0, nc[0], 1024):
-                sims = f["sims"][:, start:start + 1024].astype(np.float32)
-                zero = (sims == 0).all(axis=(0, 2, 3)) & ~bad[start:start + 1024]
-                torn = ~np.isfinite(sims).all(axis=(0, 2, 3)) | zero
-                done[start:start + 1024] &= ~torn
-            f["done"][:] = done
-            for split in ("val", "test"):
-                if f.attrs.get("eval_done", False) and f"{split}_embeddings" in f:
-                    e = f[f"{split}_embeddings"][:].astype(np.float32)
-                    if len(e) and (not np.isfinite(e).all() or (e == 0).all(axis=tuple(range(1, e.ndim))).any()):
-                        f.attrs["eval_done"] = False
-            f.flush()
-        except (OSError, KeyError, ValueError):
-            f.close()
-            return False
-        self.f = f
-        return True
 
     def pending(self) -> np.ndarray:
         return np.flatnonzero(~self.f["done"][:])
@@ -259,17 +173,11 @@ class CacheWriter:
             run = {k: stats[k] for k in RUN_STATS if k in stats}  # (seconds, images computed) beside it, unsealed
             self.f.attrs["summary"] = json.dumps({k: v for k, v in stats.items() if k not in RUN_STATS})
             self.f.attrs["run_stats"] = json.dumps(run)
-        self.f.attrs["checksums"] = json.dumps(checksums(self.f, sealed_names(self.f)))  # docs/trust.md
-        self.f.attrs["complete"] = True
-        self.f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        self.f.close()
-        os.replace(self.tmp, self.target)
-        return self.target
+        return self.file.finish({"checksums": json.dumps(checksums(self.f, sealed_names(self.f))),  # docs/trust.md
+                                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")})
 
     def close(self) -> None:
-        if self.f.id.valid:
-            self.f.flush()
-            self.f.close()
+        self.file.close()
 
     def __enter__(self) -> CacheWriter:
         return self

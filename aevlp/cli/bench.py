@@ -5,6 +5,7 @@ import click
 
 from aevlp.cli.common import set_option
 from aevlp.cli.group import cli
+from aevlp.cli.setting_option import setting_option
 
 
 def _seeds(text: str) -> list[int]:
@@ -21,7 +22,7 @@ def _seeds(text: str) -> list[int]:
 @click.argument("pipeline")
 @click.argument("methods", nargs=-1, required=True)
 @click.option("--seeds", default="0", show_default=True, help="Training seeds, comma-separated (e.g. 0,1,2).")
-@click.option("--data-root", default=None, type=click.Path(), help="SPML-layout folder (overrides dataset.data_root).")
+@setting_option("dataset.data_root", type=click.Path())
 @click.option("--out", default="bench", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the runs (OUT/runs/METHOD-sSEED) and the table.")
 @set_option
@@ -41,8 +42,8 @@ def bench_cmd(pipeline, methods, seeds, data_root, out, overrides, no_progress) 
       aevlp bench voc an role em-apl ll-r gr gpr-damp --data-root data/voc --seeds 0,1,2
       aevlp bench demo an gr gpr-damp full-labels --seeds 0,1,2 --out demo/bench
     """
-    from aevlp.bench import run_bench, write_bench
     from aevlp.cli.common import interrupted
+    from aevlp.tools.bench import run_bench, write_bench
 
     base = [f'dataset.data_root="{data_root}"'] if data_root else []
     with interrupted("finished runs are kept (an interrupted one resumes); the same command goes on from there"):

@@ -37,11 +37,11 @@ def label_settings(file: str, config: str | None, overrides: tuple[str, ...], ru
             return config_for_cache(c, config, overrides), ""
         if config:
             raise AevlpError("--run and --config both name settings", hint="pass one of them")
-        from aevlp.refine import run_selection
+        from aevlp.stage_two.refine import run_selection
+        from aevlp.stage_two.run_folder import RunFolder
 
         cfg, student = run_selection(run_dir)
-        results = Path(run_dir) / "results.json"
-        made = json.loads(results.read_text()).get("cache_fingerprint") if results.exists() else None
+        made = (RunFolder(run_dir).results() or {}).get("cache_fingerprint")
         if made != fingerprint_id(c.fingerprint):
             raise AevlpError(f"{run_dir} was not trained from {file}" + ("" if made else " (it has no results.json)"),
                              hint="pass the cache the run was trained from, or a run of this cache")
@@ -123,7 +123,7 @@ def cache_clean(folder: str, pipelines: tuple[str, ...], data_root: str | None, 
     """
     from aevlp.cache.admin import clean_candidates
     from aevlp.config import find_pipeline, load_config
-    from aevlp.pseudolabel import plan_stage_one
+    from aevlp.stage_one.pseudolabel import plan_stage_one
 
     wanted = None
     if pipelines:
@@ -258,11 +258,11 @@ def cache_thresholds(file: str, rule: str, out: str | None, config: str | None, 
       aevlp train --pseudo cache/voc.h5 --set damp.class_thresholds='"out/voc_thresholds.csv"'
     """
     from aevlp.cache import Cache
-    from aevlp.class_report import class_scores, threshold_table
     from aevlp.config import updated
-    from aevlp.labeler import labeler_for
     from aevlp.specs import Specs
-    from aevlp.thresholds import write_thresholds
+    from aevlp.stage_two.class_report import class_scores, threshold_table
+    from aevlp.stage_two.labeler import labeler_for
+    from aevlp.stage_two.thresholds import write_thresholds
 
     cfg, student = label_settings(file, config, overrides, run_dir)
     cfg = updated(cfg, {"damp": {"class_thresholds": rule}})

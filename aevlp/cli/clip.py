@@ -55,8 +55,8 @@ def clip_info(arch: str, pretrained: str, pretrained_cfg: str, clip_config: str,
       aevlp clip info --pretrained ~/ckpt/my-clip-folder      # an HF-layout folder needs no ARCH
       aevlp clip info ViT-B-32 --pretrained vitb32.pt --pretrained-cfg openai
     """
-    from aevlp.clip_source import resolve_clip
     from aevlp.errors import AevlpError
+    from aevlp.stage_one.clip_source import resolve_clip
 
     if not arch and not pretrained:
         raise AevlpError("name a CLIP", hint="aevlp clip info ARCH [--pretrained TAG|FILE|DIR|hf-hub:NAME]")

@@ -6,6 +6,7 @@ import json
 import click
 
 from aevlp.cli.group import cli
+from aevlp.cli.setting_option import setting_option
 
 
 def _print_summary(summary: dict) -> None:
@@ -118,8 +119,8 @@ def prepare_table_cmd(csv_path: str, images: str, out: str, image_col: str | Non
 
 
 @data.command("info")
-@click.option("--dataset", required=True, help="Dataset name (aevlp data ls).")
-@click.option("--data-root", required=True, type=click.Path(), help="Folder in the SPML layout.")
+@setting_option("dataset.name", "--dataset", required=True)
+@setting_option("dataset.data_root", type=click.Path(), required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--check-images/--no-check-images", default=True, show_default=True,
               help="Open every image's header (missing, empty or unreadable files are listed; exit 1).")

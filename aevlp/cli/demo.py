@@ -31,7 +31,7 @@ def demo_cmd(quick: bool, seeds: int, out: str, raw: str | None, seed: int, no_p
       aevlp demo --seeds 3          # the README's table: seeds 0-2 (16 minutes; seed 0 is reused if run)
       aevlp demo --quick --seeds 2  # half the data and steps, into demo/quick (what the tests run)
     """
-    from aevlp.demo import run_demo
+    from aevlp.tools.demo import run_demo
 
     if seeds < 1:
         raise click.BadParameter("must be >= 1", param_hint="--seeds")

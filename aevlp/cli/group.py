@@ -8,7 +8,7 @@ import click
 
 from aevlp import __version__
 from aevlp.cli.hints import HintFilter, for_command
-from aevlp.errors import AevlpError
+from aevlp.errors import PLAIN_LOGS, AevlpError
 
 __all__ = ["AevlpGroup", "AevlpCommand", "cli", "main"]
 
@@ -37,9 +37,9 @@ class AevlpGroup(click.Group):
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             command, path = RUNNING.command, RUNNING.path
-            click.secho(f"error: {for_command(e.message, command, path, 'message')}", fg="red", err=True)
-            if e.hint:
-                click.echo(f"  hint: {for_command(e.hint, command, path)}", err=True)
+            click.secho(f"error: {for_command(e.raw_message, command, path, 'message')}", fg="red", err=True)
+            if e.raw_hint:
+                click.echo(f"  hint: {for_command(e.raw_hint, command, path)}", err=True)
             sys.exit(2)
         finally:
             if ctx.parent is None:  # the command is over: library use afterwards (a notebook, a test) is not it
@@ -71,6 +71,7 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s")
     if RUNNING not in logging.getLogger("aevlp").filters:
+        logging.getLogger("aevlp").removeFilter(PLAIN_LOGS)  # the running command renders them instead
         logging.getLogger("aevlp").addFilter(RUNNING)
 
 

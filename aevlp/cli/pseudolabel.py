@@ -5,38 +5,31 @@ import click
 
 from aevlp.cli.common import RegistryChoice, check_limit, config_option, resolve, set_option
 from aevlp.cli.group import cli
+from aevlp.cli.setting_option import setting_option, setting_values
 from aevlp.data.registry import DATASETS
 
 
 @cli.command("pseudolabel")
-@click.option("--dataset", type=RegistryChoice(DATASETS), default=None, help="Dataset name (aevlp data ls).")
-@click.option("--data-root", default=None, type=click.Path(), help="Folder in the SPML layout.")
+@setting_option("dataset.name", "--dataset", type=RegistryChoice(DATASETS))
+@setting_option("dataset.data_root", type=click.Path())
 @config_option
-@click.option("--out", "--cache", "out", default=None, type=click.Path(dir_okay=False),
-              help="Cache file [default: cache/DATASET.h5].")
-@click.option("--clip", "arch", default=None, help="open_clip architecture, e.g. ViT-B-16 (aevlp clip ls).")
-@click.option("--pretrained", default=None, help="A pretrained tag (openai, laion2b_s34b_b88k, ...), a local weights "
-                                                  "file, an HF-layout folder (needs no --clip) or hf-hub:ORG/NAME; "
-                                                  "'' for random weights.")
-@click.option("--pretrained-cfg", default=None, metavar="TAG",
-              help="For a local weights file: the tag whose settings it carries (QuickGELU, mean/std, resize).")
-@click.option("--clip-config", default=None, type=click.Path(dir_okay=False),
-              help="Local open_clip model config JSON (its file name is the architecture).")
-@click.option("--prompt", "prompts", multiple=True, help="Prompt template with {} (repeat to ensemble).")
-@click.option("--phrases", default=None, type=click.Path(dir_okay=False),
-              help="Class phrases: CSV classname,phrase or one phrase per line in class order.")
-@click.option("--grid", type=int, default=None, help="G: global view + G x G tiles.")
-@click.option("--rounds", type=int, default=None,
-              help="Augmentation rounds R (training epoch e reads round (e-1) mod R).")
-@click.option("--batch-size", type=int, default=None, help="Source images per batch.")
-@click.option("--workers", type=int, default=None, help="DataLoader worker processes decoding images.")
-@click.option("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default=None,
-              help="CLIP weights dtype (auto: fp16 on CUDA, bf16 on a bf16-capable CPU, else fp32).")
-@click.option("--store-embeddings", type=click.Choice(["none", "global", "all"]), default=None,
-              help="Also store L2-normalised image embeddings (for clip-head training or new prompts).")
-@click.option("--on-bad-image", type=click.Choice(["fail", "skip"]), default=None,
-              help="Unreadable images: stop with their paths, or mark them skipped in the cache.")
+@setting_option("cache.path", "--out", "--cache", "out", type=click.Path(dir_okay=False),
+                default_text="cache/DATASET.h5")
+@setting_option("clip.arch", "--clip", "arch", more="E.g. ViT-B-16 (aevlp clip ls).")
+@setting_option("clip.pretrained", more="A weights file may need --pretrained-cfg; an HF-layout folder needs no "
+                                                   "--clip.")
+@setting_option("clip.pretrained_cfg", metavar="TAG", more="Its QuickGELU, mean/std and resize.")
+@setting_option("clip.config", "--clip-config", type=click.Path(dir_okay=False))
+@setting_option("text.prompts", "--prompt", "prompts", more="Repeat the flag to ensemble.")
+@setting_option("text.phrases", type=click.Path(dir_okay=False))
+@setting_option("views.grid")
+@setting_option("views.rounds")
+@setting_option("clip.batch_size")
+@setting_option("clip.workers")
+@setting_option("clip.device")
+@setting_option("clip.precision")
+@setting_option("cache.store_embeddings")
+@setting_option("cache.on_bad_image")
 @click.option("--limit", type=int, default=None, callback=check_limit,
               help="Only the first N training images (a quick try).")
 @click.option("--force", is_flag=True, help="Recompute even if a matching cache exists.")
@@ -51,9 +44,9 @@ from aevlp.data.registry import DATASETS
                    "workers, rendering, copies, normalisation, encoding, DAMP, writes) and PATH.json (a Chrome trace).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @set_option
-def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, pretrained_cfg, clip_config, prompts, phrases,
-                    grid, rounds, batch_size, workers, device, precision, store_embeddings, on_bad_image, limit,
-                    force, no_reprompt, shard, profile, no_progress, overrides) -> None:
+@click.pass_context
+def pseudolabel_cmd(ctx, dataset, config, limit, force, no_reprompt, shard, profile, no_progress, overrides,
+                    **_settings) -> None:
     """Stage one: score DAMP views of every training image with a frozen CLIP into an HDF5 cache.
 
     \b
@@ -73,16 +66,9 @@ def pseudolabel_cmd(dataset, data_root, config, out, arch, pretrained, pretraine
     """
     from aevlp import distributed
     from aevlp.distributed import parse_shard
-    from aevlp.pseudolabel import run_pseudolabel
+    from aevlp.stage_one.pseudolabel import run_pseudolabel
 
-    cfg = resolve(config, dataset, overrides,
-                  dataset={"data_root": data_root},
-                  clip={"arch": arch, "pretrained": pretrained, "pretrained_cfg": pretrained_cfg,
-                        "config": clip_config, "batch_size": batch_size, "workers": workers, "device": device,
-                        "precision": precision},
-                  text={"prompts": list(prompts) or None, "phrases": phrases},
-                  views={"grid": grid, "rounds": rounds},
-                  cache={"path": out, "store_embeddings": store_embeddings, "on_bad_image": on_bad_image})
+    cfg = resolve(config, dataset, overrides, **setting_values(ctx))
     rank = distributed.env()[0]
     try:
         summary = run_pseudolabel(cfg, force=force, limit=limit, progress=not no_progress and rank == 0,

@@ -5,14 +5,15 @@ import click
 
 from aevlp.cli.common import RegistryChoice, set_option
 from aevlp.cli.group import cli
+from aevlp.cli.setting_option import setting_option
 
 
 @cli.command("refine")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--rounds", type=click.IntRange(1, 10), default=1, show_default=True,
               help="Teacher–student rounds: each student's scores teach the next run.")
-@click.option("--loss", type=RegistryChoice("aevlp.losses:LOSSES"), default=None,
-              help="The new rounds' method [default: the run's]; a GR run's student teaching GPR: --loss gpr.")
+@setting_option("loss.name", "--loss", type=RegistryChoice("aevlp.losses:LOSSES"), default_text="the run's",
+                more="The new rounds' method; a GR run's student teaching GPR: --loss gpr.")
 @click.option("--device", default=None, help="Where the student scores its images and the new rounds train "
                                              "[default: the run's train.device, auto: the GPU when there is one].")
 @click.option("--no-progress", is_flag=True)
@@ -33,8 +34,8 @@ def refine_cmd(run_dir: str, rounds: int, loss: str | None, device: str | None, 
       aevlp refine demo/runs/gpr-damp-s0 --rounds 2
       aevlp refine runs/voc-gr --loss gpr --set damp.student_weight=0.7
     """
-    from aevlp.refine import refine
-    from aevlp.train import TrainingInterrupted
+    from aevlp.stage_two.refine import refine
+    from aevlp.stage_two.train import TrainingInterrupted
 
     try:
         extra = ((f'loss.name="{loss}"',) if loss else ()) + ((f'train.device="{device}"',) if device else ()) \

@@ -22,7 +22,7 @@ def report_cmd(run_dirs: tuple[str, ...], out: str, compare: tuple[str, str] | N
 
     Example: aevlp report runs/voc-an runs/voc-gr runs/voc --out report/
     """
-    from aevlp.report import write_report
+    from aevlp.tools.report import write_report
 
     r = write_report(list(run_dirs), out, compare)
     for note in r["notes"]:

@@ -38,7 +38,7 @@ def review_cmd(cache: str, run_dirs: tuple[str, ...], out: str, per_class: int, 
     """
     from aevlp.cache import Cache
     from aevlp.config import config_for_cache
-    from aevlp.review import write_review
+    from aevlp.tools.review import write_review
 
     with Cache(cache) as c:
         cfg = config_for_cache(c, config, overrides)

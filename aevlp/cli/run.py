@@ -5,11 +5,12 @@ import click
 
 from aevlp.cli.common import check_limit, set_option
 from aevlp.cli.group import cli
+from aevlp.cli.setting_option import setting_option
 
 
 @cli.command("run")
 @click.argument("pipeline")
-@click.option("--data-root", default=None, type=click.Path(), help="SPML-layout folder (overrides dataset.data_root).")
+@setting_option("dataset.data_root", type=click.Path())
 @set_option
 @click.option("--dry-run", is_flag=True, help="Only say which stages would run and why (like make -n).")
 @click.option("--force-stage", type=click.Choice(["pseudolabel", "train"]), default=None,
@@ -34,7 +35,7 @@ def run_cmd(pipeline, data_root, overrides, dry_run, force_stage, limit, no_repr
       aevlp run voc --data-root data/voc --set damp.threshold=0.4     # re-trains only
     """
     from aevlp.config import find_pipeline, load_config
-    from aevlp.run import plan_pipeline, run_pipeline
+    from aevlp.tools.run import plan_pipeline, run_pipeline
 
     path = find_pipeline(pipeline)
     extra = {"dataset": {"data_root": data_root}} if data_root else {}
@@ -50,7 +51,7 @@ def run_cmd(pipeline, data_root, overrides, dry_run, force_stage, limit, no_repr
                                     "--set clip.pretrained=DIR, --set train.weights=FILE or none)"
                                     if pipeline_plan.downloads else "none (everything needed is on this machine)"))
         return
-    from aevlp.train import TrainingInterrupted
+    from aevlp.stage_two.train import TrainingInterrupted
     try:
         r = run_pipeline(cfg, name, force_stage=force_stage, limit=limit, progress=not no_progress, echo=click.echo,
                          reprompt=not no_reprompt)

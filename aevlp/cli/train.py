@@ -7,18 +7,17 @@ import click
 
 from aevlp.cli.common import RegistryChoice, check_limit, config_option, inference_options, resolve, set_option
 from aevlp.cli.group import cli
+from aevlp.cli.setting_option import flags_of, setting_option, setting_values
 from aevlp.data.registry import DATASETS
 from aevlp.errors import AevlpError
 
 
 def loss_presets() -> dict[str, str]:
     """The bench's method names that are a loss plus other settings, spelled as `aevlp train` flags."""
-    from aevlp.bench import PRESETS
-    from aevlp.cli.hints import FLAG_KEYS, command_flags
     from aevlp.config import _parse_value
+    from aevlp.tools.bench import PRESETS
 
-    own = command_flags(train_cmd)
-    flags = {keys[0]: f for f, keys in FLAG_KEYS.items() if len(keys) == 1 and f in own}  # setting -> train's flag
+    flags = flags_of(train_cmd)  # setting -> train's flag
 
     def flag(override: str) -> str:
         k, v = override.split("=", 1)
@@ -36,52 +35,40 @@ def _cache_info(path: str) -> tuple[str | None, dict, str | None]:
 
 
 @cli.command("train")
-@click.option("--pseudo", "--cache", "cache", default=None, type=click.Path(dir_okay=False),
-              help="Stage-one cache (HDF5) [default: cache/DATASET.h5].")
-@click.option("--dataset", type=RegistryChoice(DATASETS), default=None, help="Dataset name [default: the cache's].")
-@click.option("--data-root", default=None, type=click.Path(), help="SPML-layout folder [default: the cache's].")
+@setting_option("cache.path", "--pseudo", "--cache", "cache", type=click.Path(dir_okay=False),
+                default_text="cache/DATASET.h5")
+@setting_option("dataset.name", "--dataset", type=RegistryChoice(DATASETS), default_text="the cache's")
+@setting_option("dataset.data_root", type=click.Path(), default_text="the cache's")
 @config_option
-@click.option("--loss", type=RegistryChoice("aevlp.losses:LOSSES", also=loss_presets), default=None,
-              help="Training loss / method (docs/training.md) [default: the pipeline's].")
-@click.option("--backbone", type=RegistryChoice("aevlp.models:BACKBONES"), default=None,
-              help="Classifier backbone [default: the pipeline's].")
-@click.option("--weights", default=None, help="Backbone weights: default (ImageNet for the ResNets) | imagenet | "
-                                              "none (from scratch) | a .pth/.safetensors state dict.")
-@click.option("--labels", type=click.Choice(["observed", "full"]), default=None,
-              help="Train on the single positives (the task) or the full ground truth (the upper bound).")
-@click.option("--damp-source", type=click.Choice(["damp", "global", "global-plain"]), default=None,
-              help="Pseudo-labels from DAMP (global + tiles), the global view only, or the global view against the "
-                   "plain class text features (VLPL's).")
-@click.option("--recipe", type=click.Choice(["shared", "official"]), default=None,
-              help="shared: the pipeline's recipe for every method (like for like); official: the method's "
-                   "authors' recipe on the benchmark datasets (docs/training.md).")
-@click.option("--select", type=click.Choice(["auto", "val", "observed-auc", "observed", "observed+pseudo", "last"]),
-              default=None, help="Which epoch is tested: auto (val with a fully labelled val split, else "
-                                 "observed-auc), val, observed-auc, observed, observed+pseudo, last "
-                                 "(docs/training.md).")
-@click.option("--epochs", type=int, default=None)
-@click.option("--batch-size", type=int, default=None)
-@click.option("--lr", type=float, default=None, help="Backbone learning rate (the head gets lr x lr_mult).")
-@click.option("--image-size", type=int, default=None)
-@click.option("--seed", type=int, default=None)
-@click.option("--device", default=None, help="auto, cpu, cuda, ...")
-@click.option("--workers", type=int, default=None,
-              help="DataLoader processes decoding images [default: -1, the machine's cores but one, at most 8].")
-@click.option("--image-cache/--no-image-cache", default=None,
-              help="Read images pre-resized from one HDF5 file per dataset and size (built once, shared by all "
-                   "runs; 20-35x faster per core than decoding JPEGs; 3*S^2 bytes an image).")
+@setting_option("loss.name", "--loss", type=RegistryChoice("aevlp.losses:LOSSES", also=loss_presets))
+@setting_option("train.backbone", type=RegistryChoice("aevlp.stage_two.models:BACKBONES"))
+@setting_option("train.weights")
+@setting_option("train.labels")
+@setting_option("damp.source", "--damp-source")
+@setting_option("train.recipe")
+@setting_option("train.select")
+@setting_option("train.epochs")
+@setting_option("train.batch_size")
+@setting_option("train.lr")
+@setting_option("train.image_size")
+@setting_option("train.seed")
+@setting_option("train.device")
+@setting_option("train.workers")
+@setting_option("train.image_cache")
 @click.option("--run-dir", default=None, type=click.Path(file_okay=False), help="Output folder [default: runs/...].")
 @click.option("--resume", default=None, type=click.Path(exists=True, file_okay=False),
               help="Continue an interrupted run directory from its last finished epoch (with its settings; "
                    "--epochs N trains on to N, --workers changes the loader).")
 @click.option("--force", is_flag=True, help="Replace a finished (or interrupted) run in --run-dir.")
+@click.option("--dry-run", is_flag=True, help="Print what the run would do (its plan: settings, student, E, model "
+                                              "selection, run folder) and stop.")
 @click.option("--limit", type=int, default=None, callback=check_limit,
               help="Only the first N training images (match stage one's).")
 @click.option("--no-progress", is_flag=True)
 @set_option
-def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels, damp_source, recipe, select, epochs,
-              batch_size, lr, image_size, seed, device, workers, image_cache, run_dir, resume, force, limit,
-              no_progress, overrides) -> None:
+@click.pass_context
+def train_cmd(ctx, cache, dataset, data_root, config, run_dir, resume, force, dry_run, limit, no_progress, overrides,
+              **_settings) -> None:
     """Stage two: train a multi-label classifier with GPR Loss (or a baseline) from a stage-one cache.
 
     \b
@@ -99,21 +86,29 @@ def train_cmd(cache, dataset, data_root, config, loss, backbone, weights, labels
       aevlp train --pseudo cache/voc.h5 --set damp.threshold=0.4           # re-tuned selection, no CLIP
       aevlp train --pseudo cache/coco.h5 --image-cache                      # decode the JPEGs once, for all runs
       aevlp train --resume runs/voc-gpr-20261124-101500
+      aevlp train --pseudo cache/table.h5 --dry-run                         # what it would do, and why
       torchrun --nproc-per-node 4 -m aevlp train --pseudo cache/nus.h5      # DDP, global batch kept
     """
     from aevlp import distributed
-    from aevlp.refine import taught
-    from aevlp.train import TrainingInterrupted
+    from aevlp.stage_two.refine import taught
+    from aevlp.stage_two.train import TrainingInterrupted
 
-    flags = {"loss": {"name": loss}, "damp": {"source": damp_source},
-             "train": {"backbone": backbone, "weights": weights, "labels": labels, "recipe": recipe, "select": select,
-                       "epochs": epochs, "batch_size": batch_size, "lr": lr, "image_size": image_size, "seed": seed,
-                       "device": device, "workers": workers, "image_cache": image_cache}}
+    flags = setting_values(ctx)
+    for section in ("cache", "dataset"):  # the cache and its data root are read before the pipeline
+        flags.pop(section, None)
     cfg, limit = _train_config(cache, dataset, data_root, config, resume, limit, overrides, flags)
     run_dir = resume or run_dir
+    explicit = tuple(o.split("=", 1)[0].strip() for o in overrides)
+    if dry_run:
+        from aevlp.stage_two.plan import plan_stage_two
+
+        plan = plan_stage_two(cfg, run_dir=run_dir, resume=bool(resume), force=force, limit=limit, explicit=explicit,
+                              dry=True)
+        for line in plan.lines():
+            click.echo(line)
+        return
 
     try:
-        explicit = tuple(o.split("=", 1)[0].strip() for o in overrides)
         r = taught(cfg, run_dir=run_dir, explicit=explicit, resume=bool(resume), limit=limit, force=force,
                       progress=not no_progress, echo=click.echo)
     except TrainingInterrupted as e:
@@ -173,8 +168,8 @@ def interrupted_message(e) -> str:
 
 @cli.command("eval")
 @click.argument("checkpoint", type=click.Path(exists=True))
-@click.option("--dataset", type=RegistryChoice(DATASETS), default=None, help="Dataset name [default: the run's].")
-@click.option("--data-root", default=None, type=click.Path(), help="SPML-layout folder [default: the run's].")
+@setting_option("dataset.name", "--dataset", type=RegistryChoice(DATASETS), default_text="the run's")
+@setting_option("dataset.data_root", type=click.Path(), default_text="the run's")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Per-class AP CSV.")
 @inference_options
@@ -189,7 +184,7 @@ def eval_cmd(checkpoint, dataset, data_root, split, out, batch_size, device) -> 
       aevlp eval runs/voc-gpr --split val --out val_ap.csv
       aevlp eval best.pt --dataset voc --data-root /data/voc
     """
-    from aevlp.evaluate import evaluate_checkpoint
+    from aevlp.stage_two.evaluate import evaluate_checkpoint
 
     r, table = evaluate_checkpoint(checkpoint, dataset, data_root, split, batch_size, device)
     click.echo(table.to_string(index=False, float_format=lambda v: f"{v:.2f}"))
@@ -219,7 +214,7 @@ def predict_cmd(checkpoint, images, threshold, out, batch_size, device) -> None:
       aevlp predict runs/voc-gpr/best.pt photos/*.jpg --out out/preds.csv
       aevlp predict demo/runs/gpr-damp-s0 demo/data/images/val
     """
-    from aevlp.evaluate import predict_images
+    from aevlp.stage_two.evaluate import predict_images
 
     df = predict_images(checkpoint, list(images), threshold, device, batch_size)
     Path(out).parent.mkdir(parents=True, exist_ok=True)

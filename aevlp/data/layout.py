@@ -17,7 +17,8 @@ import numpy as np
 from aevlp.data.observe import COLE_SEED, single_positive
 from aevlp.data.registry import DatasetInfo, builtin_classnames, get_dataset
 from aevlp.data.splits import train_val_split
-from aevlp.errors import DataError
+from aevlp.errors import DataError, flag
+from aevlp.hashing import file_sha256
 
 __all__ = ["META_FILE", "Split", "SPMLData", "load_dataset", "write_layout", "read_meta", "image_problems",
            "image_identity", "training_data_hash"]
@@ -159,7 +160,8 @@ def load_dataset(name: str, root: str | Path, *, image_root: str | Path | None =
     meta = read_meta(root)
     if meta.get("dataset") and get_dataset(meta["dataset"]).name != info.name:
         raise DataError(f"{root / META_FILE} says dataset '{meta['dataset']}', not '{info.name}'",
-                        hint=f"pass --dataset {meta['dataset']} or point --data-root elsewhere")
+                        hint=f"pass {flag('dataset.name', meta['dataset'])} or point {flag('dataset.data_root')} "
+                             "elsewhere")
     if "classnames" in meta:
         classnames = list(meta["classnames"])
     elif info.num_classes is not None:
@@ -180,7 +182,7 @@ def load_dataset(name: str, root: str | Path, *, image_root: str | Path | None =
         info=info, root=root, image_root=img_root, classnames=classnames,
         train=Split(images[tr], labels[tr], observed[tr], tr),
         # Val is judged against its labels (clean, or on observed-only data the held-out rows' tags); its
-        # observed tags are what the model-selection proxies read (aevlp.model_selection). Test: the truth.
+        # observed tags are what the model-selection proxies read (aevlp.stage_two.model_selection). Test: the truth.
         val=Split(images[va], labels[va], observed[va], va),
         test=Split(test_imgs, test_labels, test_labels.copy(), np.arange(len(test_imgs))),
         report=report, train_labels_known=known,
@@ -209,7 +211,7 @@ def image_identity(image_root: Path, paths: Sequence[str], mode: str = "stat") -
         path = Path(image_root) / rel
         try:
             if mode == "content":
-                h.update(hashlib.sha256(path.read_bytes()).digest())
+                h.update(bytes.fromhex(file_sha256(path)))
             else:
                 st = path.stat()
                 h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
@@ -217,7 +219,7 @@ def image_identity(image_root: Path, paths: Sequence[str], mode: str = "stat") -
         except OSError:
             h.update(b"missing")
         h.update(b"\0")
-    return f"{mode}:{h.hexdigest()[:16]}" if found or not paths else f"{mode}:absent"
+    return f"{mode}:{h.hexdigest()[:16]}" if found or len(paths) == 0 else f"{mode}:absent"
 
 
 def training_data_hash(data: SPMLData, mode: str = "stat") -> str:

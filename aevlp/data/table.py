@@ -184,7 +184,7 @@ def _check_tagged(df: pd.DataFrame, csv: Path, labels: np.ndarray, split: np.nda
 def _observed_only(labels: np.ndarray, is_train: np.ndarray) -> np.ndarray:
     """The observed labels of observed-only data: a training row's tags as they are; a fully labelled val row
     (split=val) one of its labels drawn as Cole et al.'s sampler draws a single positive, so the model-selection
-    proxies can be measured against its full labels (aevlp.model_selection)."""
+    proxies can be measured against its full labels (aevlp.stage_two.model_selection)."""
     from aevlp.data.observe import single_positive
 
     return np.where(is_train[:, None], labels, single_positive(labels.astype(np.int64)))

@@ -30,10 +30,11 @@ with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in f
 __all__ = ["CLIP_MEAN", "CLIP_STD", "IMAGENET_MEAN", "IMAGENET_STD", "STATS", "INTERPOLATIONS", "RESIZE_MODES",
            "decode", "bad_image", "resize_view", "normalize", "load_uint8", "to_model_input"]
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# the statistics as the library that defines them exports them: OpenAI CLIP's training set and ImageNet's (open_clip)
+from open_clip.constants import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from open_clip.constants import OPENAI_DATASET_MEAN as CLIP_MEAN  # noqa: E402
+from open_clip.constants import OPENAI_DATASET_STD as CLIP_STD  # noqa: E402
+
 STATS = {"clip": (CLIP_MEAN, CLIP_STD), "imagenet": (IMAGENET_MEAN, IMAGENET_STD)}
 RESIZE_MODES = ("squash", "shortest", "longest")  # open_clip's names
 INTERPOLATIONS = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,

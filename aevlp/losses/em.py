@@ -9,6 +9,7 @@ import torch
 
 from aevlp.losses.common import COLE_EPS, entropy, neg_log, prep
 from aevlp.losses.method import LossSpec, Method, RunInfo
+from aevlp.settings import default_of
 
 __all__ = ["em_loss", "em_pl_loss", "em_apl_loss", "AplMethod", "apl_selection_size", "vlpl_selection"]
 
@@ -59,7 +60,7 @@ class AplMethod(Method):
         self.warmup, self.proportion = int(p["apl_warmup"]), float(p["apl_neg_proportion"])
         self.observed = np.asarray(run.observed)
         self.unobserved = (self.observed == 0).sum(0)
-        self.epochs = int(p.get("apl_epochs", 10))  # the official denominator, not the run's epochs
+        self.epochs = int(p.get("apl_epochs", default_of("loss.apl_epochs")))  # the official denominator, not T
         self.soft = torch.full((run.num_rows, run.num_classes), -1.0)
 
     def loss(self, logits, observed, *, rows=None, pseudo=None, full=None, schedule=None, epoch: int = 1):
@@ -90,6 +91,8 @@ def vlpl_selection(damp, params: dict):
     """VLPL's pseudo-labels from the cache: the global view against the plain class text features (no GCN,
     as VLPL's fixed text features), positive where softmax(cos/τ) > θ, no negatives (disabled for ResNet
     backbones in VLPL's code); one θ for all classes and no student, as its authors ran it."""
-    return dataclasses.replace(damp, source="global-plain", threshold=float(params.get("vlpl_threshold", 0.3)),
-                               temperature=float(params.get("vlpl_temperature", 0.01)), negative_ratio=0.0,
+    return dataclasses.replace(damp, source="global-plain",
+                               threshold=float(params.get("vlpl_threshold", default_of("loss.vlpl_threshold"))),
+                               temperature=float(params.get("vlpl_temperature", default_of("loss.vlpl_temperature"))),
+                               negative_ratio=0.0,
                                mode="official", class_thresholds="", student="", student_loss="")

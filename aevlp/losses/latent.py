@@ -1,5 +1,5 @@
 """MIME (Liu et al., ICML 2023) and SMILE (Xu et al., NeurIPS 2022, the image version in the MIME authors'
-code): methods that bring their own head (`aevlp.heads`) and a loss over its latent variables.
+code): methods that bring their own head (`aevlp.stage_two.heads`) and a loss over its latent variables.
 
 MIME (palm-biaoliu/mime @06e15de, utils/losses.py:257-269 `loss_VIB`, train_mime.py): Assume-Negative
 BCE on the predictions + β·KL(N(μ, σ) ‖ N(0, 1)) of the per-class latent; after each epoch from
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from aevlp.errors import ConfigError
+from aevlp.errors import ConfigError, flag
 from aevlp.losses.common import COLE_EPS, neg_log, prep
 from aevlp.losses.method import LossSpec, Method, RunInfo
 
@@ -56,17 +56,17 @@ def smile_loss(logits: torch.Tensor, observed: torch.Tensor, stats: dict, *, smi
 
 
 class _HeadMethod(Method):
-    """A method that brings its own head (`aevlp.heads`) and reads the statistics it keeps."""
+    """A method that brings its own head (`aevlp.stage_two.heads`) and reads the statistics it keeps."""
 
     head = ""
 
     def prepare_model(self, model) -> None:
-        from aevlp.heads import build_head
+        from aevlp.stage_two.heads import build_head
 
         if getattr(model, "features", None) is None:
             raise ConfigError(f"loss '{self.name}' reads the convolutional feature map through per-class queries, "
                               "and this backbone has none",
-                              hint="use an image backbone: --backbone resnet50 (or small-cnn)")
+                              hint=f"use an image backbone: {flag('train.backbone', 'resnet50')} (or small-cnn)")
         model.head = build_head(self.head, model.head.in_features, model.head.out_features)
         self.model = model
 

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from aevlp.errors import ConfigError
+from aevlp.errors import ConfigError, flag
 from aevlp.losses.common import prep
 from aevlp.losses.method import LossSpec, Method, RunInfo
 
@@ -111,8 +111,8 @@ class BoostLUMethod(LLRMethod):
     def prepare_model(self, model) -> None:
         if getattr(model, "features", None) is None:
             raise ConfigError("loss 'boostlu' needs a convolutional feature map (class activation maps), which "
-                              "this backbone does not have", hint="use an image backbone: --backbone resnet50 "
-                                                                  "(or small-cnn)")
+                              "this backbone does not have",
+                              hint=f"use an image backbone: {flag('train.backbone', 'resnet50')} (or small-cnn)")
         model.boost_alpha = self.alpha
 
 

@@ -36,7 +36,7 @@
 
   function bytes(b64) { const s = atob(b64), a = new Uint8Array(s.length); for (let i = 0; i < s.length; i++) a[i] = s.charCodeAt(i); return a; }
 
-  function decode(raw) {  // a class's rows: scores as 16-bit fractions, the rest as bytes (see aevlp/review.py)
+  function decode(raw) {  // a class's rows: scores as 16-bit fractions, the rest as bytes (see aevlp/tools/review.py)
     const u16 = new Uint16Array(bytes(raw.score).buffer), score = new Float32Array(u16.length);
     for (let i = 0; i < u16.length; i++) score[i] = u16[i] / 65535;
     return { ...raw, score, obs: bytes(raw.obs), rank: bytes(raw.rank), neg: bytes(raw.neg), truth: raw.truth ? bytes(raw.truth) : null };

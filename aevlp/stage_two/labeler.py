@@ -1,0 +1,198 @@
+"""Cache → pseudo-labels for each training epoch, with stage two's own DAMP parameters.
+
+Epoch e (from 1) reads augmentation round (e-1) mod R, so consecutive epochs see differently
+flipped views, as the official code's per-batch recomputation does, without running CLIP. Where a
+student's scores are stored beside the cache (`damp.student`, `aevlp.stage_two.refine`), the DAMP scores are fused
+with them before selection; per-class thresholds (`damp.class_thresholds`, `aevlp.stage_two.thresholds`) apply to
+the scores selected from, with each class's hidden positives from `aevlp.stage_two.priors` (E known, a labelled val
+split, or estimated).
+
+`labeler_for` is the one place a labeler is built: training, the exports, the gallery, the review site and
+`aevlp cache thresholds` all select through it, so each says what the others use.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from aevlp.cache import Cache
+from aevlp.damp import aggregate, pseudo_labels, select
+from aevlp.errors import AevlpError
+from aevlp.specs import DampSpec
+from aevlp.stage_two.priors import Expected, resolve_expected
+from aevlp.stage_two.thresholds import RULES, class_thresholds, read_thresholds
+
+__all__ = ["PseudoLabeler", "labeler_for", "teacher_scores"]
+
+
+class PseudoLabeler:
+    """Builds int8 [N, C] pseudo-labels from cached similarities for a given epoch."""
+
+    def __init__(self, cache: Cache, damp: DampSpec, observed: np.ndarray, expected: Expected | float = 0.0,
+                 thresholds: tuple | None = None):
+        """`thresholds`: (θ [C] or None, the rule's table) decided already (a StageTwoPlan's), else computed."""
+        self.cache, self.damp = cache, damp
+        self.observed = torch.as_tensor(observed)
+        self._memo: dict[int, np.ndarray] = {}
+        self._scores: np.ndarray | None = None
+        self._plain = _plain_global_sims(cache) if damp.source == "global-plain" else None
+        self.student, self.provenance, self.student_val = self._student(len(observed))
+        self.expected = expected if isinstance(expected, Expected) else Expected(float(expected), "given")
+        self.thresholds, self.threshold_table = self._class_thresholds() if thresholds is None else thresholds
+
+    def round_for(self, epoch: int) -> int:
+        return (epoch - 1) % self.cache.rounds
+
+    def for_epoch(self, epoch: int) -> np.ndarray:
+        r = self.round_for(epoch)
+        if r not in self._memo:
+            sims = self._plain[r][:, None] if self._plain is not None else self.cache.sims(r)
+            self._memo[r] = self.compute(torch.as_tensor(sims.astype(np.float32)))
+        return self._memo[r]
+
+    def compute(self, sims: torch.Tensor) -> np.ndarray:
+        """Pseudo-labels [N, C] of the cache's training rows from one round's similarities [N, V, C]."""
+        return self.select_rows(sims, self.observed, self.student)
+
+    def select_rows(self, sims: torch.Tensor, observed: torch.Tensor, student: torch.Tensor | None) -> np.ndarray:
+        """Pseudo-labels [M, C] of any rows from their similarities [M, V, C], observed labels and the student's
+        scores on them (None: no student): the selection training uses, with its thresholds."""
+        sel = self.damp.selection()
+        if self.thresholds is not None:
+            sel["threshold"] = torch.as_tensor(self.thresholds, dtype=torch.float32)
+        if self.student is None:
+            source = "global" if self.damp.source == "global-plain" else self.damp.source
+            return pseudo_labels(sims, observed, **sel, source=source)[1].numpy()
+        f, g = self._fused(sims, observed, student)
+        return select(f, g, top_k=sel["top_k"], threshold=sel["threshold"], negative_ratio=sel["negative_ratio"],
+                      negatives=sel["negatives"], observed=observed).numpy()
+
+    def _fused(self, sims: torch.Tensor, observed: torch.Tensor, student: torch.Tensor | None):
+        """(f, g) of one round: DAMP's, fused with the student's scores where given."""
+        f, g = _damp(sims, observed, self.damp)
+        if student is None:
+            return f, g
+        w = self.damp.student_weight
+        return w * student + (1 - w) * f, w * student + (1 - w) * g
+
+    def round_scores(self, r: int) -> np.ndarray:
+        """[N, C] the score positives are selected from in round r (DAMP's f, fused with a student's)."""
+        from aevlp.damp import softmax
+
+        if self._plain is not None:
+            return softmax(torch.as_tensor(self._plain[r].astype(np.float32)), self.damp.temperature).numpy()
+        sims = torch.as_tensor(self.cache.sims(r).astype(np.float32))
+        if self.damp.source == "global":
+            return softmax(sims[:, 0], self.damp.temperature).numpy()
+        return self._fused(sims, self.observed, self.student)[0].numpy()
+
+    def provenance_record(self) -> dict:
+        """What these labels were selected with, for an export to say: the selection, θ per class (where not
+        one θ), E and its source, the student and its provenance."""
+        sel = {k: v for k, v in dataclasses.asdict(self.damp).items() if k not in ("student_loss",)}
+        return {"selection": sel, "class_thresholds": None if self.thresholds is None else
+                [round(float(t), 6) for t in self.thresholds],
+                "expected_pos": {"value": round(self.expected.value, 4), "source": self.expected.source},
+                "student": self.provenance}
+
+    def scores(self) -> np.ndarray:
+        """[N, C] the score positives are selected from (DAMP's f, fused with a student's where stored),
+        averaged over the rounds: what the threshold rules read (computed once)."""
+        if self._scores is None:
+            rounds = (torch.as_tensor(self.cache.sims(r).astype(np.float32)) for r in range(self.cache.rounds))
+            self._scores = torch.stack([self._fused(s, self.observed, self.student)[0] for s in rounds]).mean(0).numpy()
+        return self._scores
+
+    def _student(self, n: int):
+        """(scores [N, C], provenance, scores on the val split or None) of the stored student source, if any."""
+        if not self.damp.student:
+            return None, None, None
+        if self.damp.source != "damp":
+            raise AevlpError(f"damp.student fuses with DAMP scores, not with damp.source = {self.damp.source}")
+        from aevlp.cache.sources import read_source
+
+        scores, provenance, val, _ = read_source(self.cache, self.damp.student, with_val=True)
+        return torch.as_tensor(scores[:n]), provenance, val
+
+    def _class_thresholds(self):
+        """(θ [C] or None, the rule's table or None) for damp.class_thresholds (docs/method.md)."""
+        how = self.damp.class_thresholds
+        if not how:
+            return None, None
+        if self.damp.source != "damp":
+            raise AevlpError(f"damp.class_thresholds applies to DAMP scores, not to damp.source = {self.damp.source}")
+        if how in RULES:
+            observed = self.observed.numpy()
+            usable = ~self.cache.f["bad"][: len(observed)].astype(bool)
+            hidden = self.expected.hidden_for(((observed == 1) & usable[:, None]).sum(0))
+            return class_thresholds(self.scores(), observed, how, hidden=hidden, global_theta=self.damp.threshold,
+                                    min_auc=self.damp.min_auc, usable=usable)
+        return read_thresholds(how, self.cache.classnames()), None
+
+
+def _damp(sims: torch.Tensor, observed: torch.Tensor, damp: DampSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    sel = {k: v for k, v in damp.selection().items() if k in ("temperature", "eta")}
+    return aggregate(sims[:, 0], sims[:, 1:], observed, **sel)
+
+
+def teacher_scores(cache: Cache, damp: DampSpec, observed: np.ndarray) -> np.ndarray:
+    """[N, C] DAMP's f, averaged over the rounds, without any student: the teacher's own view of each row."""
+    obs = torch.as_tensor(observed)
+    return torch.stack([_damp(torch.as_tensor(cache.sims(r).astype(np.float32)), obs, damp)[0]
+                        for r in range(cache.rounds)]).mean(0).numpy()
+
+
+def labeler_for(cache: Cache, cfg: dict, *, data=None, student: str = "",
+                observed: np.ndarray | None = None, decided=None) -> PseudoLabeler:
+    """The labeler a training run with `cfg` selects with on `cache`'s rows: its method's own selection (VLPL's),
+    the student source `student` fused in, E and each class's hidden positives as stage two takes them
+    (`aevlp.stage_two.priors.resolve_expected`). `data`: the dataset (default: the one the cache was made from);
+    `observed`: the rows' observed labels (default: the cache's); `decided`: E and the θ a plan decided
+    (`aevlp.stage_two.plan.Selection`), used as they are."""
+    from aevlp.losses import LOSSES
+    from aevlp.specs import Specs
+
+    specs = Specs.of(cfg)
+    data = cache.dataset() if data is None else data
+    spec = LOSSES.get(specs.loss["name"])
+    damp = spec.pseudo_labels(specs.damp, dict(specs.loss)) if spec.pseudo_labels else specs.damp
+    if student:
+        damp = dataclasses.replace(damp, student=student, student_loss="")
+    observed = cache.array("observed") if observed is None else observed
+    if decided is not None:
+        theta = None if decided.thresholds is None else np.asarray(decided.thresholds)
+        return PseudoLabeler(cache, damp, observed, decided.expected, thresholds=(theta, decided.table))
+    return PseudoLabeler(cache, damp, observed, _expected(cache, specs, data, damp, observed))
+
+
+def _expected(cache: Cache, specs, data, damp: DampSpec, observed: np.ndarray) -> Expected:
+    """E and the hidden positives per class for these training rows (`aevlp.stage_two.priors.resolve_expected`)."""
+    from aevlp.cache.sources import read_source
+    from aevlp.data.registry import get_dataset
+
+    usable = ~cache.f["bad"][: len(observed)].astype(bool)
+    student_val = None
+    if damp.student and data.val_labels != "full":
+        _, _, val, val_ids = read_source(cache, damp.student, with_val=True)
+        student_val = (val, data.val.observed) if val is not None and val_ids == list(data.val.images) else None
+    info = get_dataset(data.info.name)
+    return resolve_expected(
+        observed[usable], configured=specs.loss["expected_pos"], dataset=info.name, published=info.expected_pos,
+        train_labels=data.train.labels[: len(observed)][usable] if data.train_labels_known else None,
+        val_labels=data.val.labels if data.val_labels == "full" else None, student_val=student_val,
+        teacher=lambda: teacher_scores(cache, dataclasses.replace(damp, source="damp"), observed)[usable],
+        method=specs.damp.prior)
+
+
+def _plain_global_sims(cache: Cache) -> np.ndarray:
+    """[R, N, C] similarities of each round's global view to the plain (not GCN-refined) class features."""
+    plain = cache.plain_text_features()
+    if plain is None or cache.embedding_mode == "none":
+        raise AevlpError(f"{cache.path} lacks what VLPL's pseudo-labels need: the global views' embeddings and the "
+                         "class text features before the GCN (stage one stores both since 2026-12 with "
+                         "cache.store_embeddings = global or all)",
+                         hint="re-run stage one: `aevlp pseudolabel ... --store-embeddings global --force`")
+    emb = cache.global_embeddings().astype(np.float32)  # [R, N, D]
+    return (emb @ plain.astype(np.float32).T).astype(np.float16)  # rounded as the cache's own sims are
