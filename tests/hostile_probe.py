@@ -440,9 +440,9 @@ def rounds_cases(w: World):
     edited = w.rundir("edited", lambda r: ((r / "results.json").unlink(), (r / "config.toml").write_text(
         (r / "config.toml").read_text().replace("threshold = 0.5", "threshold = 0.3", 1))))
     yield "rounds: --resume after config.toml edited", ("train", "--resume", edited, "--no-progress"), "refuse"
-    yield "rounds: --labels full with a student (noted: every label is known)", ("train", "--pseudo", w.cache, "--config", w.pipeline, "--labels",
-                                                   "full", "--set", f'damp.student="{w.source}"', "--run-dir",
-                                                   w.d / "r" / "full"), "ok:the student settings"
+    yield "rounds: --labels full with a student (noted: every label is known)", (
+        "train", "--pseudo", w.cache, "--config", w.pipeline, "--labels", "full", "--set", f'damp.student="{w.source}"',
+        "--run-dir", w.d / "r" / "full"), "ok:the student settings"
     yield "rounds: --set clip.arch contradicting the cache", (
         "train", "--pseudo", w.cache, "--config", w.pipeline, "--set", 'clip.arch="ViT-B-16"', "--run-dir",
         w.d / "r" / "arch"), "refuse"

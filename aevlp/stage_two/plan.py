@@ -24,8 +24,8 @@ from aevlp.placement import Place, train_decode_place
 from aevlp.specs import Specs, TrainSpec
 from aevlp.stage_two.priors import Expected
 
-__all__ = ["Student", "Selection", "StageTwoPlan", "plan_stage_two", "as_trained", "lr_source", "recipe_line", "dated_run",
-           "wants_student"]
+__all__ = ["Student", "Selection", "StageTwoPlan", "plan_stage_two", "as_trained", "lr_source", "recipe_line",
+           "dated_run", "wants_student"]
 
 
 def as_trained(cfg: dict) -> dict:
