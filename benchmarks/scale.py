@@ -48,9 +48,9 @@ def sims_bytes(n: int, c: int) -> int:
 
 def build(folder: Path, n: int, c: int, seed: int = 0) -> Path:
     """A dataset folder (names and labels) and its complete cache, written through CacheWriter in row chunks."""
+    from aevlp.cache.schema import CacheLayout, dataset_hash
     from aevlp.cache.sources import store_source
     from aevlp.cache.writer import CacheWriter
-    from aevlp.cache.schema import CacheLayout, dataset_hash
     from aevlp.config import load_config
     from aevlp.damp import pseudo_labels
     from aevlp.data.layout import write_layout
@@ -70,10 +70,10 @@ def build(folder: Path, n: int, c: int, seed: int = 0) -> Path:
 
     ds = load_dataset("table", data)
     text = _unit(g.normal(size=(c, D)))
-    fp = {"schema_version": 2, "dataset": "table", "num_images": len(ds.train), "num_classes": c, "rounds": R, "grid": 3,
-          "store_embeddings": "none",
-          "ids_hash": dataset_hash(ds.train.images, np.zeros(0)),
-          "dataset_hash": dataset_hash(ds.train.images, ds.train.observed), "synthetic": f"benchmarks/scale.py seed {seed}"}
+    fp = {"schema_version": 2, "dataset": "table", "num_images": len(ds.train), "num_classes": c, "rounds": R,
+          "grid": 3, "store_embeddings": "none", "ids_hash": dataset_hash(ds.train.images, np.zeros(0)),
+          "dataset_hash": dataset_hash(ds.train.images, ds.train.observed),
+          "synthetic": f"benchmarks/scale.py seed {seed}"}
     info = {"data_root": str(data)}
     sel = Specs.of(load_config(None, ['dataset.name="table"'])).damp.selection()  # stage one's default
     path = folder / "cache.h5"

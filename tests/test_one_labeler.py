@@ -141,3 +141,34 @@ def test_the_dry_run_shows_the_E_and_thetas_training_selects_with(world):
     assert np.allclose(theta, world["theta"], atol=1e-6)  # what training selected with
     assert f"per-class θ (rate): {on.min():.3g}–{on.max():.3g} over {len(on)} classes" in r.output
     assert f"expected positives per image E: {e.value:.3g} ({e.source})" in r.output
+
+
+def test_selection_in_blocks_of_rows_equals_the_whole_rounds(world, monkeypatch):
+    """The labeler and `cache verify` read a block of rows at a time (memory bounded by a block, not by N): with
+    blocks of 64 bytes (a row or two), every round's labels, the averaged scores and θ are those of one block."""
+    import torch
+
+    import aevlp.cache.reader as reader
+    from aevlp.cache.admin import verify_cache
+    from aevlp.config import load_config
+    from aevlp.damp import pseudo_labels
+    from aevlp.stage_two.labeler import labeler_for
+
+    cfg = load_config(str(world["pipeline"]))
+    with Cache(world["cache"]) as c:
+        whole = labeler_for(c, cfg, student="stu")
+        scores = whole.scores().copy()
+        assert len(c.row_blocks()) == 1
+        monkeypatch.setattr(reader, "BLOCK_BYTES", 64)
+        assert len(c.row_blocks()) == len(c)  # one row a block: 2 views x 20 classes x 4 bytes > 64
+        blocked = labeler_for(c, cfg, student="stu")
+        for rnd in range(R):
+            assert np.array_equal(blocked.for_epoch(rnd + 1), world["trained"][rnd])
+        assert np.allclose(blocked.scores(), scores, atol=1e-6) and np.allclose(blocked.thresholds, world["theta"])
+        # the DAMP reference on a whole round without a student: the same labels as the blocked selection
+        plain = labeler_for(c, load_config(str(world["pipeline"]), ['damp.student=""', 'damp.class_thresholds=""']))
+        sel = {k: v for k, v in plain.damp.selection().items()}
+        ref = pseudo_labels(torch.as_tensor(c.sims(0).astype(np.float32)), torch.as_tensor(c.array("observed")),
+                            **sel)[1].numpy()
+        assert np.array_equal(plain.for_epoch(1), ref)
+    assert verify_cache(world["cache"]) == []  # the re-derivation of stored scores and labels, in blocks

@@ -358,3 +358,27 @@ def test_all_views_stored_once_and_the_zero_shot_teacher(tiny_clip, photo_voc, t
     assert summary["zero_shot_global_map"] == pytest.approx(100 * np.mean(aps), abs=1e-3)
     assert "zero_shot_damp_map" in summary and "zero_shot_damp_map" not in json.loads(
         h5py.File(g).attrs["summary"])  # tiles of the test images exist only with "all"
+
+
+def test_a_cache_the_disk_cannot_hold_is_refused_before_stage_one(tiny_clip, photo_voc, tmp_path, monkeypatch):
+    """Refused before any image is encoded, naming the size (the per-row datasets' bytes, computed here: float16
+    similarities [R, N, V, C], scores [R, N, C], int8 labels, the embeddings with their int16 index) and the
+    settings that make it smaller."""
+    import shutil
+    from collections import namedtuple
+
+    from conftest import invoke
+
+    free = namedtuple("usage", "total used free")(10**9, 10**9 - 1000, 1000)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: free)
+    out = tmp_path / "c.h5"
+    r = invoke(*_cli_args(tiny_clip, photo_voc, out))
+    from aevlp.data import load_dataset
+
+    n, c, rounds, views = len(load_dataset("voc", photo_voc).train), 20, 3, 5  # grid 2: 1 + 4 views
+    dim = 32  # the tiny CLIP's; every view's embedding stored once (2V distinct: rounds differ by flips)
+    need = rounds * n * views * c * 2 + rounds * n * c * (2 + 1) + n * 2 * views * dim * 2 + n * rounds * views * 2
+    assert r.exit_code != 0 and "Traceback" not in r.output, r.output
+    assert f"needs about {need / 1e3:.0f} kB" in r.output and "has 1 kB free" in r.output
+    assert "--store-embeddings none" in r.output and "--rounds" in r.output and "--grid" in r.output
+    assert not out.exists() and not (tmp_path / "c.h5.partial").exists()

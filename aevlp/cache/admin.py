@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from aevlp.cache import reader
 from aevlp.cache.lock import lock_owner, owner_path
 from aevlp.cache.reader import Cache, class_difference
 from aevlp.cache.schema import dataset_hash, read_fingerprint
@@ -104,14 +105,22 @@ def _rederived(f: h5py.File) -> list[str]:
 
     sel, obs, bad = json.loads(f.attrs["selection"]), torch.as_tensor(f["observed"][()]), f["bad"][()].astype(bool)
     found = []
+    _, n, v, c = f["sims"].shape
+    step = max(1, reader.BLOCK_BYTES // (4 * v * c))  # a block of rows at a time: memory bounded by a block, not by N
     for r in range(f["sims"].shape[0]):
-        scores, pseudo = pseudo_labels(torch.as_tensor(f["sims"][r].astype(np.float32)), obs, **sel)
-        scores, pseudo = scores.numpy().astype(np.float16), pseudo.numpy()
-        scores[bad], pseudo[bad] = 0, 0
-        if not np.array_equal(pseudo, f["pseudo"][r]):
+        differ, scores_differ = 0, False
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            scores, pseudo = pseudo_labels(torch.as_tensor(f["sims"][r, lo:hi].astype(np.float32)), obs[lo:hi], **sel)
+            scores, pseudo = scores.numpy().astype(np.float16), pseudo.numpy()
+            scores[bad[lo:hi]], pseudo[bad[lo:hi]] = 0, 0
+            differ += int((pseudo != f["pseudo"][r, lo:hi]).sum())
+            scores_differ |= not np.allclose(scores.astype(np.float32), f["scores"][r, lo:hi].astype(np.float32),
+                                             atol=1e-3)
+        if differ:
             found.append(f"pseudo, round {r}: differs from the pseudo-labels the similarities give under the stored "
-                         f"selection ({int((pseudo != f['pseudo'][r]).sum())} entries)")
-        if not np.allclose(scores.astype(np.float32), f["scores"][r].astype(np.float32), atol=1e-3):
+                         f"selection ({differ} entries)")
+        if scores_differ:
             found.append(f"scores, round {r}: differ from the DAMP scores the similarities give")
     return found
 

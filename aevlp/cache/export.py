@@ -23,6 +23,7 @@ from aevlp.tools.visual import fired_tile, outlined_thumbnail
 __all__ = ["Labels", "selected_labels", "write_provenance", "export_pseudo_labels", "gallery", "gallery_html"]
 
 FORMATS = ("csv", "parquet", "npz", "label-studio", "fiftyone")
+EXPORT_ROWS = 20_000  # rows of a table export built and written at a time
 RED_BOX = ("red box: the tile whose score for {cls} is highest, the evidence DAMP used (in 'missed': the best "
            "tile, still below the threshold)")
 
@@ -87,20 +88,36 @@ def export_pseudo_labels(path: str | Path, out: str | Path, *, rnd: int = 0, fmt
         np.savez(out, image_ids=np.asarray(ids, dtype=str), classnames=np.asarray(names, dtype=str), pseudo=pseudo,
                  scores=scores, bad=bad, provenance=np.asarray(json.dumps(sel.provenance, default=str)))
         return out
-    df = pd.DataFrame({"image": ids, "unreadable": bad,
-                       "positives": ["|".join(n for n, z in zip(names, row) if z == 1) for row in pseudo],
-                       "negatives": ["|".join(n for n, z in zip(names, row) if z == -1) for row in pseudo]})
-    df = pd.concat([df, pd.DataFrame(pseudo, columns=[f"pseudo:{n}" for n in names]),
-                    pd.DataFrame(scores, columns=[f"score:{n}" for n in names])], axis=1)
+    step = EXPORT_ROWS
     if fmt == "parquet":
         try:
-            df.to_parquet(out, index=False)
+            import pyarrow as pa
+            import pyarrow.parquet as pq
         except ImportError as e:
             raise AevlpError("parquet needs pyarrow", hint="pip install pyarrow, or use --format csv") from e
-    else:
-        df.to_csv(out, index=False)
+        writer = None
+        for lo in range(0, max(len(ids), 1), step):
+            table = pa.Table.from_pandas(_frame(sel, lo, lo + step), preserve_index=False)
+            writer = writer or pq.ParquetWriter(out, table.schema)
+            writer.write_table(table)
+        writer.close()
+    else:  # a block of rows at a time: the frame in memory is a block's, not N's
+        for lo in range(0, max(len(ids), 1), step):
+            _frame(sel, lo, lo + step).to_csv(out, index=False, mode="w" if lo == 0 else "a", header=lo == 0)
     write_provenance(out, sel.provenance)
     return out
+
+
+def _frame(sel: Labels, lo: int, hi: int) -> pd.DataFrame:
+    """Rows [lo, hi) of a table export: image, unreadable, the positive and negative classes' names, then per
+    class the pseudo-label and the score selected from."""
+    names = np.asarray(sel.classnames, dtype=object)
+    pseudo, scores = sel.pseudo[lo:hi], sel.scores[lo:hi]
+    df = pd.DataFrame({"image": sel.image_ids[lo:hi], "unreadable": sel.bad[lo:hi],
+                       "positives": ["|".join(names[row == 1]) for row in pseudo],
+                       "negatives": ["|".join(names[row == -1]) for row in pseudo]})
+    return pd.concat([df, pd.DataFrame(pseudo, columns=[f"pseudo:{n}" for n in sel.classnames]),
+                      pd.DataFrame(scores, columns=[f"score:{n}" for n in sel.classnames])], axis=1)
 
 
 def _panels(c: Cache, sel: Labels, k: int) -> dict[str, np.ndarray]:

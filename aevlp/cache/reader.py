@@ -84,6 +84,9 @@ def recorded_stage_one(path: Path) -> dict:
         return {}
 
 
+BLOCK_BYTES = 1 << 26  # 64 MB of float32 similarities a block (docs/performance.md, "Scale")
+
+
 class Cache:
     """Read access to a complete cache (stage two, cache tools); plain h5py works just as well."""
 
@@ -130,6 +133,19 @@ class Cache:
     def sims(self, rnd: int) -> np.ndarray:
         """[N, V, C] float16 similarities of one augmentation round (view 0 = global)."""
         return self.f["sims"][rnd % self.rounds]
+
+    def sims_rows(self, rnd: int, lo: int, hi: int) -> np.ndarray:
+        """[hi - lo, V, C] float16 similarities of rows [lo, hi) in one round."""
+        return self.f["sims"][rnd % self.rounds, lo:hi]
+
+    def row_blocks(self, n: int | None = None, budget: int | None = None) -> list[tuple[int, int]]:
+        """[lo, hi) row ranges over the first `n` rows (default: all) whose similarities, as float32, take at
+        most `budget` bytes each: what the tools that read every row hold at once (memory bounded by a block,
+        not by N)."""
+        n = len(self) if n is None else n
+        _, _, v, c = self.f["sims"].shape
+        step = max(1, (budget or BLOCK_BYTES) // (4 * v * c))
+        return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
     @property
     def embedding_mode(self) -> str:

@@ -207,6 +207,10 @@ class CacheLayout:
             shapes["embeddings"] = ((r, n, v, d), np.float16)
         return shapes
 
+    def nbytes(self, n: int, c: int) -> int:
+        """Bytes of the per-row datasets for N rows and C classes (the bulk of a cache file)."""
+        return sum(int(np.prod(shape)) * np.dtype(dtype).itemsize for shape, dtype in self.row_shapes(n, c).values())
+
     @property
     def indexed(self) -> bool:
         """All views stored once per distinct view, with an index (schema 2)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -17,9 +18,9 @@ from aevlp import __version__
 from aevlp.cache.schema import SCHEMA_VERSION, STR, CacheLayout, partial_path
 from aevlp.cache.sealed import SealedFile
 from aevlp.cache.validate import checksums, sealed_names
-from aevlp.errors import AevlpError
+from aevlp.errors import AevlpError, flag
 
-__all__ = ["CacheWriter"]
+__all__ = ["CacheWriter", "check_disk"]
 
 
 def _early(f: h5py.File, name: str, shape: tuple, dtype) -> h5py.Dataset:
@@ -66,6 +67,24 @@ def _resumable(f: h5py.File, layout: CacheLayout, nc: tuple[int, int]) -> bool:
 
 
 RUN_STATS = ("computed_images", "seconds", "images_per_s")  # how the run that finished the cache went: not sealed
+
+
+def check_disk(target: Path, need: int) -> None:
+    """Refuse a cache of `need` bytes that the disk under `target` cannot hold (a partial file's bytes count as
+    free: it is resumed in place), before anything is computed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = partial_path(target)
+    have = shutil.disk_usage(target.parent).free + (part.stat().st_size if part.exists() else 0)
+    if need > have:
+        raise AevlpError(f"{target}: this cache needs about {_size(need)} and {target.parent} has {_size(have)} free",
+                         hint=f"free space, put the cache elsewhere ({flag('cache.path', 'FILE')}), or make it "
+                              f"smaller: {flag('cache.store_embeddings', 'none')} (no image embeddings), fewer "
+                              f"{flag('views.rounds')} or a smaller {flag('views.grid')} (the similarities grow "
+                              "with rounds x views x classes)")
+
+
+def _size(b: int) -> str:
+    return f"{b / 1e9:.1f} GB" if b >= 1e9 else f"{b / 1e6:.1f} MB" if b >= 1e6 else f"{b / 1e3:.0f} kB"
 
 
 class CacheWriter:

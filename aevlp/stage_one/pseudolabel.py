@@ -32,6 +32,7 @@ from aevlp.cache import (
 )
 from aevlp.cache.summary import filled_summary
 from aevlp.cache.validate import problems as cache_problems
+from aevlp.cache.writer import check_disk
 from aevlp.damp import pseudo_labels
 from aevlp.data import SPMLData, image_identity
 from aevlp.device import check_fits, resolve_device
@@ -274,8 +275,9 @@ def _writer(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tup
     layout = CacheLayout(rounds=plan.views.rounds, num_views=plan.views.num_views,
                          embeddings=plan.specs.cache.store_embeddings, embed_dim=scorer.clip.embed_dim,
                          unique_views=unique_slots(plan.views))
-    return CacheWriter(path, fp, layout, clip_preprocess=clip_preprocess(plan.clip, plan.views),
-                       **plan.writer_fields(rows, eval_ids, scorer.classes))
+    fields = plan.writer_fields(rows, eval_ids, scorer.classes)
+    check_disk(path, layout.nbytes(rows[1] - rows[0], fields["observed"].shape[1]))
+    return CacheWriter(path, fp, layout, clip_preprocess=clip_preprocess(plan.clip, plan.views), **fields)
 
 
 def _compute(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tuple[int, int],

@@ -48,13 +48,25 @@ class PseudoLabeler:
     def for_epoch(self, epoch: int) -> np.ndarray:
         r = self.round_for(epoch)
         if r not in self._memo:
-            sims = self._plain[r][:, None] if self._plain is not None else self.cache.sims(r)
-            self._memo[r] = self.compute(torch.as_tensor(sims.astype(np.float32)))
+            self._memo[r] = self.compute(r)
         return self._memo[r]
 
-    def compute(self, sims: torch.Tensor) -> np.ndarray:
-        """Pseudo-labels [N, C] of the cache's training rows from one round's similarities [N, V, C]."""
-        return self.select_rows(sims, self.observed, self.student)
+    def compute(self, r: int) -> np.ndarray:
+        """Pseudo-labels int8 [N, C] of the cache's training rows in round r, selected a block of rows at a time
+        (each row's selection depends on that row alone; memory is bounded by a block)."""
+        out = np.empty(tuple(self.observed.shape), dtype=np.int8)
+        for lo, hi in self._blocks():
+            out[lo:hi] = self.select_rows(self._sims(r, lo, hi), self.observed[lo:hi],
+                                          None if self.student is None else self.student[lo:hi])
+        return out
+
+    def _blocks(self) -> list[tuple[int, int]]:
+        return self.cache.row_blocks(len(self.observed))
+
+    def _sims(self, r: int, lo: int, hi: int) -> torch.Tensor:
+        """float32 [hi - lo, V, C] similarities of rows [lo, hi) in round r (VLPL's plain ones: [.., 1, C])."""
+        sims = self._plain[r, lo:hi, None] if self._plain is not None else self.cache.sims_rows(r, lo, hi)
+        return torch.as_tensor(sims.astype(np.float32))
 
     def select_rows(self, sims: torch.Tensor, observed: torch.Tensor, student: torch.Tensor | None) -> np.ndarray:
         """Pseudo-labels [M, C] of any rows from their similarities [M, V, C], observed labels and the student's
@@ -81,12 +93,15 @@ class PseudoLabeler:
         """[N, C] the score positives are selected from in round r (DAMP's f, fused with a student's)."""
         from aevlp.damp import softmax
 
-        if self._plain is not None:
-            return softmax(torch.as_tensor(self._plain[r].astype(np.float32)), self.damp.temperature).numpy()
-        sims = torch.as_tensor(self.cache.sims(r).astype(np.float32))
-        if self.damp.source == "global":
-            return softmax(sims[:, 0], self.damp.temperature).numpy()
-        return self._fused(sims, self.observed, self.student)[0].numpy()
+        out = np.empty(tuple(self.observed.shape), dtype=np.float32)
+        for lo, hi in self._blocks():
+            sims = self._sims(r, lo, hi)
+            if self._plain is not None or self.damp.source == "global":
+                out[lo:hi] = softmax(sims[:, 0], self.damp.temperature).numpy()
+            else:
+                out[lo:hi] = self._fused(sims, self.observed[lo:hi],
+                                         None if self.student is None else self.student[lo:hi])[0].numpy()
+        return out
 
     def provenance_record(self) -> dict:
         """What these labels were selected with, for an export to say: the selection, θ per class (where not
@@ -101,9 +116,16 @@ class PseudoLabeler:
         """[N, C] the score positives are selected from (DAMP's f, fused with a student's where stored),
         averaged over the rounds: what the threshold rules read (computed once)."""
         if self._scores is None:
-            rounds = (torch.as_tensor(self.cache.sims(r).astype(np.float32)) for r in range(self.cache.rounds))
-            self._scores = torch.stack([self._fused(s, self.observed, self.student)[0] for s in rounds]).mean(0).numpy()
+            total = np.zeros(tuple(self.observed.shape), dtype=np.float32)
+            for r in range(self.cache.rounds):
+                for lo, hi in self._blocks():
+                    total[lo:hi] += self._fused(self._sims_of_damp(r, lo, hi), self.observed[lo:hi],
+                                                None if self.student is None else self.student[lo:hi])[0].numpy()
+            self._scores = total / self.cache.rounds
         return self._scores
+
+    def _sims_of_damp(self, r: int, lo: int, hi: int) -> torch.Tensor:
+        return torch.as_tensor(self.cache.sims_rows(r, lo, hi).astype(np.float32))
 
     def _student(self, n: int):
         """(scores [N, C], provenance, scores on the val split or None) of the stored student source, if any."""
@@ -140,8 +162,12 @@ def _damp(sims: torch.Tensor, observed: torch.Tensor, damp: DampSpec) -> tuple[t
 def teacher_scores(cache: Cache, damp: DampSpec, observed: np.ndarray) -> np.ndarray:
     """[N, C] DAMP's f, averaged over the rounds, without any student: the teacher's own view of each row."""
     obs = torch.as_tensor(observed)
-    return torch.stack([_damp(torch.as_tensor(cache.sims(r).astype(np.float32)), obs, damp)[0]
-                        for r in range(cache.rounds)]).mean(0).numpy()
+    total = np.zeros(observed.shape, dtype=np.float32)
+    for r in range(cache.rounds):
+        for lo, hi in cache.row_blocks(len(observed)):
+            sims = torch.as_tensor(cache.sims_rows(r, lo, hi).astype(np.float32))
+            total[lo:hi] += _damp(sims, obs[lo:hi], damp)[0].numpy()
+    return total / cache.rounds
 
 
 def labeler_for(cache: Cache, cfg: dict, *, data=None, student: str = "",

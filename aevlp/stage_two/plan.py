@@ -241,6 +241,7 @@ def _selection(cfg: dict, cache: Path, limit: int | None, student: str, before_s
     n = len(data.train) if limit is None else min(limit, len(data.train))
     cache_file = Cache(cache)
     try:
+        cache_file.check_matches(list(data.train.images[:n]), data.train.observed[:n], data.classnames)
         labeler = labeler_for(cache_file, updated(cfg, {"damp": {"student": ""}}), data=data, student=student,
                               observed=data.train.observed[:n])
         theta = None if labeler.thresholds is None else tuple(float(t) for t in labeler.thresholds)

@@ -69,7 +69,7 @@ def _card(row: int, image: str, box: list[float], truth: int | None, note: str =
             f'<div>{mark} <span class="status"></span></div><div class="muted">{html.escape(image)}{note}</div></div>')
 
 
-def _class_page(k: int, s, ids: list[str], sims0: np.ndarray, rows: list[int], sizes: dict, ctx: dict) -> str:
+def _class_page(k: int, s, ids: list[str], sims0: dict, rows: list[int], sizes: dict, ctx: dict) -> str:
     name = s.classnames[k]
     cards = "".join(_card(i, ids[i], _tile_box(sims0[i], k, ctx["tau"], ctx["grid"], *sizes[i]),
                           None if s.labels is None else int(s.labels[i, k] == 1), f" · {s.scores[i, k]:.3f}")
@@ -207,7 +207,6 @@ def write_review(cache_path: str | Path, out: str | Path, runs: list[str | Path]
         labeler = labeler_for(cache, cfg, data=data, student=student)
         s = class_scores(labeler)
         neg = labeler.for_epoch(1) == -1
-        sims0 = cache.f["sims"][0].astype(np.float32)
         ids = cache.image_ids()
         ctx = {"cache": str(cache_path), "summary": json.loads(cache.f.attrs.get("summary", "{}")),
                "tau": specs.damp.temperature, "grid": int(cache.fingerprint["grid"]), "top_k": specs.damp.top_k}
@@ -216,8 +215,10 @@ def write_review(cache_path: str | Path, out: str | Path, runs: list[str | Path]
     ctx["disagree"] = _disagreements(run_results, data, out, per_class // 4)
     usable = ~s.bad
     shown = {k: _rows_to_show(s.scores[:, k], usable, per_class) for k in range(len(s.classnames))}
-    sizes = {}
-    for i in bar(sorted({i for rows in shown.values() for i in rows}), desc="thumbnails", disable=not progress):
+    sizes, wanted = {}, sorted({i for rows in shown.values() for i in rows})
+    with Cache(cache_path) as cache:  # round 0's similarities of the rows shown only (the tile boxes)
+        sims0 = dict(zip(wanted, cache.f["sims"][0, wanted].astype(np.float32))) if wanted else {}
+    for i in bar(wanted, desc="thumbnails", disable=not progress):
         _thumb(data.image_root / ids[i], out / "thumbs" / f"{i}.jpg")
         sizes[i] = _image_size(data.image_root / ids[i])
     key = hashlib.sha256(str(Path(cache_path).resolve()).encode()).hexdigest()[:8]
