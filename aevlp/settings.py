@@ -377,6 +377,10 @@ class CacheSpec(_Section):
     store_embeddings: str = key("none", "image embeddings kept: none | global (clip-head, the teacher) | all "
                                         "(every distinct view: re-prompting, the DAMP teacher)",
                                 choices=("none", "global", "all"))
+    sims: str = key("auto", "the per-view similarities: stored, or computed from the stored embeddings when read "
+                            "(needs store_embeddings = all); auto: computed where that file is smaller (rounds x "
+                            "views x classes > distinct views x embedding size)",
+                    choices=("auto", "stored", "computed"))
     on_bad_image: str = key("fail", "unreadable images: stop with their paths, or skip them (marked in the cache)",
                             choices=("fail", "skip"), cache=False)
 

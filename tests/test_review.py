@@ -139,3 +139,18 @@ def test_label_studio_and_fiftyone_exports_and_a_review_back(site, tmp_path):
         k = {n: i for i, n in enumerate(d.classnames)}
         assert d.train.observed[row, k[names[1]]] == 1 and d.train.observed[row, k[names[4]]] == 1
         assert (d.train.observed[row] == -1).sum() == len(d.classnames) - 2  # the rest: confirmed negatives
+
+
+def test_the_overview_reads_no_rows_and_counts_what_the_class_pages_count(site):
+    """index.html loads the per-class summaries only (no class's rows: it opens at once at any size), and its
+    counts at each class's θ (and at a θ set in the query) are those of the cache, computed here with numpy."""
+    index = site["site"] / "index.html"
+    assert "data/class-" not in index.read_text()
+    theta0 = float(site["cfg"]["damp"]["threshold"])
+    text = dom(index, "theta.3=0.3&theta.5=0")
+    for k in range(20):
+        row = re.search(rf'<tr data-class="{k}">(.*?)</tr>', text, flags=re.S).group(1)
+        got = dict(re.findall(r'<td class="([a-z0-9]+)">([^<]*)</td>', row))
+        want = expected_counts(site["cache"], site["cfg"], k, {3: 0.3, 5: 0.0}.get(k, theta0))
+        assert int(got["positive"]) == want["positive"], (k, got, want)
+        assert float(got["precision"]) == pytest.approx(want["precision"], abs=0.05), (k, got, want)

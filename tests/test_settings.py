@@ -75,7 +75,7 @@ OTHER = {
     "views": {"grid": 3, "rounds": 3, "size": 48, "resize": '"shortest"', "interpolation": '"bicubic"',
               "normalize": '"clip"', "flip": "false", "jitter": 0.1, "seed": 1, "resize_on": '"device"',
               "decode_on": '"device"'},
-    "cache": {"path": '"elsewhere.h5"', "store_embeddings": '"none"', "on_bad_image": '"skip"'},
+    "cache": {"path": '"elsewhere.h5"', "store_embeddings": '"none"', "on_bad_image": '"skip"', "sims": '"computed"'},
 }
 EXEMPT = {"dataset.name": "another dataset needs other data", "clip.arch": "another model (test_stage_one)",
           "clip.config": "another model (test_stage_one)", "clip.tokenizer": "needs a tokenizer folder",

@@ -106,12 +106,15 @@ def _rederived(f: h5py.File) -> list[str]:
     sel, obs, bad = json.loads(f.attrs["selection"]), torch.as_tensor(f["observed"][()]), f["bad"][()].astype(bool)
     found = []
     _, n, v, c = f["sims"].shape
+    computed = json.loads(f.attrs["fingerprint"]).get("sims") == "computed"
+    text = torch.as_tensor(f["text_features"][()].astype(np.float32)) if computed else None
     step = max(1, reader.BLOCK_BYTES // (4 * v * c))  # a block of rows at a time: memory bounded by a block, not by N
     for r in range(f["sims"].shape[0]):
         differ, scores_differ = 0, False
         for lo in range(0, n, step):
             hi = min(n, lo + step)
-            scores, pseudo = pseudo_labels(torch.as_tensor(f["sims"][r, lo:hi].astype(np.float32)), obs[lo:hi], **sel)
+            sims = reader.read_sims(f, r, slice(lo, hi), text)
+            scores, pseudo = pseudo_labels(torch.as_tensor(sims.astype(np.float32)), obs[lo:hi], **sel)
             scores, pseudo = scores.numpy().astype(np.float16), pseudo.numpy()
             scores[bad[lo:hi]], pseudo[bad[lo:hi]] = 0, 0
             differ += int((pseudo != f["pseudo"][r, lo:hi]).sum())

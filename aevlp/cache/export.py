@@ -152,7 +152,8 @@ def gallery(path: str | Path, classname: str, out: str | Path, *, rnd: int = 0, 
         every = _panels(c, sel, k)
         totals = {title: len(rows) for title, rows in every.items()}
         panels = {title: rows[:per_panel] for title, rows in every.items()}
-        tiles = {int(i): fired_tile(c.f["sims"][r, int(i)], k, tau) for rows in panels.values() for i in rows}
+        tiles = {int(i): fired_tile(c.sims_rows(r, int(i), int(i) + 1)[0], k, tau) for rows in panels.values()
+                 for i in rows}
     cols, size, pad = 8, 128, 22
     height = pad + sum(pad + max(1, -(-len(rows) // cols)) * (size + 4) for rows in panels.values())
     sheet = Image.new("RGB", (cols * (size + 4), height + 4), "white")

@@ -3,15 +3,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 from aevlp.cache.schema import partial_path, read_fingerprint
 from aevlp.cache.validate import problems
 from aevlp.errors import AevlpError, ConfigError, flag
 
-__all__ = ["Cache"]
+__all__ = ["Cache", "sims_from_embeddings"]
 
 RECOMPUTE = "recompute it: `aevlp pseudolabel ... --force` (or `aevlp run`), or `aevlp cache verify` for details"
 
@@ -84,6 +88,28 @@ def recorded_stage_one(path: Path) -> dict:
         return {}
 
 
+def sims_from_embeddings(emb: np.ndarray, index: np.ndarray, text: torch.Tensor) -> torch.Tensor:
+    """[n, U, D] float16 slot embeddings, their [n, R, V] index and [C, D] class features → [R, n, V, C]
+    float16 similarities: how a cache with `cache.sims = computed` is read, and how re-prompting and stage one
+    compute the similarities such a cache holds (float32 products of the float16 embeddings, rounded once)."""
+    import torch
+
+    s = torch.as_tensor(np.asarray(emb).astype(np.float32)) @ text.T  # [n, U, C]
+    idx = torch.as_tensor(np.asarray(index).astype(np.int64))  # [n, R, V]
+    n, r, v = idx.shape
+    gathered = torch.gather(s, 1, idx.reshape(n, r * v, 1).expand(-1, -1, s.shape[-1]))
+    return gathered.reshape(n, r, v, -1).transpose(0, 1).half()
+
+
+def read_sims(f: h5py.File, rnd: int, rows, text=None) -> np.ndarray:
+    """float16 [M, V, C] similarities of `rows` in round `rnd` of an open cache file: its stored ones, or with
+    `text` (its class features, a float32 tensor) computed from its embeddings (`cache.sims = computed`)."""
+    if text is None:
+        return f["sims"][rnd, rows]
+    index = f["embedding_index"][rows][:, rnd:rnd + 1]  # [M, 1, V]
+    return sims_from_embeddings(f["embeddings"][rows], index, text)[0].numpy()
+
+
 BLOCK_BYTES = 1 << 26  # 64 MB of float32 similarities a block (docs/performance.md, "Scale")
 
 
@@ -130,13 +156,30 @@ class Cache:
     def classnames(self) -> list[str]:
         return list(self.array("classnames"))
 
+    @property
+    def computed(self) -> bool:
+        """Whether the similarities are computed from the stored embeddings when read (`cache.sims`)."""
+        return self.fingerprint.get("sims") == "computed"
+
     def sims(self, rnd: int) -> np.ndarray:
         """[N, V, C] float16 similarities of one augmentation round (view 0 = global)."""
-        return self.f["sims"][rnd % self.rounds]
+        return self.sims_rows(rnd, 0, len(self))
 
     def sims_rows(self, rnd: int, lo: int, hi: int) -> np.ndarray:
         """[hi - lo, V, C] float16 similarities of rows [lo, hi) in one round."""
-        return self.f["sims"][rnd % self.rounds, lo:hi]
+        return self.sims_at(rnd, slice(lo, hi))
+
+    def sims_at(self, rnd: int, rows) -> np.ndarray:
+        """float16 similarities [M, V, C] of `rows` (a slice, or increasing row numbers) in one round: read, or
+        computed from the stored embeddings and class features (the same float16 numbers either way)."""
+        return read_sims(self.f, rnd % self.rounds, rows, self._text() if self.computed else None)
+
+    def _text(self) -> torch.Tensor:
+        import torch
+
+        if getattr(self, "_text_features", None) is None:
+            self._text_features = torch.as_tensor(self.f["text_features"][()].astype(np.float32))
+        return self._text_features
 
     def row_blocks(self, n: int | None = None, budget: int | None = None) -> list[tuple[int, int]]:
         """[lo, hi) row ranges over the first `n` rows (default: all) whose similarities, as float32, take at

@@ -18,12 +18,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from aevlp.errors import AevlpError
+from aevlp.errors import AevlpError, ConfigError, flag
 from aevlp.settings import CacheSpec, TextSpec, checked, choices_of
 
 __all__ = ["SCHEMA_VERSION", "STR", "EMBEDDING_MODES", "IMAGE_SIDE", "default_path", "partial_path", "lock_path",
            "sources_path", "dataset_hash", "clip_preprocess", "stage_one_fingerprint", "shard_fingerprint",
-           "can_reprompt", "fingerprint_id", "fingerprint_diff", "parse_fingerprint", "read_fingerprint", "CacheLayout"]
+           "can_reprompt", "sims_layout", "fingerprint_id", "fingerprint_diff", "parse_fingerprint", "read_fingerprint",
+           "CacheLayout"]
 
 SCHEMA_VERSION = 2  # 2: "all" embeddings stored once per distinct view + an index; eval labels stored
 STR = h5py.string_dtype("utf-8")
@@ -115,7 +116,8 @@ def clip_preprocess(clip, views) -> dict:
 
 def stage_one_fingerprint(*, dataset: str, clip, views, text: TextSpec, store_embeddings: str, ids: Sequence[str],
                           observed: np.ndarray, phrases: list[str], relation: str,
-                          eval_ids: dict[str, list[str]] | None = None, images_hash: str = "") -> dict:
+                          eval_ids: dict[str, list[str]] | None = None, images_hash: str = "",
+                          sims: str = "stored") -> dict:
     """Everything that changes the cached numbers — and nothing that does not (e.g. DAMP selection)."""
     image = ImageSide(
         schema_version=SCHEMA_VERSION, dataset=dataset, ids_hash=dataset_hash(ids, np.zeros(0)),
@@ -131,7 +133,21 @@ def stage_one_fingerprint(*, dataset: str, clip, views, text: TextSpec, store_em
     # decoded on the GPU (nvJPEG rounds a little differently): recorded; absent means the workers decoded, as in
     # every cache made before the key existed, so those stay current
     where = {"decode_on": views.decode_on} if getattr(views, "decode_on", "worker") != "worker" else {}
-    return {**asdict(image), **asdict(words), **where}
+    computed = {"sims": "computed"} if sims == "computed" else {}  # absent: stored, as in every earlier cache
+    return {**asdict(image), **asdict(words), **where, **computed}
+
+
+def sims_layout(setting: str, store_embeddings: str, rounds: int, views: int, unique_views: int, classes: int,
+                embed_dim: int) -> str:
+    """`cache.sims` resolved: stored or computed. Computing needs every view's embedding stored; `auto` computes
+    where the similarities (R·V·C float16 per image) would take more than the embeddings (U·D)."""
+    if setting == "computed" and store_embeddings != "all":
+        raise ConfigError(f"{flag('cache.sims', 'computed')} computes the similarities from every view's embedding",
+                          hint=f"set {flag('cache.store_embeddings', 'all')}, or {flag('cache.sims', 'stored')}")
+    if setting != "auto":
+        return setting
+    bigger = rounds * views * classes > unique_views * embed_dim
+    return "computed" if store_embeddings == "all" and bigger else "stored"
 
 
 def shard_fingerprint(fp: dict, k: int, w: int, rows: tuple[int, int]) -> dict:
@@ -142,7 +158,7 @@ def shard_fingerprint(fp: dict, k: int, w: int, rows: tuple[int, int]) -> dict:
 def can_reprompt(old: dict, new: dict) -> bool:
     """True when the cache `old` describes stores every view and only its text side differs from `new`."""
     return old.get("store_embeddings") == "all" == new.get("store_embeddings") and \
-        all(old.get(k) == new.get(k) for k in IMAGE_SIDE) and "ids_hash" in old
+        all(old.get(k) == new.get(k) for k in (*IMAGE_SIDE, "sims")) and "ids_hash" in old
 
 
 def fingerprint_id(fp: dict) -> str:
@@ -189,6 +205,7 @@ class CacheLayout:
     embeddings: str = "none"  # one of EMBEDDING_MODES
     embed_dim: int = 0
     unique_views: int = 0
+    sims: str = "stored"  # stored | computed (from the embeddings when read: aevlp.cache.reader)
 
     def __post_init__(self):
         checked(CacheSpec, store_embeddings=self.embeddings)
@@ -198,6 +215,8 @@ class CacheLayout:
         r, v, d = self.rounds, self.num_views, self.embed_dim
         shapes = {"sims": ((r, n, v, c), np.float16), "scores": ((r, n, c), np.float16),
                   "pseudo": ((r, n, c), np.int8)}
+        if self.sims == "computed":  # the file keeps no similarities, only their shape (an unwritten dataset)
+            del shapes["sims"]
         if self.embeddings == "global":
             shapes["embeddings"] = ((r, n, d), np.float16)
         elif self.indexed:
@@ -228,7 +247,9 @@ class CacheLayout:
     def of_file(cls, f: h5py.File) -> CacheLayout:
         """The layout of an existing cache file (its embedding mode from the fingerprint)."""
         r, _, v, _ = f["sims"].shape
-        mode = json.loads(f.attrs["fingerprint"]).get("store_embeddings", "none")
+        fp = json.loads(f.attrs["fingerprint"])
+        mode = fp.get("store_embeddings", "none")
         dim = int(f["text_features"].shape[-1]) if mode != "none" else 0
         u = int(f["embeddings"].shape[1]) if mode == "all" and "embedding_index" in f else 0
-        return cls(rounds=r, num_views=v, embeddings=mode, embed_dim=dim, unique_views=u)
+        return cls(rounds=r, num_views=v, embeddings=mode, embed_dim=dim, unique_views=u,
+                   sims=fp.get("sims", "stored"))

@@ -57,9 +57,19 @@ def _blocks(ds: h5py.Dataset, max_items: int = 1 << 24):
 
 
 def sealed_names(f: h5py.File) -> list[str]:
-    """What a finished cache's checksums cover: every dataset, and the attributes fixed at creation."""
-    return [*sorted(k for k in f if isinstance(f[k], h5py.Dataset)), *(f"attrs:{a}" for a in SEALED_ATTRS
-                                                                       if a in f.attrs)]
+    """What a finished cache's checksums cover: every dataset (but the unwritten similarities of a cache that
+    computes them), and the attributes fixed at creation."""
+    skip = ("sims",) if _computed(f) else ()
+    return [*sorted(k for k in f if isinstance(f[k], h5py.Dataset) and k not in skip),
+            *(f"attrs:{a}" for a in SEALED_ATTRS if a in f.attrs)]
+
+
+def _computed(f: h5py.File) -> bool:
+    """Whether the file computes its similarities from its embeddings (`cache.sims = computed`)."""
+    try:
+        return parse_fingerprint(f).get("sims") == "computed"
+    except (KeyError, ValueError, TypeError):
+        return False
 
 
 def checksums(f: h5py.File, names=None) -> dict[str, str]:
@@ -143,6 +153,9 @@ def _structure(f: h5py.File, fp: dict) -> list[str]:
     mode = fp.get("store_embeddings", "none")
     if mode != "none" and "embeddings" not in f:
         out.append(f"the fingerprint says store_embeddings = {mode}, but there are no embeddings")
+    if fp.get("sims") == "computed" and (mode != "all" or "embedding_index" not in f):
+        out.append("the fingerprint says the similarities are computed from every view's embedding, which the "
+                   "file does not keep")
     return out
 
 
@@ -183,7 +196,7 @@ def _values(f: h5py.File, thorough: bool) -> list[str]:
     per_image = ("sims", "scores", "pseudo", "observed", "labels", *EMBEDDINGS)
     for k in ("sims", "scores", "pseudo", "observed", "labels", "val_labels", "test_labels", "text_features",
               "text_features_plain", "relation", *EMBEDDINGS):
-        if k not in f:
+        if k not in f or (k == "sims" and _computed(f)):
             continue
         ds = f[k]
         sampled = k in per_image and not thorough and ds.shape[_row_axis(k, layout)] > SAMPLE_ROWS
@@ -218,7 +231,8 @@ def _integrity(f: h5py.File, version: int, thorough: bool, where: str) -> list[s
         return ["the checksums attribute is not readable"]
     names = [k for k in stored if (thorough or k not in EMBEDDINGS) and (k in f or k.startswith("attrs:"))]
     gone = [k for k in stored if not k.startswith("attrs:") and k not in f]
-    added = [k for k in f if k not in stored and k != "sources"]  # `sources`: an earlier aevlp's, refused when read
+    unsealed = ("sources", *(("sims",) if _computed(f) else ()))  # an earlier aevlp's sources (refused when read);
+    added = [k for k in f if k not in stored and k not in unsealed]  # a computing cache's unwritten similarities
     now = checksums(f, names)
     return [f"{k}: content differs from the checksum written when the cache was finished"
             for k in names if now.get(k) != stored[k]] + [f"{k}: checksummed at finish, now missing" for k in gone] + \

@@ -49,10 +49,13 @@ def _resumable(f: h5py.File, layout: CacheLayout, nc: tuple[int, int]) -> bool:
                 any(k not in f or f[k].shape != (nc[0],) for k in ("done", "bad")):
             return False
         done, bad = f["done"][:].astype(bool), f["bad"][:].astype(bool)
-        for start in range(0, nc[0], 1024):
-            sims = f["sims"][:, start:start + 1024].astype(np.float32)
-            zero = (sims == 0).all(axis=(0, 2, 3)) & ~bad[start:start + 1024]
-            torn = ~np.isfinite(sims).all(axis=(0, 2, 3)) | zero
+        for start in range(0, nc[0], 1024):  # the similarities, or where they are computed the embeddings
+            if layout.sims == "stored":
+                x, axes = f["sims"][:, start:start + 1024].astype(np.float32), (0, 2, 3)
+            else:
+                x, axes = f["embeddings"][start:start + 1024].astype(np.float32), (1, 2)
+            zero = (x == 0).all(axis=axes) & ~bad[start:start + 1024]
+            torn = ~np.isfinite(x).all(axis=axes) | zero
             done[start:start + 1024] &= ~torn
         f["done"][:] = done
         for split in ("val", "test"):
@@ -101,12 +104,15 @@ class CacheWriter:
                  info: dict | None = None, clip_preprocess: dict | None = None,
                  text_features_plain: np.ndarray | None = None):
         self.target, self.tmp = Path(target), partial_path(Path(target))
-        self.fingerprint = fingerprint
+        self.fingerprint, self.layout = fingerprint, layout
 
         def create(f: h5py.File) -> None:
             n, c = observed.shape
             for name, (shape, dtype) in layout.row_shapes(n, c).items():
                 _early(f, name, shape, dtype)
+            if layout.sims == "computed":  # never written: it gives the shape [R, N, V, C] and takes no space
+                f.create_dataset("sims", (layout.rounds, n, layout.num_views, c), np.float16,
+                                 chunks=(1, min(n, 64) or 1, layout.num_views, c))
             for split, ids in (eval_ids or {}).items():  # unflipped embeddings of the val/test images
                 _early(f, f"{split}_embeddings", layout.eval_shape(len(ids)), np.float16)
                 f.create_dataset(f"{split}_image_ids", data=np.asarray(ids, dtype=object), dtype=STR)
@@ -163,7 +169,8 @@ class CacheWriter:
         `embeddings`: [R, B, D] (global) or [B, U, D] with `embedding_index` [B, R, V] (all)."""
         stop = start + sims.shape[1]
         try:
-            self.f["sims"][:, start:stop] = sims.astype(np.float16)
+            if self.layout.sims == "stored":
+                self.f["sims"][:, start:stop] = sims.astype(np.float16)
             self.f["scores"][:, start:stop] = scores.astype(np.float16)
             self.f["pseudo"][:, start:stop] = pseudo.astype(np.int8)
             if embeddings is not None and "embeddings" in self.f:

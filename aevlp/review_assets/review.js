@@ -28,6 +28,21 @@
     return out;
   }
 
+  function summaryCounts(sm, theta) {  // the same counts from a class's summary (the overview reads no rows)
+    if (!sm.decoded) Object.assign(sm, { u16: new Uint16Array(bytes(sm.score).buffer), negs: bytes(sm.neg), truths: sm.truth !== null ? bytes(sm.truth) : null, decoded: true });
+    let pos = 0, neg = sm.negOther, tp = 0;
+    for (let i = 0; i < sm.u16.length; i++) {
+      if (Math.fround(sm.u16[i] / 65535) >= theta) { pos++; if (sm.truths && sm.truths[i] === 1) tp++; }  // as a Float32Array holds it
+      else if (sm.negs[i]) neg++;
+    }
+    const out = { observed: sm.observed, positive: pos, negative: neg, unknown: sm.rest - pos - neg };
+    if (sm.truths) {
+      const p = pos ? tp / pos : 0, r = sm.truePos ? tp / sm.truePos : 0;
+      out.precision = 100 * p; out.recall = 100 * r; out.f1 = p + r ? 200 * p * r / (p + r) : 0;
+    }
+    return out;
+  }
+
   function status(c, i, theta) {
     if (c.obs[i] === 1) return "observed";
     if (c.score[i] >= theta && c.rank[i] < REVIEW.top_k) return "positive";
@@ -86,7 +101,7 @@
   function renderOverview() {
     for (const row of document.querySelectorAll("tr[data-class]")) {
       const k = parseInt(row.dataset.class, 10), c = REVIEW.classes[k], theta = thetaOf(k, c.theta);
-      const n = counts(classData(k), theta);
+      const n = summaryCounts(window.REVIEW_SUMMARIES[k], theta);
       row.querySelector(".theta").textContent = theta.toFixed(3);
       for (const key of ["positive", "negative", "unknown", "precision", "recall", "f1"]) {
         const cell = row.querySelector("." + key);

@@ -30,6 +30,8 @@ from aevlp.cache import (
     shard_fingerprint,
     stage_one_fingerprint,
 )
+from aevlp.cache.reader import sims_from_embeddings
+from aevlp.cache.schema import sims_layout
 from aevlp.cache.summary import filled_summary
 from aevlp.cache.validate import problems as cache_problems
 from aevlp.cache.writer import check_disk
@@ -74,6 +76,11 @@ class StageOnePlan:
     diff: list[str]
     limit: int | None = None
     placement: str = ""  # where decoding and resizing happen, and why (aevlp.placement)
+
+    @property
+    def sims(self) -> str:
+        """stored | computed (`cache.sims`, as the fingerprint records it)."""
+        return self.fingerprint.get("sims", "stored")
 
     @property
     def image_paths(self) -> list[str]:
@@ -156,11 +163,14 @@ def plan_stage_one(cfg: dict, limit: int | None = None) -> StageOnePlan:
     eval_ids = None if specs.cache.store_embeddings == "none" else \
         {"val": list(data.val.images), "test": list(data.test.images)}
     phrases = class_phrases(data.classnames, specs.text)
+    sims = sims_layout(specs.cache.sims, specs.cache.store_embeddings, views.rounds, views.num_views,
+                       unique_slots(views), data.num_classes, ident.source.embed_dim)
     images = image_identity(data.image_root, ids + (eval_ids["val"] + eval_ids["test"] if eval_ids else []),
                             specs.dataset.image_check)
     fp = stage_one_fingerprint(dataset=specs.dataset.name, clip=ident, views=views, text=specs.text,
                                store_embeddings=specs.cache.store_embeddings, ids=ids, observed=data.train.observed[:n],
-                               phrases=phrases, relation=relation_id(specs.text), eval_ids=eval_ids, images_hash=images)
+                               phrases=phrases, relation=relation_id(specs.text), eval_ids=eval_ids, images_hash=images,
+                               sims=sims)
     target = specs.cache_path
     if images.endswith(":absent"):
         fp["images_hash"] = _recorded_images_hash(target, images)
@@ -274,7 +284,7 @@ def _writer(plan: StageOnePlan, scorer: _Scorer, path: Path, fp: dict, rows: tup
             eval_ids: dict | None) -> CacheWriter:
     layout = CacheLayout(rounds=plan.views.rounds, num_views=plan.views.num_views,
                          embeddings=plan.specs.cache.store_embeddings, embed_dim=scorer.clip.embed_dim,
-                         unique_views=unique_slots(plan.views))
+                         unique_views=unique_slots(plan.views), sims=plan.sims)
     fields = plan.writer_fields(rows, eval_ids, scorer.classes)
     check_disk(path, layout.nbytes(rows[1] - rows[0], fields["observed"].shape[1]))
     return CacheWriter(path, fp, layout, clip_preprocess=clip_preprocess(plan.clip, plan.views), **fields)
@@ -327,7 +337,11 @@ def _land(writer: CacheWriter, plan: StageOnePlan, batch: Launched, observed: to
     for row, _ in batch.errors:
         bad[int(row) - int(rows[0])] = True
     with step("DAMP"):
-        sims = expand_views(batch.sims, batch.index).half()  # [R, B, V, C], rounded as stored
+        if plan.sims == "computed":  # what reading the cache will compute: from the float16 embeddings it keeps
+            sims = sims_from_embeddings(batch.emb.float().numpy().astype(np.float16), batch.index.numpy(),
+                                        torch.as_tensor(writer.f["text_features"][()].astype(np.float32)))
+        else:
+            sims = expand_views(batch.sims, batch.index).half()  # [R, B, V, C], rounded as stored
         sel = plan.specs.damp.selection()
         scores, pseudo = zip(*(pseudo_labels(sims[r].float(), observed[rows], **sel)
                                for r in range(plan.views.rounds)))

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from aevlp.cache import CacheLayout, CacheWriter
+from aevlp.cache.reader import sims_from_embeddings
 from aevlp.cache.summary import filled_summary
 from aevlp.damp import pseudo_labels
 from aevlp.progress import bar
@@ -23,15 +24,6 @@ from aevlp.progress import bar
 __all__ = ["rederive"]
 
 ROWS = 1024
-
-
-def _sims(emb: np.ndarray, index: np.ndarray, text: torch.Tensor) -> torch.Tensor:
-    """[n, U, D] slot embeddings and their [n, R, V] index → [R, n, V, C] float16-rounded similarities."""
-    s = torch.as_tensor(emb.astype(np.float32)) @ text.T  # [n, U, C]
-    idx = torch.as_tensor(index.astype(np.int64))  # [n, R, V]
-    n, r, v = idx.shape
-    gathered = torch.gather(s, 1, idx.reshape(n, r * v, 1).expand(-1, -1, s.shape[-1]))
-    return gathered.reshape(n, r, v, -1).transpose(0, 1).half()
 
 
 def rederive(plan, progress: bool = True) -> dict:
@@ -74,7 +66,7 @@ def _fill_from(src: h5py.File, writer: CacheWriter, feats: torch.Tensor, observe
     for start in bar(range(0, n, ROWS), desc="re-prompt", unit="chunk", disable=not progress):
         stop = min(start + ROWS, n)
         emb, index, bad = src["embeddings"][start:stop], src["embedding_index"][start:stop], src["bad"][start:stop]
-        sims = _sims(emb, index, feats)  # [R, n, V, C]
+        sims = sims_from_embeddings(emb, index, feats)  # [R, n, V, C]
         scores, pseudo = zip(*(pseudo_labels(sims[r].float(), obs[start:stop], **sel) for r in range(sims.shape[0])))
         scores, pseudo = torch.stack(scores), torch.stack(pseudo)
         if bad.any():

@@ -8,7 +8,10 @@ pseudo-negative / unknown, ✓/✗ against the truth where known, the tile that 
 a θ slider re-marks them and updates the counts live; with runs, the test images where student and
 teacher disagree most), its scripts and styles (aevlp/review_assets, written for aevlp), the data as
 script files (so the site opens from the file system: no server, no network) and small JPEG thumbnails.
-A class's rows travel as base64 arrays: scores as 16-bit fractions, flags and ranks as bytes.
+A class's rows travel as base64 arrays: scores as 16-bit fractions, flags and ranks as bytes. The overview loads
+no class's rows: per class, only the rows stage two could pick (the image's top-k, not observed) with their
+scores and flags (data/summaries.js: about N·top_k entries in all), so it opens at once at any size; a class
+page loads its own rows (data/class-K.js) and its thumbnails only.
 """
 from __future__ import annotations
 
@@ -65,7 +68,8 @@ def _page(title: str, body: str, scripts: list[str]) -> str:
 def _card(row: int, image: str, box: list[float], truth: int | None, note: str = "") -> str:
     mark = "" if truth is None else ('<span class="ok">✓</span>' if truth else '<span class="wrong">✗</span>')
     tile = f'<div class="tile" style="left:{box[0]}%;top:{box[1]}%;width:{box[2]}%;height:{box[3]}%"></div>'
-    return (f'<div class="card" data-row="{row}"><div class="img"><img src="thumbs/{row}.jpg" alt="">{tile}</div>'
+    return (f'<div class="card" data-row="{row}"><div class="img"><img src="thumbs/{row}.jpg" alt="" loading="lazy">'
+            f'{tile}</div>'
             f'<div>{mark} <span class="status"></span></div><div class="muted">{html.escape(image)}{note}</div></div>')
 
 
@@ -101,6 +105,22 @@ def _class_data(k: int, s, rank: np.ndarray, neg: np.ndarray) -> str:
     return f"window.AEVLP_CLASSES = window.AEVLP_CLASSES || {{}};\nwindow.AEVLP_CLASSES[{k}] = {json.dumps(raw)};\n"
 
 
+def _class_summary(k: int, s, rank: np.ndarray, neg: np.ndarray, top_k: int) -> dict:
+    """What the overview counts class k with at any θ, without its rows: the rows stage two could pick (not
+    observed, readable, in the image's top-k) with their scores as on the class page (16-bit fractions), their
+    pseudo-negative and truth flags; and the counts of the rest."""
+    obs, bad = s.observed[:, k] == 1, s.bad
+    rest = ~obs & ~bad
+    cand = np.flatnonzero(rest & (rank[:, k] < top_k))
+    truth = None if s.labels is None else (s.labels[:, k] == 1)
+    return {"observed": int((obs & ~bad).sum()), "rest": int(rest.sum()),
+            "negOther": int((rest & (rank[:, k] >= top_k) & neg[:, k]).sum()),
+            "truePos": None if truth is None else int((rest & truth).sum()),
+            "score": _b64(np.round(np.clip(s.scores[cand, k], 0, 1) * 65535).astype("<u2")),
+            "neg": _b64(neg[cand, k].astype(np.uint8)),
+            "truth": None if truth is None else _b64(truth[cand].astype(np.uint8))}
+
+
 def _overview(s, ctx: dict, runs: list[dict]) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("class", "observed", "teacher's mean score on them", "θ",
                                              "pseudo-positive", "pseudo-negative", "unknown"))
@@ -123,8 +143,7 @@ def _overview(s, ctx: dict, runs: list[dict]) -> str:
             f"test mAP: {teacher}.</p><p><button id=\"download\">download thresholds</button> (a CSV "
             "class,threshold: <code>--set damp.class_thresholds='\"thresholds.csv\"'</code>)</p>"
             f"<table><tr>{head}</tr>{''.join(rows)}</table><pre id=\"thresholds-csv\"></pre>{_runs_table(s, runs)}")
-    scripts = ["data/overview.js", *[f"data/class-{k:03d}.js" for k in range(len(s.classnames))], "assets/review.js"]
-    return _page("aevlp review", body, scripts)
+    return _page("aevlp review", body, ["data/overview.js", "data/summaries.js", "assets/review.js"])  # no rows
 
 
 def _runs_table(s, runs: list[dict]) -> str:
@@ -217,7 +236,7 @@ def write_review(cache_path: str | Path, out: str | Path, runs: list[str | Path]
     shown = {k: _rows_to_show(s.scores[:, k], usable, per_class) for k in range(len(s.classnames))}
     sizes, wanted = {}, sorted({i for rows in shown.values() for i in rows})
     with Cache(cache_path) as cache:  # round 0's similarities of the rows shown only (the tile boxes)
-        sims0 = dict(zip(wanted, cache.f["sims"][0, wanted].astype(np.float32))) if wanted else {}
+        sims0 = dict(zip(wanted, cache.sims_at(0, wanted).astype(np.float32))) if wanted else {}
     for i in bar(wanted, desc="thumbnails", disable=not progress):
         _thumb(data.image_root / ids[i], out / "thumbs" / f"{i}.jpg")
         sizes[i] = _image_size(data.image_root / ids[i])
@@ -226,6 +245,8 @@ def write_review(cache_path: str | Path, out: str | Path, runs: list[str | Path]
         {"key": f"aevlp-{key}", "top_k": specs.damp.top_k,
          "classes": [{"name": n, "theta": float(min(s.thresholds[k], 1.01))} for k, n in enumerate(s.classnames)]})
         + ";\n")
+    (out / "data" / "summaries.js").write_text("window.REVIEW_SUMMARIES = " + json.dumps(
+        [_class_summary(k, s, rank, neg, specs.damp.top_k) for k in range(len(s.classnames))]) + ";\n")
     for k in range(len(s.classnames)):
         (out / "data" / f"class-{k:03d}.js").write_text(_class_data(k, s, rank, neg))
         (out / f"class-{k:03d}.html").write_text(_class_page(k, s, ids, sims0, shown[k], sizes, ctx))
