@@ -85,7 +85,8 @@ def test_the_computed_and_the_stored_cache_select_the_same_labels(made, tmp_path
 def test_auto_computes_where_that_file_is_smaller_and_computed_needs_every_embedding(made, tmp_path):
     root, clip = made["root"], made["clip"]
     assert plan_stage_one(cfg_for(clip, root, tmp_path / "v.h5", "views.rounds=4")).sims == "stored"  # voc.toml's
-    # own data (no benchmark pipeline): auto. The tiny CLIP's D = 32; grid 2: V = 5, U = 2V = 10 (rounds differ by flips); C = 20
+    # own data (no benchmark pipeline): auto. The tiny CLIP's D = 32; grid 2: V = 5, U = 2V = 10 (rounds differ
+    # by flips); C = 20
     small = plan_stage_one(cfg_for(clip, root, tmp_path / "a.h5", "views.rounds=2", "views.grid=2",
                                    pipeline=None))  # R·V·C 200 < U·D 320
     big = plan_stage_one(cfg_for(clip, root, tmp_path / "b.h5", "views.rounds=4", "views.grid=2",

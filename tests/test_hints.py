@@ -26,8 +26,8 @@ MODULE_COMMANDS = {
     "cache/reader.py": ["train", "run", "cache inspect", "cache export", "cache gallery"],
     "cache/reader.py:check_matches": ["train", "run"],  # a function's own list, where it is narrower
     "cache/reader.py:aligned_config": ["train"], "cache/reader.py:check_images": ["train", "run"],
-    "stage_one/pseudolabel.py": ["pseudolabel", "run"],
-    "cache/writer.py": ["pseudolabel", "run"],  # check_disk: before stage one writes  # (bench and demo recompute a stale cache themselves)
+    "stage_one/pseudolabel.py": ["pseudolabel", "run"],  # (bench and demo recompute a stale cache themselves)
+    "cache/writer.py": ["pseudolabel", "run"],  # check_disk: before stage one writes
     "config.py": ["pseudolabel", "train", "run", "bench"],  # its --set errors come from --set itself
     "settings.py": EVERY_CONFIG, "losses/ll.py": ["train", "run", "bench"],
     "stage_one/clip_source.py": ["pseudolabel", "run", "bench", "clip info", "demo"],
