@@ -6,13 +6,12 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-import torch
 from conftest import invoke, make_photo_dataset, tiny_cfg
 
 from aevlp.cache import Cache
-from aevlp.cache.admin import verify_cache
+from aevlp.cache.admin import inspect_cache, verify_cache
+from aevlp.cache.reader import default_labels
 from aevlp.config import load_config
-from aevlp.damp import pseudo_labels
 from aevlp.errors import ConfigError
 from aevlp.stage_one.pseudolabel import plan_stage_one, run_pseudolabel
 from aevlp.stage_two.labeler import labeler_for
@@ -42,24 +41,27 @@ def labels(path, rounds=3):
 def test_the_computed_cache_holds_no_similarity_and_gives_those_its_embeddings_give(made):
     stored, computed = made["d"] / "stored.h5", made["d"] / "computed.h5"
     with h5py.File(stored, "r") as a, h5py.File(computed, "r") as b:
-        assert b["sims"].shape == a["sims"].shape and b["sims"].id.get_storage_size() == 0
+        for name in ("sims", "scores", "pseudo"):  # computed when read: unwritten, no space
+            assert b[name].shape == a[name].shape and b[name].id.get_storage_size() == 0, name
         assert a["sims"].id.get_storage_size() == a["sims"].size * 2
         assert np.array_equal(a["embeddings"][()], b["embeddings"][()])  # the same images, model and views
         emb, idx, text = b["embeddings"][()], b["embedding_index"][()], b["text_features"][()]
-    assert computed.stat().st_size < stored.stat().st_size
+    sizes = {p: p.stat().st_size for p in (stored, computed)}
+    with h5py.File(computed, "r") as b:
+        kept = sum(b[k].id.get_storage_size() for k in b if k not in ("sims", "scores", "pseudo"))
+    assert sizes[computed] < sizes[stored] and sizes[computed] < kept + 64 * 1024  # the rest: metadata
     with Cache(computed) as c:
         for r in range(3):  # by hand: float32 products of the float16 embeddings, each view's slot, rounded once
             want = np.einsum("nvd,cd->nvc", emb[np.arange(len(emb))[:, None], idx[:, r]].astype(np.float32),
                              text.astype(np.float32))
             got = c.sims(r).astype(np.float32)
             assert np.abs(got - want).max() < 1e-3 and c.sims_rows(r, 3, 7).tobytes() == c.sims(r)[3:7].tobytes()
-        # the readable defaults stage one stored are DAMP on exactly the similarities a read computes
-        obs = torch.as_tensor(c.array("observed"))
-        sel = c.selection
+        # the readable defaults (DAMP under the stored selection) are computed too: those the stored cache keeps
         for r in range(3):
-            assert np.array_equal(pseudo_labels(torch.as_tensor(c.sims(r).astype(np.float32)), obs, **sel)[1].numpy(),
-                                  c.f["pseudo"][r])
+            assert np.array_equal(default_labels(c.f, r), h5py.File(stored, "r")["pseudo"][r])
     assert verify_cache(computed) == []
+    (fa, ta), (fb, tb) = inspect_cache(stored), inspect_cache(computed)
+    assert ta.equals(tb) and fa["summary"] == fb["summary"]  # per-class counts, P/R, the cache's summary
 
 
 def test_the_computed_and_the_stored_cache_select_the_same_labels(made, tmp_path):

@@ -59,7 +59,7 @@ def _inspect(path: str | Path) -> tuple[dict, pd.DataFrame]:
         shapes = {k: list(c.f[k].shape) for k in c.f}
         sizes = {k: round(c.f[k].id.get_storage_size() / 2 ** 20, 2) for k in c.f}
         keep = ~c.f["bad"][:]
-        pseudo = c.f["pseudo"][:, keep]  # [R, N, C], readable rows only
+        pseudo = np.stack([reader.default_labels(c.f, r)[keep] for r in range(c.rounds)])  # [R, N, C], readable
         obs = c.array("observed")[keep]
         table = pd.DataFrame({"class": c.classnames()})
         table["pseudo_pos"] = ((pseudo == 1) & (obs != 1)).sum(axis=(0, 1)) / c.rounds
@@ -106,8 +106,9 @@ def _rederived(f: h5py.File) -> list[str]:
     sel, obs, bad = json.loads(f.attrs["selection"]), torch.as_tensor(f["observed"][()]), f["bad"][()].astype(bool)
     found = []
     _, n, v, c = f["sims"].shape
-    computed = json.loads(f.attrs["fingerprint"]).get("sims") == "computed"
-    text = torch.as_tensor(f["text_features"][()].astype(np.float32)) if computed else None
+    if json.loads(f.attrs["fingerprint"]).get("sims") == "computed":
+        return []  # nothing derived is stored: the embeddings they come from are held to their checksums
+    text = None
     step = max(1, reader.BLOCK_BYTES // (4 * v * c))  # a block of rows at a time: memory bounded by a block, not by N
     for r in range(f["sims"].shape[0]):
         differ, scores_differ = 0, False

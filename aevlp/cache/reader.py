@@ -15,7 +15,7 @@ from aevlp.cache.schema import partial_path, read_fingerprint
 from aevlp.cache.validate import problems
 from aevlp.errors import AevlpError, ConfigError, flag
 
-__all__ = ["Cache", "sims_from_embeddings"]
+__all__ = ["Cache", "sims_from_embeddings", "read_sims", "default_labels"]
 
 RECOMPUTE = "recompute it: `aevlp pseudolabel ... --force` (or `aevlp run`), or `aevlp cache verify` for details"
 
@@ -108,6 +108,27 @@ def read_sims(f: h5py.File, rnd: int, rows, text=None) -> np.ndarray:
         return f["sims"][rnd, rows]
     index = f["embedding_index"][rows][:, rnd:rnd + 1]  # [M, 1, V]
     return sims_from_embeddings(f["embeddings"][rows], index, text)[0].numpy()
+
+
+def default_labels(f: h5py.File, rnd: int) -> np.ndarray:
+    """int8 [N, C] round `rnd`'s pseudo-labels under the selection stage one stored (the readable defaults): read,
+    or computed a block of rows at a time from the similarities (`cache.sims = computed`)."""
+    if json.loads(f.attrs["fingerprint"]).get("sims") != "computed":
+        return f["pseudo"][rnd]
+    import torch
+
+    from aevlp.damp import pseudo_labels
+
+    sel, text = json.loads(f.attrs["selection"]), torch.as_tensor(f["text_features"][()].astype(np.float32))
+    obs, bad = torch.as_tensor(f["observed"][()]), f["bad"][()].astype(bool)
+    _, n, v, c = f["sims"].shape
+    out = np.zeros((n, c), dtype=np.int8)
+    step = max(1, BLOCK_BYTES // (4 * v * c))
+    for lo in range(0, n, step):
+        sims = torch.as_tensor(read_sims(f, rnd, slice(lo, lo + step), text).astype(np.float32))
+        out[lo:lo + step] = pseudo_labels(sims, obs[lo:lo + step], **sel)[1].numpy()
+    out[bad] = 0
+    return out
 
 
 BLOCK_BYTES = 1 << 26  # 64 MB of float32 similarities a block (docs/performance.md, "Scale")

@@ -24,7 +24,7 @@ from aevlp.settings import CacheSpec, TextSpec, checked, choices_of
 __all__ = ["SCHEMA_VERSION", "STR", "EMBEDDING_MODES", "IMAGE_SIDE", "default_path", "partial_path", "lock_path",
            "sources_path", "dataset_hash", "clip_preprocess", "stage_one_fingerprint", "shard_fingerprint",
            "can_reprompt", "sims_layout", "fingerprint_id", "fingerprint_diff", "parse_fingerprint", "read_fingerprint",
-           "CacheLayout"]
+           "CacheLayout", "COMPUTED"]
 
 SCHEMA_VERSION = 2  # 2: "all" embeddings stored once per distinct view + an index; eval labels stored
 STR = h5py.string_dtype("utf-8")
@@ -190,6 +190,9 @@ def read_fingerprint(path: Path) -> tuple[dict, bool]:
                          hint="delete it, or recompute it: `aevlp pseudolabel ... --force`") from None
 
 
+COMPUTED = ("sims", "scores", "pseudo")  # what a cache with `cache.sims = computed` computes when read
+
+
 @dataclass(frozen=True)
 class CacheLayout:
     """The shapes a cache file is created with (docs/cache.md).
@@ -215,8 +218,9 @@ class CacheLayout:
         r, v, d = self.rounds, self.num_views, self.embed_dim
         shapes = {"sims": ((r, n, v, c), np.float16), "scores": ((r, n, c), np.float16),
                   "pseudo": ((r, n, c), np.int8)}
-        if self.sims == "computed":  # the file keeps no similarities, only their shape (an unwritten dataset)
-            del shapes["sims"]
+        if self.sims == "computed":  # nor what they give: only their shapes (unwritten datasets, COMPUTED)
+            for name in COMPUTED:
+                del shapes[name]
         if self.embeddings == "global":
             shapes["embeddings"] = ((r, n, d), np.float16)
         elif self.indexed:

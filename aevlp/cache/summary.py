@@ -4,6 +4,7 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
+from aevlp.cache.reader import default_labels
 from aevlp.metrics import pseudo_label_quality
 from aevlp.stage_one.teacher import zero_shot_summary
 
@@ -13,7 +14,8 @@ __all__ = ["filled_summary"]
 def filled_summary(f: h5py.File) -> dict:
     """Pseudo-label quality, the zero-shot teacher's test mAP, and counts of a filled cache file."""
     bad = f["bad"][:]
-    stats = _quality(f["pseudo"][:], f["observed"][:], f["labels"][:], bad) if "labels" in f else {}
+    pseudo = np.stack([default_labels(f, r) for r in range(f["sims"].shape[0])]) if "labels" in f else None
+    stats = _quality(pseudo, f["observed"][:], f["labels"][:], bad) if "labels" in f else {}
     return {**stats, **zero_shot_summary(f), "images": int(len(bad)), "bad_images": int(bad.sum())}
 
 

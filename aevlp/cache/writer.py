@@ -110,9 +110,11 @@ class CacheWriter:
             n, c = observed.shape
             for name, (shape, dtype) in layout.row_shapes(n, c).items():
                 _early(f, name, shape, dtype)
-            if layout.sims == "computed":  # never written: it gives the shape [R, N, V, C] and takes no space
-                f.create_dataset("sims", (layout.rounds, n, layout.num_views, c), np.float16,
-                                 chunks=(1, min(n, 64) or 1, layout.num_views, c))
+            if layout.sims == "computed":  # never written: they give the shapes and take no space
+                r, v, rows = layout.rounds, layout.num_views, min(n, 64) or 1
+                f.create_dataset("sims", (r, n, v, c), np.float16, chunks=(1, rows, v, c))
+                f.create_dataset("scores", (r, n, c), np.float16, chunks=(1, rows, c))
+                f.create_dataset("pseudo", (r, n, c), np.int8, chunks=(1, rows, c))
             for split, ids in (eval_ids or {}).items():  # unflipped embeddings of the val/test images
                 _early(f, f"{split}_embeddings", layout.eval_shape(len(ids)), np.float16)
                 f.create_dataset(f"{split}_image_ids", data=np.asarray(ids, dtype=object), dtype=STR)
@@ -169,10 +171,10 @@ class CacheWriter:
         `embeddings`: [R, B, D] (global) or [B, U, D] with `embedding_index` [B, R, V] (all)."""
         stop = start + sims.shape[1]
         try:
-            if self.layout.sims == "stored":
+            if self.layout.sims == "stored":  # (a computing cache computes all three when read)
                 self.f["sims"][:, start:stop] = sims.astype(np.float16)
-            self.f["scores"][:, start:stop] = scores.astype(np.float16)
-            self.f["pseudo"][:, start:stop] = pseudo.astype(np.int8)
+                self.f["scores"][:, start:stop] = scores.astype(np.float16)
+                self.f["pseudo"][:, start:stop] = pseudo.astype(np.int8)
             if embeddings is not None and "embeddings" in self.f:
                 if embedding_index is not None:
                     self.f["embeddings"][start:stop] = embeddings.astype(np.float16)
