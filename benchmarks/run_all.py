@@ -138,25 +138,31 @@ def scale_section(sc: dict | None, before: dict | None) -> str:
 
     def peaks(rep: dict) -> dict:
         return {(r["N"], r["C"]): max(r[op]["peak_mb"] for op in OPS if "peak_mb" in r.get(op, {}))
-                for r in rep["rows"] if not r["projected"]}
+                for r in rep["rows"] if not r["projected"] and r.get("layout", "stored") == "stored"}
     now, was = peaks(sc), peaks(before) if before else {}
     mem = "; ".join(f"{n:,} × {c:,}: {was[(n, c)]:,.0f} → {m:,.0f} MB" for (n, c), m in now.items() if (n, c) in was)
+    sizes = {(r.get("layout", "stored"), r["N"], r["C"]): r for r in sc["rows"] if "embeddings_gb" in r}
+    big = [(n, c) for (lay, n, c) in sizes if lay == "computed" and ("stored", n, c) in sizes]
+    ratio = "; ".join(f"{n:,} × {c:,}: stored {sizes[('stored', n, c)]['file_gb'] / sizes[('stored', n, c)]['embeddings_gb']:.1f}×, "
+                      f"computed {sizes[('computed', n, c)]['file_gb'] / sizes[('computed', n, c)]['embeddings_gb']:.2f}×"
+                      for n, c in big)
     return f"""## Scale (`benchmarks/scale.py`)
 
-Synthetic caches built through the real `CacheWriter` (random unit embeddings and the similarities they give;
-R = {sc['R']}, V = {sc['V']}: grid 3), N training images × C classes; each operation in its own process, its time and
-its peak resident memory above the imports; {sc['machine']}, {sc['date']}. Rows marked *proj.* were not built
-(their similarities exceed 1 GB here) and are projected from the fitted growth.
+Synthetic caches built through the real `CacheWriter` (random unit embeddings of every distinct view, U = 2V, and
+the similarities they give; R = {sc['R']}, V = {sc['V']}: grid 3, D = {sc['D']}), N training images × C classes, in both layouts
+(`cache.sims` stored or computed, docs/cache.md); each operation in its own process, its time and its peak resident
+memory above the imports; the review with 60 thumbnails a class, and headless Chromium's time to render its
+overview and one class page from the file system (less an empty page's); {sc['machine']}, {sc['date']}. Rows
+marked *proj.* were not built (larger than 4 GB here): their times are projected from the fitted growth.
 
 {scale_table(sc)}
 
 The labeler, the per-class thresholds, `cache verify` and the table exports read the similarities a block of
 rows at a time (64 MB of float32 a block): every row's selection depends on that row alone. Against the same
-benchmark run before that change (whole rounds read at once), the largest peak per size went
-{mem}; time grows at most linearly in N·C for every operation (the fitted exponents above; before: up to 1.15).
-What still grows with N are the [N, C] arrays the operations return or need whole: the int8 pseudo-labels,
-the float32 scores that the per-class thresholds and the exports read, the observed labels and a student's
-scores.
+operations before that change (whole rounds read at once; that run's caches kept no embeddings), the largest
+peak per size of the stored layout went {mem}. What still grows with N are the [N, C] arrays the operations
+return or need whole: the int8 pseudo-labels, the float32 scores that the per-class thresholds and the exports
+read, the observed labels and a student's scores. File size over the embeddings' size: {ratio or "not measured yet"}.
 """
 
 

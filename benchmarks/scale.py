@@ -295,13 +295,15 @@ def render(report: dict) -> str:
                          f"{v['seconds']:g} s" + (" (proj.)" if r["projected"] else f", {v['peak_mb']:g} MB"))
         rd = r.get("render") or {}
         cells.append(f"{rd['overview_s']:g} s / {rd['class_page_s']:g} s ({rd['overview_mb']:g} MB)" if rd else "—")
-        size = f"{r['file_gb']:g} GB ({r['embeddings_gb']:g})" + (" (proj.)" if r["projected"] else "")
-        lines.append(f"| {r['layout']} | {r['N']:,} | {r['C']:,} | {size} | " + " | ".join(cells) + " |")
-    for layout, g in report["growth"].items():
-        lines.append(f"| {layout} | exponent: time vs N·C | | | " + " | ".join(str(g[op]["time_vs_NC"]) for op in OPS)
-                     + " | |")
-        lines.append(f"| {layout} | exponent: peak memory vs N | | | "
-                     + " | ".join(str(g[op]["memory_vs_N"]) for op in OPS) + " | |")
+        size = f"{r.get('file_gb', r.get('sims_gb', 0)):g} GB ({r.get('embeddings_gb', 0):g})"
+        size += " (proj.)" if r["projected"] else ""
+        lines.append(f"| {r.get('layout', 'stored')} | {r['N']:,} | {r['C']:,} | {size} | " + " | ".join(cells) + " |")
+    growth = report["growth"] if all(isinstance(v, dict) and "open" in v for v in report["growth"].values()) \
+        else {"stored": report["growth"]}
+    for layout, g in growth.items():
+        for what, key in (("time vs N·C", "time_vs_NC"), ("peak memory vs N", "memory_vs_N")):
+            cells = " | ".join(str(g.get(op, {}).get(key, "—")) for op in OPS)
+            lines.append(f"| {layout} | exponent: {what} | | | {cells} | |")
     return "\n".join(lines)
 
 
