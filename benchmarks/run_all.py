@@ -146,8 +146,12 @@ def scale_section(sc: dict | None, before: dict | None) -> str:
     ratio = "; ".join(f"{n:,} × {c:,}: stored {sizes[('stored', n, c)]['file_gb'] / sizes[('stored', n, c)]['embeddings_gb']:.1f}×, "
                       f"computed {sizes[('computed', n, c)]['file_gb'] / sizes[('computed', n, c)]['embeddings_gb']:.2f}×"
                       for n, c in big)
+    stale = "" if any("layout" in r for r in sc["rows"]) else (
+        "\n**This table is from the run before the computed layout and the review were measured** (stored layout, "
+        "no embeddings): `python benchmarks/scale.py --json benchmarks/results/scale.json` (about half an hour on 2 "
+        "cores) measures both layouts, the review and its render.\n")
     return f"""## Scale (`benchmarks/scale.py`)
-
+{stale}
 Synthetic caches built through the real `CacheWriter` (random unit embeddings of every distinct view, U = 2V, and
 the similarities they give; R = {sc['R']}, V = {sc['V']}: grid 3, D = {sc['D']}), N training images × C classes, in both layouts
 (`cache.sims` stored or computed, docs/cache.md); each operation in its own process, its time and its peak resident
