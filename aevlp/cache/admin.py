@@ -99,25 +99,12 @@ def verify_cache(path: str | Path, data_root: str | Path | None = None) -> list[
 def _rederived(f: h5py.File) -> list[str]:
     """What can be computed again from the similarities: each round's DAMP scores and pseudo-labels under the
     selection stage one stored (a cache whose checksums were recomputed after an edit is caught here)."""
-    import torch
-
-    from aevlp.damp import pseudo_labels
-
-    sel, obs, bad = json.loads(f.attrs["selection"]), torch.as_tensor(f["observed"][()]), f["bad"][()].astype(bool)
-    found = []
-    _, n, v, c = f["sims"].shape
     if json.loads(f.attrs["fingerprint"]).get("sims") == "computed":
         return []  # nothing derived is stored: the embeddings they come from are held to their checksums
-    text = None
-    step = max(1, reader.BLOCK_BYTES // (4 * v * c))  # a block of rows at a time: memory bounded by a block, not by N
+    found = []
     for r in range(f["sims"].shape[0]):
         differ, scores_differ = 0, False
-        for lo in range(0, n, step):
-            hi = min(n, lo + step)
-            sims = reader.read_sims(f, r, slice(lo, hi), text)
-            scores, pseudo = pseudo_labels(torch.as_tensor(sims.astype(np.float32)), obs[lo:hi], **sel)
-            scores, pseudo = scores.numpy().astype(np.float16), pseudo.numpy()
-            scores[bad[lo:hi]], pseudo[bad[lo:hi]] = 0, 0
+        for lo, hi, scores, pseudo in reader.stored_selection(f, r):  # a block of rows at a time
             differ += int((pseudo != f["pseudo"][r, lo:hi]).sum())
             scores_differ |= not np.allclose(scores.astype(np.float32), f["scores"][r, lo:hi].astype(np.float32),
                                              atol=1e-3)

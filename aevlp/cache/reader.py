@@ -15,7 +15,8 @@ from aevlp.cache.schema import partial_path, read_fingerprint
 from aevlp.cache.validate import problems
 from aevlp.errors import AevlpError, ConfigError, flag
 
-__all__ = ["Cache", "sims_from_embeddings", "read_sims", "default_labels"]
+__all__ = ["Cache", "sims_from_embeddings", "read_sims", "row_blocks", "computed_text", "stored_selection",
+           "default_labels"]
 
 RECOMPUTE = "recompute it: `aevlp pseudolabel ... --force` (or `aevlp run`), or `aevlp cache verify` for details"
 
@@ -110,24 +111,51 @@ def read_sims(f: h5py.File, rnd: int, rows, text=None) -> np.ndarray:
     return sims_from_embeddings(f["embeddings"][rows], index, text)[0].numpy()
 
 
+def row_blocks(f: h5py.File, n: int | None = None, budget: int | None = None) -> list[tuple[int, int]]:
+    """[lo, hi) row ranges over the first `n` rows (default: all) of an open cache file whose similarities, as
+    float32, take at most `budget` bytes (default BLOCK_BYTES) each: what the tools that read every row hold at
+    once (memory bounded by a block, not by N)."""
+    _, rows, v, c = f["sims"].shape
+    n = rows if n is None else n
+    step = max(1, (budget or BLOCK_BYTES) // (4 * v * c))
+    return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+
+
+def computed_text(f: h5py.File):
+    """The class features (float32 tensor) a file that computes its similarities reads them with; None when it
+    stores them (`cache.sims`)."""
+    if json.loads(f.attrs["fingerprint"]).get("sims") != "computed":
+        return None
+    import torch
+
+    return torch.as_tensor(f["text_features"][()].astype(np.float32))
+
+
+def stored_selection(f: h5py.File, rnd: int):
+    """Blocks (lo, hi, scores float16, pseudo int8) of DAMP under the selection stage one stored, on round `rnd`'s
+    similarities (read or computed), unreadable rows zero: the readable defaults, recomputed."""
+    import torch
+
+    from aevlp.damp import pseudo_labels
+
+    sel, text = json.loads(f.attrs["selection"]), computed_text(f)
+    obs, bad = torch.as_tensor(f["observed"][()]), f["bad"][()].astype(bool)
+    for lo, hi in row_blocks(f):
+        sims = torch.as_tensor(read_sims(f, rnd, slice(lo, hi), text).astype(np.float32))
+        scores, pseudo = pseudo_labels(sims, obs[lo:hi], **sel)
+        scores, pseudo = scores.numpy().astype(np.float16), pseudo.numpy()
+        scores[bad[lo:hi]], pseudo[bad[lo:hi]] = 0, 0
+        yield lo, hi, scores, pseudo
+
+
 def default_labels(f: h5py.File, rnd: int) -> np.ndarray:
     """int8 [N, C] round `rnd`'s pseudo-labels under the selection stage one stored (the readable defaults): read,
     or computed a block of rows at a time from the similarities (`cache.sims = computed`)."""
     if json.loads(f.attrs["fingerprint"]).get("sims") != "computed":
         return f["pseudo"][rnd]
-    import torch
-
-    from aevlp.damp import pseudo_labels
-
-    sel, text = json.loads(f.attrs["selection"]), torch.as_tensor(f["text_features"][()].astype(np.float32))
-    obs, bad = torch.as_tensor(f["observed"][()]), f["bad"][()].astype(bool)
-    _, n, v, c = f["sims"].shape
-    out = np.zeros((n, c), dtype=np.int8)
-    step = max(1, BLOCK_BYTES // (4 * v * c))
-    for lo in range(0, n, step):
-        sims = torch.as_tensor(read_sims(f, rnd, slice(lo, lo + step), text).astype(np.float32))
-        out[lo:lo + step] = pseudo_labels(sims, obs[lo:lo + step], **sel)[1].numpy()
-    out[bad] = 0
+    out = np.zeros(f["pseudo"].shape[1:], dtype=np.int8)
+    for lo, hi, _, pseudo in stored_selection(f, rnd):
+        out[lo:hi] = pseudo
     return out
 
 
@@ -155,6 +183,7 @@ class Cache:
             self.f.close()
             raise AevlpError(f"{self.path} is damaged:\n    " + "\n    ".join(found), hint=RECOMPUTE)
         self.selection = json.loads(self.f.attrs.get("selection", "{}"))
+        self._text = None  # the class features a computing cache reads with (read once, when first needed)
 
     @property
     def rounds(self) -> int:
@@ -193,23 +222,15 @@ class Cache:
     def sims_at(self, rnd: int, rows) -> np.ndarray:
         """float16 similarities [M, V, C] of `rows` (a slice, or increasing row numbers) in one round: read, or
         computed from the stored embeddings and class features (the same float16 numbers either way)."""
-        return read_sims(self.f, rnd % self.rounds, rows, self._text() if self.computed else None)
-
-    def _text(self) -> torch.Tensor:
-        import torch
-
-        if getattr(self, "_text_features", None) is None:
-            self._text_features = torch.as_tensor(self.f["text_features"][()].astype(np.float32))
-        return self._text_features
+        if self.computed and self._text is None:
+            self._text = computed_text(self.f)
+        return read_sims(self.f, rnd % self.rounds, rows, self._text if self.computed else None)
 
     def row_blocks(self, n: int | None = None, budget: int | None = None) -> list[tuple[int, int]]:
         """[lo, hi) row ranges over the first `n` rows (default: all) whose similarities, as float32, take at
         most `budget` bytes each: what the tools that read every row hold at once (memory bounded by a block,
         not by N)."""
-        n = len(self) if n is None else n
-        _, _, v, c = self.f["sims"].shape
-        step = max(1, (budget or BLOCK_BYTES) // (4 * v * c))
-        return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
+        return row_blocks(self.f, n, budget)
 
     @property
     def embedding_mode(self) -> str:

@@ -63,9 +63,11 @@ class PseudoLabeler:
     def _blocks(self) -> list[tuple[int, int]]:
         return self.cache.row_blocks(len(self.observed))
 
-    def _sims(self, r: int, lo: int, hi: int) -> torch.Tensor:
-        """float32 [hi - lo, V, C] similarities of rows [lo, hi) in round r (VLPL's plain ones: [.., 1, C])."""
-        sims = self._plain[r, lo:hi, None] if self._plain is not None else self.cache.sims_rows(r, lo, hi)
+    def _sims(self, r: int, lo: int, hi: int, plain: bool = True) -> torch.Tensor:
+        """float32 [hi - lo, V, C] similarities of rows [lo, hi) in round r (VLPL's plain ones: [.., 1, C], unless
+        `plain` is False: the cache's, which DAMP's scores read)."""
+        use_plain = plain and self._plain is not None
+        sims = self._plain[r, lo:hi, None] if use_plain else self.cache.sims_rows(r, lo, hi)
         return torch.as_tensor(sims.astype(np.float32))
 
     def select_rows(self, sims: torch.Tensor, observed: torch.Tensor, student: torch.Tensor | None) -> np.ndarray:
@@ -119,13 +121,10 @@ class PseudoLabeler:
             total = np.zeros(tuple(self.observed.shape), dtype=np.float32)
             for r in range(self.cache.rounds):
                 for lo, hi in self._blocks():
-                    total[lo:hi] += self._fused(self._sims_of_damp(r, lo, hi), self.observed[lo:hi],
+                    total[lo:hi] += self._fused(self._sims(r, lo, hi, plain=False), self.observed[lo:hi],
                                                 None if self.student is None else self.student[lo:hi])[0].numpy()
             self._scores = total / self.cache.rounds
         return self._scores
-
-    def _sims_of_damp(self, r: int, lo: int, hi: int) -> torch.Tensor:
-        return torch.as_tensor(self.cache.sims_rows(r, lo, hi).astype(np.float32))
 
     def _student(self, n: int):
         """(scores [N, C], provenance, scores on the val split or None) of the stored student source, if any."""

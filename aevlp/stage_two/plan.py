@@ -151,6 +151,7 @@ class StageTwoPlan:
     precision: str
     student: Student
     selection: Selection
+    data: object = None  # the dataset (aevlp.data.SPMLData), loaded once, checked against the cache
     limit: int | None = None
     explicit: tuple[str, ...] = ()  # the user's --set keys (a stage-one one contradicting the cache is refused)
     notes: tuple[str, ...] = field(default=())
@@ -221,23 +222,24 @@ def plan_stage_two(cfg: dict, *, cache: str | Path | None = None, run_dir: str |
     if specs.train.labels == "full":
         kind = "none"
     fused = student or specs.damp.student if kind != "none" else ""
+    data = Specs.of(full).dataset.load()
     return StageTwoPlan(cfg=full, specs=Specs.of(full), cache=path, run_dir=folder.path, folder_state=folder.state(),
                         resume=resume, force=force, changes=changes, lr_source=lr_from, decode=decode,
                         device=str(device), precision=resolve_train_precision(t.precision, device),
                         student=Student(kind, student or specs.damp.student, specs.damp.student_loss),
-                        selection=_selection(full, path, limit, fused, before_student=kind == "trained" and not fused),
-                        limit=limit,
-                        explicit=tuple(explicit), notes=tuple(notes))
+                        selection=_selection(full, path, data, limit, fused,
+                                             before_student=kind == "trained" and not fused),
+                        data=data, limit=limit, explicit=tuple(explicit), notes=tuple(notes))
 
 
-def _selection(cfg: dict, cache: Path, limit: int | None, student: str, before_student: bool) -> Selection:
+def _selection(cfg: dict, cache: Path, data, limit: int | None, student: str, before_student: bool) -> Selection:
     """E and each class's θ for the run's training rows, as the labeler training builds selects with
-    (`aevlp.stage_two.labeler.labeler_for`; `student`: the stored scores fused in, or none)."""
+    (`aevlp.stage_two.labeler.labeler_for`; `student`: the stored scores fused in, or none), once the cache is
+    checked against the data (`data`: the loaded dataset)."""
     from aevlp.cache.reader import Cache
     from aevlp.stage_two.labeler import labeler_for
 
     specs = Specs.of(cfg)
-    data = specs.dataset.load()
     n = len(data.train) if limit is None else min(limit, len(data.train))
     cache_file = Cache(cache)
     try:

@@ -170,10 +170,9 @@ def _setup(plan: StageTwoPlan, run: Path) -> TrainRun:
     cache = Cache(plan.cache)
     specs, cfg = plan.specs, plan.cfg
     t = specs.train
-    data = specs.dataset.load()
+    data = plan.data  # checked against the cache by the plan
     n = len(data.train) if plan.limit is None else min(plan.limit, len(data.train))
     observed, truth = data.train.observed[:n], data.train.labels[:n]
-    cache.check_matches(list(data.train.images[:n]), observed, data.classnames)
     if cache.check_images(data.image_root) == "absent":
         logging.getLogger("aevlp").warning("the images of %s are absent under %s: they could not be checked",
                                            cache.path, data.image_root)
