@@ -124,3 +124,35 @@ def test_training_reads_a_computed_cache(made, tmp_path):
 
     res = run_train(cfg, run_dir=tmp_path / "run", progress=False, echo=None)
     assert 0 <= res["test_map"] <= 100
+
+
+@pytest.fixture
+def block_budget():
+    from aevlp.cache import reader
+
+    before = reader.BLOCK_BYTES
+    yield reader
+    reader.BLOCK_BYTES = before
+
+
+@pytest.mark.parametrize("name", ["stored", "computed"])
+def test_a_block_smaller_than_one_row_is_refused_and_any_block_exports_the_same(made, tmp_path, block_budget, name):
+    path = made["d"] / f"{name}.h5"
+    with h5py.File(path, "r") as f:
+        _, n, v, c = f["sims"].shape
+    row = 4 * v * c  # one row's similarities as float32
+    outs = {}
+    for mb in (64, row / 2**20):  # the default (one block) and one row a block
+        out = tmp_path / f"{mb}.csv"
+        r = invoke("--block-mb", mb, "cache", "export", path, "--format", "csv", "--out", out)
+        assert r.exit_code == 0, r.output
+        outs[mb] = out.read_text()
+    assert len(outs) == 2 and len(set(outs.values())) == 1 and len(outs[64].splitlines()) == n + 1
+    with h5py.File(path, "r") as f:
+        assert block_budget.row_blocks(f) == [(i, i + 1) for i in range(n)]  # the CLI left one row a block
+    r = invoke("--block-mb", (row - 1) / 2**20, "cache", "export", path, "--out", tmp_path / "x.csv")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"{row / 2**20:.3g} MB" in r.output and f"{v} views x {c} classes" in r.output
+    assert "--block-mb" in r.output and not (tmp_path / "x.csv").exists()
+    r = invoke("--block-mb", "-3", "cache", "ls")
+    assert r.exit_code == 2 and "must be a number of MB > 0" in r.output, r.output

@@ -240,3 +240,10 @@ def test_stage_commands_take_their_settings_as_setting_options():
                 if opt in keys and not isinstance(p, SettingOption):
                     raise AssertionError(f"aevlp {name} {opt} restates {keys[opt]}: make it a setting_option")
         assert own.get("train.lr" if name == "train" else "views.grid") in ("--lr", "--grid")
+
+
+def test_the_groups_own_flags_are_the_ones_every_command_takes():
+    from aevlp.cli import cli
+    from aevlp.cli.hints import ROOT_FLAGS
+
+    assert ROOT_FLAGS == {o for p in cli.params for o in p.opts}

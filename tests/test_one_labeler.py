@@ -145,7 +145,7 @@ def test_the_dry_run_shows_the_E_and_thetas_training_selects_with(world):
 
 def test_selection_in_blocks_of_rows_equals_the_whole_rounds(world, monkeypatch):
     """The labeler and `cache verify` read a block of rows at a time (memory bounded by a block, not by N): with
-    blocks of 64 bytes (a row or two), every round's labels, the averaged scores and θ are those of one block."""
+    blocks of one row, every round's labels, the averaged scores and θ are those of one block."""
     import torch
 
     import aevlp.cache.reader as reader
@@ -159,8 +159,9 @@ def test_selection_in_blocks_of_rows_equals_the_whole_rounds(world, monkeypatch)
         whole = labeler_for(c, cfg, student="stu")
         scores = whole.scores().copy()
         assert len(c.row_blocks()) == 1
-        monkeypatch.setattr(reader, "BLOCK_BYTES", 64)
-        assert len(c.row_blocks()) == len(c)  # one row a block: 2 views x 20 classes x 4 bytes > 64
+        _, _, v, k = c.f["sims"].shape
+        monkeypatch.setattr(reader, "BLOCK_BYTES", 4 * v * k)  # the smallest block: one row's float32 similarities
+        assert len(c.row_blocks()) == len(c)
         blocked = labeler_for(c, cfg, student="stu")
         for rnd in range(R):
             assert np.array_equal(blocked.for_epoch(rnd + 1), world["trained"][rnd])

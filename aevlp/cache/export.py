@@ -46,19 +46,26 @@ class Labels:
 def selected_labels(path: str | Path, *, rnd: int = 0, cfg: dict | None = None, student: str = "") -> Labels:
     """Round `rnd`'s labels of cache `path` selected with `cfg` (default: the pipeline the cache was made with)
     and the stored student source `student` (`aevlp.stage_two.refine.run_selection` gives a run's)."""
+    with Cache(path) as c:
+        lab, prov, data = _labeler(c, rnd, cfg, student)
+        return Labels(c.image_ids(), c.classnames(), lab.for_epoch(rnd + 1), lab.round_scores(rnd),
+                      c.f["bad"][:].astype(bool), c.array("observed"), rnd, prov, Path(data.image_root))
+
+
+def _labeler(c: Cache, rnd: int, cfg: dict | None, student: str):
+    """(the labeler a run with `cfg` and `student` selects with, its provenance, the dataset) on open cache `c`."""
     from aevlp.config import config_for_cache
     from aevlp.stage_two.labeler import labeler_for
 
-    with Cache(path) as c:
-        if not 0 <= rnd < c.rounds:
-            raise AevlpError(f"--round {rnd}: the cache has rounds 0..{c.rounds - 1}")
-        cfg = cfg if cfg is not None else config_for_cache(c)
-        data = c.dataset()
-        lab = labeler_for(c, cfg, data=data, student=student)
-        prov = {"cache": str(Path(path).resolve()), "round": rnd, "epochs": f"e with (e - 1) mod {c.rounds} = {rnd}",
-                "loss": Specs.of(cfg).loss["name"], **lab.provenance_record()}
-        return Labels(c.image_ids(), c.classnames(), lab.for_epoch(rnd + 1), lab.round_scores(rnd),
-                         c.f["bad"][:].astype(bool), c.array("observed"), rnd, prov, Path(data.image_root))
+    if not 0 <= rnd < c.rounds:
+        raise AevlpError(f"--round {rnd}: the cache has rounds 0..{c.rounds - 1}")
+    cfg = cfg if cfg is not None else config_for_cache(c)
+    data = c.dataset()
+    lab = labeler_for(c, cfg, data=data, student=student)
+    prov = {"cache": str(Path(c.f.filename).resolve()), "round": rnd,
+            "epochs": f"e with (e - 1) mod {c.rounds} = {rnd}", "loss": Specs.of(cfg).loss["name"],
+            **lab.provenance_record()}
+    return lab, prov, data
 
 
 def write_provenance(out: Path, prov: dict) -> Path:
@@ -74,50 +81,82 @@ def export_pseudo_labels(path: str | Path, out: str | Path, *, rnd: int = 0, fmt
     pseudo-label (1/0/-1) and the score selected from, in round `rnd`, as `selected_labels` selects them."""
     if fmt not in FORMATS:
         raise AevlpError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
-    sel = selected_labels(path, rnd=rnd, cfg=cfg, student=student)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt in ("label-studio", "fiftyone"):
         from aevlp.cache.interchange import export_fiftyone, export_label_studio
 
+        sel = selected_labels(path, rnd=rnd, cfg=cfg, student=student)
         written = (export_label_studio if fmt == "label-studio" else export_fiftyone)(sel, out)
         write_provenance(written, sel.provenance)
         return written
-    ids, names, pseudo, scores, bad = sel.image_ids, sel.classnames, sel.pseudo, sel.scores, sel.bad
-    if fmt == "npz":
-        np.savez(out, image_ids=np.asarray(ids, dtype=str), classnames=np.asarray(names, dtype=str), pseudo=pseudo,
-                 scores=scores, bad=bad, provenance=np.asarray(json.dumps(sel.provenance, default=str)))
-        return out
-    step = EXPORT_ROWS
-    if fmt == "parquet":
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError as e:
-            raise AevlpError("parquet needs pyarrow", hint="pip install pyarrow, or use --format csv") from e
-        writer = None
-        for lo in range(0, max(len(ids), 1), step):
-            table = pa.Table.from_pandas(_frame(sel, lo, lo + step), preserve_index=False)
-            writer = writer or pq.ParquetWriter(out, table.schema)
-            writer.write_table(table)
-        writer.close()
-    else:  # a block of rows at a time: the frame in memory is a block's, not N's
-        for lo in range(0, max(len(ids), 1), step):
-            _frame(sel, lo, lo + step).to_csv(out, index=False, mode="w" if lo == 0 else "a", header=lo == 0)
-    write_provenance(out, sel.provenance)
+    return _write_table(path, out, fmt=fmt, rnd=rnd, cfg=cfg, student=student)
+
+
+def _write_table(path, out: Path, *, fmt: str, rnd: int, cfg: dict | None, student: str) -> Path:
+    """csv, parquet or npz, a block of rows at a time: the scores in memory are a block's, not N's (the [N, C]
+    int8 pseudo-labels are whole, as training holds them)."""
+    with Cache(path) as c:
+        lab, prov, _ = _labeler(c, rnd, cfg, student)
+        pseudo, ids, names, bad = lab.for_epoch(rnd + 1), c.image_ids(), c.classnames(), c.f["bad"][:].astype(bool)
+        blocks = [(lo, min(lo + EXPORT_ROWS, hi)) for b_lo, hi in c.row_blocks(len(ids))
+                  for lo in range(b_lo, hi, EXPORT_ROWS)] or [(0, 0)]
+        rows = ((lo, hi, lab.round_score_rows(rnd, lo, hi)) for lo, hi in blocks)
+        if fmt == "npz":
+            _write_npz(out, ids, names, pseudo, bad, prov, rows)
+        else:
+            frames = (_frame(ids[lo:hi], names, bad[lo:hi], pseudo[lo:hi], scores) for lo, hi, scores in rows)
+            _write_frames(out, fmt, frames)
+    write_provenance(out, prov)
     return out
 
 
-def _frame(sel: Labels, lo: int, hi: int) -> pd.DataFrame:
-    """Rows [lo, hi) of a table export: image, unreadable, the positive and negative classes' names, then per
-    class the pseudo-label and the score selected from."""
-    names = np.asarray(sel.classnames, dtype=object)
-    pseudo, scores = sel.pseudo[lo:hi], sel.scores[lo:hi]
-    df = pd.DataFrame({"image": sel.image_ids[lo:hi], "unreadable": sel.bad[lo:hi],
+def _write_frames(out: Path, fmt: str, frames) -> None:
+    if fmt == "csv":
+        for i, frame in enumerate(frames):
+            frame.to_csv(out, index=False, mode="w" if i == 0 else "a", header=i == 0)
+        return
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise AevlpError("parquet needs pyarrow", hint="pip install pyarrow, or use --format csv") from e
+    writer = None
+    for frame in frames:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        writer = writer or pq.ParquetWriter(out, table.schema)
+        writer.write_table(table)
+    writer.close()
+
+
+def _write_npz(out: Path, ids, names, pseudo, bad, prov: dict, rows) -> None:
+    """What `np.savez` writes, with `scores` streamed into its member a block at a time (`np.load` reads it)."""
+    import zipfile
+
+    fmt = np.lib.format
+    with zipfile.ZipFile(out, "w", allowZip64=True) as z:
+        for name, value in (("image_ids", np.asarray(ids, dtype=str)), ("classnames", np.asarray(names, dtype=str)),
+                            ("pseudo", pseudo), ("bad", bad),
+                            ("provenance", np.asarray(json.dumps(prov, default=str)))):
+            with z.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                fmt.write_array(fh, np.asanyarray(value), allow_pickle=False)
+        with z.open("scores.npy", "w", force_zip64=True) as fh:
+            fmt.write_array_header_2_0(fh, {"descr": fmt.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
+                                            "shape": tuple(pseudo.shape)})
+            for _, _, scores in rows:
+                fh.write(np.ascontiguousarray(scores, dtype=np.float32).tobytes())
+
+
+def _frame(ids: list[str], classnames: list[str], bad: np.ndarray, pseudo: np.ndarray,
+           scores: np.ndarray) -> pd.DataFrame:
+    """Rows of a table export: image, unreadable, the positive and negative classes' names, then per class the
+    pseudo-label and the score selected from."""
+    names = np.asarray(classnames, dtype=object)
+    df = pd.DataFrame({"image": ids, "unreadable": bad,
                        "positives": ["|".join(names[row == 1]) for row in pseudo],
                        "negatives": ["|".join(names[row == -1]) for row in pseudo]})
-    return pd.concat([df, pd.DataFrame(pseudo, columns=[f"pseudo:{n}" for n in sel.classnames]),
-                      pd.DataFrame(scores, columns=[f"score:{n}" for n in sel.classnames])], axis=1)
+    return pd.concat([df, pd.DataFrame(pseudo, columns=[f"pseudo:{n}" for n in classnames]),
+                      pd.DataFrame(scores, columns=[f"score:{n}" for n in classnames])], axis=1)
 
 
 def _panels(c: Cache, sel: Labels, k: int) -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,8 +16,8 @@ from aevlp.cache.schema import partial_path, read_fingerprint
 from aevlp.cache.validate import problems
 from aevlp.errors import AevlpError, ConfigError, flag
 
-__all__ = ["Cache", "sims_from_embeddings", "read_sims", "row_blocks", "computed_text", "stored_selection",
-           "default_labels"]
+__all__ = ["Cache", "sims_from_embeddings", "read_sims", "row_blocks", "set_block_mb", "computed_text",
+           "stored_selection", "default_labels"]
 
 RECOMPUTE = "recompute it: `aevlp pseudolabel ... --force` (or `aevlp run`), or `aevlp cache verify` for details"
 
@@ -117,7 +118,14 @@ def row_blocks(f: h5py.File, n: int | None = None, budget: int | None = None) ->
     once (memory bounded by a block, not by N)."""
     _, rows, v, c = f["sims"].shape
     n = rows if n is None else n
-    step = max(1, (budget or BLOCK_BYTES) // (4 * v * c))
+    budget = budget or BLOCK_BYTES
+    if 4 * v * c > budget:
+        raise ConfigError(f"one row of {f.filename}'s similarities takes {4 * v * c / 2**20:.3g} MB as float32 "
+                          f"({v} views x {c} classes x 4 bytes), more than the {budget / 2**20:g} MB a block of "
+                          f"rows may take",
+                          hint=f"aevlp --block-mb {math.ceil(4 * v * c / 2**20)} (or more): the memory a tool "
+                               f"that reads every row holds at once")
+    step = budget // (4 * v * c)
     return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
 
@@ -160,6 +168,16 @@ def default_labels(f: h5py.File, rnd: int) -> np.ndarray:
 
 
 BLOCK_BYTES = 1 << 26  # 64 MB of float32 similarities a block (docs/performance.md, "Scale")
+
+
+def set_block_mb(mb: float) -> None:
+    """The memory (MB) a block of rows may take in the tools that read every row (`aevlp --block-mb`): smaller
+    bounds their peak memory, larger reads fewer, bigger pieces. A block must hold one row (`row_blocks`)."""
+    global BLOCK_BYTES
+    if not (isinstance(mb, (int, float)) and math.isfinite(mb) and mb > 0):
+        raise ConfigError(f"--block-mb {mb!r}: the memory a block of rows may take must be a number of MB > 0",
+                          hint="aevlp --block-mb 64 (the default)")
+    BLOCK_BYTES = int(mb * 2**20)
 
 
 class Cache:

@@ -50,8 +50,11 @@ class AevlpGroup(click.Group):
 @click.version_option(__version__, prog_name="aevlp")
 @click.option("--debug", is_flag=True, help="Show full tracebacks for errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Log more detail (INFO level).")
+@click.option("--block-mb", type=float, default=64, envvar="AEVLP_BLOCK_MB", show_envvar=True,
+              help="Memory (MB) a block of rows may take where a command reads every row of a cache (labels, "
+                   "thresholds, verify, exports, review): lower bounds the peak, higher reads in fewer pieces.")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
+def cli(ctx: click.Context, debug: bool, verbose: bool, block_mb: float) -> None:
     """aevlp: vision-language pseudo-labels (DAMP) + GPR Loss for single-positive multi-label learning.
 
     \b
@@ -68,6 +71,9 @@ def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    from aevlp.cache.reader import set_block_mb
+
+    set_block_mb(block_mb)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s")
     if RUNNING not in logging.getLogger("aevlp").filters:

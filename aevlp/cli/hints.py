@@ -23,10 +23,14 @@ __all__ = ["SWAPS", "for_command", "command_flags", "flag_keys", "HintFilter"]
 SWAPS = {"--force": {"aevlp run": "--force-stage pseudolabel"}}
 
 
+ROOT_FLAGS = {"--debug", "--verbose", "-v", "--block-mb", "--version"}  # `aevlp --block-mb 16 COMMAND ...`
+
+
 def command_flags(command: click.Command) -> set[str]:
-    """Every option spelling of a command (`--weights`, `--no-progress`, `--help`, ...)."""
+    """Every option spelling of a command (`--weights`, `--no-progress`, `--help`, ...), and the `aevlp` group's
+    own, which any command takes before its name."""
     opts = {o for p in command.params for o in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ()))}
-    return opts | {"--help", "-h"}
+    return opts | {"--help", "-h"} | ROOT_FLAGS
 
 
 def flag_keys(commands) -> dict[str, tuple[str, ...]]:

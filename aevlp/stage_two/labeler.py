@@ -93,17 +93,19 @@ class PseudoLabeler:
 
     def round_scores(self, r: int) -> np.ndarray:
         """[N, C] the score positives are selected from in round r (DAMP's f, fused with a student's)."""
-        from aevlp.damp import softmax
-
         out = np.empty(tuple(self.observed.shape), dtype=np.float32)
         for lo, hi in self._blocks():
-            sims = self._sims(r, lo, hi)
-            if self._plain is not None or self.damp.source == "global":
-                out[lo:hi] = softmax(sims[:, 0], self.damp.temperature).numpy()
-            else:
-                out[lo:hi] = self._fused(sims, self.observed[lo:hi],
-                                         None if self.student is None else self.student[lo:hi])[0].numpy()
+            out[lo:hi] = self.round_score_rows(r, lo, hi)
         return out
+
+    def round_score_rows(self, r: int, lo: int, hi: int) -> np.ndarray:
+        """[hi - lo, C] `round_scores(r)` of rows [lo, hi) alone (a block: `cache.row_blocks`)."""
+        from aevlp.damp import softmax
+
+        sims = self._sims(r, lo, hi)
+        if self._plain is not None or self.damp.source == "global":
+            return softmax(sims[:, 0], self.damp.temperature).numpy()
+        return self._fused(sims, self.observed[lo:hi], None if self.student is None else self.student[lo:hi])[0].numpy()
 
     def provenance_record(self) -> dict:
         """What these labels were selected with, for an export to say: the selection, θ per class (where not
