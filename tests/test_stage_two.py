@@ -418,3 +418,15 @@ def test_refine_stores_the_students_scores_and_trains_the_next_round(setup, tmp_
     shutil.copytree(source.parent, other.with_name(other.name + ".sources"))
     with Cache(other, check=False) as c, pytest.raises(AevlpError, match="another cache"):
         PseudoLabeler(c, Specs.of(cfg).damp, c.array("observed"))
+
+
+def test_fine_tuning_starts_from_the_best_linear_epoch_and_is_what_is_tested(setup, tmp_path):
+    """Cole et al.'s linear_init: the best linear epoch's weights and label estimate start the fine-tuning, and
+    the tested epoch is one of the fine-tuning's."""
+    lines = []
+    r = train(setup, tmp_path, 'loss.name="role"', "train.linear_init=2", "train.linear_init_lr=0.01",
+              'train.early_stop="none"', "train.epochs=3", echo=lines.append)
+    hist = history(tmp_path / "run")
+    best_linear = max(hist[:2], key=lambda x: x["val_map"])
+    assert any(f"fine-tuning from the best linear epoch ({best_linear['epoch']}," in x for x in lines), lines
+    assert r["best_epoch"] == 3 and [x["epoch"] for x in hist] == [1, 2, 3]

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import torch
 
-from aevlp.losses.common import COLE_EPS, expected_positive_regularizer, neg_log, prep
+from aevlp.losses.common import COLE_EPS, LOG_EPS, expected_positive_regularizer, neg_log, prep
 from aevlp.losses.method import LossSpec, Method, RunInfo
 
 __all__ = ["bce_full_loss", "an_loss", "an_ls_loss", "an_pl_loss", "wan_loss", "iun_loss", "iu_loss", "epr_loss",
@@ -38,8 +38,9 @@ def an_ls_loss(logits: torch.Tensor, observed: torch.Tensor, *, ls_coef: float =
 
 
 def an_pl_loss(logits: torch.Tensor, observed: torch.Tensor, pseudo: torch.Tensor, *,
-               eps: float = COLE_EPS) -> torch.Tensor:
-    """AN with pseudo-labels (the AEVLP code's `AN_PL_loss`): pseudo positives join the positives."""
+               eps: float = LOG_EPS) -> torch.Tensor:
+    """AN with pseudo-labels (the AEVLP code's `AN_PL_loss`): pseudo positives join the positives; ε 1e-7 as the
+    AEVLP code's losses.py (GR's), not Cole's 1e-5."""
     z, p, y, zl = prep(logits, observed, pseudo)
     return torch.where((y == 1) | (zl == 1), neg_log(p, eps), neg_log(1 - p, eps)).mean()
 
@@ -94,7 +95,7 @@ def _logit(p: float) -> float:
 
 
 class RoleMethod(Method):
-    """ROLE's learned label matrix: one logit per training entry, its own lr (lr × role_lr_mult).
+    """ROLE's learned label matrix: one logit per training entry, its own lr (the phase's lr × role_lr_mult).
 
     Initialised as Cole et al. do: unobserved entries uniform in ±logit(0.6), observed positives at
     logit(0.995); the draw is seeded by train.seed.
@@ -106,10 +107,12 @@ class RoleMethod(Method):
         init = _logit(0.6) * (2 * torch.rand(run.num_rows, run.num_classes, generator=gen) - 1)
         init[torch.as_tensor(np.asarray(run.observed) == 1)] = _logit(0.995)
         self.estimator = torch.nn.Parameter(init)
-        self.lr = run.lr * float(params["role_lr_mult"])
+        self.mult = float(params["role_lr_mult"])
 
     def param_groups(self) -> list[dict]:
-        return [{"params": [self.estimator], "lr": self.lr}]
+        """The estimator at the phase's lr × role_lr_mult (Cole et al.'s lr_mult, which applies to it alone):
+        train.linear_init_lr's during a linear phase, train.lr's after (the loop sets it each epoch)."""
+        return [{"params": [self.estimator], "lr": self.run.lr * self.mult, "lr_mult": self.mult}]
 
     def loss(self, logits, observed, *, rows=None, pseudo=None, full=None, schedule=None, epoch: int = 1):
         est = torch.sigmoid(self.estimator[torch.as_tensor(rows).cpu()]).to(logits.device)

@@ -61,13 +61,14 @@ class _HeadMethod(Method):
     head = ""
 
     def prepare_model(self, model) -> None:
-        from aevlp.stage_two.heads import build_head
+        from aevlp.stage_two.heads import build_head, official_backbone
 
         if getattr(model, "features", None) is None:
             raise ConfigError(f"loss '{self.name}' reads the convolutional feature map through per-class queries, "
                               "and this backbone has none",
                               hint=f"use an image backbone: {flag('train.backbone', 'resnet50')} (or small-cnn)")
         model.head = build_head(self.head, model.head.in_features, model.head.out_features)
+        model.frozen = set(official_backbone(model.backbone))
         self.model = model
 
 

@@ -49,14 +49,14 @@ LOSS_VALUES: dict[str, Row] = {
     "ls_coef": Row.same(0.1, f"{COLE} train.py (ls_coef)"),
     "role_lr_mult": Row.same(10.0, f"{COLE} train.py (the label estimator's lr_mult)"),
     "ll_delta_rel": Row.same(0.0, f"0: the scheme's own Δrel, {KIM23} config.py (SCHEME_DEFAULTS)"),
-    "boost_alpha": Row.same(5.0, f"{KIM23} config.py:22-26 and README (alpha)"),
+    "boost_alpha": Row.same(5.0, f"{KIM23} config.py (alpha)"),
     "vlpl_threshold": Row.same(0.3, f"{VLPL} main_clip.py (--threshold)"),
     "vlpl_temperature": Row.same(0.01, f"{VLPL} main_clip.py (--temp)"),
     "pl_weight": Row.same(0.7, f"{VLPL} main_clip.py (beta_pos)"),
     "mime_beta": Row.same(1e-4, f"{MIME} train_mime.py (P['beta']), utils/losses.py:257-269 loss_VIB"),
     "mime_theta": Row.same(0.95, f"{MIME} train_mime.py (P['theta'])"),
     "mime_warmup": Row((2, 2, 2, 5), f"{MIME} train_mime.py (warmup_epoch)"),
-    "smile_alpha": Row.same(0.1, f"{SMILE} (VOC's stated values; no official settings for the other datasets)"),
+    "smile_alpha": Row.same(0.1, f"{SMILE} (VOC's; the same on every dataset here, docs/training.md)"),
     "smile_beta": Row.same(0.01, f"{SMILE} (VOC's)"),
     "smile_theta": Row.same(0.01, f"{SMILE} (VOC's)"),
     "smile_warmup": Row((2, 5, 5, 15), "1992209760/SPL_Image_DataSet train_smile.py (warmup_epoch)"),
@@ -73,13 +73,16 @@ SCHEME_DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
 _TEN = Row.same(10, "every official baseline trains 10 epochs")
 _ONE_LR = Row.same(1.0, "one learning rate for all layers (no head x10)")
 _ZHOU_LR = Row((1e-5, 1e-5, 1e-5, 1e-4), f"{ZHOU} main.py (lr)")
-_COLE_E2E = {"epochs": _TEN, "early_stop": Row.same("none", f"{COLE} train.py (the best val epoch is tested)")}
+_COLE_LR_MULT = Row.same(1.0, f"{COLE} train.py initialize_training_run: f (backbone and linear classifier) at lr, "
+                               "only g (ROLE's label estimator) at lr_mult x lr")
+_COLE_E2E = {"epochs": _TEN, "lr_mult": _COLE_LR_MULT,
+             "early_stop": Row.same("none", f"{COLE} train.py (the best val epoch is tested)")}
 RECIPES: dict[str, dict[str, Row]] = {
     **{m: _COLE_E2E for m in ("an", "an-ls", "wan", "epr", "iun", "iu", "bce-full")},
     "role": {"epochs": Row.same(35, f"{COLE} train.py: train_mode linear_init, 25 linear + 10 end-to-end epochs"),
              "linear_init": Row.same(25, f"{COLE} train.py (linear_init: 25 epochs on frozen features)"),
              "linear_init_lr": Row.same(1e-3, f"{COLE} train.py (linear_init_params['role']: lr 1e-3)"),
-             "batch_size": Row.same(8, f"{COLE} train.py (end-to-end phase)"),
+             "batch_size": Row.same(8, f"{COLE} train.py (end-to-end phase)"), "lr_mult": _COLE_LR_MULT,
              "early_stop": _COLE_E2E["early_stop"]},
     "em": {"epochs": _TEN, "lr": _ZHOU_LR, "lr_mult": _ONE_LR,
            "batch_size": Row((8, 16, 16, 8), f"{ZHOU} main.py (bsize)"),
@@ -87,8 +90,10 @@ RECIPES: dict[str, dict[str, Row]] = {
     "vlpl": {"epochs": _TEN, "lr": Row((1e-5, 1e-5, 1e-5, 1e-4), f"{VLPL} main_clip.py (lr)"), "lr_mult": _ONE_LR,
              "batch_size": Row.same(8, f"{VLPL} main_clip.py (bsize)"),
              "early_stop": Row.same("none", f"{VLPL} main_clip.py (early stop commented out; best val tested)")},
-    "ll-r": {"epochs": _TEN, "batch_size": Row.same(16, f"{KIM22} README (batch 16, lr 1e-5, head x10)"),
-             "early_stop": Row.same("none", f"{KIM22} train.py (the best val epoch is tested)")},
+    "ll-r": {"epochs": _TEN, "batch_size": Row.same(16, f"{KIM22} config.py (bsize 16; lr 1e-5, lr_mult 10)"),
+             "early_stop": Row.same("gr", f"{KIM22} train.py run_train: `elif bestmap_val - map_val > 3: break` "
+                                          "(stop on a drop; the best val epoch is tested)"),
+             "max_drop": Row.same(3.0, f"{KIM22} train.py run_train (`bestmap_val - map_val > 3`)")},
     "mime": {"epochs": _TEN, "lr": Row.same(1e-4, f"{MIME} train_mime.py (lr 1e-4 for the backbone)"),
              "lr_mult": Row.same(10.0, f"{MIME} train_mime.py (the transformer and heads at 10 x lr)"),
              "optimizer": Row.same("adamax", f"{MIME} train_mime.py (torch.optim.Adamax)"),
@@ -103,9 +108,16 @@ RECIPES["em-pl"] = RECIPES["vlpl"]
 RECIPES.update({m: RECIPES["ll-r"] for m in ("ll-ct", "ll-cp", "boostlu")})
 
 
+PIPELINE_OWN = ("gr", "gpr", "an-pl")  # AEVLP's code: its recipe is the benchmark pipelines' own
+
+
 def official_recipe(method: str, dataset: str) -> dict[str, Any]:
-    """The [train] values of a method's official recipe on a benchmark dataset ({} for GR and GPR: their
+    """The [train] values of a method's official recipe on a benchmark dataset ({} for GR, GPR and AN-PL: their
     official recipe is the benchmark pipeline's own, AEVLP's configs)."""
+    if method not in RECIPES and method not in PIPELINE_OWN:
+        raise ConfigError(f"train.recipe = official: no official recipe is recorded for '{method}' "
+                          f"(aevlp/losses/recipes.py has {', '.join(sorted([*RECIPES, *PIPELINE_OWN]))})",
+                          hint="use train.recipe = shared (every method with one recipe)")
     if dataset not in BENCHMARKS:
         raise ConfigError(f"train.recipe = official is defined on the benchmark datasets ({', '.join(BENCHMARKS)}), "
                           f"not on '{dataset}'", hint="use train.recipe = shared (every method with one recipe)")

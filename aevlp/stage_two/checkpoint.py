@@ -56,8 +56,10 @@ def load_checkpoint(path: str | Path) -> tuple[Classifier, dict]:
         raise AevlpError(f"{path} is not an aevlp model checkpoint (best.pt of a run directory)")
     model = build_model(m["backbone"], len(m["classnames"]), weights="none", embed_dim=m.get("embed_dim", 0))
     if isinstance(m.get("head"), dict):  # MIME's or SMILE's head in place of the linear one
-        from aevlp.stage_two.heads import build_head
+        from aevlp.stage_two.heads import build_head, official_backbone
         model.head = build_head(**m["head"])
+        if not any(k.endswith("num_batches_tracked") for k in ckpt["model"]):  # its BatchNorm frozen (not before)
+            official_backbone(model.backbone)
     try:
         model.load_state_dict(ckpt["model"])
     except (RuntimeError, TypeError) as e:

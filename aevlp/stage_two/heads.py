@@ -1,13 +1,12 @@
 """Heads that read the backbone's feature map through per-class queries: MIME's and SMILE's (the model
 family of Liu et al., ICML 2023, whose code also holds the image version of SMILE, Xu et al., NeurIPS 2022).
 
-A Query2Label-style transformer (Liu et al. 2021, as in the MIME code's LEModel): the feature map [B, D,
-H, W] with 2-D sine positions through one encoder layer, then C learnt class queries through two
-decoder layers, 4 heads, feed-forward 4·D, dropout 0.1, D the backbone's feature width (2048 for
-ResNet-50, as the official code; 128 for small-cnn). Positions and queries are added once at the inputs
-of torch's standard layers, where the DETR-style layers of the official code add them at every
-attention. Per class, MIME's head samples a Gaussian latent (width D/8: 256 for ResNet-50, as the
-official z_dim) and SMILE's a Beta-distributed label value; `stats` keeps what their losses read.
+The Query2Label transformer of the MIME code's LEModel (Liu et al. 2021; `QueryTransformer`): the feature
+map [B, D, H, W] with DETR's 2-D sine positions through one encoder layer, then C learnt class queries through
+two decoder layers that have no self-attention, D the backbone's feature width (2048 for ResNet-50, as the
+official code; 128 for small-cnn). Per class, MIME's head samples a Gaussian latent (width D/8: 256 for
+ResNet-50, as the official z_dim) and SMILE's a Beta-distributed label value; `stats` keeps what their losses
+read. Their backbone is treated as the official code treats its ResNet (`official_backbone`).
 """
 from __future__ import annotations
 
@@ -16,7 +15,8 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["QueryTransformer", "GroupWiseLinear", "MimeHead", "SmileHead", "HEADS", "build_head"]
+__all__ = ["EncoderLayer", "DecoderLayer", "QueryTransformer", "GroupWiseLinear", "MimeHead", "SmileHead", "HEADS",
+           "build_head", "official_backbone"]
 
 
 def sine_positions(h: int, w: int, d: int, device) -> torch.Tensor:
@@ -31,22 +31,69 @@ def sine_positions(h: int, w: int, d: int, device) -> torch.Tensor:
     return torch.cat((py, px), dim=2).reshape(h * w, -1)[:, :d]
 
 
+class EncoderLayer(nn.Module):
+    """DETR's post-norm encoder layer: self-attention with the positions added to its queries and keys (not to
+    its values), then a ReLU feed-forward; a residual and a LayerNorm after each."""
+
+    def __init__(self, d: int, heads: int, ff: int, dropout: float):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.linear1, self.linear2 = nn.Linear(d, ff), nn.Linear(ff, d)
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.dropout, self.dropout1, self.dropout2 = (nn.Dropout(dropout) for _ in range(3))
+
+    def forward(self, src: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        q = k = src + pos
+        src = self.norm1(src + self.dropout1(self.self_attn(q, k, src, need_weights=False)[0]))
+        return self.norm2(src + self.dropout2(self.linear2(self.dropout(torch.relu(self.linear1(src))))))
+
+
+class DecoderLayer(nn.Module):
+    """Query2Label's decoder layer: DETR's, with the self-attention among the class queries removed (with its
+    norm and dropout). Cross-attention reads the encoded map (keys: map + positions) with the target plus the
+    class queries, then the feed-forward."""
+
+    def __init__(self, d: int, heads: int, ff: int, dropout: float):
+        super().__init__()
+        self.multihead_attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.linear1, self.linear2 = nn.Linear(d, ff), nn.Linear(ff, d)
+        self.norm2, self.norm3 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.dropout, self.dropout2, self.dropout3 = (nn.Dropout(dropout) for _ in range(3))
+
+    def forward(self, tgt: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, query: torch.Tensor):
+        attn = self.multihead_attn(tgt + query, memory + pos, memory, need_weights=False)[0]
+        tgt = self.norm2(tgt + self.dropout2(attn))
+        return self.norm3(tgt + self.dropout3(self.linear2(self.dropout(torch.relu(self.linear1(tgt))))))
+
+
 class QueryTransformer(nn.Module):
-    """Feature map [B, D, H, W] → one feature per class [B, C, D]."""
+    """Feature map [B, D, H, W] → one feature per class [B, C, D]: the MIME code's Query2Label transformer (one
+    encoder layer, two decoder layers without self-attention, a final LayerNorm, 4 heads, feed-forward 4·D,
+    dropout 0.1). Positions are added to the queries and keys of every attention and the class queries to every
+    cross-attention's queries; the target starts at 0; every weight matrix of the layers is xavier-uniform
+    (DETR's `_reset_parameters`), the class queries keep nn.Embedding's N(0, 1)."""
 
     def __init__(self, d: int, num_classes: int, heads: int = 4, encoders: int = 1, decoders: int = 2,
                  dropout: float = 0.1):
         super().__init__()
-        kw = {"d_model": d, "nhead": heads, "dim_feedforward": 4 * d, "dropout": dropout, "batch_first": True}
-        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**kw), encoders, enable_nested_tensor=False)
-        self.decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**kw), decoders, norm=nn.LayerNorm(d))
+        self.encoder = nn.ModuleList(EncoderLayer(d, heads, 4 * d, dropout) for _ in range(encoders))
+        self.decoder = nn.ModuleList(DecoderLayer(d, heads, 4 * d, dropout) for _ in range(decoders))
+        self.decoder_norm = nn.LayerNorm(d)
+        for p in (*self.encoder.parameters(), *self.decoder.parameters()):
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
         self.queries = nn.Embedding(num_classes, d)
 
     def forward(self, fmap: torch.Tensor) -> torch.Tensor:
         b, d, h, w = fmap.shape
-        src = fmap.flatten(2).transpose(1, 2) + sine_positions(h, w, d, fmap.device)
-        memory = self.encoder(src)
-        return self.decoder(self.queries.weight.unsqueeze(0).expand(b, -1, -1), memory)
+        memory, pos = fmap.flatten(2).transpose(1, 2), sine_positions(h, w, d, fmap.device).unsqueeze(0)
+        for layer in self.encoder:
+            memory = layer(memory, pos)
+        query = self.queries.weight.unsqueeze(0).expand(b, -1, -1)
+        tgt = torch.zeros_like(query)
+        for layer in self.decoder:
+            tgt = layer(tgt, memory, pos, query)
+        return self.decoder_norm(tgt)
 
 
 class GroupWiseLinear(nn.Module):
@@ -130,3 +177,29 @@ HEADS = {"mime": MimeHead, "smile": SmileHead}
 
 def build_head(kind: str, d: int, num_classes: int, latent: int = 0) -> nn.Module:
     return HEADS[kind](d, num_classes, latent)
+
+
+FROZEN_STEM = ("conv1.", "bn1.", "layer1.")  # what the official backbone does not train (ResNets)
+
+
+def official_backbone(net: nn.Module) -> list[str]:
+    """Treat a torchvision ResNet as the MIME code's backbone (DETR's `Backbone`) does: every BatchNorm frozen
+    (torchvision's FrozenBatchNorm2d: its statistics and affine values fixed, as loaded) and the stem and first
+    stage (conv1, bn1, layer1) not trained. Other backbones (small-cnn, trained from scratch) are left as they
+    are. The names of the parameters it stopped training."""
+    from torchvision.models import ResNet
+    from torchvision.ops import FrozenBatchNorm2d
+
+    if not isinstance(net, ResNet):
+        return []
+    for parent in list(net.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                frozen = FrozenBatchNorm2d(child.num_features, eps=child.eps)
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(frozen, key).copy_(getattr(child, key).detach())
+                setattr(parent, name, frozen)
+    stopped = [(n, p) for n, p in net.named_parameters() if n.startswith(FROZEN_STEM)]
+    for _, p in stopped:
+        p.requires_grad_(False)
+    return [n for n, _ in stopped]

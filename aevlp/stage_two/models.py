@@ -56,6 +56,7 @@ class Classifier(nn.Module):
         self.head = nn.Linear(feat_dim, num_classes)
         self.features = features
         self.boost_alpha = 0.0
+        self.frozen: set[str] = set()  # backbone parameters a method keeps untrained (MIME's, SMILE's stem)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.boost_alpha:

@@ -155,10 +155,26 @@ def _epochs(r: TrainRun, state: dict, progress: bool, echo: Callable[[str], None
     for epoch in range(state["epoch"] + 1, r.t.epochs + 1):
         if state["stopped_early"]:
             break
+        if epoch == r.t.linear_init + 1 > 1:
+            _leave_linear_phase(r, state, echo)
         rec, z_all = _train_epoch(r, epoch, progress)
         improved = _judge(r, state, rec, z_all, t0)
         if r.main:
             _save_epoch(r, state, improved, z_all, echo)
+
+
+def _leave_linear_phase(r: TrainRun, state: dict, echo: Callable[[str], None]) -> None:
+    """Cole et al.'s code fine-tunes from the best linear epoch (its weights and label estimate) with a fresh
+    optimiser, and tests an epoch of the fine-tuning: the selection starts again."""
+    best = r.run / "best.pt"
+    if best.exists():
+        ckpt = torch.load(best, map_location=r.device, weights_only=False)
+        r.core.load_state_dict(ckpt["model"])
+        if ckpt.get("method"):
+            r.method.load_state_dict(ckpt["method"])
+        echo(f"fine-tuning from the best linear epoch ({state['best_epoch']}, val {state['best_val']:.2f})")
+    r.opt.state.clear()
+    state.update(best_val=-1.0, best_epoch=0, counter=0, linear_best=state["best_epoch"])
 
 
 def _fresh_state() -> dict:
@@ -267,11 +283,10 @@ def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndar
     z = torch.as_tensor(z_all[keep])
     y_obs = torch.as_tensor((r.truth if t.labels == "full" else r.observed)[keep])
     y_full = torch.as_tensor(r.truth[keep])
-    r.core.backbone.requires_grad_(epoch > t.linear_init)
-    r.opt.param_groups[1]["lr"] = t.linear_init_lr if epoch <= t.linear_init and t.linear_init_lr else t.lr * t.lr_mult
+    linear = epoch <= t.linear_init
+    _phase(r, linear)
     r.inputs[0].set_epoch(epoch)
     r.train_loader.batch_sampler.set_epoch(epoch)
-    r.model.train()
     scaler = torch.amp.GradScaler(r.device.type, enabled=r.precision == "fp16")  # fp16 needs loss scaling
     # the loss is summed on the device and read back every CHECK_EVERY steps: a read after each step would make
     # the host wait for the GPU at every batch (the recipe's batch of 8 is short work for a GPU)
@@ -279,7 +294,7 @@ def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndar
     for i, (x, rows) in enumerate(bar(r.train_loader, desc=f"epoch {epoch}/{t.epochs}",
                                       disable=not (progress and r.main), leave=False)):
         with autocast(r.device, r.precision):
-            logits = r.model(r.batch(x, rows, epoch))
+            logits = r.model(r.batch(x, rows, None if linear else epoch))  # the linear phase: fixed features
         loss = r.method.loss(logits.float(), y_obs[rows].to(r.device), rows=rows, pseudo=z[rows].to(r.device),
                              full=y_full[rows].to(r.device), schedule=sched, epoch=epoch)
         r.opt.zero_grad(set_to_none=True)
@@ -298,6 +313,23 @@ def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndar
 
 
 CHECK_EVERY = 16  # steps between reads of the summed loss on a GPU (every step on a CPU, where reads are free)
+
+
+def _phase(r: TrainRun, linear: bool) -> None:
+    """The linear phase (`train.linear_init`) as Cole et al.'s code runs it, on fixed features: the backbone not
+    trained and in eval mode (its BatchNorm statistics as loaded), no flips, the head and the method's own
+    parameters (ROLE's label estimator) at `train.linear_init_lr` (× their multiplier). After it: everything
+    trained at `train.lr`, the head at lr × lr_mult. Parameters a method froze (`Classifier.frozen`) stay so."""
+    t = r.t
+    for name, p in r.core.backbone.named_parameters():
+        p.requires_grad_(not linear and name not in r.core.frozen)
+    lr = t.linear_init_lr if linear and t.linear_init_lr else t.lr
+    r.opt.param_groups[1]["lr"] = lr if linear and t.linear_init_lr else t.lr * t.lr_mult
+    for group in r.opt.param_groups[2:]:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+    r.model.train()
+    if linear:
+        r.core.backbone.eval()
 
 
 def _check_finite(total: torch.Tensor, epoch: int) -> None:
@@ -345,7 +377,8 @@ def _save_epoch(r: TrainRun, state: dict, improved: bool, z_all: np.ndarray, ech
     """best.pt when val improved, last.pt and metrics.jsonl always (rank 0 only)."""
     keep = r.keep
     if improved:
-        save_checkpoint(r.run / "best.pt", r.core, meta=r.meta)
+        save_checkpoint(r.run / "best.pt", r.core, meta=r.meta,
+                        **({"method": r.method.state_dict()} if state["epoch"] <= r.t.linear_init else {}))
         if r.loss_spec.uses_pseudo and r.data.train_labels_known:
             pseudo_label_quality_per_class(z_all[keep], r.observed[keep], r.truth[keep], r.data.classnames).to_csv(
                 r.run / "pseudo_per_class.csv", index=False)
