@@ -257,7 +257,8 @@ class DampSpec(_Section):
     student: str = key("", "a student's scores stored beside the cache (aevlp refine) to fuse with DAMP's before "
                            "selection: the source's name in CACHE.sources/", check=SOURCE_NAME)
     student_loss: str = key("", "train a student with this method first (RUN/student, same cache and settings) and "
-                                "fuse its scores with DAMP's before selection: gr makes the gpr-ts method")
+                                "fuse its scores with DAMP's before selection: gr makes the gpr-ts method; best "
+                                "trains a GR and an EM student and the better on val teaches")
     student_weight: float = key(0.5, "the student's share w of the fused score w·p_student + (1−w)·f_DAMP",
                                 check=UNIT)
 

@@ -122,3 +122,25 @@ def test_gpr_ts_trains_its_gr_student_first_and_learns_from_its_scores(own):
                "--set", 'train.weights="none"', "--set", "train.epochs=2", "--set", "train.lr=1e-3",
                "--set", "train.workers=0", "--no-progress")
     assert r.exit_code == 0 and "train: skip" in r.output  # a finished gpr-ts run (student included) is current
+
+
+def test_the_best_student_is_the_one_of_higher_val_map_and_it_teaches(own):
+    """damp.student_loss = best: a GR and an EM student train; the one of higher val mAP (read here from their
+    own results) is the student the run's scores came from."""
+    out = own["dir"] / "bench-best"
+    ok("bench", "table", "gpr-ts-best", "--seeds", "0", "--data-root", own["data"], "--out", out,
+       "--set", f'cache.path="{own["cache"]}"', *own["clip"], "--set", 'train.backbone="clip-head"',
+       "--set", 'train.weights="none"', "--set", "train.epochs=2", "--set", "train.lr=1e-3",
+       "--set", "train.workers=0", "--no-progress")
+    run = out / "runs" / "gpr-ts-best-s0"
+    val = {m: json.loads((run / f"student-{m}" / "results.json").read_text())["val_map"] for m in ("gr", "em")}
+    assert {m: json.loads((run / f"student-{m}" / "results.json").read_text())["loss"] for m in val} == \
+        {"gr": "gr", "em": "em"}
+    better = "gr" if val["gr"] >= val["em"] else "em"
+    res = json.loads((run / "results.json").read_text())
+    from aevlp.cache.sources import checkpoint_id
+    from aevlp.stage_two.refine import run_selection
+    from aevlp.stage_two.run_folder import RunFolder
+    made = checkpoint_id(run / f"student-{better}" / RunFolder.BEST)  # the same weights as gpr-ts's GR student
+    assert res["student"]["method"] == better and res["student"]["checkpoint"] == made  # share one stored source
+    assert run_selection(run)[1] == f"student-{made[7:19]}"

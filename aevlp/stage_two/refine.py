@@ -21,8 +21,10 @@ from aevlp.cache.sources import checkpoint_id, source_provenance, store_source
 from aevlp.config import updated
 from aevlp.device import Inference, inference
 from aevlp.errors import AevlpError
+from aevlp.registry import did_you_mean
 
-__all__ = ["student_scores", "student_val_scores", "refine", "trained_student", "taught", "run_selection"]
+__all__ = ["student_scores", "student_val_scores", "refine", "trained_student", "taught", "run_selection",
+           "student_folders", "chosen_student", "BEST_OF"]
 
 
 @torch.no_grad()
@@ -101,7 +103,7 @@ def run_selection(run_dir: str | Path) -> tuple[dict, str]:
                          hint="pass a folder `aevlp train` wrote (it holds config.toml and results.json)")
     damp = Specs.of(cfg).damp
     if damp.student_loss:
-        best = run_dir / RunFolder.STUDENT / RunFolder.BEST
+        best = chosen_student(run_dir, damp.student_loss)[1] / RunFolder.BEST
         if not best.exists():
             raise AevlpError(f"{run_dir} trains with a student (damp.student_loss = {damp.student_loss}) "
                              f"but {best} is missing", hint="train the run first (`aevlp train --resume RUN`)")
@@ -225,37 +227,83 @@ def taught(cfg: dict, run_dir: str | Path | None = None, **kwargs) -> dict:
     return run_train(cfg, run_dir=run, student=name, **kwargs)
 
 
+BEST_OF = ("gr", "em")  # damp.student_loss = "best": both trained, the better on val teaches
+
+
+def student_folders(run: Path, student_loss: str) -> dict[str, Path]:
+    """method -> the folder its student trains in: RUN/student, or with `best` RUN/student-gr and RUN/student-em."""
+    from aevlp.stage_two.run_folder import RunFolder
+
+    if student_loss == "best":
+        return {m: run / f"{RunFolder.STUDENT}-{m}" for m in BEST_OF}
+    return {student_loss: run / RunFolder.STUDENT}
+
+
+def chosen_student(run: Path, student_loss: str) -> tuple[str, Path]:
+    """(method, folder) of the student that teaches: the only one, or with `best` the finished one of higher val
+    mAP (the first on a tie)."""
+    from aevlp.stage_two.run_folder import RunFolder
+
+    folders = student_folders(run, student_loss)
+    val = {m: (RunFolder(p).results() or {}).get("val_map", -1.0) for m, p in folders.items()}
+    method = max(folders, key=lambda m: val[m])
+    return method, folders[method]
+
+
 def trained_student(cfg: dict, run: Path, *, limit: int | None = None, progress: bool = True, echo=print) -> str:
     """`damp.student_loss`: train (or reuse, or resume) a student with that method in RUN/student from the same
-    cache and settings, store its scores beside the cache, and return the source's name (named by the student's
-    checkpoint, so a run resumed or repeated finds it again)."""
-    from aevlp.losses import LOSSES
+    cache and settings (`best`: a GR and an EM student, the better on val teaches), store its scores beside the
+    cache, and return the source's name (named by the student's checkpoint, so a run resumed or repeated finds
+    it again)."""
     from aevlp.specs import Specs
-    from aevlp.stage_two.plan import as_trained
     from aevlp.stage_two.run_folder import RunFolder
-    from aevlp.stage_two.train import run_train
 
     specs = Specs.of(cfg)
-    method = LOSSES.canonical(specs.damp.student_loss)
-    if LOSSES.get(method).uses_pseudo:
-        raise AevlpError(f"damp.student_loss = {method}: the student is trained without pseudo-labels (gr, an, ...)",
-                         hint="use damp.student_loss = \"gr\" (the gpr-ts method), or aevlp refine for more rounds")
-    scfg = updated(cfg, {"loss": {"name": method}, "damp": {"student_loss": "", "student": ""}})
-    folder = RunFolder(run / RunFolder.STUDENT)
-    student = folder.path
-    same = folder.config() == as_trained(scfg)
-    if not (same and folder.finished):
-        resume = same and folder.has_training_state
-        echo(f"student ({method}, damp.student_loss): {'resuming' if resume else 'training'} {student} first")
-        run_train(scfg, run_dir=student, resume=resume, force=not resume, limit=limit, progress=progress, echo=echo)
+    folders = student_folders(run, specs.damp.student_loss)
+    for method, folder in folders.items():
+        _train_student(cfg, method, folder, limit=limit, progress=progress, echo=echo)
+    method, student = chosen_student(run, specs.damp.student_loss)
+    folder = RunFolder(student)
     results = folder.results()
+    if len(folders) > 1:
+        echo("students (damp.student_loss = best): " + ", ".join(
+            f"{m} val mAP {RunFolder(p).results()['val_map']:.2f}" for m, p in folders.items()) + f"; the {method} "
+            "student teaches")
     checkpoint = checkpoint_id(folder / RunFolder.BEST)
     name = _source_name(checkpoint)
     with Cache(specs.cache_path) as cache:
         stored = source_provenance(cache, name)
         if stored is None or "val_rows" not in stored:  # every row of the cache (and the val split), as read
-            sp = Specs.of(scfg)
+            sp = Specs.of(_student_config(cfg, method))
             _store_student(cache, name, student, sp.dataset.load(), checkpoint, results, sp.train.device, method=method)
     echo(f"student: {method}, val mAP {results['val_map']:.2f}; its scores are fused with DAMP's (w = "
          f"{specs.damp.student_weight:g})")
     return name
+
+
+def _student_config(cfg: dict, method: str) -> dict:
+    return updated(cfg, {"loss": {"name": method}, "damp": {"student_loss": "", "student": ""}})
+
+
+def _train_student(cfg: dict, method: str, student: Path, *, limit, progress: bool, echo) -> None:
+    """Train, resume or reuse the `method` student in folder `student`."""
+    from aevlp.losses import LOSSES
+    from aevlp.stage_two.plan import as_trained
+    from aevlp.stage_two.run_folder import RunFolder
+    from aevlp.stage_two.train import run_train
+
+    if method not in LOSSES:
+        raise AevlpError(f"damp.student_loss = {method}: not a method{did_you_mean(method, [*LOSSES.names(), 'best'])}",
+                         hint='use damp.student_loss = "gr" (the gpr-ts method), "em", or "best" (both; the better '
+                              'on val teaches)')
+    method = LOSSES.canonical(method)
+    if LOSSES.get(method).uses_pseudo:
+        raise AevlpError(f"damp.student_loss = {method}: the student is trained without pseudo-labels (gr, an, ...)",
+                         hint="use damp.student_loss = \"gr\" (the gpr-ts method), or aevlp refine for more rounds")
+    scfg = _student_config(cfg, method)
+    folder = RunFolder(student)
+    same = folder.config() == as_trained(scfg)
+    if not (same and folder.finished):
+        resume = same and folder.has_training_state
+        echo(f"student ({method}, damp.student_loss): {'resuming' if resume else 'training'} {student} first")
+        run_train(scfg, run_dir=student, resume=resume, force=not resume, limit=limit, progress=progress, echo=echo)
