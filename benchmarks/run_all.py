@@ -161,12 +161,14 @@ marked *proj.* were not built (larger than 4 GB here): their times are projected
 
 {scale_table(sc)}
 
-The labeler, the per-class thresholds, `cache verify` and the table exports read the similarities a block of
-rows at a time (64 MB of float32 a block): every row's selection depends on that row alone. Against the same
-operations before that change (whole rounds read at once; that run's caches kept no embeddings), the largest
-peak per size of the stored layout went {mem}. What still grows with N are the [N, C] arrays the operations
-return or need whole: the int8 pseudo-labels, the float32 scores that the per-class thresholds and the exports
-read, the observed labels and a student's scores. File size over the embeddings' size: {ratio or "not measured yet"}.
+The labeler, the per-class thresholds, `cache verify` and the exports read the similarities a block of rows at
+a time (64 MB of float32 a block; `aevlp --block-mb N` or `AEVLP_BLOCK_MB` sets it, and a block smaller than one
+row is refused): every row's selection depends on that row alone, and the exports stream their scores (npz
+included). Against the same operations before that change (whole rounds read at once; that run's caches kept no
+embeddings), the largest peak per size of the stored layout went {mem}. What still grows with N are the [N, C]
+arrays an operation returns or needs whole: the int8 pseudo-labels (what training holds), the observed labels, a
+student's scores, and the round-averaged float32 scores that per-class θ reads (`select-rate`, `thresholds`: a
+class's θ is a quantile of its whole column). File size over the embeddings' size: {ratio or "not measured yet"}.
 """
 
 

@@ -45,6 +45,7 @@ SIZES = [(10_000, 20), (10_000, 80), (10_000, 1000), (100_000, 20), (100_000, 80
          (1_000_000, 80), (1_000_000, 1000)]
 OPS = ("open", "verify", "select", "select-rate", "select-stu", "thresholds", "export-csv", "export-npz", "review")
 CHUNK = 2048
+LINKS = 60_000  # hard links to one thumbnail file before the next copy
 
 
 def file_bytes(n: int, c: int, sims: str) -> int:
@@ -81,7 +82,10 @@ def build(folder: Path, n: int, c: int, sims: str = "stored", seed: int = 0) -> 
     (data / "images").mkdir(parents=True, exist_ok=True)
     one = data / "images" / "one.jpg"
     Image.fromarray((g.random((64, 80, 3)) * 255).astype(np.uint8)).save(one)
-    for name in [f"{i:07d}.jpg" for i in range(n_all)] + [f"t{i:05d}.jpg" for i in range(1000)]:
+    for i, name in enumerate([f"{i:07d}.jpg" for i in range(n_all)] + [f"t{i:05d}.jpg" for i in range(1000)]):
+        if i and i % LINKS == 0:  # a file system allows so many links to one file (ext4: 65,000)
+            one = data / "images" / f"one{i // LINKS}.jpg"
+            shutil.copyfile(data / "images" / "one.jpg", one)
         os.link(one, data / "images" / name)
     from aevlp.data import load_dataset
 
