@@ -280,3 +280,11 @@ def test_every_bench_preset_is_a_valid_pipeline_whatever_the_pipelines_defaults(
         gpr = load_config(pipeline, method_overrides("gpr-damp")[1])["damp"]
         assert gpr["class_thresholds"] == "" and gpr["student_loss"] == ""
     assert load_config("table", method_overrides("gpr-ts-em")[1])["damp"]["student_loss"] == "em"
+
+
+def test_bench_help_names_every_preset():
+    from aevlp.cli import cli
+    from aevlp.tools.bench import PRESETS
+
+    text = " ".join(cli.commands["bench"].help.split())
+    assert all(name in text for name in PRESETS), [n for n in PRESETS if n not in text]
