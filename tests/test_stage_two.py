@@ -430,3 +430,36 @@ def test_fine_tuning_starts_from_the_best_linear_epoch_and_is_what_is_tested(set
     best_linear = max(hist[:2], key=lambda x: x["val_map"])
     assert any(f"fine-tuning from the best linear epoch ({best_linear['epoch']}," in x for x in lines), lines
     assert r["best_epoch"] == 3 and [x["epoch"] for x in hist] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("until_worse", [True, False])
+def test_refine_rounds_stop_at_the_first_that_does_not_improve_val(setup, tmp_path, monkeypatch, until_worse):
+    """Each round is reported with its val gain over its teacher and its training time; with until_worse (the
+    CLI's default) no round follows one whose val mAP is not above its teacher's."""
+    import shutil
+
+    import aevlp.stage_two.refine as refine_mod
+    from aevlp.stage_two.run_folder import RunFolder
+    base = tmp_path / "base"
+    run_train(base_cfg(setup["clip"], setup["root"], setup["cache"], "train.epochs=1"), run_dir=base, progress=False)
+    teacher_val = RunFolder(base).results()["val_map"]
+    vals = iter([teacher_val - 0.5, teacher_val + 1.0, teacher_val + 2.0])
+
+    def fake_round(run_dir, nxt, cfg, checkpoint, progress, echo, device, force=False):
+        nxt.mkdir(exist_ok=True)
+        for name in ("best.pt", "config.toml"):
+            shutil.copy(run_dir / name, nxt / name)
+        (nxt / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "seconds": 12.5}) + "\n")
+        res = {"val_map": next(vals), "test_map": 50.0, "run_dir": str(nxt)}
+        RunFolder(nxt).write_results(res)
+        return res
+
+    monkeypatch.setattr(refine_mod, "_round", fake_round)
+    monkeypatch.setattr(refine_mod, "_round_done", lambda nxt, cfg, checkpoint: "not trained yet")
+    lines = []
+    out = refine_mod.refine(base, 3, echo=lines.append, progress=False, until_worse=until_worse)
+    assert out[0]["round_gain"] == pytest.approx(-0.5) and out[0]["round_seconds"] == 12.5
+    if until_worse:
+        assert len(out) == 1 and any("round 1 did not improve val mAP" in x and "-0.50" in x for x in lines), lines
+    else:
+        assert [round(x["round_gain"], 6) for x in out] == [-0.5, 1.5, 1.0]

@@ -179,12 +179,14 @@ def _round(run_dir: Path, nxt: Path, cfg: dict, checkpoint: str, progress: bool,
 
 
 def refine(run_dir: str | Path, rounds: int = 1, *, overrides: tuple[str, ...] = (), prefix: str | None = None,
-           progress: bool = True, echo=print, device: str | None = None) -> list[dict]:
-    """N teacher–student rounds from a finished run: RUN-r1, RUN-r2, ... beside it. A round is reused only when
-    its folder was trained with these settings from the student its teacher run holds now; otherwise it is
-    trained again (an interrupted one resumed). `overrides`: `section.key=value` settings of the new rounds (the
-    run's own otherwise; checked whether or not a round trains); `prefix`: the new runs' names before -rN (the
-    run's name otherwise)."""
+           progress: bool = True, echo=print, device: str | None = None, until_worse: bool = True) -> list[dict]:
+    """Up to N teacher–student rounds from a finished run: RUN-r1, RUN-r2, ... beside it. A round is reused only
+    when its folder was trained with these settings from the student its teacher run holds now; otherwise it is
+    trained again (an interrupted one resumed). With `until_worse` the rounds stop at the first one whose val mAP
+    is not above its teacher's (that round is kept and reported). `overrides`: `section.key=value` settings of the
+    new rounds (the run's own otherwise; checked whether or not a round trains); `prefix`: the new runs' names
+    before -rN (the run's name otherwise). Each result gains `round_gain` (val mAP over its teacher's) and
+    `round_seconds` (its training time)."""
     from aevlp.stage_two.run_folder import RunFolder
 
     run_dir = Path(run_dir)
@@ -204,8 +206,22 @@ def refine(run_dir: str | Path, rounds: int = 1, *, overrides: tuple[str, ...] =
             stale = why != "not trained yet"
             echo(f"round {r}: the student {run_dir} teaches {nxt}" + (f" (again: {why})" if stale else ""))
             out.append(_round(run_dir, nxt, cfg, checkpoint, progress, echo, device, force=stale))
+        gain = out[-1]["val_map"] - RunFolder(run_dir).results()["val_map"]
+        out[-1] = {**out[-1], "round_gain": gain, "round_seconds": _training_seconds(nxt)}
         run_dir = nxt
+        if until_worse and gain <= 0 and r < rounds:
+            echo(f"round {r} did not improve val mAP on its teacher ({gain:+.2f}): no more rounds "
+                 f"(--all-rounds runs all {rounds})")
+            break
     return out
+
+
+def _training_seconds(run_dir: Path) -> float:
+    """A run's training time: the last epoch's `seconds` in metrics.jsonl (0 when it has none)."""
+    import json
+
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+    return float(json.loads(lines[-1]).get("seconds", 0.0)) if lines else 0.0
 
 
 def taught(cfg: dict, run_dir: str | Path | None = None, **kwargs) -> dict:
