@@ -114,18 +114,21 @@ def read_sims(f: h5py.File, rnd: int, rows, text=None) -> np.ndarray:
 
 def row_blocks(f: h5py.File, n: int | None = None, budget: int | None = None) -> list[tuple[int, int]]:
     """[lo, hi) row ranges over the first `n` rows (default: all) of an open cache file whose similarities, as
-    float32, take at most `budget` bytes (default BLOCK_BYTES) each: what the tools that read every row hold at
-    once (memory bounded by a block, not by N)."""
+    float32 (and, computing them, the embeddings they come from), take at most `budget` bytes (default BLOCK_BYTES)
+    each: what the tools that read every row hold at once (memory bounded by a block, not by N)."""
     _, rows, v, c = f["sims"].shape
     n = rows if n is None else n
     budget = budget or BLOCK_BYTES
-    if 4 * v * c > budget:
-        raise ConfigError(f"one row of {f.filename}'s similarities takes {4 * v * c / 2**20:.3g} MB as float32 "
-                          f"({v} views x {c} classes x 4 bytes), more than the {budget / 2**20:g} MB a block of "
-                          f"rows may take",
-                          hint=f"aevlp --block-mb {math.ceil(4 * v * c / 2**20)} (or more): the memory a tool "
+    row, what = 4 * v * c, f"{v} views x {c} classes x 4 bytes"
+    if json.loads(f.attrs["fingerprint"]).get("sims") == "computed":  # computed from the embeddings: read, as
+        _, u, d = f["embeddings"].shape  # float16 and float32 copies, and their products with every class
+        row, what = row + 6 * u * d + 4 * u * c, what + f", computed from {u} embeddings x {d}"
+    if row > budget:
+        raise ConfigError(f"one row of {f.filename}'s similarities takes {row / 2**20:.3g} MB as float32 "
+                          f"({what}), more than the {budget / 2**20:g} MB a block of rows may take",
+                          hint=f"aevlp --block-mb {math.ceil(row / 2**20)} (or more): the memory a tool "
                                f"that reads every row holds at once")
-    step = budget // (4 * v * c)
+    step = budget // row
     return [(lo, min(n, lo + step)) for lo in range(0, n, step)]
 
 
