@@ -83,9 +83,10 @@ def _load_array(path: Path, hint: str) -> np.ndarray:
     plain = "np.save(path, np.asarray(ids, dtype=str))" if "images" in path.name else \
         "np.save(path, labels.astype(np.int8))"
     try:
-        return np.load(path, allow_pickle=False)  # never unpickle: an object array could run code
+        arr = np.load(path, allow_pickle=False, mmap_mode="r")  # never unpickle: an object array could run code
+        return arr if arr.dtype.kind in "iufb" else np.asarray(arr)  # numbers stay mapped (read a block at a time)
     except ValueError as e:
-        if "pickle" in str(e).lower():
+        if "pickle" in str(e).lower() or "python objects" in str(e).lower():
             raise DataError(f"{path} holds Python objects, which aevlp does not unpickle (a file could run code)",
                             hint=f"save a plain array: {plain}") from None
         raise DataError(f"{path}: cannot be read as a .npy array ({e})", hint=hint) from e
@@ -93,12 +94,21 @@ def _load_array(path: Path, hint: str) -> np.ndarray:
         raise DataError(f"{path}: cannot be read as a .npy array ({e})", hint=hint) from e
 
 
+CHECK_ROWS = 16_384  # label rows checked and narrowed at a time: the file's own dtype is never whole in memory
+
+
 def _check_values(arr: np.ndarray, path: Path, allowed: Sequence[int]) -> np.ndarray:
-    if arr.size and not np.isin(arr, allowed).all():
-        bad = np.unique(arr[~np.isin(arr, allowed)])[:5].tolist()
-        raise DataError(f"{path}: label values must be in {set(allowed)}, found {bad}",
-                        hint="labels are 0/1 matrices; convert or re-run `aevlp data prepare`")
-    return arr.astype(np.int8)
+    """`arr` (any numeric dtype, possibly memory-mapped) as int8, a block of rows at a time, every value checked."""
+    out = np.empty(arr.shape, dtype=np.int8)
+    for lo in range(0, len(arr), CHECK_ROWS):
+        block = np.asarray(arr[lo:lo + CHECK_ROWS])
+        ok = np.isin(block, allowed)
+        if not ok.all():
+            bad = np.unique(block[~ok])[:5].tolist()
+            raise DataError(f"{path}: label values must be in {set(allowed)}, found {bad}",
+                            hint="labels are 0/1 matrices; convert or re-run `aevlp data prepare`")
+        out[lo:lo + CHECK_ROWS] = block
+    return out
 
 
 def _load_phase(root: Path, phase: str, num_classes: int, hint: str, report: dict):

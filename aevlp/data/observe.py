@@ -19,16 +19,16 @@ def single_positive(labels, seed: int = COLE_SEED) -> np.ndarray:
     y = np.asarray(labels)
     if y.ndim != 2:
         raise ValueError(f"labels must be an [N, C] matrix, got shape {y.shape}")
-    bad = ~np.isin(y, (0, 1))
+    bad = (y != 0) & (y != 1)
     if bad.any():
         raise ValueError(f"labels must hold only 0/1; found {np.unique(y[bad])[:5].tolist()}")
+    del bad
     rng = np.random.RandomState(seed)
-    signed = np.where(y == 1, 1, -1)
     observed = np.zeros_like(y)
-    for i in range(signed.shape[0]):
-        pos = np.nonzero(signed[i] == 1)[0]
+    for i in range(y.shape[0]):
+        pos = np.nonzero(y[i] == 1)[0]
         rng.shuffle(pos)
-        neg = np.nonzero(signed[i] == -1)[0]
+        neg = np.nonzero(y[i] != 1)[0]
         rng.shuffle(neg)
         observed[i, pos[:1]] = 1
     return observed
