@@ -169,6 +169,13 @@ embeddings), the largest peak per size of the stored layout went {mem}. What sti
 arrays an operation returns or needs whole: the int8 pseudo-labels (what training holds), the observed labels, a
 student's scores, and the round-averaged float32 scores that per-class θ reads (`select-rate`, `thresholds`: a
 class's θ is a quantile of its whole column). File size over the embeddings' size: {ratio or "not measured yet"}.
+
+What does not meet the goal yet: with 1,000 classes the peak grows with N (the exponent 0.99 of the computed
+layout's tools comes from 100,000 × 1,000), about 33 bytes per image and class. Most of it is loading the dataset
+folder's label matrices, not reading the cache: at 20,000 × 1,000 the load alone peaked at 670 MB. The label files
+now load memory-mapped and narrow to int8 a block of rows at a time (347 MB there, after this table was measured);
+what remains is a few [N, C] int8 and boolean arrays (observed and full labels, their checks). The review at
+100,000 × 1,000 peaked at 9.0 GB: its per-class tables hold every row's score rank ([N, C] integers).
 """
 
 

@@ -49,9 +49,11 @@ LINKS = 60_000  # hard links to one thumbnail file before the next copy
 
 
 def file_bytes(n: int, c: int, sims: str) -> int:
-    """A cache's bulk: every view's embedding (U = 2V, float16), the stored DAMP defaults (float16 scores and int8
-    labels a round) and, stored, the similarities (float16)."""
-    return n * 2 * V * D * 2 + R * n * c * 3 + (R * n * V * c * 2 if sims == "stored" else 0)
+    """A cache's bulk: every view's embedding (U = 2V, float16) and its index (int32 a round and view), the
+    observed and full labels (int8), and, stored, the DAMP defaults (float16 scores and int8 labels a round) and
+    the similarities (float16); a computing cache writes neither."""
+    common = n * 2 * V * D * 2 + R * n * V * 4 + 2 * n * c
+    return common + (R * n * c * 3 + R * n * V * c * 2 if sims == "stored" else 0)
 
 
 def build(folder: Path, n: int, c: int, sims: str = "stored", seed: int = 0) -> Path:
