@@ -12,7 +12,7 @@ from aevlp.cache import reader
 from aevlp.cache.lock import lock_owner, owner_path
 from aevlp.cache.reader import Cache, class_difference
 from aevlp.cache.schema import dataset_hash, read_fingerprint
-from aevlp.cache.validate import problems
+from aevlp.cache.validate import computes_sims, problems
 from aevlp.errors import AevlpError
 from aevlp.metrics import pseudo_label_quality_per_class
 
@@ -99,7 +99,7 @@ def verify_cache(path: str | Path, data_root: str | Path | None = None) -> list[
 def _rederived(f: h5py.File) -> list[str]:
     """What can be computed again from the similarities: each round's DAMP scores and pseudo-labels under the
     selection stage one stored (a cache whose checksums were recomputed after an edit is caught here)."""
-    if json.loads(f.attrs["fingerprint"]).get("sims") == "computed":
+    if computes_sims(f):
         return []  # nothing derived is stored: the embeddings they come from are held to their checksums
     found = []
     for r in range(f["sims"].shape[0]):

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import torch
 
 from aevlp.cache.schema import partial_path, read_fingerprint
-from aevlp.cache.validate import problems
+from aevlp.cache.validate import computes_sims, problems
 from aevlp.errors import AevlpError, ConfigError, flag
 
 __all__ = ["Cache", "sims_from_embeddings", "read_sims", "row_blocks", "set_block_mb", "computed_text",
@@ -120,7 +120,7 @@ def row_blocks(f: h5py.File, n: int | None = None, budget: int | None = None) ->
     n = rows if n is None else n
     budget = budget or BLOCK_BYTES
     row, what = 4 * v * c, f"{v} views x {c} classes x 4 bytes"
-    if json.loads(f.attrs["fingerprint"]).get("sims") == "computed":  # computed from the embeddings: read, as
+    if computes_sims(f):  # computed from the embeddings: read, as
         _, u, d = f["embeddings"].shape  # float16 and float32 copies, and their products with every class
         row, what = row + 6 * u * d + 4 * u * c, what + f", computed from {u} embeddings x {d}"
     if row > budget:
@@ -135,7 +135,7 @@ def row_blocks(f: h5py.File, n: int | None = None, budget: int | None = None) ->
 def computed_text(f: h5py.File):
     """The class features (float32 tensor) a file that computes its similarities reads them with; None when it
     stores them (`cache.sims`)."""
-    if json.loads(f.attrs["fingerprint"]).get("sims") != "computed":
+    if not computes_sims(f):
         return None
     import torch
 
@@ -162,7 +162,7 @@ def stored_selection(f: h5py.File, rnd: int):
 def default_labels(f: h5py.File, rnd: int) -> np.ndarray:
     """int8 [N, C] round `rnd`'s pseudo-labels under the selection stage one stored (the readable defaults): read,
     or computed a block of rows at a time from the similarities (`cache.sims = computed`)."""
-    if json.loads(f.attrs["fingerprint"]).get("sims") != "computed":
+    if not computes_sims(f):
         return f["pseudo"][rnd]
     out = np.zeros(f["pseudo"].shape[1:], dtype=np.int8)
     for lo, hi, _, pseudo in stored_selection(f, rnd):
@@ -248,9 +248,7 @@ class Cache:
         return read_sims(self.f, rnd % self.rounds, rows, self._text if self.computed else None)
 
     def row_blocks(self, n: int | None = None, budget: int | None = None) -> list[tuple[int, int]]:
-        """[lo, hi) row ranges over the first `n` rows (default: all) whose similarities, as float32, take at
-        most `budget` bytes each: what the tools that read every row hold at once (memory bounded by a block,
-        not by N)."""
+        """`row_blocks` of this file: [lo, hi) row ranges that take at most `budget` bytes each."""
         return row_blocks(self.f, n, budget)
 
     @property

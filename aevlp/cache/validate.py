@@ -18,7 +18,7 @@ import numpy as np
 
 from aevlp.cache.schema import COMPUTED, SCHEMA_VERSION, CacheLayout, parse_fingerprint
 
-__all__ = ["problems", "checksums", "sealed_names", "DATASET_DTYPES", "FINGERPRINT_KEY",
+__all__ = ["problems", "computes_sims", "checksums", "sealed_names", "DATASET_DTYPES", "FINGERPRINT_KEY",
            "LAST_SCHEMA_WITHOUT_CHECKSUMS"]
 
 log = logging.getLogger("aevlp")
@@ -59,12 +59,12 @@ def _blocks(ds: h5py.Dataset, max_items: int = 1 << 24):
 def sealed_names(f: h5py.File) -> list[str]:
     """What a finished cache's checksums cover: every dataset (but the unwritten similarities, scores and labels of
     a cache that computes them), and the attributes fixed at creation."""
-    skip = COMPUTED if _computed(f) else ()
+    skip = COMPUTED if computes_sims(f) else ()
     return [*sorted(k for k in f if isinstance(f[k], h5py.Dataset) and k not in skip),
             *(f"attrs:{a}" for a in SEALED_ATTRS if a in f.attrs)]
 
 
-def _computed(f: h5py.File) -> bool:
+def computes_sims(f: h5py.File) -> bool:
     """Whether the file computes its similarities from its embeddings (`cache.sims = computed`)."""
     try:
         return parse_fingerprint(f).get("sims") == "computed"
@@ -196,7 +196,7 @@ def _values(f: h5py.File, thorough: bool) -> list[str]:
     per_image = ("sims", "scores", "pseudo", "observed", "labels", *EMBEDDINGS)
     for k in ("sims", "scores", "pseudo", "observed", "labels", "val_labels", "test_labels", "text_features",
               "text_features_plain", "relation", *EMBEDDINGS):
-        if k not in f or (k in COMPUTED and _computed(f)):
+        if k not in f or (k in COMPUTED and computes_sims(f)):
             continue
         ds = f[k]
         sampled = k in per_image and not thorough and ds.shape[_row_axis(k, layout)] > SAMPLE_ROWS
@@ -231,7 +231,7 @@ def _integrity(f: h5py.File, version: int, thorough: bool, where: str) -> list[s
         return ["the checksums attribute is not readable"]
     names = [k for k in stored if (thorough or k not in EMBEDDINGS) and (k in f or k.startswith("attrs:"))]
     gone = [k for k in stored if not k.startswith("attrs:") and k not in f]
-    unsealed = ("sources", *(COMPUTED if _computed(f) else ()))  # an earlier aevlp's sources (refused when read);
+    unsealed = ("sources", *(COMPUTED if computes_sims(f) else ()))  # an earlier aevlp's sources (refused when read);
     added = [k for k in f if k not in stored and k not in unsealed]  # a computing cache's unwritten similarities
     now = checksums(f, names)
     return [f"{k}: content differs from the checksum written when the cache was finished"

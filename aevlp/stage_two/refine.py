@@ -220,7 +220,10 @@ def _training_seconds(run_dir: Path) -> float:
     """A run's training time: the last epoch's `seconds` in metrics.jsonl (0 when it has none)."""
     import json
 
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines() if (run_dir / "metrics.jsonl").exists() else []
+    from aevlp.stage_two.run_folder import RunFolder
+
+    path = run_dir / RunFolder.METRICS
+    lines = path.read_text().splitlines() if path.exists() else []
     return float(json.loads(lines[-1]).get("seconds", 0.0)) if lines else 0.0
 
 

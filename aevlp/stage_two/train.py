@@ -35,7 +35,7 @@ from aevlp.metrics import (
 from aevlp.progress import bar
 from aevlp.schedules import gr_schedule
 from aevlp.specs import Specs, TrainSpec
-from aevlp.stage_two.checkpoint import load_training_state, rng_state, save_checkpoint
+from aevlp.stage_two.checkpoint import load_training_state, read_checkpoint, rng_state, save_checkpoint
 from aevlp.stage_two.evaluate import predict_scores
 from aevlp.stage_two.inputs import flips, input_size, make_loader, stage_two_inputs
 from aevlp.stage_two.labeler import PseudoLabeler, labeler_for
@@ -168,7 +168,7 @@ def _leave_linear_phase(r: TrainRun, state: dict, echo: Callable[[str], None]) -
     optimiser, and tests an epoch of the fine-tuning: the selection starts again."""
     best = r.run / "best.pt"
     if best.exists():
-        ckpt = torch.load(best, map_location=r.device, weights_only=False)
+        ckpt = read_checkpoint(best)
         r.core.load_state_dict(ckpt["model"])
         if ckpt.get("method"):
             r.method.load_state_dict(ckpt["method"])
