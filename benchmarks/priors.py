@@ -40,7 +40,7 @@ def cache_scores(path: str, student: str = "") -> tuple[np.ndarray, np.ndarray, 
     with Cache(path) as c:
         cfg = config_for_cache(c)
         lab = labeler_for(c, cfg, student=student)
-        return lab.scores(), c.array("observed"), c.array("labels"), ~c.f["bad"][:].astype(bool)
+        return lab.scores().array(), c.array("observed"), c.array("labels"), ~c.f["bad"][:].astype(bool)
 
 
 def student_val(path: str, run: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -341,11 +341,9 @@ def test_ctrl_c_in_bench_demo_and_review_says_what_was_kept(world, monkeypatch, 
 def test_label_studio_links_encode_any_image_name(tmp_path):
     from pathlib import Path
 
-    from aevlp.cache.export import Labels
     from aevlp.cache.interchange import export_label_studio
     ids = ["a&b #1%.jpg", "sub dir/ü?.jpg"]
-    labels = Labels(ids, ["cat", "dog"], np.array([[1, 0], [0, 1]], dtype=np.int8), np.full((2, 2), 0.5, np.float32),
-                    np.zeros(2, bool), np.zeros((2, 2), np.int8), 0, {}, Path(tmp_path))
-    tasks = json.loads(export_label_studio(labels, tmp_path / "t.json").read_text())
+    rows = [(ids, np.array([[1, 0], [0, 1]], dtype=np.int8), np.full((2, 2), 0.5, np.float32), np.zeros(2, bool))]
+    tasks = json.loads(export_label_studio(rows, ["cat", "dog"], Path(tmp_path) / "t.json", "v").read_text())
     for t, i in zip(tasks, ids):
         assert urllib.parse.parse_qs(t["data"]["image"].split("?", 1)[1])["d"] == [i]

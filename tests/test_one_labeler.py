@@ -157,7 +157,7 @@ def test_selection_in_blocks_of_rows_equals_the_whole_rounds(world, monkeypatch)
     cfg = load_config(str(world["pipeline"]))
     with Cache(world["cache"]) as c:
         whole = labeler_for(c, cfg, student="stu")
-        scores = whole.scores().copy()
+        scores = whole.scores().array()
         assert len(c.row_blocks()) == 1
         _, _, v, k = c.f["sims"].shape
         monkeypatch.setattr(reader, "BLOCK_BYTES", 4 * v * k)  # the smallest block: one row's float32 similarities
@@ -165,7 +165,8 @@ def test_selection_in_blocks_of_rows_equals_the_whole_rounds(world, monkeypatch)
         blocked = labeler_for(c, cfg, student="stu")
         for rnd in range(R):
             assert np.array_equal(blocked.for_epoch(rnd + 1), world["trained"][rnd])
-        assert np.allclose(blocked.scores(), scores, atol=1e-6) and np.allclose(blocked.thresholds, world["theta"])
+        assert np.allclose(blocked.scores().array(), scores, atol=1e-6)
+        assert np.allclose(blocked.thresholds, world["theta"])
         # the DAMP reference on a whole round without a student: the same labels as the blocked selection
         plain = labeler_for(c, load_config(str(world["pipeline"]), ['damp.student=""', 'damp.class_thresholds=""']))
         sel = {k: v for k, v in plain.damp.selection().items()}

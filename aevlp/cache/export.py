@@ -35,7 +35,6 @@ class Labels:
     image_ids: list[str]
     classnames: list[str]
     pseudo: np.ndarray  # [N, C] int8 in {-1, 0, 1}
-    scores: np.ndarray  # [N, C] float32: the score selected from (DAMP's f, fused with a student's)
     bad: np.ndarray  # [N] unreadable in stage one
     observed: np.ndarray  # [N, C]
     round: int
@@ -48,8 +47,8 @@ def selected_labels(path: str | Path, *, rnd: int = 0, cfg: dict | None = None, 
     and the stored student source `student` (`aevlp.stage_two.refine.run_selection` gives a run's)."""
     with Cache(path) as c:
         lab, prov, data = _labeler(c, rnd, cfg, student)
-        return Labels(c.image_ids(), c.classnames(), lab.for_epoch(rnd + 1), lab.round_scores(rnd),
-                      c.f["bad"][:].astype(bool), c.array("observed"), rnd, prov, Path(data.image_root))
+        return Labels(c.image_ids(), c.classnames(), lab.for_epoch(rnd + 1), c.f["bad"][:].astype(bool),
+                      c.array("observed"), rnd, prov, Path(data.image_root))
 
 
 def _labeler(c: Cache, rnd: int, cfg: dict | None, student: str):
@@ -83,30 +82,23 @@ def export_pseudo_labels(path: str | Path, out: str | Path, *, rnd: int = 0, fmt
         raise AevlpError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt in ("label-studio", "fiftyone"):
-        from aevlp.cache.interchange import export_fiftyone, export_label_studio
-
-        sel = selected_labels(path, rnd=rnd, cfg=cfg, student=student)
-        written = (export_label_studio if fmt == "label-studio" else export_fiftyone)(sel, out)
-        write_provenance(written, sel.provenance)
-        return written
-    return _write_table(path, out, fmt=fmt, rnd=rnd, cfg=cfg, student=student)
-
-
-def _write_table(path, out: Path, *, fmt: str, rnd: int, cfg: dict | None, student: str) -> Path:
-    """csv, parquet or npz, a block of rows at a time: the scores in memory are a block's, not N's (the [N, C]
-    int8 pseudo-labels are whole, as training holds them)."""
     with Cache(path) as c:
-        lab, prov, _ = _labeler(c, rnd, cfg, student)
+        lab, prov, data = _labeler(c, rnd, cfg, student)
         pseudo, ids, names, bad = lab.for_epoch(rnd + 1), c.image_ids(), c.classnames(), c.f["bad"][:].astype(bool)
         blocks = [(lo, min(lo + EXPORT_ROWS, hi)) for b_lo, hi in c.row_blocks(len(ids))
                   for lo in range(b_lo, hi, EXPORT_ROWS)] or [(0, 0)]
         rows = ((lo, hi, lab.round_score_rows(rnd, lo, hi)) for lo, hi in blocks)
         if fmt == "npz":
             _write_npz(out, ids, names, pseudo, bad, prov, rows)
+        elif fmt in ("csv", "parquet"):
+            _write_frames(out, fmt, (_frame(ids[lo:hi], names, bad[lo:hi], pseudo[lo:hi], scores)
+                                     for lo, hi, scores in rows))
         else:
-            frames = (_frame(ids[lo:hi], names, bad[lo:hi], pseudo[lo:hi], scores) for lo, hi, scores in rows)
-            _write_frames(out, fmt, frames)
+            from aevlp.cache.interchange import export_fiftyone, export_label_studio
+
+            picked = ((ids[lo:hi], pseudo[lo:hi], scores, bad[lo:hi]) for lo, hi, scores in rows)
+            out = export_label_studio(picked, names, out, f"aevlp {prov.get('loss', '')} labels, round {rnd}") \
+                if fmt == "label-studio" else export_fiftyone(picked, names, out, Path(data.image_root))
     write_provenance(out, prov)
     return out
 

@@ -28,35 +28,45 @@ def label_config(classnames: list[str]) -> str:
             f'choice="multiple" showInline="true">\n{choices}\n  </Choices>\n</View>\n')
 
 
-def export_label_studio(sel, out: str | Path) -> Path:
-    """`out` (tasks JSON) and label_config.xml beside it, from `aevlp.cache.export.Labels`."""
-    names, ok = sel.classnames, np.flatnonzero(~sel.bad)
-    version = f"aevlp {sel.provenance.get('loss', '')} labels, round {sel.round}"
-    tasks = []
-    for i in ok:
-        picked = [k for k in range(len(names)) if sel.pseudo[i, k] == 1]
-        image = sel.image_ids[i]
-        tasks.append({
-            "data": {"image": f"/data/local-files/?d={quote(image, safe='/')}", IMAGE_KEY: image,
-                     "aevlp_scores": {names[k]: round(float(sel.scores[i, k]), 4) for k in picked}},
+def _task(image: str, names: list[str], pseudo: np.ndarray, scores: np.ndarray, version: str) -> dict:
+    """One Label Studio task: the image and its pseudo-positives as a prediction, with their scores."""
+    picked = np.flatnonzero(pseudo == 1)
+    return {"data": {"image": f"/data/local-files/?d={quote(image, safe='/')}", IMAGE_KEY: image,
+                     "aevlp_scores": {names[k]: round(float(scores[k]), 4) for k in picked}},
             "predictions": [{"model_version": version,
-                             "score": round(float(sel.scores[i, picked].mean()), 4) if picked else 0.0,
+                             "score": round(float(scores[picked].mean()), 4) if len(picked) else 0.0,
                              "result": [{"from_name": CHOICES_NAME, "to_name": "image", "type": "choices",
-                                         "value": {"choices": [names[k] for k in picked]}}]}]})
+                                         "value": {"choices": [names[k] for k in picked]}}]}]}
+
+
+def export_label_studio(rows, names: list[str], out: str | Path, version: str) -> Path:
+    """`out` (tasks JSON) and label_config.xml beside it. `rows` yields blocks (image ids, pseudo-labels [M, C],
+    scores [M, C], unreadable [M]); each block is written as it comes (memory: a block's)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(tasks, indent=1))
+    with open(out, "w") as fh:
+        sep = "["
+        for ids, pseudo, scores, bad in rows:
+            for i in np.flatnonzero(~np.asarray(bad)):
+                fh.write(sep + "\n" + json.dumps(_task(ids[i], names, pseudo[i], scores[i], version), indent=1))
+                sep = ","
+        fh.write("[]\n" if sep == "[" else "\n]\n")
     out.with_name("label_config.xml").write_text(label_config(names))
     return out
 
 
-def export_fiftyone(sel, out: str | Path) -> Path:
-    """`out`/labels.json in FiftyOne's image-classification format (multilabel, with confidences)."""
-    root, names = Path(sel.image_root).resolve(), sel.classnames
-    labels = {str(root / sel.image_ids[i]): [{"label": names[k], "confidence": round(float(sel.scores[i, k]), 4)}
-                                             for k in range(len(names)) if sel.pseudo[i, k] == 1]
-              for i in np.flatnonzero(~sel.bad)}
-    out = Path(out)
+def export_fiftyone(rows, names: list[str], out: str | Path, image_root: Path) -> Path:
+    """`out`/labels.json (returns `out`) in FiftyOne's image-classification format (multilabel, with
+    confidences), from `rows` as `export_label_studio` takes them."""
+    root, out = Path(image_root).resolve(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "labels.json").write_text(json.dumps({"labels": labels}, indent=1))
+    with open(out / "labels.json", "w") as fh:
+        sep = "{\"labels\": {"
+        for ids, pseudo, scores, bad in rows:
+            for i in np.flatnonzero(~np.asarray(bad)):
+                value = [{"label": names[k], "confidence": round(float(scores[i, k]), 4)}
+                         for k in np.flatnonzero(pseudo[i] == 1)]
+                fh.write(f"{sep}\n{json.dumps(str(root / ids[i]))}: {json.dumps(value)}")
+                sep = ","
+        fh.write("{\"labels\": {}}\n" if sep.startswith("{") else "\n}}\n")
     return out

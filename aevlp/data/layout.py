@@ -94,20 +94,33 @@ def _load_array(path: Path, hint: str) -> np.ndarray:
         raise DataError(f"{path}: cannot be read as a .npy array ({e})", hint=hint) from e
 
 
-CHECK_ROWS = 16_384  # label rows checked and narrowed at a time: the file's own dtype is never whole in memory
+CHECK_BYTES = 16 << 20  # label bytes (in the file's own dtype) checked and narrowed at a time
+
+
+def _rows(arr: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Rows lo:hi of `arr`; a memory-mapped file's are read through a file handle, so the pages read do not stay
+    resident in this process (a mapping keeps them: a label file's whole size at the end of a check)."""
+    if not (isinstance(arr, np.memmap) and arr.flags.c_contiguous and arr.filename):
+        return np.asarray(arr[lo:hi])
+    row = int(np.prod(arr.shape[1:], dtype=np.int64))
+    with open(arr.filename, "rb") as fh:
+        fh.seek(arr.offset + lo * row * arr.dtype.itemsize)
+        return np.fromfile(fh, dtype=arr.dtype, count=(hi - lo) * row).reshape((hi - lo, *arr.shape[1:]))
 
 
 def _check_values(arr: np.ndarray, path: Path, allowed: Sequence[int]) -> np.ndarray:
-    """`arr` (any numeric dtype, possibly memory-mapped) as int8, a block of rows at a time, every value checked."""
+    """`arr` (any numeric dtype, possibly memory-mapped) as int8, a block of rows at a time (CHECK_BYTES of the
+    file's dtype), every value checked."""
     out = np.empty(arr.shape, dtype=np.int8)
-    for lo in range(0, len(arr), CHECK_ROWS):
-        block = np.asarray(arr[lo:lo + CHECK_ROWS])
+    step = max(1, CHECK_BYTES // max(arr.dtype.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64)), 1))
+    for lo in range(0, len(arr), step):
+        block = _rows(arr, lo, min(lo + step, len(arr)))
         ok = np.isin(block, allowed)
         if not ok.all():
             bad = np.unique(block[~ok])[:5].tolist()
             raise DataError(f"{path}: label values must be in {set(allowed)}, found {bad}",
                             hint="labels are 0/1 matrices; convert or re-run `aevlp data prepare`")
-        out[lo:lo + CHECK_ROWS] = block
+        out[lo:lo + step] = block
     return out
 
 

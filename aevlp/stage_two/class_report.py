@@ -12,6 +12,7 @@ import pandas as pd
 
 from aevlp.stage_two.labeler import PseudoLabeler
 from aevlp.stage_two.priors import Expected
+from aevlp.stage_two.score_columns import ScoreColumns
 from aevlp.stage_two.thresholds import OFF
 
 __all__ = ["ClassScores", "class_scores", "threshold_table"]
@@ -19,11 +20,12 @@ __all__ = ["ClassScores", "class_scores", "threshold_table"]
 
 @dataclasses.dataclass
 class ClassScores:
-    """Round-averaged DAMP scores f [N, C] of the training rows, their observed labels, full labels (None
-    for observed-only data) and what stage two would select with (the global θ, or per-class θ_c)."""
+    """Round-averaged DAMP scores f [N, C] of the training rows (read a class at a time: `ScoreColumns`), their
+    observed labels, full labels (None for observed-only data) and what stage two would select with (the global θ,
+    or per-class θ_c)."""
 
     classnames: list[str]
-    scores: np.ndarray
+    scores: ScoreColumns
     observed: np.ndarray
     labels: np.ndarray | None
     bad: np.ndarray
@@ -43,10 +45,11 @@ def class_scores(labeler: PseudoLabeler) -> ClassScores:
                        np.asarray(theta, dtype=np.float64), labeler.threshold_table, labeler.expected)
 
 
-def _counts(s: ClassScores, c: int, theta: float) -> dict:
-    """Training images θ makes positive for class c (beside the observed), and their precision/recall."""
+def _counts(s: ClassScores, c: int, theta: float, col: np.ndarray) -> dict:
+    """Training images θ makes positive for class c (its scores `col`) beside the observed, and their
+    precision/recall."""
     unknown = (s.observed[:, c] != 1) & ~s.bad
-    picked = unknown & (s.scores[:, c] >= theta)
+    picked = unknown & (col >= theta)
     out = {"positive": int(picked.sum())}
     if s.labels is not None:
         truth = unknown & (s.labels[:, c] == 1)
@@ -75,10 +78,10 @@ def threshold_table(s: ClassScores, global_theta: float) -> pd.DataFrame:
     n_obs = ((s.observed == 1) & usable[:, None]).sum(0)
     hidden = s.expected.hidden_for(n_obs) if s.expected is not None else np.full(len(n_obs), np.nan)
     for c, name in enumerate(s.classnames):
-        obs = (s.observed[:, c] == 1) & usable
-        mine, glob = _counts(s, c, s.thresholds[c]), _counts(s, c, global_theta)
+        obs, col = (s.observed[:, c] == 1) & usable, s.scores.column(c)
+        mine, glob = _counts(s, c, s.thresholds[c], col), _counts(s, c, global_theta, col)
         row = {"class": name, "observed": int(obs.sum()),
-               "mean_score_observed": round(float(s.scores[obs, c].mean()) if obs.any() else 0.0, 4),
+               "mean_score_observed": round(float(col[obs].mean()) if obs.any() else 0.0, 4),
                "hidden": round(float(hidden[c]), 1), "hidden_source": _hidden_source(s.expected, c)}
         if s.labels is not None:
             row["true_hidden"] = int(((s.labels[:, c] == 1) & (s.observed[:, c] == 0) & usable).sum())

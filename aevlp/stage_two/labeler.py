@@ -22,6 +22,7 @@ from aevlp.damp import aggregate, pseudo_labels, select
 from aevlp.errors import AevlpError
 from aevlp.specs import DampSpec
 from aevlp.stage_two.priors import Expected, resolve_expected
+from aevlp.stage_two.score_columns import ScoreColumns
 from aevlp.stage_two.thresholds import RULES, class_thresholds, read_thresholds
 
 __all__ = ["PseudoLabeler", "labeler_for", "teacher_scores"]
@@ -36,7 +37,7 @@ class PseudoLabeler:
         self.cache, self.damp = cache, damp
         self.observed = torch.as_tensor(observed)
         self._memo: dict[int, np.ndarray] = {}
-        self._scores: np.ndarray | None = None
+        self._scores: ScoreColumns | None = None
         self._plain = _plain_global_sims(cache) if damp.source == "global-plain" else None
         self.student, self.provenance, self.student_val = self._student(len(observed))
         self.expected = expected if isinstance(expected, Expected) else Expected(float(expected), "given")
@@ -116,16 +117,18 @@ class PseudoLabeler:
                 "expected_pos": {"value": round(self.expected.value, 4), "source": self.expected.source},
                 "student": self.provenance}
 
-    def scores(self) -> np.ndarray:
+    def scores(self) -> ScoreColumns:
         """[N, C] the score positives are selected from (DAMP's f, fused with a student's where stored),
-        averaged over the rounds: what the threshold rules read (computed once)."""
+        averaged over the rounds: what the threshold rules read, class by class (computed once, a block of rows
+        at a time, and kept in a temporary file: `aevlp.stage_two.score_columns`)."""
         if self._scores is None:
-            total = np.zeros(tuple(self.observed.shape), dtype=np.float32)
-            for r in range(self.cache.rounds):
-                for lo, hi in self._blocks():
-                    total[lo:hi] += self._fused(self._sims(r, lo, hi, plain=False), self.observed[lo:hi],
-                                                None if self.student is None else self.student[lo:hi])[0].numpy()
-            self._scores = total / self.cache.rounds
+            self._scores = ScoreColumns(*self.observed.shape)
+            for lo, hi in self._blocks():
+                student = None if self.student is None else self.student[lo:hi]
+                total = np.zeros((hi - lo, self.observed.shape[1]), dtype=np.float32)
+                for r in range(self.cache.rounds):
+                    total += self._fused(self._sims(r, lo, hi, plain=False), self.observed[lo:hi], student)[0].numpy()
+                self._scores.write_rows(lo, total / self.cache.rounds)
         return self._scores
 
     def _student(self, n: int):
@@ -160,15 +163,17 @@ def _damp(sims: torch.Tensor, observed: torch.Tensor, damp: DampSpec) -> tuple[t
     return aggregate(sims[:, 0], sims[:, 1:], observed, **sel)
 
 
-def teacher_scores(cache: Cache, damp: DampSpec, observed: np.ndarray) -> np.ndarray:
+def teacher_scores(cache: Cache, damp: DampSpec, observed: np.ndarray) -> ScoreColumns:
     """[N, C] DAMP's f, averaged over the rounds, without any student: the teacher's own view of each row."""
     obs = torch.as_tensor(observed)
-    total = np.zeros(observed.shape, dtype=np.float32)
-    for r in range(cache.rounds):
-        for lo, hi in cache.row_blocks(len(observed)):
+    out = ScoreColumns(*observed.shape)
+    for lo, hi in cache.row_blocks(len(observed)):
+        total = np.zeros((hi - lo, observed.shape[1]), dtype=np.float32)
+        for r in range(cache.rounds):
             sims = torch.as_tensor(cache.sims_rows(r, lo, hi).astype(np.float32))
-            total[lo:hi] += _damp(sims, obs[lo:hi], damp)[0].numpy()
-    return total / cache.rounds
+            total += _damp(sims, obs[lo:hi], damp)[0].numpy()
+        out.write_rows(lo, total / cache.rounds)
+    return out
 
 
 def labeler_for(cache: Cache, cfg: dict, *, data=None, student: str = "",
@@ -209,7 +214,7 @@ def _expected(cache: Cache, specs, data, damp: DampSpec, observed: np.ndarray) -
         observed[usable], configured=specs.loss["expected_pos"], dataset=info.name, published=info.expected_pos,
         train_labels=data.train.labels[: len(observed)][usable] if data.train_labels_known else None,
         val_labels=data.val.labels if data.val_labels == "full" else None, student_val=student_val,
-        teacher=lambda: teacher_scores(cache, dataclasses.replace(damp, source="damp"), observed)[usable],
+        teacher=lambda: teacher_scores(cache, dataclasses.replace(damp, source="damp"), observed).take(usable),
         method=specs.damp.prior)
 
 

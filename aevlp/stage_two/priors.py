@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from aevlp.stage_two.score_columns import ScoreColumns
+
 __all__ = ["ESTIMATORS", "MIN_OBSERVED", "Priors", "estimate_priors", "bbe", "elkan_noto", "km2", "quantile",
            "Expected", "labelled_val", "estimated", "resolve_expected"]
 
@@ -168,18 +170,21 @@ class Priors:
         return df
 
 
-def estimate_priors(scores: np.ndarray, observed: np.ndarray, method: str = "quantile",
+def estimate_priors(scores: np.ndarray | ScoreColumns, observed: np.ndarray, method: str = "quantile",
                     usable: np.ndarray | None = None) -> Priors:
-    """The class priors among the unknowns from scores [N, C] (higher = more likely positive) and the observed
-    labels [N, C] (1 observed positive, 0 unknown, -1 observed negative); `usable` [N]: the rows to count."""
+    """The class priors among the unknowns from scores [N, C] (an array or `ScoreColumns`; higher = more likely
+    positive) and the observed labels [N, C] (1 observed positive, 0 unknown, -1 observed negative); `usable`
+    [N]: the rows to count."""
     if method not in ESTIMATORS:
         raise ValueError(f"unknown prior estimator {method!r} (known: {', '.join(ESTIMATORS)})")
-    usable = np.ones(len(scores), bool) if usable is None else np.asarray(usable, bool)
-    scores, observed = np.asarray(scores)[usable], np.asarray(observed)[usable]
+    scores = ScoreColumns.of(scores)
+    if usable is not None:
+        scores, observed = scores.take(np.asarray(usable, bool)), np.asarray(observed)[np.asarray(usable, bool)]
     n_pos, n_unk = (observed == 1).sum(0), (observed == 0).sum(0)
     positives, why = np.full(scores.shape[1], np.nan), []
     for c in range(scores.shape[1]):
-        pos, unk = scores[observed[:, c] == 1, c], scores[observed[:, c] == 0, c]
+        col = scores.column(c)
+        pos, unk = col[observed[:, c] == 1], col[observed[:, c] == 0]
         if len(pos) < MIN_OBSERVED or len(unk) == 0:
             why.append(f"only {len(pos)} observed positives: no estimate")
             continue

@@ -27,6 +27,7 @@ import pandas as pd
 from aevlp.errors import ConfigError
 from aevlp.settings import default_of
 from aevlp.stage_two.priors import MIN_OBSERVED
+from aevlp.stage_two.score_columns import ScoreColumns
 
 __all__ = ["RULES", "MIN_AUC", "MIN_OBSERVED", "class_thresholds", "auc", "rate_rule", "observed_rule",
            "read_thresholds", "write_thresholds", "OFF"]
@@ -66,20 +67,23 @@ def observed_rule(pos: np.ndarray, unknown: np.ndarray, hidden: float, global_th
     return float(grid[int(np.argmax(f1))]) if f1.max() > 0 else OFF
 
 
-def class_thresholds(scores: np.ndarray, observed: np.ndarray, rule: str, *, hidden: np.ndarray,
+def class_thresholds(scores: np.ndarray | ScoreColumns, observed: np.ndarray, rule: str, *, hidden: np.ndarray,
                      global_theta: float, min_auc: float = MIN_AUC,
                      usable: np.ndarray | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """(θ [C], a table per class: observed positives, AUC, the positives hidden among its unknowns, θ, why) from
-    DAMP scores f [N, C]; `hidden` [C] from `aevlp.stage_two.priors` (NaN: unknown for that class); `usable` [N]: the
-    rows to read (default all). The weak-teacher check (AUC below `min_auc`) comes before any rule."""
+    DAMP scores f [N, C] (an array or `ScoreColumns`, read a class at a time); `hidden` [C] from
+    `aevlp.stage_two.priors` (NaN: unknown for that class); `usable` [N]: the rows
+    to read (default all). The weak-teacher check (AUC below `min_auc`) comes before any rule."""
     if rule not in RULES:
         raise ConfigError(f"damp.class_thresholds = {rule!r}: not a rule ({', '.join(RULES)}) nor a .csv file")
     pick = {"rate": rate_rule, "observed": observed_rule}[rule]
-    usable = np.ones(len(scores), bool) if usable is None else np.asarray(usable, bool)
-    scores, observed = scores[usable], observed[usable]
+    scores = ScoreColumns.of(scores)
+    if usable is not None:
+        scores, observed = scores.take(np.asarray(usable, bool)), observed[np.asarray(usable, bool)]
     out, rows = np.full(scores.shape[1], global_theta, dtype=np.float64), []
     for c in range(scores.shape[1]):
-        pos, unknown = scores[observed[:, c] == 1, c], scores[observed[:, c] == 0, c]
+        col = scores.column(c)
+        pos, unknown = col[observed[:, c] == 1], col[observed[:, c] == 0]
         a, h = auc(pos, unknown), float(hidden[c])
         if len(pos) < MIN_OBSERVED:
             why = f"only {len(pos)} observed positives: the global θ"

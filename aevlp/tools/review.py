@@ -29,11 +29,13 @@ from aevlp.settings import default_of
 from aevlp.specs import Specs
 from aevlp.stage_two.class_report import class_scores
 from aevlp.stage_two.labeler import labeler_for
-from aevlp.tools.visual import fired_tile, thumbnail, tile_box_percent
+from aevlp.stage_two.score_columns import ScoreColumns
+from aevlp.tools.visual import fired_tiles, thumbnail, tile_box_percent
 
 __all__ = ["write_review", "THUMB"]
 
 THUMB = 104  # thumbnails are THUMB x THUMB JPEGs (a few KB)
+TILE_BYTES = 64 << 20  # the tiles and ranks are computed a block of rows at a time, about this much memory each
 ASSETS = Path(__file__).resolve().parent.parent / "review_assets"
 
 
@@ -54,9 +56,31 @@ def _rows_to_show(score: np.ndarray, usable: np.ndarray, n: int) -> list[int]:
     return [int(i) for i in dict.fromkeys([*top, *spread])]
 
 
-def _tile_box(sims: np.ndarray, k: int, temperature: float, grid: int, w: int, h: int) -> list[float]:
-    """The tile whose softmax score for class k is highest, as [left, top, width, height] in % of the image."""
-    return tile_box_percent(w, h, grid, fired_tile(sims, k, temperature))
+def _tiles(cache: Cache, shown: dict[int, list[int]], temperature: float) -> dict[tuple[int, int], int]:
+    """{(row, class): the tile that scored highest for the class in round 0} for the rows each class page shows,
+    read a block of rows at a time."""
+    by_row: dict[int, list[int]] = {}
+    for k, rows in shown.items():
+        for i in rows:
+            by_row.setdefault(i, []).append(k)
+    wanted, (_, _, v, c) = sorted(by_row), cache.f["sims"].shape
+    step, out = max(1, TILE_BYTES // (32 * v * c)), {}  # float64 softmax and its temporaries
+    for lo in range(0, len(wanted), step):
+        rows = wanted[lo:lo + step]
+        fired = fired_tiles(cache.sims_at(0, rows), temperature)
+        out.update({(i, k): int(fired[j, k]) for j, i in enumerate(rows) for k in by_row[i]})
+    return out
+
+
+def _ranks(scores: ScoreColumns) -> ScoreColumns:
+    """Each row's rank of every class by score (0: the row's highest), capped at 255, as uint8 columns; a block
+    of rows at a time."""
+    n, c = scores.shape
+    out, step = ScoreColumns(n, c, np.uint8), max(1, TILE_BYTES // (24 * max(c, 1)))
+    for lo in range(0, n, step):
+        rank = (-scores.rows(lo, min(lo + step, n))).argsort(1).argsort(1)
+        out.write_rows(lo, np.minimum(rank, 255))
+    return out
 
 
 def _page(title: str, body: str, scripts: list[str]) -> str:
@@ -73,10 +97,10 @@ def _card(row: int, image: str, box: list[float], truth: int | None, note: str =
             f'<div>{mark} <span class="status"></span></div><div class="muted">{html.escape(image)}{note}</div></div>')
 
 
-def _class_page(k: int, s, ids: list[str], sims0: dict, rows: list[int], sizes: dict, ctx: dict) -> str:
+def _class_page(k: int, s, col: np.ndarray, ids: list[str], rows: list[int], sizes: dict, ctx: dict) -> str:
     name = s.classnames[k]
-    cards = "".join(_card(i, ids[i], _tile_box(sims0[i], k, ctx["tau"], ctx["grid"], *sizes[i]),
-                          None if s.labels is None else int(s.labels[i, k] == 1), f" · {s.scores[i, k]:.3f}")
+    cards = "".join(_card(i, ids[i], tile_box_percent(*sizes[i], ctx["grid"], ctx["tiles"][i, k]),
+                          None if s.labels is None else int(s.labels[i, k] == 1), f" · {col[i]:.3f}")
                     for i in rows)
     pr = "".join(f' · {key} <b id="count-{key}"></b>' for key in ("precision", "recall", "f1")) \
         if s.labels is not None else ""
@@ -96,32 +120,33 @@ def _class_page(k: int, s, ids: list[str], sims0: dict, rows: list[int], sizes: 
     return _page(f"aevlp review: {name}", head + body, scripts)
 
 
-def _class_data(k: int, s, rank: np.ndarray, neg: np.ndarray) -> str:
+def _class_data(k: int, s, col: np.ndarray, rank: np.ndarray, neg: np.ndarray) -> str:
+    """Class k's rows for its page: scores `col`, each row's rank of the class `rank` and pseudo-negatives `neg`."""
     raw = {"index": k, "name": s.classnames[k], "theta": float(min(s.thresholds[k], 1.01)),
-           "score": _b64(np.round(np.clip(s.scores[:, k], 0, 1) * 65535).astype("<u2")),
+           "score": _b64(np.round(np.clip(col, 0, 1) * 65535).astype("<u2")),
            "obs": _b64((s.observed[:, k] == 1).astype(np.uint8) | (s.bad.astype(np.uint8) << 1)),
-           "rank": _b64(np.minimum(rank[:, k], 255).astype(np.uint8)), "neg": _b64(neg[:, k].astype(np.uint8)),
+           "rank": _b64(rank.astype(np.uint8)), "neg": _b64(neg.astype(np.uint8)),
            "truth": None if s.labels is None else _b64((s.labels[:, k] == 1).astype(np.uint8))}
     return f"window.AEVLP_CLASSES = window.AEVLP_CLASSES || {{}};\nwindow.AEVLP_CLASSES[{k}] = {json.dumps(raw)};\n"
 
 
-def _class_summary(k: int, s, rank: np.ndarray, neg: np.ndarray, top_k: int) -> dict:
+def _class_summary(k: int, s, col: np.ndarray, rank: np.ndarray, neg: np.ndarray, top_k: int) -> dict:
     """What the overview counts class k with at any θ, without its rows: the rows stage two could pick (not
     observed, readable, in the image's top-k) with their scores as on the class page (16-bit fractions), their
     pseudo-negative and truth flags; and the counts of the rest."""
     obs, bad = s.observed[:, k] == 1, s.bad
     rest = ~obs & ~bad
-    cand = np.flatnonzero(rest & (rank[:, k] < top_k))
+    cand = np.flatnonzero(rest & (rank < top_k))
     truth = None if s.labels is None else (s.labels[:, k] == 1)
     return {"observed": int((obs & ~bad).sum()), "rest": int(rest.sum()),
-            "negOther": int((rest & (rank[:, k] >= top_k) & neg[:, k]).sum()),
+            "negOther": int((rest & (rank >= top_k) & neg).sum()),
             "truePos": None if truth is None else int((rest & truth).sum()),
-            "score": _b64(np.round(np.clip(s.scores[cand, k], 0, 1) * 65535).astype("<u2")),
-            "neg": _b64(neg[cand, k].astype(np.uint8)),
+            "score": _b64(np.round(np.clip(col[cand], 0, 1) * 65535).astype("<u2")),
+            "neg": _b64(neg[cand].astype(np.uint8)),
             "truth": None if truth is None else _b64(truth[cand].astype(np.uint8))}
 
 
-def _overview(s, ctx: dict, runs: list[dict]) -> str:
+def _overview(s, ctx: dict, runs: list[dict], mean_observed: list[float]) -> str:
     head = "".join(f"<th>{h}</th>" for h in ("class", "observed", "teacher's mean score on them", "θ",
                                              "pseudo-positive", "pseudo-negative", "unknown"))
     head += "".join(f"<th>{h}</th>" for h in ("precision", "recall", "F1")) if s.labels is not None else ""
@@ -132,7 +157,7 @@ def _overview(s, ctx: dict, runs: list[dict]) -> str:
         if s.labels is not None:
             cells += "".join(f'<td class="{c}"></td>' for c in ("precision", "recall", "f1"))
         rows.append(f'<tr data-class="{k}"><td><a href="class-{k:03d}.html">{html.escape(name)}</a></td>'
-                    f'<td>{int(obs.sum())}</td><td>{s.scores[obs, k].mean() if obs.any() else 0:.3f}</td>'
+                    f'<td>{int(obs.sum())}</td><td>{mean_observed[k]:.3f}</td>'
                     f'<td class="theta"></td>{cells}</tr>')
     teacher = ", ".join(f"{k.replace('zero_shot_', '').replace('_map', '')} {v:.2f}" for k, v in ctx["summary"].items()
                         if k.startswith("zero_shot")) or "not stored (stage one without val/test embeddings)"
@@ -225,19 +250,18 @@ def write_review(cache_path: str | Path, out: str | Path, runs: list[str | Path]
         data = specs.dataset.load()
         labeler = labeler_for(cache, cfg, data=data, student=student)
         s = class_scores(labeler)
-        neg = labeler.for_epoch(1) == -1
+        pseudo = labeler.for_epoch(1)  # [N, C] int8: -1 marks the pseudo-negatives
         ids = cache.image_ids()
         ctx = {"cache": str(cache_path), "summary": json.loads(cache.f.attrs.get("summary", "{}")),
-               "tau": specs.damp.temperature, "grid": int(cache.fingerprint["grid"]), "top_k": specs.damp.top_k}
+               "grid": int(cache.fingerprint["grid"]), "top_k": specs.damp.top_k}
         run_results = _run_results(runs, cache, s, data, infer)
-    rank = (-s.scores).argsort(1).argsort(1)
+        usable = ~s.bad
+        shown = {k: _rows_to_show(s.scores.column(k), usable, per_class) for k in range(len(s.classnames))}
+        ctx["tiles"] = _tiles(cache, shown, specs.damp.temperature)
+    rank = _ranks(s.scores)
     ctx["disagree"] = _disagreements(run_results, data, out, per_class // 4)
-    usable = ~s.bad
-    shown = {k: _rows_to_show(s.scores[:, k], usable, per_class) for k in range(len(s.classnames))}
-    sizes, wanted = {}, sorted({i for rows in shown.values() for i in rows})
-    with Cache(cache_path) as cache:  # round 0's similarities of the rows shown only (the tile boxes)
-        sims0 = dict(zip(wanted, cache.sims_at(0, wanted).astype(np.float32))) if wanted else {}
-    for i in bar(wanted, desc="thumbnails", disable=not progress):
+    sizes = {}
+    for i in bar(sorted({i for rows in shown.values() for i in rows}), desc="thumbnails", disable=not progress):
         _thumb(data.image_root / ids[i], out / "thumbs" / f"{i}.jpg")
         sizes[i] = _image_size(data.image_root / ids[i])
     key = hashlib.sha256(str(Path(cache_path).resolve()).encode()).hexdigest()[:8]
@@ -245,12 +269,17 @@ def write_review(cache_path: str | Path, out: str | Path, runs: list[str | Path]
         {"key": f"aevlp-{key}", "top_k": specs.damp.top_k,
          "classes": [{"name": n, "theta": float(min(s.thresholds[k], 1.01))} for k, n in enumerate(s.classnames)]})
         + ";\n")
-    (out / "data" / "summaries.js").write_text("window.REVIEW_SUMMARIES = " + json.dumps(
-        [_class_summary(k, s, rank, neg, specs.damp.top_k) for k in range(len(s.classnames))]) + ";\n")
-    for k in range(len(s.classnames)):
-        (out / "data" / f"class-{k:03d}.js").write_text(_class_data(k, s, rank, neg))
-        (out / f"class-{k:03d}.html").write_text(_class_page(k, s, ids, sims0, shown[k], sizes, ctx))
-    (out / "index.html").write_text(_overview(s, ctx, run_results))
+    summaries, mean_observed = [], []
+    for k in range(len(s.classnames)):  # a class at a time: its scores, ranks and pseudo-negatives
+        col, rk, neg = s.scores.column(k), rank.column(k), pseudo[:, k] == -1
+        obs = (s.observed[:, k] == 1) & usable
+        mean_observed.append(float(col[obs].mean()) if obs.any() else 0.0)
+        summaries.append(_class_summary(k, s, col, rk, neg, specs.damp.top_k))
+        (out / "data" / f"class-{k:03d}.js").write_text(_class_data(k, s, col, rk, neg))
+        (out / f"class-{k:03d}.html").write_text(_class_page(k, s, col, ids, shown[k], sizes, ctx))
+    (out / "data" / "summaries.js").write_text("window.REVIEW_SUMMARIES = " + json.dumps(summaries) + ";\n")
+    (out / "index.html").write_text(_overview(s, ctx, run_results, mean_observed))
+    rank.close()
     return out / "index.html"
 
 

@@ -6,18 +6,23 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["fired_tile", "tile_box_percent", "thumbnail", "outlined_thumbnail"]
+__all__ = ["fired_tile", "fired_tiles", "tile_box_percent", "thumbnail", "outlined_thumbnail"]
 
 
 def fired_tile(sims: np.ndarray, k: int, temperature: float) -> int:
     """The tile (1..G²) whose softmax score for class k is highest among an image's views `sims` [V, C] (view 0:
     the global one): the evidence DAMP used for the class."""
+    return int(fired_tiles(np.asarray(sims)[None], temperature)[0, k])
+
+
+def fired_tiles(sims: np.ndarray, temperature: float) -> np.ndarray:
+    """[M, C] `fired_tile` of every class of M images' views `sims` [M, V, C] at once."""
     import torch
 
     from aevlp.damp import softmax
 
     soft = softmax(torch.as_tensor(np.asarray(sims, dtype=np.float64)), temperature)
-    return 1 + int(torch.argmax(soft[1:, k]))
+    return (1 + torch.argmax(soft[:, 1:], dim=1)).numpy()
 
 
 def tile_box_percent(width: int, height: int, grid: int, tile: int) -> list[float]:
