@@ -165,17 +165,19 @@ The labeler, the per-class thresholds, `cache verify` and the exports read the s
 a time (64 MB of float32 a block; `aevlp --block-mb N` or `AEVLP_BLOCK_MB` sets it, and a block smaller than one
 row is refused): every row's selection depends on that row alone, and the exports stream their scores (npz
 included). Against the same operations before that change (whole rounds read at once; that run's caches kept no
-embeddings), the largest peak per size of the stored layout went {mem}. What still grows with N are the [N, C]
-arrays an operation returns or needs whole: the int8 pseudo-labels (what training holds), the observed labels, a
-student's scores, and the round-averaged float32 scores that per-class θ reads (`select-rate`, `thresholds`: a
-class's θ is a quantile of its whole column). File size over the embeddings' size: {ratio or "not measured yet"}.
+embeddings), the largest peak per size of the stored layout went {mem}. File size over the embeddings' size: {ratio or "not measured yet"}.
 
-What does not meet the goal yet: with 1,000 classes the peak grows with N (the exponent 0.99 of the computed
-layout's tools comes from 100,000 × 1,000), about 33 bytes per image and class. Most of it is loading the dataset
-folder's label matrices, not reading the cache: at 20,000 × 1,000 the load alone peaked at 670 MB. The label files
-now load memory-mapped and narrow to int8 a block of rows at a time (347 MB there, after this table was measured);
-what remains is a few [N, C] int8 and boolean arrays (observed and full labels, their checks). The review at
-100,000 × 1,000 peaked at 9.0 GB: its per-class tables hold every row's score rank ([N, C] integers).
+Where the peak still grows with N (the computed layout's exponents 0.56–0.8 come from 1,000 classes): at
+100,000 × 1,000 `select` peaks at 668 MB (3,372 MB before this round), `thresholds` 670 MB, the exports 668–669 MB,
+the review 933 MB (9,027 MB before): about 6.7 bytes per image and class. The floats no longer make it: the
+round-averaged scores that per-class θ, the prior estimators, `cache thresholds` and the review read class by class
+live in a temporary file (`ScoreColumns`, 4·N·C bytes in TMPDIR), the review ranks and outlines tiles a block of
+rows at a time, Label Studio and FiftyOne exports stream, and label files are checked through file reads (a
+memory map kept the whole file resident). What remains are the int8 [N, C] label matrices the tools hold whole: the
+pseudo-labels, the observed labels (the dataset's and the cache's) and the full training labels where they exist,
+about 1 byte per image and class each, and, with a stored student source (`select-stu`, 964 MB), its float32
+scores. So the goal "nothing beyond the pseudo-labels grows with N" is met for every float array and not for the
+label matrices: that would need the dataset folder's labels read from disk a block at a time by every tool.
 """
 
 

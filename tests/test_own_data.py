@@ -1,6 +1,7 @@
 """Own data as users really have it: an observed-only CSV (one known tag per training image, full tags
 on the test rows) through `data prepare table`, stage one, train, bench and report — by the CLI."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -144,3 +145,41 @@ def test_the_best_student_is_the_one_of_higher_val_map_and_it_teaches(own):
     made = checkpoint_id(run / f"student-{better}" / RunFolder.BEST)  # the same weights as gpr-ts's GR student
     assert res["student"]["method"] == better and res["student"]["checkpoint"] == made  # share one stored source
     assert run_selection(run)[1] == f"student-{made[7:19]}"
+    # the run's model: the better on val of the fused run and that student (kept_on_val)
+    if res["kept"]["model"] == "fused":
+        assert res["val_map"] >= val[better] and not (run / RunFolder.FUSED).exists()
+    else:
+        assert res["kept"]["model"] == f"student-{better}" and res["val_map"] == val[better]
+        assert res["kept"]["other"]["val_map"] < val[better] and checkpoint_id(run / RunFolder.BEST) == made
+
+
+def test_the_better_on_val_of_the_fused_run_and_its_student_is_the_runs_model(tmp_path):
+    """kept_on_val, both ways: a student above the fused run on val takes the run's best.pt, per-class APs and
+    figures (the fused model kept as fused.pt); one below leaves the run as it is."""
+    from aevlp.stage_two.refine import kept_on_val
+    from aevlp.stage_two.run_folder import RunFolder
+
+    def run_with(student_val: float) -> tuple[Path, dict]:
+        run = tmp_path / f"run{student_val}"
+        for m, v in (("gr", student_val - 1), ("em", student_val)):
+            (run / f"student-{m}").mkdir(parents=True)
+            RunFolder(run / f"student-{m}").write_results({"val_map": v, "test_map": v - 2, "best_epoch": 3})
+            (run / f"student-{m}" / "best.pt").write_bytes(m.encode())
+            (run / f"student-{m}" / "per_class_ap.csv").write_text(f"class,ap\n{m},1\n")
+        (run / "best.pt").write_bytes(b"fused")
+        (run / "per_class_ap.csv").write_text("class,ap\nfused,1\n")
+        fused = {"val_map": 80.0, "test_map": 79.0, "best_epoch": 6, "loss": "gpr"}
+        RunFolder(run).write_results(fused)
+        return run, fused
+
+    run, fused = run_with(81.0)
+    out = kept_on_val(run, fused, echo=lambda _: None)
+    assert (out["val_map"], out["test_map"], out["best_epoch"], out["loss"]) == (81.0, 79.0, 3, "gpr")
+    assert out["kept"]["model"] == "student-em" and out["kept"]["other"] == {"val_map": 80.0, "test_map": 79.0}
+    assert (run / "best.pt").read_bytes() == b"em" and (run / "fused.pt").read_bytes() == b"fused"
+    assert "em" in (run / "per_class_ap.csv").read_text() and RunFolder(run).results() == out
+    assert kept_on_val(run, out, echo=lambda _: None) == out  # once decided, a second call changes nothing
+    run, fused = run_with(80.0)  # a tie: the fused run stays
+    out = kept_on_val(run, fused, echo=lambda _: None)
+    assert out["kept"]["model"] == "fused" and out["val_map"] == 80.0 and (run / "best.pt").read_bytes() == b"fused"
+    assert not (run / "fused.pt").exists()

@@ -11,6 +11,7 @@ run resumed).
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from aevlp.errors import AevlpError
 from aevlp.registry import did_you_mean
 
 __all__ = ["student_scores", "student_val_scores", "refine", "trained_student", "taught", "run_selection",
-           "student_folders", "chosen_student", "BEST_OF"]
+           "student_folders", "chosen_student", "kept_on_val", "BEST_OF"]
 
 
 @torch.no_grad()
@@ -241,9 +242,42 @@ def taught(cfg: dict, run_dir: str | Path | None = None, **kwargs) -> dict:
     run = Path(run_dir) if run_dir is not None else dated_run(cfg)
     cache = kwargs.pop("cache", None)
     cfg = updated(cfg, {"cache": {"path": str(cache)}}) if cache is not None else cfg
+    echo = kwargs.get("echo") or (lambda _: None)
     name = trained_student(as_trained(cfg), run, limit=kwargs.get("limit"), progress=kwargs.get("progress", True),
-                           echo=kwargs.get("echo") or (lambda _: None))
-    return run_train(cfg, run_dir=run, student=name, **kwargs)
+                           echo=echo)
+    fused = run_train(cfg, run_dir=run, student=name, **kwargs)
+    from aevlp.specs import Specs
+
+    return kept_on_val(run, fused, echo) if Specs.of(cfg).damp.student_loss == "best" else fused
+
+
+def kept_on_val(run: Path, fused: dict, echo=print) -> dict:
+    """`damp.student_loss = "best"`: the run's model is the better on val of the fused run and the student that
+    taught it (the fused one on a tie). When it is the student, its best.pt and per-class APs take the run's file
+    names (the fused model moves to FUSED) and results.json takes its val/test figures; `kept` says which model
+    the run is, why, and what the other scored."""
+    from aevlp.stage_two.run_folder import RunFolder
+
+    if "kept" in fused:
+        return fused
+    method, folder = chosen_student(run, "best")
+    student, rf = RunFolder(folder).results(), RunFolder(run)
+    other = {"val_map": fused["val_map"], "test_map": fused.get("test_map")}
+    if student is None or student["val_map"] <= fused["val_map"]:
+        kept = {"model": "fused", "why": "val mAP at least its student's", "student": f"student-{method}",
+                "other": None if student is None else {k: student.get(k) for k in ("val_map", "test_map")}}
+        out = {**fused, "kept": kept}
+    else:
+        (rf / RunFolder.BEST).replace(rf / RunFolder.FUSED)
+        shutil.copyfile(folder / RunFolder.BEST, rf / RunFolder.BEST)
+        shutil.copyfile(folder / RunFolder.PER_CLASS, rf / RunFolder.PER_CLASS)
+        figures = {k: student[k] for k in ("val_map", "test_map", "test_metrics", "best_epoch") if k in student}
+        kept = {"model": f"student-{method}", "why": f"its val mAP {student['val_map']:.2f} is above the fused run's "
+                f"{fused['val_map']:.2f}", "other": other}
+        out = {**fused, **figures, "kept": kept}
+        echo(f"kept: the {method} student ({kept['why']}); the fused model is {rf / RunFolder.FUSED}")
+    rf.write_results(out)
+    return out
 
 
 BEST_OF = ("gr", "em")  # damp.student_loss = "best": both trained, the better on val teaches
