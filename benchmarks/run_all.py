@@ -130,6 +130,22 @@ tested for truth as a numpy array.
 """
 
 
+def growth_per_cell(sc: dict) -> str:
+    """Each operation's peak memory growth per image and class between the two computed 1,000-class sizes built."""
+    from scale import OPS
+
+    built = sorted(((r["N"], r) for r in sc["rows"] if r.get("layout") == "computed" and r["C"] == 1000
+                    and not r["projected"]), key=lambda x: x[0])
+    if len(built) < 2:
+        return "not measured at two sizes"
+    (n0, a), (n1, b) = built[0], built[-1]
+    ops = [op for op in OPS if op not in ("open", "verify") and "peak_mb" in a.get(op, {}) and "peak_mb" in b.get(op, {})]
+    grow = ", ".join(f"{op} {(b[op]['peak_mb'] - a[op]['peak_mb']) * 1e6 / ((n1 - n0) * 1000):.2f}" for op in ops)
+    at = ", ".join(f"{op} {b[op]['peak_mb']:,.0f} MB" for op in ops)
+    return (f"between {n0:,} and {n1:,} images at 1,000 classes (computed layout) each operation's peak grows by "
+            f"{grow} bytes per added image and class (at {n1:,}: {at})")
+
+
 def scale_section(sc: dict | None, before: dict | None) -> str:
     if not sc:
         return ""
@@ -167,17 +183,14 @@ row is refused): every row's selection depends on that row alone, and the export
 included). Against the same operations before that change (whole rounds read at once; that run's caches kept no
 embeddings), the largest peak per size of the stored layout went {mem}. File size over the embeddings' size: {ratio or "not measured yet"}.
 
-Where the peak still grows with N (the computed layout's exponents 0.56–0.8 come from 1,000 classes): at
-100,000 × 1,000 `select` peaks at 668 MB (3,372 MB before this round), `thresholds` 670 MB, the exports 668–669 MB,
-the review 933 MB (9,027 MB before): about 6.7 bytes per image and class. The floats no longer make it: the
-round-averaged scores that per-class θ, the prior estimators, `cache thresholds` and the review read class by class
-live in a temporary file (`ScoreColumns`, 4·N·C bytes in TMPDIR), the review ranks and outlines tiles a block of
-rows at a time, Label Studio and FiftyOne exports stream, and label files are checked through file reads (a
-memory map kept the whole file resident). What remains are the int8 [N, C] label matrices the tools hold whole: the
-pseudo-labels, the observed labels (the dataset's and the cache's) and the full training labels where they exist,
-about 1 byte per image and class each, and, with a stored student source (`select-stu`, 964 MB), its float32
-scores. So the goal "nothing beyond the pseudo-labels grows with N" is met for every float array and not for the
-label matrices: that would need the dataset folder's labels read from disk a block at a time by every tool.
+What grows with N: {growth_per_cell(sc)}. The floats do not: the round-averaged scores that per-class θ, the prior
+estimators, `cache thresholds` and the review read class by class live in a temporary file (`ScoreColumns`, 4·N·C
+bytes in TMPDIR; the full training labels that `thresholds` and `review` compare with, N·C bytes, too), the review
+ranks and outlines tiles a block of rows at a time, the exports stream, a stored student's scores are read a block
+of rows at a time, label files are checked and split a block of rows at a time through file reads (a memory map
+kept the whole file resident), and the tools on a cache do not load the dataset folder's labels unless E needs its
+val split. What stays whole is int8 and is what training holds too: the pseudo-labels and the observed labels, one
+byte per image and class each (`thresholds` holds no pseudo-labels).
 """
 
 

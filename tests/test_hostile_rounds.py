@@ -115,6 +115,34 @@ def test_student_sources_are_held_to_the_caches_standard(world, case):
     assert "source" in r.output or "student" in r.output, r.output
 
 
+def _set_last(key, value):
+    def edit(f):
+        data = f[key][()]
+        data[-1, -1] = value
+        del f[key]
+        f.create_dataset(key, data=data)
+    return edit
+
+
+@pytest.mark.parametrize("edit, message", [(dict(edit=_set_last("scores", 0.9)), "differ from their checksum"),
+                                           (dict(resealed=_set_last("scores", np.nan)), "not finite")])
+def test_a_source_read_a_few_rows_at_a_time_is_checked_to_its_last_row(world, monkeypatch, edit, message):
+    """The scores are hashed, checked and read a block of rows at a time (here three rows): what is read equals
+    what was stored, and an edit in the last block is caught as one in the first is."""
+    import aevlp.cache.sources as sources
+
+    with h5py.File(sources.source_path(world["cache"], "stu"), "r") as f:
+        stored, c = f["scores"][()], f["scores"].shape[1]
+    monkeypatch.setattr(sources, "SOURCE_BLOCK_BYTES", 3 * c * stored.dtype.itemsize)
+    with Cache(world["cache"]) as cache:
+        scores = sources.read_source(cache, "stu")[0]
+        assert np.array_equal(scores[5:9], stored[5:9].astype(np.float32))
+        assert np.array_equal(np.asarray(scores), stored.astype(np.float32))
+        name = copy_source(world, "last-" + message.split()[-1], **edit)
+        with pytest.raises(AevlpError, match=message):
+            sources.read_source(cache, name)
+
+
 @pytest.mark.parametrize("name", ["../c", "/etc/passwd", "a/b", ".hidden", "x" * 200])
 def test_a_source_name_is_a_plain_name_under_the_caches_sources(world, name):
     with pytest.raises(ConfigError, match="damp.student"):

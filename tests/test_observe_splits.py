@@ -75,3 +75,30 @@ def test_expected_benchmark_sizes():
 def test_subsample_fraction():
     tr, va = train_val_split(100, ss_frac=0.5)
     assert (len(tr), len(va)) == (40, 10)
+
+
+@pytest.mark.parametrize("check_bytes", [7 * 20 * 4, 1 << 20])  # 7 float32 rows a block; the whole file at once
+@pytest.mark.parametrize("with_obs", [True, False])
+def test_load_dataset_read_by_blocks_equals_the_whole_file(tmp_path, monkeypatch, labels, check_bytes, with_obs):
+    """The label files are checked and split a block of rows at a time: every split equals the whole file
+    indexed by the benchmark's split, and observed labels generated without a file equal Cole's on the whole
+    train file (one RNG across the blocks)."""
+    import aevlp.data.layout as layout
+
+    monkeypatch.setattr(layout, "CHECK_BYTES", check_bytes)
+    names = [f"c{k}" for k in range(20)]
+    test = (np.random.RandomState(6).rand(50, 20) < 0.2).astype(np.float32)
+    phases = {"train": ([f"{i}.jpg" for i in range(300)], labels), "val": ([f"t{i}.jpg" for i in range(50)], test)}
+    layout.write_layout(tmp_path, "voc-like", names, tmp_path, phases, extra={"dataset": "table"})
+    if not with_obs:
+        (tmp_path / "formatted_train_labels_obs.npy").unlink()
+    data = layout.load_dataset("table", tmp_path)
+    tr, va = train_val_split(300, val_frac=0.2, seed=1200)
+    whole_obs = cole_reference(labels)
+    for split, rows in ((data.train, tr), (data.val, va)):
+        assert split.labels.dtype == np.int8 and split.observed.dtype == np.int8
+        assert np.array_equal(split.labels, labels[rows]) and np.array_equal(split.observed, whole_obs[rows])
+        assert list(split.images) == [f"{i}.jpg" for i in rows]
+    assert np.array_equal(data.test.labels, test)
+    assert data.report["train_rows_without_positive"] == int((labels.sum(1) == 0).sum())
+    assert data.report.get("train_observed_generated", False) is (not with_obs)

@@ -46,25 +46,24 @@ def selected_labels(path: str | Path, *, rnd: int = 0, cfg: dict | None = None, 
     """Round `rnd`'s labels of cache `path` selected with `cfg` (default: the pipeline the cache was made with)
     and the stored student source `student` (`aevlp.stage_two.refine.run_selection` gives a run's)."""
     with Cache(path) as c:
-        lab, prov, data = _labeler(c, rnd, cfg, student)
+        lab, prov = _labeler(c, rnd, cfg, student)
         return Labels(c.image_ids(), c.classnames(), lab.for_epoch(rnd + 1), c.f["bad"][:].astype(bool),
-                      c.array("observed"), rnd, prov, Path(data.image_root))
+                      lab.observed.numpy(), rnd, prov, c.image_root())
 
 
 def _labeler(c: Cache, rnd: int, cfg: dict | None, student: str):
-    """(the labeler a run with `cfg` and `student` selects with, its provenance, the dataset) on open cache `c`."""
+    """(the labeler a run with `cfg` and `student` selects with, its provenance) on open cache `c`."""
     from aevlp.config import config_for_cache
     from aevlp.stage_two.labeler import labeler_for
 
     if not 0 <= rnd < c.rounds:
         raise AevlpError(f"--round {rnd}: the cache has rounds 0..{c.rounds - 1}")
     cfg = cfg if cfg is not None else config_for_cache(c)
-    data = c.dataset()
-    lab = labeler_for(c, cfg, data=data, student=student)
+    lab = labeler_for(c, cfg, student=student)
     prov = {"cache": str(Path(c.f.filename).resolve()), "round": rnd,
             "epochs": f"e with (e - 1) mod {c.rounds} = {rnd}", "loss": Specs.of(cfg).loss["name"],
             **lab.provenance_record()}
-    return lab, prov, data
+    return lab, prov
 
 
 def write_provenance(out: Path, prov: dict) -> Path:
@@ -83,7 +82,7 @@ def export_pseudo_labels(path: str | Path, out: str | Path, *, rnd: int = 0, fmt
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with Cache(path) as c:
-        lab, prov, data = _labeler(c, rnd, cfg, student)
+        lab, prov = _labeler(c, rnd, cfg, student)
         pseudo, ids, names, bad = lab.for_epoch(rnd + 1), c.image_ids(), c.classnames(), c.f["bad"][:].astype(bool)
         blocks = [(lo, min(lo + EXPORT_ROWS, hi)) for b_lo, hi in c.row_blocks(len(ids))
                   for lo in range(b_lo, hi, EXPORT_ROWS)] or [(0, 0)]
@@ -98,7 +97,7 @@ def export_pseudo_labels(path: str | Path, out: str | Path, *, rnd: int = 0, fmt
 
             picked = ((ids[lo:hi], pseudo[lo:hi], scores, bad[lo:hi]) for lo, hi, scores in rows)
             out = export_label_studio(picked, names, out, f"aevlp {prov.get('loss', '')} labels, round {rnd}") \
-                if fmt == "label-studio" else export_fiftyone(picked, names, out, Path(data.image_root))
+                if fmt == "label-studio" else export_fiftyone(picked, names, out, c.image_root())
     write_provenance(out, prov)
     return out
 

@@ -299,6 +299,13 @@ class Cache:
         info = self.info
         return load_dataset(self.fingerprint["dataset"], info["data_root"], image_root=info.get("image_root") or None)
 
+    def image_root(self) -> Path:
+        """The folder of the dataset's images stage one read (without loading the dataset's labels)."""
+        from aevlp.data.layout import image_root_of
+
+        info = self.info
+        return image_root_of(self.fingerprint["dataset"], info["data_root"], info.get("image_root") or None)
+
     def plain_text_features(self) -> np.ndarray | None:
         """[C, D] class features of the prompts before the GCN, where stage one stored them (since 2026-12)."""
         return self.f["text_features_plain"][:] if "text_features_plain" in self.f else None

@@ -34,8 +34,8 @@ from aevlp.cache.schema import STR, fingerprint_id, sources_path
 from aevlp.cache.sealed import SealedFile
 from aevlp.errors import AevlpError
 
-__all__ = ["FORMAT", "store_source", "read_source", "source_path", "source_provenance", "check_source_name",
-           "checkpoint_id"]
+__all__ = ["FORMAT", "StoredScores", "store_source", "read_source", "source_path", "source_provenance",
+           "check_source_name", "checkpoint_id"]
 
 FORMAT = 2
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -63,11 +63,13 @@ def checkpoint_id(path: Path) -> str:
     return "sha256:" + file_sha256(path)[:16]
 
 
-def _seal(cache_fp: str, provenance: str, ids: list[str], val_ids: list[str], scores: np.ndarray,
+def _seal(cache_fp: str, provenance: str, ids: list[str], val_ids: list[str], scores,
           val: np.ndarray | None) -> str:
+    """The checksum of a source; `scores`: its [N, C] array, or its row blocks in order (the same bytes)."""
     h = hashlib.sha256(f"aevlp-source-{FORMAT}\0{cache_fp}\0{provenance}\0".encode())
     h.update("\0".join(ids).encode() + b"\1" + "\0".join(val_ids).encode() + b"\1")
-    h.update(np.ascontiguousarray(scores).tobytes())
+    for block in [scores] if isinstance(scores, np.ndarray) else scores:
+        h.update(np.ascontiguousarray(block).tobytes())
     if val is not None:
         h.update(np.ascontiguousarray(val).tobytes())
     return h.hexdigest()
@@ -99,8 +101,44 @@ def store_source(cache: Cache, name: str, scores: np.ndarray, provenance: dict,
         return sealed.finish({"sha256": _seal(fp, prov, ids, vids, values, val)})
 
 
+SOURCE_BLOCK_BYTES = 16 << 20  # a source's scores are checked and read this many bytes of rows at a time
+
+
+class StoredScores:
+    """A stored source's scores [N, C]: `scores[lo:hi]` reads those rows as float32 (memory bounded by a block of
+    rows, not by N); `np.asarray(scores)` reads them all."""
+
+    def __init__(self, path: Path, shape: tuple[int, int]):
+        self.path, self.shape = Path(path), tuple(int(x) for x in shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        with h5py.File(self.path, "r") as f:
+            return f["scores"][rows].astype(np.float32)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        whole = self[:]
+        return whole if dtype is None else whole.astype(dtype)
+
+
+def _blocks(ds: h5py.Dataset):
+    """The rows of a 2-D dataset, a block (SOURCE_BLOCK_BYTES) at a time."""
+    step = max(1, SOURCE_BLOCK_BYTES // max(ds.dtype.itemsize * int(np.prod(ds.shape[1:], dtype=np.int64)), 1))
+    for lo in range(0, ds.shape[0], step):
+        yield ds[lo:lo + step]
+
+
+def _scores_ok(values: np.ndarray | None) -> bool:
+    return values is None or (np.issubdtype(values.dtype, np.floating) and bool(np.all(np.isfinite(values)))
+                              and values.min(initial=0) >= 0 and values.max(initial=0) <= 1)
+
+
 def _read(path: Path, name: str) -> dict:
-    """Everything a source file holds, each part checked for its type; AevlpError naming what is wrong."""
+    """Everything a source file holds but its training scores (their shape, checksum-ready digest parts and
+    whether every value is sound, read a block of rows at a time), each part checked for its type; AevlpError
+    naming what is wrong."""
     def dataset(f, key, required=True):
         if key not in f:
             if required:
@@ -108,16 +146,24 @@ def _read(path: Path, name: str) -> dict:
             return None
         if not isinstance(f[key], h5py.Dataset):
             raise AevlpError(f"{path}: '{key}' of the source '{name}' is not an array", hint=REDO)
-        return f[key][()]
+        return f[key]
 
     try:
         with h5py.File(path, "r") as f:
             if f.attrs.get("format") != FORMAT:
                 raise AevlpError(f"{path}: the source '{name}' was stored by an earlier aevlp (unsealed)", hint=REDO)
-            out = {"scores": dataset(f, "scores"), "val": dataset(f, "val_scores", False),
+            scores, val = dataset(f, "scores"), dataset(f, "val_scores", False)
+            out = {"val": None if val is None else val[()],
                    "ids": [str(x) for x in f["image_ids"].asstr()[()]] if "image_ids" in f else None,
                    "val_ids": [str(x) for x in f["val_image_ids"].asstr()[()]] if "val_image_ids" in f else [],
-                   "attrs": {k: f.attrs[k] for k in f.attrs}}
+                   "attrs": {k: f.attrs[k] for k in f.attrs}, "shape": scores.shape, "sound": True}
+            if out["ids"] is not None and isinstance(out["attrs"].get("provenance"), str):
+                sound = []  # one pass: each block is hashed and checked
+                blocks = (sound.append(_scores_ok(b)) or b for b in (_blocks(scores) if scores.ndim == 2 else
+                                                                     [scores[()]]))
+                out["sha256"] = _seal(str(out["attrs"].get("cache_fingerprint")), out["attrs"]["provenance"],
+                                      out["ids"], out["val_ids"], blocks, out["val"])
+                out["sound"] = all(sound)
     except AevlpError:
         raise
     except (OSError, KeyError, TypeError, ValueError, AttributeError) as e:
@@ -139,7 +185,8 @@ def _provenance(text, path: Path, name: str) -> dict:
 
 
 def read_source(cache: Cache, name: str, with_val: bool = False):
-    """(scores [N, C] float32, provenance) of a stored student source, and with `with_val` its val-split scores
+    """(scores [N, C] (`StoredScores`: rows read as float32 when sliced), provenance) of a stored student source,
+    and with `with_val` its val-split scores
     (float32, or None where not stored) and their image ids; refused, naming why, if absent, unsealed, altered,
     another cache's, for other rows, out of [0, 1], or made from a checkpoint its run no longer holds."""
     path = source_path(cache.path, name)
@@ -150,24 +197,20 @@ def read_source(cache: Cache, name: str, with_val: bool = False):
                          hint="make them with `aevlp refine RUN_DIR`")
     s = _read(path, name)
     a = s["attrs"]
-    prov_text = a.get("provenance")
     if a.get("cache_fingerprint") != fingerprint_id(cache.fingerprint):
         raise AevlpError(f"{path} holds the student scores of another cache (or of {cache.path} before it was "
                          "recomputed)", hint=REDO)
-    if not isinstance(prov_text, str) or a.get("sha256") != _seal(str(a.get("cache_fingerprint")), prov_text,
-                                                                    s["ids"], s["val_ids"], s["scores"], s["val"]):
+    if "sha256" not in s or a.get("sha256") != s["sha256"]:
         raise AevlpError(f"{path}: the student scores '{name}' differ from their checksum (edited after they were "
                          "stored)", hint=REDO)
-    if s["ids"] != list(cache.image_ids()) or s["scores"].shape != (len(cache), len(cache.classnames())):
+    if s["ids"] != list(cache.image_ids()) or tuple(s["shape"]) != (len(cache), len(cache.classnames())):
         raise AevlpError(f"{path}: the rows of the source '{name}' are not the cache's images", hint=REDO)
-    for key in ("scores", "val"):
-        v = s[key]
-        if v is not None and (not np.issubdtype(v.dtype, np.floating) or not np.all(np.isfinite(v))
-                              or v.min(initial=0) < 0 or v.max(initial=0) > 1):
+    for key, sound in (("scores", s["sound"]), ("val", _scores_ok(s["val"]))):
+        if not sound:
             raise AevlpError(f"{path}: the source '{name}' holds {key} outside [0, 1] or not finite", hint=REDO)
-    prov = _provenance(prov_text, path, name)
+    prov = _provenance(a["provenance"], path, name)
     _check_fresh(prov, path, name)
-    out = s["scores"].astype(np.float32), prov
+    out = StoredScores(path, s["shape"]), prov
     if not with_val:
         return out
     return (*out, None if s["val"] is None else s["val"].astype(np.float32), s["val_ids"])

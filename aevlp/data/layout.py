@@ -21,7 +21,7 @@ from aevlp.errors import DataError, flag
 from aevlp.hashing import file_sha256
 
 __all__ = ["META_FILE", "Split", "SPMLData", "load_dataset", "write_layout", "read_meta", "image_problems",
-           "image_identity", "training_data_hash"]
+           "image_identity", "image_root_of", "training_data_hash"]
 
 log = logging.getLogger("aevlp")
 META_FILE = "aevlp_dataset.json"
@@ -108,26 +108,27 @@ def _rows(arr: np.ndarray, lo: int, hi: int) -> np.ndarray:
         return np.fromfile(fh, dtype=arr.dtype, count=(hi - lo) * row).reshape((hi - lo, *arr.shape[1:]))
 
 
-def _check_values(arr: np.ndarray, path: Path, allowed: Sequence[int]) -> np.ndarray:
-    """`arr` (any numeric dtype, possibly memory-mapped) as int8, a block of rows at a time (CHECK_BYTES of the
-    file's dtype), every value checked."""
-    out = np.empty(arr.shape, dtype=np.int8)
-    step = max(1, CHECK_BYTES // max(arr.dtype.itemsize * int(np.prod(arr.shape[1:], dtype=np.int64)), 1))
-    for lo in range(0, len(arr), step):
-        block = _rows(arr, lo, min(lo + step, len(arr)))
-        ok = np.isin(block, allowed)
-        if not ok.all():
-            bad = np.unique(block[~ok])[:5].tolist()
-            raise DataError(f"{path}: label values must be in {set(allowed)}, found {bad}",
-                            hint="labels are 0/1 matrices; convert or re-run `aevlp data prepare`")
-        out[lo:lo + step] = block
-    return out
+def _checked(block: np.ndarray, path: Path, allowed: Sequence[int]) -> np.ndarray:
+    """`block` (rows of a label file, any numeric dtype) as int8, every value checked."""
+    ok = np.isin(block, allowed)
+    if not ok.all():
+        bad = np.unique(block[~ok])[:5].tolist()
+        raise DataError(f"{path}: label values must be in {set(allowed)}, found {bad}",
+                        hint="labels are 0/1 matrices; convert or re-run `aevlp data prepare`")
+    return block.astype(np.int8)
 
 
-def _load_phase(root: Path, phase: str, num_classes: int, hint: str, report: dict):
-    img_path = root / f"formatted_{phase}_images.npy"
-    lab_path = root / f"formatted_{phase}_labels.npy"
-    obs_path = root / f"formatted_{phase}_labels_obs.npy"
+def _label_file(path: Path, hint: str, n: int, num_classes: int, images: Path) -> np.ndarray:
+    labels = _load_array(path, hint)
+    if labels.ndim != 2 or labels.shape[0] != n:
+        raise DataError(f"{path}: shape {labels.shape} does not match {n} images in {images.name}",
+                        hint="the label matrix needs one row per image, in the same order")
+    if labels.shape[1] != num_classes:
+        raise DataError(f"{path}: {labels.shape[1]} label columns, but the dataset has {num_classes} classes")
+    return labels
+
+
+def _phase_images(img_path: Path, phase: str, hint: str) -> np.ndarray:
     images = _load_array(img_path, hint)
     if images.ndim != 1:
         raise DataError(f"{img_path}: expected a 1-D array of image paths, got shape {images.shape}")
@@ -140,32 +141,53 @@ def _load_phase(root: Path, phase: str, num_classes: int, hint: str, report: dic
         raise DataError(f"{img_path}: {len(dup)} image id(s) appear more than once: {', '.join(dup[:5])}"
                         f"{' ...' if len(dup) > 5 else ''}",
                         hint="each image once, with all its labels in one row (`aevlp data prepare table` merges rows)")
-    labels = _load_array(lab_path, hint)
-    if labels.ndim != 2 or labels.shape[0] != len(images):
-        raise DataError(f"{lab_path}: shape {labels.shape} does not match {len(images)} images in {img_path.name}",
-                        hint="the label matrix needs one row per image, in the same order")
-    if labels.shape[1] != num_classes:
-        raise DataError(f"{lab_path}: {labels.shape[1]} label columns, but the dataset has {num_classes} classes")
-    labels = _check_values(labels, lab_path, (0, 1))
+    return images
+
+
+def _load_phase(root: Path, phase: str, num_classes: int, hint: str, report: dict, parts_of) -> tuple:
+    """(images, [(rows, labels, observed int8) of each part]) of one phase's files, `parts_of(n)` giving the file
+    rows of each part (e.g. train and val). The label files are checked, narrowed and split a block of rows at a time
+    (CHECK_BYTES), so no whole-file copy is held beside the parts; generated observed labels draw as one call."""
+    img_path = root / f"formatted_{phase}_images.npy"
+    lab_path = root / f"formatted_{phase}_labels.npy"
+    obs_path = root / f"formatted_{phase}_labels_obs.npy"
+    images = _phase_images(img_path, phase, hint)
+    labels = _label_file(lab_path, hint, len(images), num_classes, img_path)
+    observed, rng = None, None
     if obs_path.exists():
         observed = _load_array(obs_path, hint)
         if observed.shape != labels.shape:
             raise DataError(f"{obs_path}: shape {observed.shape} differs from {lab_path.name} {labels.shape}")
-        observed = _check_values(observed, obs_path, (-1, 0, 1))
     else:
-        observed = single_positive(labels, seed=COLE_SEED).astype(np.int8)
+        rng = np.random.RandomState(COLE_SEED)
         report[f"{phase}_observed_generated"] = True
         log.warning("%s missing: generated single-positive labels with seed %d", obs_path.name, COLE_SEED)
-    no_pos = int((labels.sum(axis=1) == 0).sum())
+    parts = parts_of(len(images))
+    part_of, pos_of = np.full(len(images), -1, dtype=np.int8), np.zeros(len(images), dtype=np.int64)
+    for k, rows in enumerate(parts):
+        part_of[rows], pos_of[rows] = k, np.arange(len(rows))
+    outs = [tuple(np.empty((len(rows), num_classes), dtype=np.int8) for _ in range(2)) for rows in parts]
+    itemsize = max(labels.dtype.itemsize, 1 if observed is None else observed.dtype.itemsize)
+    step = max(1, CHECK_BYTES // max(itemsize * num_classes, 1))
+    no_pos = wrong = 0
+    for lo in range(0, len(images), step):
+        hi = min(lo + step, len(images))
+        lab = _checked(_rows(labels, lo, hi), lab_path, (0, 1))
+        obs = single_positive(lab, rng=rng) if observed is None else \
+            _checked(_rows(observed, lo, hi), obs_path, (-1, 0, 1))
+        no_pos += int((lab.sum(axis=1) == 0).sum())
+        wrong += int(((obs == 1) & (lab != 1)).sum())
+        for k, (lab_out, obs_out) in enumerate(outs):
+            mine = part_of[lo:hi] == k
+            lab_out[pos_of[lo:hi][mine]], obs_out[pos_of[lo:hi][mine]] = lab[mine], obs[mine]
     if no_pos:
         report[f"{phase}_rows_without_positive"] = no_pos
         log.warning("%s: %d of %d rows have no positive label (kept, as in the benchmark)",
-                    lab_path.name, no_pos, len(labels))
-    wrong = int(((observed == 1) & (labels != 1)).sum())
+                    lab_path.name, no_pos, len(images))
     if wrong:
         report[f"{phase}_observed_not_in_truth"] = wrong
         log.warning("%s: %d observed positives are not positives in %s", obs_path.name, wrong, lab_path.name)
-    return images, labels, observed
+    return images, [(rows, *out) for rows, out in zip(parts, outs)]
 
 
 def load_dataset(name: str, root: str | Path, *, image_root: str | Path | None = None,
@@ -195,22 +217,31 @@ def load_dataset(name: str, root: str | Path, *, image_root: str | Path | None =
     if info.num_classes is not None and len(classnames) != info.num_classes:
         raise DataError(f"{root / META_FILE}: {len(classnames)} class names, '{info.name}' has {info.num_classes}")
     report: dict = {}
-    phases = {p: _load_phase(root, p, len(classnames), hint, report) for p in PHASES}
-    img_root = Path(image_root) if image_root is not None else root / meta.get("image_root", info.image_root)
-    images, labels, observed = phases["train"]
-    tr, va = _train_val(meta, len(images), val_frac, split_seed)
-    test_imgs, test_labels, test_obs = phases["val"]
+    images, ((tr, tr_labels, tr_obs), (va, va_labels, va_obs)) = _load_phase(
+        root, "train", len(classnames), hint, report, lambda n: _train_val(meta, n, val_frac, split_seed))
+    test_imgs, ((_, test_labels, _),) = _load_phase(root, "val", len(classnames), hint, report,
+                                                    lambda n: [np.arange(n)])
+    img_root = image_root_of(info.name, root, image_root)
     known = meta.get("train_labels", "full") != "observed-only"
     return SPMLData(
         info=info, root=root, image_root=img_root, classnames=classnames,
-        train=Split(images[tr], labels[tr], observed[tr], tr),
+        train=Split(images[tr], tr_labels, tr_obs, tr),
         # Val is judged against its labels (clean, or on observed-only data the held-out rows' tags); its
         # observed tags are what the model-selection proxies read (aevlp.stage_two.model_selection). Test: the truth.
-        val=Split(images[va], labels[va], observed[va], va),
+        val=Split(images[va], va_labels, va_obs, va),
         test=Split(test_imgs, test_labels, test_labels.copy(), np.arange(len(test_imgs))),
         report=report, train_labels_known=known,
         val_labels="full" if known or "val_rows" in meta else "observed",
     )
+
+
+def image_root_of(name: str, root: str | Path, image_root: str | Path | None = None) -> Path:
+    """The folder a dataset's image paths are relative to (`image_root` if given, else what its folder's
+    aevlp_dataset.json or its registry entry says), without reading its label files."""
+    if image_root is not None:
+        return Path(image_root)
+    root = Path(root).expanduser()
+    return root / read_meta(root).get("image_root", get_dataset(name).image_root)
 
 
 def _train_val(meta: dict, n: int, val_frac: float, split_seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -57,8 +57,7 @@ class PseudoLabeler:
         (each row's selection depends on that row alone; memory is bounded by a block)."""
         out = np.empty(tuple(self.observed.shape), dtype=np.int8)
         for lo, hi in self._blocks():
-            out[lo:hi] = self.select_rows(self._sims(r, lo, hi), self.observed[lo:hi],
-                                          None if self.student is None else self.student[lo:hi])
+            out[lo:hi] = self.select_rows(self._sims(r, lo, hi), self.observed[lo:hi], self._student_rows(lo, hi))
         return out
 
     def _blocks(self) -> list[tuple[int, int]]:
@@ -106,7 +105,7 @@ class PseudoLabeler:
         sims = self._sims(r, lo, hi)
         if self._plain is not None or self.damp.source == "global":
             return softmax(sims[:, 0], self.damp.temperature).numpy()
-        return self._fused(sims, self.observed[lo:hi], None if self.student is None else self.student[lo:hi])[0].numpy()
+        return self._fused(sims, self.observed[lo:hi], self._student_rows(lo, hi))[0].numpy()
 
     def provenance_record(self) -> dict:
         """What these labels were selected with, for an export to say: the selection, θ per class (where not
@@ -124,15 +123,20 @@ class PseudoLabeler:
         if self._scores is None:
             self._scores = ScoreColumns(*self.observed.shape)
             for lo, hi in self._blocks():
-                student = None if self.student is None else self.student[lo:hi]
+                student = self._student_rows(lo, hi)
                 total = np.zeros((hi - lo, self.observed.shape[1]), dtype=np.float32)
                 for r in range(self.cache.rounds):
                     total += self._fused(self._sims(r, lo, hi, plain=False), self.observed[lo:hi], student)[0].numpy()
                 self._scores.write_rows(lo, total / self.cache.rounds)
         return self._scores
 
+    def _student_rows(self, lo: int, hi: int) -> torch.Tensor | None:
+        """The stored student's scores of rows [lo, hi) (read from its file a block at a time), None without one."""
+        return None if self.student is None else torch.as_tensor(self.student[lo:hi])
+
     def _student(self, n: int):
-        """(scores [N, C], provenance, scores on the val split or None) of the stored student source, if any."""
+        """(scores [N, C] (`StoredScores`), provenance, scores on the val split or None) of the stored student
+        source, if any."""
         if not self.damp.student:
             return None, None, None
         if self.damp.source != "damp":
@@ -140,7 +144,7 @@ class PseudoLabeler:
         from aevlp.cache.sources import read_source
 
         scores, provenance, val, _ = read_source(self.cache, self.damp.student, with_val=True)
-        return torch.as_tensor(scores[:n]), provenance, val
+        return scores, provenance, val
 
     def _class_thresholds(self):
         """(θ [C] or None, the rule's table or None) for damp.class_thresholds (docs/method.md)."""
@@ -152,7 +156,8 @@ class PseudoLabeler:
         if how in RULES:
             observed = self.observed.numpy()
             usable = ~self.cache.f["bad"][: len(observed)].astype(bool)
-            hidden = self.expected.hidden_for(((observed == 1) & usable[:, None]).sum(0))
+            hidden = self.expected.hidden_for(sum(((observed[lo:hi] == 1) & usable[lo:hi, None]).sum(0)
+                                                  for lo, hi in self._blocks()))
             return class_thresholds(self.scores(), observed, how, hidden=hidden, global_theta=self.damp.threshold,
                                     min_auc=self.damp.min_auc, usable=usable)
         return read_thresholds(how, self.cache.classnames()), None
@@ -181,13 +186,13 @@ def labeler_for(cache: Cache, cfg: dict, *, data=None, student: str = "",
     """The labeler a training run with `cfg` selects with on `cache`'s rows: its method's own selection (VLPL's),
     the student source `student` fused in, E and each class's hidden positives as stage two takes them
     (`aevlp.stage_two.priors.resolve_expected`). `data`: the dataset (default: the one the cache was made from);
-    `observed`: the rows' observed labels (default: the cache's); `decided`: E and the θ a plan decided
+    `observed`: the rows' observed labels (default: the cache's); the dataset is loaded only when E needs its val
+    split (observed-only data: the cache's full training labels answer otherwise); `decided`: E and the θ a plan decided
     (`aevlp.stage_two.plan.Selection`), used as they are."""
     from aevlp.losses import LOSSES
     from aevlp.specs import Specs
 
     specs = Specs.of(cfg)
-    data = cache.dataset() if data is None else data
     spec = LOSSES.get(specs.loss["name"])
     damp = spec.pseudo_labels(specs.damp, dict(specs.loss)) if spec.pseudo_labels else specs.damp
     if student:
@@ -200,22 +205,41 @@ def labeler_for(cache: Cache, cfg: dict, *, data=None, student: str = "",
 
 
 def _expected(cache: Cache, specs, data, damp: DampSpec, observed: np.ndarray) -> Expected:
-    """E and the hidden positives per class for these training rows (`aevlp.stage_two.priors.resolve_expected`)."""
+    """E and the hidden positives per class for these training rows (`aevlp.stage_two.priors.resolve_expected`).
+    `data` None: the cache's own labels and name answer where they can; the dataset is loaded where they cannot."""
     from aevlp.cache.sources import read_source
     from aevlp.data.registry import get_dataset
 
     usable = ~cache.f["bad"][: len(observed)].astype(bool)
+    info = get_dataset(cache.fingerprint["dataset"] if data is None else data.info.name)
+    known = ("labels" in cache.f) if data is None else data.train_labels_known
+    settled = specs.loss["expected_pos"] or info.expected_pos or known
+    if data is None and not settled:
+        data = cache.dataset()
     student_val = None
-    if damp.student and data.val_labels != "full":
+    if damp.student and data is not None and data.val_labels != "full":
         _, _, val, val_ids = read_source(cache, damp.student, with_val=True)
         student_val = (val, data.val.observed) if val is not None and val_ids == list(data.val.images) else None
-    info = get_dataset(data.info.name)
+    train_labels = None
+    if known:
+        train_labels = cache.f["labels"] if data is None else data.train.labels
     return resolve_expected(
-        observed[usable], configured=specs.loss["expected_pos"], dataset=info.name, published=info.expected_pos,
-        train_labels=data.train.labels[: len(observed)][usable] if data.train_labels_known else None,
-        val_labels=data.val.labels if data.val_labels == "full" else None, student_val=student_val,
+        observed if usable.all() else observed[usable], configured=specs.loss["expected_pos"], dataset=info.name,
+        published=info.expected_pos, train_positives=None if train_labels is None else
+        _positives_per_row(train_labels, len(observed), usable, cache),
+        val_labels=data.val.labels if data is not None and data.val_labels == "full" else None,
+        student_val=student_val,
         teacher=lambda: teacher_scores(cache, dataclasses.replace(damp, source="damp"), observed).take(usable),
         method=specs.damp.prior)
+
+
+def _positives_per_row(labels, n: int, usable: np.ndarray, cache: Cache) -> float:
+    """The mean number of positives per usable row among the first n rows of `labels` (an array, or the cache's
+    dataset), read a block of rows at a time."""
+    total = 0
+    for lo, hi in cache.row_blocks(n):
+        total += int((np.asarray(labels[lo:hi])[usable[lo:hi]] == 1).sum())
+    return total / max(int(usable.sum()), 1)
 
 
 def _plain_global_sims(cache: Cache) -> np.ndarray:

@@ -239,19 +239,21 @@ def estimated(scores: np.ndarray, observed: np.ndarray, method: str, where: str)
 
 def resolve_expected(train_observed: np.ndarray, *, configured: float = 0.0, dataset: str = "",
                      published: float | None = None, train_labels: np.ndarray | None = None,
-                     val_labels: np.ndarray | None = None, student_val: tuple | None = None,
-                     teacher=None, method: str = "quantile") -> Expected:
+                     train_positives: float | None = None, val_labels: np.ndarray | None = None,
+                     student_val: tuple | None = None, teacher=None, method: str = "quantile") -> Expected:
     """E and the per-class hidden positives from the best source there is (`train_observed` [N, C]: the usable
     training rows' observed labels): `loss.expected_pos` (`configured`), the dataset's published value, the full
-    training labels, a fully labelled val split, a PU estimate from a student's scores on the held-out val rows
-    (`student_val` = (scores, observed)), or from the teacher's scores on the training rows (`teacher`: a
-    function returning them, called only when needed)."""
+    training labels (or `train_positives`, their mean positives per row computed already), a fully labelled val
+    split, a PU estimate from a student's scores on the held-out val rows (`student_val` = (scores, observed)), or
+    from the teacher's scores on the training rows (`teacher`: a function returning them, called only when needed)."""
     if configured:
         return Expected(float(configured), "loss.expected_pos")
     if published:
         return Expected(float(published), f"{dataset}'s published value")
     if train_labels is not None:
-        return Expected(float((np.asarray(train_labels) == 1).sum(1).mean()), "the full training labels")
+        train_positives = (np.asarray(train_labels) == 1).sum(1).mean()
+    if train_positives is not None:
+        return Expected(float(train_positives), "the full training labels")
     if val_labels is not None and len(val_labels):
         return labelled_val(val_labels, train_observed)
     if student_val is not None and len(student_val[0]):

@@ -78,7 +78,7 @@ def class_thresholds(scores: np.ndarray | ScoreColumns, observed: np.ndarray, ru
         raise ConfigError(f"damp.class_thresholds = {rule!r}: not a rule ({', '.join(RULES)}) nor a .csv file")
     pick = {"rate": rate_rule, "observed": observed_rule}[rule]
     scores = ScoreColumns.of(scores)
-    if usable is not None:
+    if usable is not None and not np.all(usable):  # (a boolean index copies even when it keeps every row)
         scores, observed = scores.take(np.asarray(usable, bool)), observed[np.asarray(usable, bool)]
     out, rows = np.full(scores.shape[1], global_theta, dtype=np.float64), []
     for c in range(scores.shape[1]):

@@ -97,10 +97,11 @@ def _card(row: int, image: str, box: list[float], truth: int | None, note: str =
             f'<div>{mark} <span class="status"></span></div><div class="muted">{html.escape(image)}{note}</div></div>')
 
 
-def _class_page(k: int, s, col: np.ndarray, ids: list[str], rows: list[int], sizes: dict, ctx: dict) -> str:
+def _class_page(k: int, s, col: np.ndarray, truth: np.ndarray | None, ids: list[str], rows: list[int], sizes: dict,
+                ctx: dict) -> str:
     name = s.classnames[k]
     cards = "".join(_card(i, ids[i], tile_box_percent(*sizes[i], ctx["grid"], ctx["tiles"][i, k]),
-                          None if s.labels is None else int(s.labels[i, k] == 1), f" · {col[i]:.3f}")
+                          None if truth is None else int(truth[i]), f" · {col[i]:.3f}")
                     for i in rows)
     pr = "".join(f' · {key} <b id="count-{key}"></b>' for key in ("precision", "recall", "f1")) \
         if s.labels is not None else ""
@@ -120,24 +121,25 @@ def _class_page(k: int, s, col: np.ndarray, ids: list[str], rows: list[int], siz
     return _page(f"aevlp review: {name}", head + body, scripts)
 
 
-def _class_data(k: int, s, col: np.ndarray, rank: np.ndarray, neg: np.ndarray) -> str:
-    """Class k's rows for its page: scores `col`, each row's rank of the class `rank` and pseudo-negatives `neg`."""
+def _class_data(k: int, s, col: np.ndarray, rank: np.ndarray, neg: np.ndarray, truth: np.ndarray | None) -> str:
+    """Class k's rows for its page: scores `col`, each row's rank of the class `rank`, pseudo-negatives `neg` and
+    full labels `truth` (None: observed-only data)."""
     raw = {"index": k, "name": s.classnames[k], "theta": float(min(s.thresholds[k], 1.01)),
            "score": _b64(np.round(np.clip(col, 0, 1) * 65535).astype("<u2")),
            "obs": _b64((s.observed[:, k] == 1).astype(np.uint8) | (s.bad.astype(np.uint8) << 1)),
            "rank": _b64(rank.astype(np.uint8)), "neg": _b64(neg.astype(np.uint8)),
-           "truth": None if s.labels is None else _b64((s.labels[:, k] == 1).astype(np.uint8))}
+           "truth": None if truth is None else _b64(truth.astype(np.uint8))}
     return f"window.AEVLP_CLASSES = window.AEVLP_CLASSES || {{}};\nwindow.AEVLP_CLASSES[{k}] = {json.dumps(raw)};\n"
 
 
-def _class_summary(k: int, s, col: np.ndarray, rank: np.ndarray, neg: np.ndarray, top_k: int) -> dict:
+def _class_summary(k: int, s, col: np.ndarray, rank: np.ndarray, neg: np.ndarray, truth: np.ndarray | None,
+                   top_k: int) -> dict:
     """What the overview counts class k with at any θ, without its rows: the rows stage two could pick (not
     observed, readable, in the image's top-k) with their scores as on the class page (16-bit fractions), their
     pseudo-negative and truth flags; and the counts of the rest."""
     obs, bad = s.observed[:, k] == 1, s.bad
     rest = ~obs & ~bad
     cand = np.flatnonzero(rest & (rank < top_k))
-    truth = None if s.labels is None else (s.labels[:, k] == 1)
     return {"observed": int((obs & ~bad).sum()), "rest": int(rest.sum()),
             "negOther": int((rest & (rank >= top_k) & neg).sum()),
             "truePos": None if truth is None else int((rest & truth).sum()),
@@ -236,6 +238,7 @@ def write_review(cache_path: str | Path, out: str | Path, runs: list[str | Path]
     (`aevlp.stage_two.labeler.labeler_for`); the runs and the teacher score the test images on `device` (the one
     inference rule, `aevlp.device.inference`)."""
     from aevlp.config import config_for_cache
+    from aevlp.data.layout import image_root_of
     from aevlp.device import inference
     from aevlp.progress import bar
 
@@ -247,7 +250,10 @@ def write_review(cache_path: str | Path, out: str | Path, runs: list[str | Path]
     with Cache(cache_path) as cache:
         cfg = cfg if cfg is not None else config_for_cache(cache)
         specs = Specs.of(cfg)
-        data = specs.dataset.load()
+        data = specs.dataset.load() if runs else None  # the test split; the training rows need the cache alone
+        image_root = data.image_root if data is not None else \
+            image_root_of(specs.dataset.name, specs.dataset.data_root or cache.info["data_root"],
+                          specs.dataset.image_root or None)
         labeler = labeler_for(cache, cfg, data=data, student=student)
         s = class_scores(labeler)
         pseudo = labeler.for_epoch(1)  # [N, C] int8: -1 marks the pseudo-negatives
@@ -262,8 +268,8 @@ def write_review(cache_path: str | Path, out: str | Path, runs: list[str | Path]
     ctx["disagree"] = _disagreements(run_results, data, out, per_class // 4)
     sizes = {}
     for i in bar(sorted({i for rows in shown.values() for i in rows}), desc="thumbnails", disable=not progress):
-        _thumb(data.image_root / ids[i], out / "thumbs" / f"{i}.jpg")
-        sizes[i] = _image_size(data.image_root / ids[i])
+        _thumb(image_root / ids[i], out / "thumbs" / f"{i}.jpg")
+        sizes[i] = _image_size(image_root / ids[i])
     key = hashlib.sha256(str(Path(cache_path).resolve()).encode()).hexdigest()[:8]
     (out / "data" / "overview.js").write_text("window.REVIEW = " + json.dumps(
         {"key": f"aevlp-{key}", "top_k": specs.damp.top_k,
@@ -271,12 +277,12 @@ def write_review(cache_path: str | Path, out: str | Path, runs: list[str | Path]
         + ";\n")
     summaries, mean_observed = [], []
     for k in range(len(s.classnames)):  # a class at a time: its scores, ranks and pseudo-negatives
-        col, rk, neg = s.scores.column(k), rank.column(k), pseudo[:, k] == -1
+        col, rk, neg, truth = s.scores.column(k), rank.column(k), pseudo[:, k] == -1, s.truth(k)
         obs = (s.observed[:, k] == 1) & usable
         mean_observed.append(float(col[obs].mean()) if obs.any() else 0.0)
-        summaries.append(_class_summary(k, s, col, rk, neg, specs.damp.top_k))
-        (out / "data" / f"class-{k:03d}.js").write_text(_class_data(k, s, col, rk, neg))
-        (out / f"class-{k:03d}.html").write_text(_class_page(k, s, col, ids, shown[k], sizes, ctx))
+        summaries.append(_class_summary(k, s, col, rk, neg, truth, specs.damp.top_k))
+        (out / "data" / f"class-{k:03d}.js").write_text(_class_data(k, s, col, rk, neg, truth))
+        (out / f"class-{k:03d}.html").write_text(_class_page(k, s, col, truth, ids, shown[k], sizes, ctx))
     (out / "data" / "summaries.js").write_text("window.REVIEW_SUMMARIES = " + json.dumps(summaries) + ";\n")
     (out / "index.html").write_text(_overview(s, ctx, run_results, mean_observed))
     rank.close()
