@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -185,7 +186,9 @@ def test_every_loss_finite_at_extremes_and_bf16(name):
     from aevlp.losses import RunInfo, build_method
     params = dict(DEFAULTS["loss"], q2=0.01, q3=1.0, lam1=0.7, lam2=0.5, rho=0.9, reg=0.001, expected_pos=2.0)
     y = torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0]])
-    fn = build_method(name, params, RunInfo(num_rows=2, num_classes=4, observed=y.numpy(), seed=0, epochs=8, lr=1e-3))
+    soft = np.array([[np.nan, 0.3, 0.9, 0.0], [1.0, np.nan, 0.5, 0.2]])  # gpr-soft's calibrated targets
+    fn = build_method(name, params, RunInfo(num_rows=2, num_classes=4, observed=y.numpy(), seed=0, epochs=8, lr=1e-3,
+                                            soft_targets=lambda: soft))
     if LOSSES[name].needs_spatial:  # methods with a head of their own read the statistics of its last forward
         from aevlp.stage_two.models import build_model
         model = build_model("small-cnn", 4)

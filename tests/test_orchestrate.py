@@ -265,7 +265,8 @@ def test_run_plans_stage_one_once(world, tmp_path, monkeypatch):
 def test_every_bench_preset_is_a_valid_pipeline_whatever_the_pipelines_defaults():
     """Each preset resolves against the benchmark and own-data pipelines (a typo in a key or value fails
     here), and is what its name says there: AEVLP as published has one θ and no student even where
-    table.toml's defaults are GPR-TS; the -ts presets train a student that needs no pseudo-labels."""
+    table.toml's defaults are GPR-TS (its student chosen by val); the -ts presets train a student that needs no
+    pseudo-labels."""
     from aevlp.losses import LOSSES
     from aevlp.stage_two.plan import wants_student
     from aevlp.tools.bench import PRESETS, method_overrides

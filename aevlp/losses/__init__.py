@@ -23,7 +23,16 @@ from aevlp.losses.cole import (
 )
 from aevlp.losses.common import COLE_EPS, LOG_EPS, expected_positive_regularizer
 from aevlp.losses.em import AplMethod, em_apl_loss, em_loss, em_pl_loss, vlpl_selection
-from aevlp.losses.gr import gce_negative, gce_positive, gpr_loss, gr_loss, reweight, soft_pseudo_label
+from aevlp.losses.gr import (
+    SoftTargetMethod,
+    gce_negative,
+    gce_positive,
+    gpr_loss,
+    gpr_soft_loss,
+    gr_loss,
+    reweight,
+    soft_pseudo_label,
+)
 from aevlp.losses.latent import MimeMethod, SmileMethod, mime_loss, smile_loss
 from aevlp.losses.ll import BoostLUMethod, LLCpMethod, LLCtMethod, LLRMethod, boost_lu, ll_loss
 from aevlp.losses.method import LossSpec, Method, RunInfo
@@ -31,7 +40,8 @@ from aevlp.losses.recipes import SCHEME_DEFAULTS
 from aevlp.registry import Registry
 
 __all__ = ["LOG_EPS", "COLE_EPS", "soft_pseudo_label", "reweight", "gce_positive", "gce_negative", "gr_loss",
-           "gpr_loss", "expected_positive_regularizer", "bce_full_loss", "an_loss", "an_ls_loss", "an_pl_loss",
+           "gpr_loss", "gpr_soft_loss", "expected_positive_regularizer", "bce_full_loss", "an_loss", "an_ls_loss",
+           "an_pl_loss",
            "wan_loss", "iun_loss", "iu_loss", "epr_loss", "role_loss", "em_loss", "em_pl_loss", "em_apl_loss",
            "ll_loss", "boost_lu", "mime_loss",
            "smile_loss", "LossSpec", "Method", "RunInfo", "LOSSES", "register_loss", "build_loss",
@@ -80,6 +90,8 @@ def _own(method: str) -> dict:
 for _name, _spec in {
     "gpr": LossSpec(gpr_loss, uses_pseudo=True, uses_schedule=True, source="AEVLP (Tran et al., ICCV 2025)"),
     "gr": LossSpec(gr_loss, uses_schedule=True, source="GR Loss (Chen et al., IJCAI 2024)"),
+    "gpr-soft": LossSpec(gpr_soft_loss, uses_schedule=True, method=SoftTargetMethod,
+                         source="GR with the unknowns learning the teacher's per-class calibrated scores (aevlp)"),
     "bce-full": LossSpec(bce_full_loss, uses_full_labels=True, source="full-label BCE (upper bound)"),
     "an": LossSpec(an_loss, source="Assume Negative (Cole et al., CVPR 2021)"),
     "an-ls": LossSpec(an_ls_loss, source="AN with label smoothing (Cole et al., CVPR 2021)"),

@@ -4,14 +4,17 @@ Powers of p are computed from log-sigmoids so gradients stay finite for logits i
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from aevlp.errors import ConfigError
 from aevlp.losses.common import expected_positive_regularizer, neg_log, prep
+from aevlp.losses.method import Method
 from aevlp.settings import LossParams, checked
 
-__all__ = ["soft_pseudo_label", "reweight", "gce_positive", "gce_negative", "gr_loss", "gpr_loss"]
+__all__ = ["soft_pseudo_label", "reweight", "gce_positive", "gce_negative", "gr_loss", "gpr_loss", "gpr_soft_loss",
+           "SoftTargetMethod"]
 
 
 def soft_pseudo_label(p: torch.Tensor, w: float, b: float) -> torch.Tensor:
@@ -75,3 +78,35 @@ def gpr_loss(logits: torch.Tensor, observed: torch.Tensor, pseudo: torch.Tensor,
     if reg:
         total = total + reg * expected_positive_regularizer(p, expected_pos)
     return total
+
+
+def gpr_soft_loss(logits: torch.Tensor, observed: torch.Tensor, target: torch.Tensor, *, w: float, b: float,
+                  mu: float, sigma: float, q2: float, q3: float, reg: float, expected_pos: float) -> torch.Tensor:
+    """GR Loss whose unknown entries learn towards the teacher's calibrated chance π (`target`, NaN where a class
+    could not be calibrated: GR's own k̂ there) instead of a hard selection: V·(π·L2 + (1−π)·L3); plus reg·EPR as
+    GPR. Equals `gr_loss` (+ reg·EPR) when every target is NaN (docs/method.md, "Soft targets")."""
+    z, p, y, t = prep(logits, observed, target)
+    V = reweight(p, mu, sigma)
+    K = torch.where(torch.isnan(t), soft_pseudo_label(p, w, b), t.to(p.dtype))
+    unknown = V * (K * gce_positive(z, q2) + (1 - K) * gce_negative(z, q3))
+    total = torch.where(y == 1, neg_log(p), torch.where(y == -1, neg_log(1 - p), unknown)).mean()
+    if reg:
+        total = total + reg * expected_positive_regularizer(p, expected_pos)
+    return total
+
+
+class SoftTargetMethod(Method):
+    """gpr-soft: the calibrated targets of the run's training rows (`RunInfo.soft_targets`, computed once from the
+    cache: `aevlp.stage_two.soft_targets`) handed to `gpr_soft_loss` batch by batch."""
+
+    def __init__(self, spec, name: str, params: dict, run=None):
+        super().__init__(spec, name, params, run)
+        if run is None or run.soft_targets is None:
+            raise ConfigError(f"loss '{name}' learns towards the teacher's calibrated scores: it runs in `aevlp "
+                              "train` on a cache", hint="train it with `aevlp train --pseudo CACHE --loss gpr-soft`")
+        self.targets = torch.as_tensor(np.asarray(run.soft_targets(), dtype=np.float32))
+
+    def loss(self, logits, observed, *, rows=None, pseudo=None, full=None, schedule=None, epoch: int = 1):
+        extra = {k: schedule[k] for k in self.sched_keys}
+        return gpr_soft_loss(logits, observed, self.targets[torch.as_tensor(rows).cpu()].to(logits.device),
+                             **self.bound, **extra)

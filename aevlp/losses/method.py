@@ -51,6 +51,7 @@ class RunInfo:
     seed: int
     epochs: int
     lr: float
+    soft_targets: Callable[[], np.ndarray] | None = None  # [N, C] the teacher's calibrated targets (gpr-soft)
 
 
 def bind(spec: LossSpec, name: str, params: dict) -> tuple[dict, set[str]]:

@@ -44,6 +44,7 @@ from aevlp.stage_two.models import BACKBONES, Classifier, build_model
 from aevlp.stage_two.plan import StageTwoPlan, as_trained, plan_stage_two
 from aevlp.stage_two.run_folder import RunFolder
 from aevlp.stage_two.run_record import announce, test_and_write_results
+from aevlp.stage_two.soft_targets import soft_targets
 from aevlp.stage_two.stopping import should_stop, stop_reason
 
 __all__ = ["run_train", "execute", "as_trained", "TrainingInterrupted"]
@@ -201,7 +202,8 @@ def _setup(plan: StageTwoPlan, run: Path) -> TrainRun:
     name, spec = specs.loss["name"], LOSSES.get(specs.loss["name"])
     check_labels_available(name, t.labels, data.train_labels_known)
     method = build_method(name, params, RunInfo(num_rows=int(keep.sum()), num_classes=data.num_classes,
-                                                observed=observed[keep], seed=t.seed, epochs=t.epochs, lr=t.lr))
+                                                observed=observed[keep], seed=t.seed, epochs=t.epochs, lr=t.lr,
+                                                soft_targets=lambda: soft_targets(labeler, keep)))
     device, main = _device(plan, stateful=spec.method is not None)
     core, model, opt = _model(t, data.num_classes, cache, device, method, pretrained=not plan.resume)
     if main:
