@@ -165,3 +165,29 @@ def test_an_pl_takes_the_aevlp_codes_epsilon():
     logits = torch.tensor([[-1000.0, 0.0]])
     got = loss(logits, torch.tensor([[1, 0]]), pseudo=torch.tensor([[0, 0]]))
     assert got.item() == pytest.approx((16.118095651 + 0.693147) / 2, abs=1e-4)
+
+
+def test_an_official_recipe_carried_to_another_pipeline_keeps_its_ratios_to_aevlps():
+    """train.recipe_as = voc off the benchmarks: each lr, batch and epoch count is the VOC official value times this
+    pipeline's over pipelines/voc.toml's (lr 1e-5, batch 8, epochs 8, AEVLP's); the rest as the authors set it."""
+    from aevlp.config import load_config
+    from aevlp.errors import ConfigError
+    from aevlp.stage_two.plan import as_trained
+
+    def trained(loss, *more):
+        sets = [f'loss.name="{loss}"', 'train.recipe="official"', *more]
+        return as_trained(load_config("pipelines/demo.toml", sets))["train"]
+
+    here = ['train.recipe_as="voc"', "train.lr=3e-4", "train.batch_size=32", "train.epochs=4"]
+    role = trained("role", *here)  # Cole: 25 linear epochs at 1e-3, then 10 end to end (35), batch 8
+    assert (role["linear_init"], role["epochs"], role["batch_size"]) == (round(25 * 4 / 8), round(35 * 4 / 8), 32)
+    assert role["linear_init_lr"] == pytest.approx(1e-3 * 3e-4 / 1e-5) and role["lr_mult"] == 1.0
+    mime = trained("mime", *here)  # train_mime.py: lr 1e-4, Adamax, batch 32 on VOC, the heads at x 10
+    assert mime["lr"] == pytest.approx(1e-4 * 30) and mime["batch_size"] == 128 and mime["epochs"] == 5
+    assert (mime["optimizer"], mime["lr_mult"]) == ("adamax", 10.0)
+    gr = trained("gr", *here)  # GR's official recipe is the pipeline's own: nothing changes
+    assert (gr["lr"], gr["batch_size"], gr["epochs"], gr["lr_mult"]) == (3e-4, 32, 4, 10.0)
+    with pytest.raises(ConfigError, match="train.recipe_as"):  # off the benchmarks without it: named as the fix
+        trained("an")
+    with pytest.raises(ConfigError, match="applies with"):
+        as_trained(load_config("pipelines/demo.toml", ['train.recipe_as="voc"']))

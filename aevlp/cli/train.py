@@ -46,6 +46,7 @@ def _cache_info(path: str) -> tuple[str | None, dict, str | None]:
 @setting_option("train.labels")
 @setting_option("damp.source", "--damp-source")
 @setting_option("train.recipe")
+@setting_option("train.recipe_as")
 @setting_option("train.select")
 @setting_option("train.epochs")
 @setting_option("train.batch_size")

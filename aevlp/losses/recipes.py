@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from aevlp.errors import ConfigError
+from aevlp.errors import ConfigError, flag
 
-__all__ = ["BENCHMARKS", "Row", "LOSS_VALUES", "SCHEME_DEFAULTS", "RECIPES", "official_recipe", "recipe_tables",
+__all__ = ["BENCHMARKS", "PIPELINE_OF", "Row", "LOSS_VALUES", "SCHEME_DEFAULTS", "RECIPES", "official_recipe",
+           "carried_recipe", "SCALED_BY", "recipe_tables",
            "pipeline_block", "write_pipeline_blocks", "write_recipe_tables"]
 
 BENCHMARKS = ("voc", "coco", "nuswide", "cub")  # the registry's names
+PIPELINE_OF = dict(zip(BENCHMARKS, ("voc", "coco", "nus", "cub")))  # each one's file in pipelines/
 COLE = "elijahcole/single-positive-multi-label @89152d5"
 ZHOU = "Correr-Zhou/SPML-AckTheUnknown @ae1ccaf"
 KIM22 = "snucml/LargeLossMatters @5025d16"
@@ -120,8 +122,33 @@ def official_recipe(method: str, dataset: str) -> dict[str, Any]:
                           hint="use train.recipe = shared (every method with one recipe)")
     if dataset not in BENCHMARKS:
         raise ConfigError(f"train.recipe = official is defined on the benchmark datasets ({', '.join(BENCHMARKS)}), "
-                          f"not on '{dataset}'", hint="use train.recipe = shared (every method with one recipe)")
+                          f"not on '{dataset}'",
+                          hint=f"use {flag('train.recipe', 'shared')} (every method with one recipe), or "
+                          f"{flag('train.recipe_as', 'voc')} to carry VOC's official recipes over to this pipeline")
     return {k: row.on(dataset) for k, row in RECIPES.get(method, {}).items()}
+
+
+# A recipe value carried to another pipeline is scaled by that pipeline's value of this key over the benchmark's.
+SCALED_BY = {"lr": "lr", "linear_init_lr": "lr", "batch_size": "batch_size", "epochs": "epochs",
+             "linear_init": "epochs"}
+
+
+def carried_recipe(method: str, benchmark: str, here: dict[str, Any], there: dict[str, Any]) -> dict[str, Any]:
+    """`method`'s official recipe on `benchmark`, carried to a pipeline whose [train] is `here` (`there`: the
+    benchmark pipeline's [train]). Each rate, batch and epoch count is taken relative to the benchmark pipeline,
+    whose GR/GPR recipe is AEVLP's: the value × here[key] / there[key] (an int rounds, at least 1). So every method
+    keeps its authors' lr, batch and length relative to AEVLP's, and GR and GPR train exactly as `here` says.
+    The other values (optimizer, lr_mult, early stopping) are the authors' as they are."""
+    out = {}
+    for k, v in official_recipe(method, benchmark).items():
+        ref = SCALED_BY.get(k)
+        if ref is None:
+            out[k] = v
+        elif isinstance(v, int):
+            out[k] = max(1, round(v * here[ref] / there[ref]))
+        else:
+            out[k] = float(f"{v * here[ref] / there[ref]:.6g}")
+    return out
 
 
 BLOCK_BEGIN = "# comparison methods (aevlp train --loss NAME; docs/training.md): generated from aevlp/losses/recipes.py"
@@ -145,7 +172,7 @@ def write_pipeline_blocks(folder: str) -> list[str]:
     from pathlib import Path
 
     changed = []
-    for name, dataset in zip(("voc", "coco", "nus", "cub"), BENCHMARKS):
+    for dataset, name in PIPELINE_OF.items():
         p = Path(folder) / f"{name}.toml"
         text = p.read_text()
         head, rest = text.split(BLOCK_BEGIN, 1)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from aevlp.config import updated
-from aevlp.errors import ConfigError
+from aevlp.errors import ConfigError, flag
 from aevlp.placement import Place, train_decode_place
 from aevlp.specs import Specs, TrainSpec
 from aevlp.stage_two.priors import Expected
@@ -39,12 +39,11 @@ def as_trained(cfg: dict) -> dict:
     specs = Specs.of(cfg)
     t = specs.train
     if t.recipe == "official":
-        from aevlp.data.registry import get_dataset
-        from aevlp.losses.recipes import official_recipe
-
-        recipe = official_recipe(LOSSES.canonical(specs.loss["name"]), get_dataset(specs.dataset.name).name)
-        cfg = updated(cfg, {"train": recipe}) if recipe else cfg
+        cfg = updated(cfg, {"train": _official(cfg, LOSSES.canonical(specs.loss["name"]))})
         t = Specs.of(cfg).train
+    elif t.recipe_as:
+        raise ConfigError(f"{flag('train.recipe_as', t.recipe_as)} applies with {flag('train.recipe', 'official')} "
+                          "only", hint=f"add {flag('train.recipe', 'official')}, or leave train.recipe_as out")
     if t.decode_on == "auto":
         cfg = updated(cfg, {"train": {"decode_on": train_decode_place(t, specs.dataset.data_root).where}})
     if t.lr:
@@ -52,11 +51,29 @@ def as_trained(cfg: dict) -> dict:
     return updated(cfg, {"train": {"lr": BACKBONES.get(t.backbone).lr}})
 
 
+def _official(cfg: dict, method: str) -> dict:
+    """The [train] values of `method`'s official recipe here: the dataset's own on a benchmark, else the one
+    train.recipe_as names, carried over relative to that benchmark's pipeline (`recipes.carried_recipe`)."""
+    from aevlp.config import find_pipeline, load_config
+    from aevlp.data.registry import get_dataset
+    from aevlp.losses import recipes
+    from aevlp.stage_two.models import BACKBONES
+
+    t = Specs.of(cfg).train
+    if not t.recipe_as:
+        return recipes.official_recipe(method, get_dataset(Specs.of(cfg).dataset.name).name)
+    here = {**cfg["train"], "lr": t.lr or BACKBONES.get(t.backbone).lr}
+    there = load_config(find_pipeline(recipes.PIPELINE_OF[t.recipe_as]))["train"]
+    there = {**there, "lr": there["lr"] or BACKBONES.get(there["backbone"]).lr}
+    return recipes.carried_recipe(method, t.recipe_as, here, there)
+
+
 def lr_source(cfg: dict) -> str:
     """Where the run's learning rate comes from, in words (before `as_trained` fills it in)."""
     specs = Specs.of(cfg)
     if specs.train.recipe == "official":
-        return f"the official recipe of {specs.loss['name']}"
+        on = f" on {specs.train.recipe_as}, relative to its pipeline" if specs.train.recipe_as else ""
+        return f"the official recipe of {specs.loss['name']}{on}"
     return "train.lr" if specs.train.lr else f"{specs.train.backbone}'s default; --lr or train.lr to change it"
 
 
