@@ -356,14 +356,14 @@ class TrainSpec(_Section):
     device: str = key("auto", "where training runs", check=DEVICE)
     precision: str = key("auto", "autocast: auto (bf16 on CUDA, fp32 on CPU) | fp32 | bf16 | fp16",
                          choices=("auto", "fp32", "bf16", "fp16"))
-    optimizer: str = key("adam", "adam (every method's shared recipe) | adamax (MIME's official)",
-                         choices=("adam", "adamax"))
+    optimizer: str = key("adam", "adam (the shared recipe) | adamax (MIME's official)", choices=("adam", "adamax"))
     recipe: str = key("shared", "shared: every method with this section's recipe (like for like) | official: each "
                                 "method's authors' recipe on the benchmark datasets (docs/training.md)",
                       choices=("shared", "official"))
     recipe_as: str = key("", "with recipe = official off the benchmarks: whose official recipes (voc | coco | "
                              "nuswide | cub), each lr, batch and epoch count scaled by this [train]'s over that one's",
                          choices=("", "voc", "coco", "nuswide", "cub"))
+    recipe_base: str = key("", "written by a carried recipe: the lr/batch/epochs it scaled from; empty: this section's")
     image_cache: bool = key(False, "read images pre-resized from one HDF5 file per dataset and size")
     decode_on: str = key("auto", "where JPEGs are decoded: worker, or device (the GPU's decoder, nvJPEG); auto: the "
                                  "device on a GPU when every image is a JPEG, else the workers (aevlp/placement.py)",

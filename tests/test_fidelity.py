@@ -191,3 +191,16 @@ def test_an_official_recipe_carried_to_another_pipeline_keeps_its_ratios_to_aevl
         trained("an")
     with pytest.raises(ConfigError, match="applies with"):
         as_trained(load_config("pipelines/demo.toml", ['train.recipe_as="voc"']))
+
+
+def test_a_carried_recipe_applied_twice_changes_nothing():
+    """A run's config.toml holds the recipe as trained; `aevlp run`, resume and the plan apply it again: the carried
+    values must not be scaled twice (recipe_base records what they were scaled from)."""
+    from aevlp.config import load_config
+    from aevlp.stage_two.plan import as_trained
+
+    for loss in ("an", "role", "mime", "em", "gr"):
+        once = as_trained(load_config("pipelines/demo.toml", [f'loss.name="{loss}"', 'train.recipe="official"',
+                                                              'train.recipe_as="voc"']))
+        assert as_trained(once) == once, loss
+        assert once["train"]["recipe_base"] == "0.0003/32/8" and once["train"]["epochs"] in (8, 10, 35)

@@ -62,10 +62,22 @@ def _official(cfg: dict, method: str) -> dict:
     t = Specs.of(cfg).train
     if not t.recipe_as:
         return recipes.official_recipe(method, get_dataset(Specs.of(cfg).dataset.name).name)
-    here = {**cfg["train"], "lr": t.lr or BACKBONES.get(t.backbone).lr}
+    here = _recipe_base(t.recipe_base) if t.recipe_base else \
+        {"lr": t.lr or BACKBONES.get(t.backbone).lr, "batch_size": t.batch_size, "epochs": t.epochs}
     there = load_config(find_pipeline(recipes.PIPELINE_OF[t.recipe_as]))["train"]
     there = {**there, "lr": there["lr"] or BACKBONES.get(there["backbone"]).lr}
-    return recipes.carried_recipe(method, t.recipe_as, here, there)
+    base = f"{here['lr']:g}/{here['batch_size']}/{here['epochs']}"  # recorded: applied again, nothing changes
+    return {**recipes.carried_recipe(method, t.recipe_as, here, there), "recipe_base": base}
+
+
+def _recipe_base(text: str) -> dict:
+    """train.recipe_base "LR/BATCH/EPOCHS" as the values a carried recipe scales from."""
+    try:
+        lr, batch, epochs = text.split("/")
+        return {"lr": float(lr), "batch_size": int(batch), "epochs": int(epochs)}
+    except ValueError:
+        raise ConfigError(f"train.recipe_base = {text!r} is not LR/BATCH/EPOCHS (e.g. 0.0003/32/8)",
+                          hint="leave it out: a carried recipe (train.recipe_as) writes it") from None
 
 
 def lr_source(cfg: dict) -> str:
