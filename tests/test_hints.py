@@ -30,7 +30,7 @@ MODULE_COMMANDS = {
     "cache/writer.py": ["pseudolabel", "run"],  # check_disk: before stage one writes
     "config.py": ["pseudolabel", "train", "run", "bench"],  # its --set errors come from --set itself
     "settings.py": EVERY_CONFIG, "losses/ll.py": ["train", "run", "bench"], "losses/gr.py": ["train"],
-    "stage_two/plan.py": ["train", "run", "bench"],
+    "stage_two/plan.py": ["train", "run", "bench"], "stage_two/clip_student.py": ["train", "run", "bench"],
     "stage_one/clip_source.py": ["pseudolabel", "run", "bench", "clip info", "demo"],
     "stage_one/clip.py": ["pseudolabel", "run", "bench", "predict", "demo"],
     "stage_two/checkpoint.py": ["train"],

@@ -54,7 +54,11 @@ def load_checkpoint(path: str | Path) -> tuple[Classifier, dict]:
     m = ckpt.get("meta")
     if not isinstance(m, dict) or not {"backbone", "classnames"} <= set(m):
         raise AevlpError(f"{path} is not an aevlp model checkpoint (best.pt of a run directory)")
-    model = build_model(m["backbone"], len(m["classnames"]), weights="none", embed_dim=m.get("embed_dim", 0))
+    clip = None
+    if m["backbone"] == "clip":
+        from aevlp.stage_two.clip_student import ClipStudent
+        clip = ClipStudent.of_meta(m)
+    model = build_model(m["backbone"], len(m["classnames"]), weights="none", embed_dim=m.get("embed_dim", 0), clip=clip)
     if isinstance(m.get("head"), dict):  # MIME's or SMILE's head in place of the linear one
         from aevlp.stage_two.heads import build_head, official_backbone
         model.head = build_head(**m["head"])

@@ -11,10 +11,10 @@ from torch.utils.data import DataLoader
 from aevlp.data import load_dataset
 from aevlp.device import Inference, autocast, inference
 from aevlp.errors import AevlpError, flag
-from aevlp.imaging import ModelInput, to_model_input
+from aevlp.imaging import to_model_input
 from aevlp.metrics import evaluation_report, per_class_ap
 from aevlp.stage_two.checkpoint import load_checkpoint
-from aevlp.stage_two.inputs import ImageRows, make_loader
+from aevlp.stage_two.inputs import ImageRows, input_layout, make_loader
 
 __all__ = ["predict_scores", "evaluate_checkpoint", "checkpoint_scores", "predict_images"]
 
@@ -96,7 +96,7 @@ def _scores(model, meta: dict, paths: list[str], infer: Inference | None = None)
         emb = _clip_embeddings(meta, paths, infer).to(dev)
         with torch.no_grad(), autocast(dev, infer.precision):
             return torch.sigmoid(model(emb).float()).cpu().numpy()
-    layout = ModelInput(meta["image_size"], channels_last=bool(meta.get("channels_last")))
+    layout = input_layout(meta, bool(meta.get("channels_last")))
     if layout.channels_last:  # the memory format the run trained and tested in: the very same numbers
         model = model.to(memory_format=torch.channels_last)
     workers = 0 if len(paths) <= infer.batch_size else -1  # a few images: no worker start-up

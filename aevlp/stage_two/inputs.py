@@ -23,7 +23,7 @@ from aevlp.errors import AevlpError, ConfigError, flag
 from aevlp.imaging import load_uint8
 
 __all__ = ["ImageRows", "EmbeddingRows", "EpochBatches", "flips", "make_loader", "default_workers", "stage_two_inputs",
-           "input_size"]
+           "input_size", "input_layout"]
 
 
 def flips(seed: int, epoch: int, rows: torch.Tensor) -> torch.Tensor:
@@ -134,6 +134,15 @@ def make_loader(ds, batch_size: int, workers: int, device: torch.device, *,
 
 
 SPLITS = ("train", "val", "test")
+
+
+def input_layout(meta: dict, channels_last: bool):
+    """How a run's model takes its images (`ModelInput`): its size, memory format and normalisation (ImageNet's,
+    or the checkpoint's own for a CLIP-initialised model, which records it in `meta`)."""
+    from aevlp.imaging import ModelInput
+
+    norm = {"mean": tuple(meta["mean"]), "std": tuple(meta["std"])} if "mean" in meta else {}
+    return ModelInput(meta["image_size"], channels_last, **norm)
 
 
 def input_size(backbone: str, image_size: int, data) -> int:

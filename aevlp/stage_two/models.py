@@ -2,8 +2,9 @@
 
 `resnet50`/`resnet101`: the papers' recipe (ImageNet weights, 448 px). `clip-head`: a linear head
 on cached CLIP image embeddings (stage one's --store-embeddings), which trains in seconds on a CPU.
-`small-cnn`: a few conv layers for tiny images (the demo). The head is kept apart so the optimiser
-can give it lr × lr_mult, as the official code does.
+`small-cnn`: a few conv layers for tiny images (the demo). `clip`: the image tower of the CLIP that made the
+cache, its head starting as CLIP's zero-shot classifier (`aevlp.stage_two.clip_student`). The head is kept
+apart so the optimiser can give it lr × lr_mult, as the official code does.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class Backbone:
     image_size: int = 0
     features: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None  # last conv map [B, D, H, W]
     lr: float = 1e-5
+    reads_clip: bool = False  # built from the cache's CLIP (`build_model(clip=...)`), not from `build`
 
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
@@ -210,8 +212,33 @@ register_backbone("small-cnn", Backbone(lambda w, d: _small_cnn(w), "image",
                                         _small_cnn_features, lr=3e-4))
 
 
-def build_model(backbone: str, num_classes: int, *, weights: str = "none", embed_dim: int = 0) -> Classifier:
-    """`weights`: "default" (ImageNet for the ResNets, none otherwise), "imagenet", "none", or a weights file."""
+def _from_cache(weights: str, embed_dim: int):
+    raise AevlpError("the clip backbone is built from a cache's CLIP", hint="train it with `aevlp train` on a cache")
+
+
+register_backbone("clip", Backbone(_from_cache, "image", "the image tower of the CLIP that made the cache, its head "
+                                                         "CLIP's zero-shot classifier at the start", 0, lr=1e-5,
+                                   reads_clip=True))
+
+
+def build_model(backbone: str, num_classes: int, *, weights: str = "none", embed_dim: int = 0,
+                clip=None) -> Classifier:
+    """`weights`: "default" (ImageNet for the ResNets, none otherwise), "imagenet", "none", or a weights file.
+    `clip`: for the clip backbone, the `ClipStudent` it is built from (with its text features and weights other than
+    "none": the CLIP's own weights, the head its zero-shot classifier)."""
     spec = BACKBONES.get(backbone)
-    net, dim = spec.build(weights, embed_dim)
-    return Classifier(net, dim, num_classes, features=spec.features)
+    if not spec.reads_clip:
+        net, dim = spec.build(weights, embed_dim)
+        return Classifier(net, dim, num_classes, features=spec.features)
+    from aevlp.stage_two.clip_student import build_clip_student, zero_shot_weights
+
+    if weights not in ("none", "default", ""):
+        raise AevlpError(f"{flag('train.weights', weights)}: the clip backbone takes the weights of the CLIP that "
+                         "made the cache", hint=f"pass {flag('train.weights', 'default')} (or none: random init)")
+    net, dim, scale = build_clip_student(clip, load_weights=weights != "none")
+    model = Classifier(net, dim, num_classes)
+    if clip.text is not None:
+        with torch.no_grad():
+            model.head.weight.copy_(zero_shot_weights(clip.text, scale))
+            model.head.bias.zero_()
+    return model

@@ -71,12 +71,11 @@ def _embedded(model, emb: np.ndarray, infer: Inference) -> np.ndarray:
 
 def _both_flips(model, meta: dict, paths: list[Path], infer: Inference) -> np.ndarray:
     """[M, C] a checkpoint's probabilities on image files, the mean of each image and its horizontal flip."""
-    from aevlp.imaging import ModelInput
     from aevlp.stage_two.evaluate import predict_scores
-    from aevlp.stage_two.inputs import ImageRows, make_loader
+    from aevlp.stage_two.inputs import ImageRows, input_layout, make_loader
 
     dev = infer.device
-    layout = ModelInput(meta["image_size"], channels_last=bool(meta.get("channels_last")))
+    layout = input_layout(meta, bool(meta.get("channels_last")))
     model = model.to(dev)
     if layout.channels_last:
         model = model.to(memory_format=torch.channels_last)

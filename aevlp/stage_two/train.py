@@ -26,7 +26,6 @@ from aevlp.config import updated
 from aevlp.data import SPMLData
 from aevlp.device import autocast
 from aevlp.errors import AevlpError, ConfigError, flag
-from aevlp.imaging import ModelInput
 from aevlp.losses import LOSSES, LossSpec, Method, RunInfo, build_method, check_labels_available
 from aevlp.metrics import (
     pseudo_label_quality,
@@ -36,8 +35,9 @@ from aevlp.progress import bar
 from aevlp.schedules import gr_schedule
 from aevlp.specs import Specs, TrainSpec
 from aevlp.stage_two.checkpoint import load_training_state, read_checkpoint, rng_state, save_checkpoint
+from aevlp.stage_two.clip_student import ClipStudent
 from aevlp.stage_two.evaluate import predict_scores
-from aevlp.stage_two.inputs import flips, input_size, make_loader, stage_two_inputs
+from aevlp.stage_two.inputs import flips, input_layout, input_size, make_loader, stage_two_inputs
 from aevlp.stage_two.labeler import PseudoLabeler, labeler_for
 from aevlp.stage_two.model_selection import ModelSelection, resolve_selection, val_pseudo_labels
 from aevlp.stage_two.models import BACKBONES, Classifier, build_model
@@ -83,7 +83,7 @@ class TrainRun:
     def batch(self, x, rows: torch.Tensor, epoch: int | None = None) -> torch.Tensor:
         """A loader batch as the model takes it, on the device; `epoch`: apply that epoch's training flips."""
         flip = flips(self.t.seed, epoch, rows) if epoch is not None and self.inputs[0].input == "image" else None
-        return ModelInput(self.meta["image_size"], _channels_last(self.t))(x, self.device, flip)
+        return input_layout(self.meta, _channels_last(self.t))(x, self.device, flip)
 
     def ordered(self, split: int) -> torch.utils.data.DataLoader:
         return make_loader(self.inputs[split], self.t.batch_size * 2, self.t.workers, self.device)
@@ -205,11 +205,13 @@ def _setup(plan: StageTwoPlan, run: Path) -> TrainRun:
                                                 observed=observed[keep], seed=t.seed, epochs=t.epochs, lr=t.lr,
                                                 soft_targets=lambda: soft_targets(labeler, keep)))
     device, main = _device(plan, stateful=spec.method is not None)
-    core, model, opt = _model(t, data.num_classes, cache, device, method, pretrained=not plan.resume)
+    clip = ClipStudent.of_cache(cache) if BACKBONES.get(t.backbone).reads_clip else None
+    core, model, opt = _model(t, data.num_classes, cache, device, method, pretrained=not plan.resume, clip=clip)
     if main:
         run.mkdir(parents=True, exist_ok=True)
     meta = {"backbone": t.backbone, "classnames": data.classnames,
-            "image_size": input_size(t.backbone, t.image_size, data),
+            "image_size": clip.preprocess["image_size"] if clip else input_size(t.backbone, t.image_size, data),
+            **({"mean": clip.mean, "std": clip.std} if clip else {}),
             "boost_alpha": float(core.boost_alpha),
             "embed_dim": core.head.in_features if BACKBONES.get(t.backbone).input == "embedding" else 0,
             "dataset": data.info.name, "loss": specs.loss["name"], **_clip_meta(cache, t),
@@ -241,13 +243,13 @@ def _device(plan: StageTwoPlan, stateful: bool) -> tuple[torch.device, bool]:
 
 
 def _model(t: TrainSpec, num_classes: int, cache: Cache, device: torch.device, method: Method,
-           pretrained: bool = True):
+           pretrained: bool = True, clip=None):
     """(model, the module the loop calls, optimiser): seeded init; DDP under torchrun; head at lr × lr_mult;
     the method's own parameters (ROLE's label estimator) in their own group. Without `pretrained` (a resumed
     run: its checkpoint replaces every weight) no backbone weights are fetched."""
     torch.manual_seed(t.seed)
     weights = t.weights if pretrained else "none"
-    core = build_model(t.backbone, num_classes, weights=weights, embed_dim=cache.embed_dim).to(device)
+    core = build_model(t.backbone, num_classes, weights=weights, embed_dim=cache.embed_dim, clip=clip).to(device)
     method.prepare_model(core)
     if _channels_last(t):
         core = core.to(memory_format=torch.channels_last)
@@ -271,7 +273,7 @@ def _channels_last(t: TrainSpec) -> bool:
 
 def _clip_meta(cache: Cache, t: TrainSpec) -> dict:
     """What a clip-head model needs to embed new images itself: the CLIP the cache was made with."""
-    if BACKBONES.get(t.backbone).input != "embedding":
+    if BACKBONES.get(t.backbone).input != "embedding" and not BACKBONES.get(t.backbone).reads_clip:
         return {}
     return {"clip": cache.info.get("clip"), "clip_weights": cache.fingerprint.get("clip_weights"),
             "clip_preprocess": json.loads(cache.f.attrs.get("clip_preprocess", "{}"))}
