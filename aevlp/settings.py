@@ -331,7 +331,7 @@ class TrainSpec(_Section):
     epochs: int = key(8, "training epochs", check=between(1, 10000))
     batch_size: int = key(16, "images per step", check=between(1, 65536))
     lr: float = key(0.0, "backbone learning rate (Adam, no weight decay, no schedule); 0: the backbone's own "
-                         "(ResNets 1e-5, the papers'; small-cnn 3e-4; clip-head 1e-3)", check=between(0, 10))
+                         "(ResNets and clip 1e-5; small-cnn 3e-4; clip-head 1e-3)", check=between(0, 10))
     lr_mult: float = key(10.0, "the head's lr is lr x lr_mult", check=between(0, 1e6, True))
     image_size: int = key(0, "classifier input size; 0: the backbone's own (448 for the ResNets) or the images'",
                           check=Check(lambda v: v == 0 or 32 <= v <= 4096, "0 (the backbone's own) or in [32, 4096] "
