@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from aevlp.errors import AevlpError
-from aevlp.stage_two.models import Classifier, build_model
+from aevlp.stage_two.models import BACKBONES, Classifier, build_model
 
 __all__ = ["rng_state", "save_checkpoint", "load_checkpoint", "has_training_state", "load_training_state",
            "read_checkpoint"]
@@ -55,7 +55,7 @@ def load_checkpoint(path: str | Path) -> tuple[Classifier, dict]:
     if not isinstance(m, dict) or not {"backbone", "classnames"} <= set(m):
         raise AevlpError(f"{path} is not an aevlp model checkpoint (best.pt of a run directory)")
     clip = None
-    if m["backbone"] == "clip":
+    if BACKBONES.get(m["backbone"]).reads_clip:
         from aevlp.stage_two.clip_student import ClipStudent
         clip = ClipStudent.of_meta(m)
     model = build_model(m["backbone"], len(m["classnames"]), weights="none", embed_dim=m.get("embed_dim", 0), clip=clip)

@@ -32,14 +32,16 @@ class ClipStudent:
     text: np.ndarray | None = None  # [C, D]; only to initialise a new head
 
     @classmethod
-    def of_cache(cls, cache) -> ClipStudent:
+    def of_cache(cls, cache, with_text: bool = True) -> ClipStudent:
         """From a cache: the zero-shot classifier's text features are the prompts' own (before the relation GCN)
-        where stage one stored them, else the cache's class text features."""
-        plain = cache.plain_text_features()
-        text = plain if plain is not None else cache.f["text_features"][()]
+        where stage one stored them, else the cache's class text features (`with_text=False`: none, for a model
+        that only records the CLIP, as clip-head does)."""
+        text = None
+        if with_text:
+            plain = cache.plain_text_features()
+            text = np.asarray(plain if plain is not None else cache.f["text_features"][()], dtype=np.float32)
         return cls(clip=dict(cache.info.get("clip") or {}), weights_id=str(cache.fingerprint.get("clip_weights", "")),
-                   preprocess=json.loads(cache.f.attrs.get("clip_preprocess", "{}")),
-                   text=np.asarray(text, dtype=np.float32))
+                   preprocess=json.loads(cache.f.attrs.get("clip_preprocess", "{}")), text=text)
 
     @classmethod
     def of_meta(cls, meta: dict) -> ClipStudent:

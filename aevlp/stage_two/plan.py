@@ -34,7 +34,6 @@ def as_trained(cfg: dict) -> dict:
     = auto by the place it resolves to (`aevlp.placement`). This is what a run records in its config.toml, and
     what `aevlp run` compares with it."""
     from aevlp.losses import LOSSES
-    from aevlp.stage_two.models import BACKBONES
 
     specs = Specs.of(cfg)
     t = specs.train
@@ -46,9 +45,14 @@ def as_trained(cfg: dict) -> dict:
                           "only", hint=f"add {flag('train.recipe', 'official')}, or leave train.recipe_as out")
     if t.decode_on == "auto":
         cfg = updated(cfg, {"train": {"decode_on": train_decode_place(t, specs.dataset.data_root).where}})
-    if t.lr:
-        return cfg
-    return updated(cfg, {"train": {"lr": BACKBONES.get(t.backbone).lr}})
+    return cfg if t.lr else updated(cfg, {"train": {"lr": _rate(t.backbone, t.lr)}})
+
+
+def _rate(backbone: str, lr: float) -> float:
+    """The learning rate that runs: train.lr, or the backbone's own where it is 0."""
+    from aevlp.stage_two.models import BACKBONES
+
+    return lr or BACKBONES.get(backbone).lr
 
 
 def _official(cfg: dict, method: str) -> dict:
@@ -57,15 +61,14 @@ def _official(cfg: dict, method: str) -> dict:
     from aevlp.config import find_pipeline, load_config
     from aevlp.data.registry import get_dataset
     from aevlp.losses import recipes
-    from aevlp.stage_two.models import BACKBONES
 
     t = Specs.of(cfg).train
     if not t.recipe_as:
         return recipes.official_recipe(method, get_dataset(Specs.of(cfg).dataset.name).name)
     here = _recipe_base(t.recipe_base) if t.recipe_base else \
-        {"lr": t.lr or BACKBONES.get(t.backbone).lr, "batch_size": t.batch_size, "epochs": t.epochs}
+        {"lr": _rate(t.backbone, t.lr), "batch_size": t.batch_size, "epochs": t.epochs}
     there = load_config(find_pipeline(recipes.PIPELINE_OF[t.recipe_as]))["train"]
-    there = {**there, "lr": there["lr"] or BACKBONES.get(there["backbone"]).lr}
+    there = {**there, "lr": _rate(there["backbone"], there["lr"])}
     base = f"{here['lr']:g}/{here['batch_size']}/{here['epochs']}"  # recorded: applied again, nothing changes
     return {**recipes.carried_recipe(method, t.recipe_as, here, there), "recipe_base": base}
 

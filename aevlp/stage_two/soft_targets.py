@@ -66,12 +66,12 @@ def calibrated(col: np.ndarray, observed: np.ndarray, hidden: float, usable: np.
 
 def soft_targets(labeler, keep: np.ndarray) -> np.ndarray:
     """float16 [K, C]: `calibrated` for every class on the kept training rows (`keep` [N] bool), from the labeler's
-    round-averaged scores (DAMP's, fused with a student's where it has one) and hidden positives."""
-    observed = labeler.observed.numpy()
-    usable = ~labeler.cache.f["bad"][: len(observed)].astype(bool)
+    round-averaged scores (DAMP's, fused with a student's where it has one) and hidden positives. The rows not
+    kept (unreadable images) inform no fit."""
+    observed, usable = labeler.observed.numpy(), np.asarray(keep, bool)
     n_obs = np.array([int(((observed[:, c] == 1) & usable).sum()) for c in range(observed.shape[1])])
     hidden = labeler.expected.hidden_for(n_obs)
-    scores, rows = labeler.scores(), np.flatnonzero(keep)
+    scores, rows = labeler.scores(), np.flatnonzero(usable)
     out = np.empty((len(rows), observed.shape[1]), dtype=np.float16)
     for c in range(observed.shape[1]):
         out[:, c] = calibrated(scores.column(c), observed[:, c], float(hidden[c]), usable)[rows]

@@ -214,7 +214,7 @@ def _setup(plan: StageTwoPlan, run: Path) -> TrainRun:
             **({"mean": clip.mean, "std": clip.std} if clip else {}),
             "boost_alpha": float(core.boost_alpha),
             "embed_dim": core.head.in_features if BACKBONES.get(t.backbone).input == "embedding" else 0,
-            "dataset": data.info.name, "loss": specs.loss["name"], **_clip_meta(cache, t),
+            "dataset": data.info.name, "loss": specs.loss["name"], **_clip_meta(cache, t, clip),
             "channels_last": _channels_last(t), **({"head": core.head.spec()} if hasattr(core.head, "spec") else {})}
     inputs = stage_two_inputs(specs, data, cache, n, keep, meta["image_size"], device, main)
     pseudo = val_pseudo_labels(labeler, cache, data.val.observed) if t.select == "observed+pseudo" else None
@@ -271,12 +271,14 @@ def _channels_last(t: TrainSpec) -> bool:
     return BACKBONES.get(t.backbone).input == "image" and t.channels_last != "off"
 
 
-def _clip_meta(cache: Cache, t: TrainSpec) -> dict:
-    """What a clip-head model needs to embed new images itself: the CLIP the cache was made with."""
-    if BACKBONES.get(t.backbone).input != "embedding" and not BACKBONES.get(t.backbone).reads_clip:
+def _clip_meta(cache: Cache, t: TrainSpec, clip: ClipStudent | None) -> dict:
+    """What a model on CLIP needs to be rebuilt (clip) or to embed new images itself (clip-head): the CLIP the cache
+    was made with."""
+    if clip is not None:
+        return clip.meta()
+    if BACKBONES.get(t.backbone).input != "embedding":
         return {}
-    return {"clip": cache.info.get("clip"), "clip_weights": cache.fingerprint.get("clip_weights"),
-            "clip_preprocess": json.loads(cache.f.attrs.get("clip_preprocess", "{}"))}
+    return ClipStudent.of_cache(cache, with_text=False).meta()
 
 
 def _train_epoch(r: TrainRun, epoch: int, progress: bool) -> tuple[dict, np.ndarray]:
