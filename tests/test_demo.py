@@ -84,7 +84,7 @@ def test_the_observed_only_world_keeps_what_aevlp_adds_switched_on(demo):
     assert "one tag per training image" in out and out.count("| method | test mAP |") == 2
     obs = demo["out"] / "observed-only"
     for seed in (0, 1):
-        run = obs / "runs" / f"gpr-ts-s{seed}"
+        run = obs / "runs" / f"gpr-ts-best-s{seed}"
         theta = pd.read_csv(run / "class_thresholds.csv")
         assert (theta["threshold"] != 0.5).sum() >= 5, theta  # 0.5: the demo pipeline's global θ
         res = json.loads((run / "results.json").read_text())
@@ -93,7 +93,7 @@ def test_the_observed_only_world_keeps_what_aevlp_adds_switched_on(demo):
         assert 1.8 < res["expected_pos"]["value"] < 3.2, res["expected_pos"]  # truth 2.5 (1-4 items, uniform)
         assert res["selection"]["criterion"] != "val"
     table = {r["method"]: r for r in demo["summary"]["observed_only"]["table"]}
-    assert set(table) >= {"an", "gr", "gpr-damp", "gpr-ts"}
+    assert set(table) >= {"an", "gr", "gpr-damp", "gpr-ts-best"}
 
 
 def test_train_with_no_flag_on_the_demo_cache(demo):

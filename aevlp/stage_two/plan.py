@@ -133,8 +133,8 @@ class Student:
         if self.kind == "trained":
             made = f" (its scores: '{self.name}')" if self.name else ""
             if self.method == "best":
-                return (f"a GR and an EM student trained first into {run_dir / 'student-gr'} and "
-                        f"{run_dir / 'student-em'}; the better on val{made} fused with DAMP's")
+                return (f"a GR, an EM and a GPR-soft student trained first into {run_dir}/student-*; the "
+                        f"best on val{made} fused with DAMP's")
             return f"a {self.method} student trained first into {run_dir / 'student'}{made}, fused with DAMP's"
         return "none"
 

@@ -279,11 +279,12 @@ def kept_on_val(run: Path, fused: dict, echo=print) -> dict:
     return out
 
 
-BEST_OF = ("gr", "em")  # damp.student_loss = "best": both trained, the better on val teaches
+BEST_OF = ("gr", "em", "gpr-soft")  # damp.student_loss = "best": all trained, the best on val teaches
 
 
 def student_folders(run: Path, student_loss: str) -> dict[str, Path]:
-    """method -> the folder its student trains in: RUN/student, or with `best` RUN/student-gr and RUN/student-em."""
+    """method -> the folder its student trains in: RUN/student, or with `best` RUN/student-METHOD for each of
+    BEST_OF."""
     from aevlp.stage_two.run_folder import RunFolder
 
     if student_loss == "best":
@@ -304,9 +305,9 @@ def chosen_student(run: Path, student_loss: str) -> tuple[str, Path]:
 
 def trained_student(cfg: dict, run: Path, *, limit: int | None = None, progress: bool = True, echo=print) -> str:
     """`damp.student_loss`: train (or reuse, or resume) a student with that method in RUN/student from the same
-    cache and settings (`best`: a GR and an EM student, the better on val teaches), store its scores beside the
-    cache, and return the source's name (named by the student's checkpoint, so a run resumed or repeated finds
-    it again)."""
+    cache and settings (`best`: a GR, an EM and a GPR-soft student, the best on val teaches), store its scores
+    beside the cache, and return the source's name (named by the student's checkpoint, so a run resumed or
+    repeated finds it again)."""
     from aevlp.specs import Specs
     from aevlp.stage_two.run_folder import RunFolder
 
@@ -346,8 +347,8 @@ def _train_student(cfg: dict, method: str, student: Path, *, limit, progress: bo
 
     if method not in LOSSES:
         raise AevlpError(f"damp.student_loss = {method}: not a method{did_you_mean(method, [*LOSSES.names(), 'best'])}",
-                         hint='use damp.student_loss = "gr" (the gpr-ts method), "em", or "best" (both; the better '
-                              'on val teaches)')
+                         hint='use damp.student_loss = "gr" (the gpr-ts method), "em", or "best" (GR, EM and '
+                              'GPR-soft students; the best on val teaches)')
     method = LOSSES.canonical(method)
     if LOSSES.get(method).uses_pseudo:
         raise AevlpError(f"damp.student_loss = {method}: the student is trained without pseudo-labels (gr, an, ...)",

@@ -34,7 +34,7 @@ PRESETS: dict[str, tuple[str, list[str]]] = {
         'loss.name="gpr"', 'damp.source="damp"', 'damp.student_loss="gr"', 'damp.class_thresholds="rate"']),
     "gpr-ts-em": ("GPR-TS with an EM student", [
         'loss.name="gpr"', 'damp.source="damp"', 'damp.student_loss="em"', 'damp.class_thresholds="rate"']),
-    "gpr-ts-best": ("GPR-TS with the better of a GR and an EM student on val", [
+    "gpr-ts-best": ("GPR-TS-best: the best on val of three students (GR, EM, GPR-soft) and their fusion with DAMP", [
         'loss.name="gpr"', 'damp.source="damp"', 'damp.student_loss="best"', 'damp.class_thresholds="rate"']),
 }
 RESULT_KEYS = ("test_map", "val_map", "pseudo_precision", "pseudo_recall", "pseudo_f1", "best_epoch", "epochs_run")
