@@ -258,9 +258,8 @@ class DampSpec(_Section):
                            "selection: the source's name in CACHE.sources/", check=SOURCE_NAME)
     student_loss: str = key("", "train a student with this method first (RUN/student, same cache and settings) and "
                                 "fuse its scores with DAMP's before selection: gr makes the gpr-ts method; best "
-                                "trains a GR and an EM student and the better on val teaches")
-    student_weight: float = key(0.5, "the student's share w of the fused score w·p_student + (1−w)·f_DAMP",
-                                check=UNIT)
+                                "trains GR, EM and GPR-soft students and the best on val teaches")
+    student_weight: float = key(0.5, "the student's share w of the fused score w·p_student + (1−w)·f_DAMP", check=UNIT)
 
     def selection(self) -> dict:
         """The keyword arguments of `aevlp.damp.pseudo_labels` (without `source`); stored in caches."""
@@ -305,8 +304,7 @@ class LossParams(_Section):
                                    "epoch; 0: the scheme's own (LL-R 0.5, LL-Ct 0.2, LL-Cp 0.1)", check=between(0, 100))
     boost_alpha: float = key(5.0, "BoostLU: factor of the positive part of the class activation maps",
                              check=between(0, 1e6, True))
-    vlpl_threshold: float = key(0.3, "VLPL: a global-view softmax score above this is a positive pseudo-label",
-                                check=UNIT)
+    vlpl_threshold: float = key(0.3, "VLPL: a global-view softmax score above this is a pseudo-positive", check=UNIT)
     vlpl_temperature: float = key(0.01, "VLPL: softmax temperature", check=between(0, 100, True))
     mime_beta: float = key(1e-4, "MIME: weight of the KL term of the per-class Gaussian latent", check=between(0, 1e6))
     mime_theta: float = key(0.95, "MIME: a prediction above this becomes an observed positive for good", check=UNIT)
@@ -323,7 +321,10 @@ class LossParams(_Section):
 class TrainSpec(_Section):
     SECTION, STAGE = "train", "stage two"
     RULES = (Rule(("linear_init", "epochs"), lambda linear_init, epochs: linear_init < epochs,
-                  "train.linear_init = {linear_init} must be below train.epochs = {epochs}"),)
+                  "train.linear_init = {linear_init} must be below train.epochs = {epochs}"),
+             Rule(("layer_decay", "wise_ft", "backbone"), lambda layer_decay, wise_ft, backbone: backbone == "clip" or
+                  (layer_decay == 1 and not wise_ft), "train.layer_decay = {layer_decay} and train.wise_ft = {wise_ft} "
+                  "need train.backbone = \"clip\" (not {backbone})"))
     backbone: str = key("resnet50", "the classifier's backbone (`aevlp train --help` lists them)")
     weights: str = key("default", "default (ImageNet for the ResNets; none otherwise) | imagenet | none | a file")
     labels: str = key("observed", "train on the single positives (the task) or the full labels (upper bound)",
@@ -333,9 +334,10 @@ class TrainSpec(_Section):
     lr: float = key(0.0, "backbone learning rate (Adam, no weight decay, no schedule); 0: the backbone's own "
                          "(ResNets and clip 1e-5; small-cnn 3e-4; clip-head 1e-3)", check=between(0, 10))
     lr_mult: float = key(10.0, "the head's lr is lr x lr_mult", check=between(0, 1e6, True))
+    layer_decay: float = key(1.0, "clip backbone: lr x layer_decay^(layers above); 1: none", check=between(0, 1, True))
+    wise_ft: bool = key(False, "clip backbone: the tuned weights mixed with the initial ones (WiSE-FT), mix on val")
     image_size: int = key(0, "classifier input size; 0: the backbone's own (448 for the ResNets) or the images'",
-                          check=Check(lambda v: v == 0 or 32 <= v <= 4096, "0 (the backbone's own) or in [32, 4096] "
-                                      "(the backbones downsample 32 times)"))
+                          check=Check(lambda v: v == 0 or 32 <= v <= 4096, "0 (the backbone's own) or in [32, 4096]"))
     early_stop: str = key("aevlp", "aevlp (patience or a drop > max_drop) | gr (drop only) | first-drop | none",
                           choices=("aevlp", "gr", "first-drop", "none"))
     patience: int = key(2, "epochs without val improvement before stopping (early_stop = aevlp)", check=NONNEG)
@@ -346,8 +348,7 @@ class TrainSpec(_Section):
                               "labelled val split, else observed-auc (measured best; "
                               "aevlp/stage_two/model_selection.py)",
                       choices=("auto", "val", "observed-auc", "observed", "observed+pseudo", "last"))
-    save_scores: bool = key(False, "keep every epoch's val and test predictions in RUN/scores/epoch-N.npz (for model-"
-                                   "selection studies; the run itself still tests only its selected epoch)")
+    save_scores: bool = key(False, "every epoch's val/test predictions kept in RUN/scores/epoch-N.npz (studies)")
     linear_init: int = key(0, "epochs with the backbone frozen (only the head trains)", check=NONNEG)
     linear_init_lr: float = key(0.0, "the head's lr during those epochs; 0: lr x lr_mult", check=between(0, 10))
     seed: int = key(0, "seed of the initialisation, the shuffling and the flips", check=SEED)
@@ -365,11 +366,10 @@ class TrainSpec(_Section):
                          choices=("", "voc", "coco", "nuswide", "cub"))
     recipe_base: str = key("", "written by a carried recipe: the lr/batch/epochs it scaled from; empty: this section's")
     image_cache: bool = key(False, "read images pre-resized from one HDF5 file per dataset and size")
-    decode_on: str = key("auto", "where JPEGs are decoded: worker, or device (the GPU's decoder, nvJPEG); auto: the "
-                                 "device on a GPU when every image is a JPEG, else the workers (aevlp/placement.py)",
+    decode_on: str = key("auto", "where JPEGs are decoded: worker, or device (nvJPEG); auto: the device on a GPU "
+                                 "when every image is a JPEG, else the workers (aevlp/placement.py)",
                          choices=("auto", "worker", "device"))
-    channels_last: str = key("auto", "the image backbone's memory format: auto (= on) | on | off",
-                             choices=("auto", "on", "off"))
+    channels_last: str = key("auto", "the image backbone's memory format: auto (= on)", choices=("auto", "on", "off"))
     compile: bool = key(False, "torch.compile the model")
     out: str = key("runs", "folder for run directories")
 

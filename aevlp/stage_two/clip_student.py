@@ -18,7 +18,7 @@ from torch import nn
 
 from aevlp.errors import AevlpError, flag
 
-__all__ = ["ClipStudent", "ClipTower", "build_clip_student", "zero_shot_weights"]
+__all__ = ["ClipStudent", "ClipTower", "build_clip_student", "decayed_groups", "layers_above", "zero_shot_weights"]
 
 
 @dataclass(frozen=True)
@@ -96,3 +96,42 @@ def build_clip_student(student: ClipStudent, load_weights: bool) -> tuple[nn.Mod
     visual = clip.model.visual.float().train().requires_grad_(True)
     scale = float(clip.model.logit_scale.exp()) if hasattr(clip.model, "logit_scale") else 100.0
     return ClipTower(visual), clip.embed_dim, scale
+
+
+_VIT_BELOW = ("conv1", "class_embedding", "positional_embedding", "ln_pre", "patch_dropout")  # below the first block
+
+
+def layers_above(visual: nn.Module) -> dict[str, int]:
+    """parameter name -> how many layers of a CLIP image tower lie above it, for layer-wise lr decay (BEiT's
+    count): a ViT's L blocks are its layers, the patch and position embeddings lie below the first (L above
+    them), the last block has one above it (the final norm and projection: 0); a ModifiedResNet's layer1-layer4
+    are its layers, the stem below them (5 above), the attention pool on top (0)."""
+    names = [n for n, _ in visual.named_parameters()]
+    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
+    if blocks is not None:
+        top = len(blocks) + 1
+
+        def layer(name: str) -> int:
+            part = name.split(".")
+            return int(part[2]) + 1 if part[0] == "transformer" else 0 if part[0] in _VIT_BELOW else top
+    elif all(hasattr(visual, f"layer{i}") for i in range(1, 5)):
+        top = 5
+
+        def layer(name: str) -> int:
+            head = name.split(".")[0]
+            return int(head[5:]) if head[:5] == "layer" else top if head == "attnpool" else 0
+    else:
+        raise AevlpError(f"train.layer_decay: the image tower {type(visual).__name__} is neither a CLIP ViT nor a "
+                         "ModifiedResNet, so its layers are not known", hint=f"set {flag('train.layer_decay', '1')}")
+    return {n: top - layer(n) for n in names}
+
+
+def decayed_groups(tower: ClipTower, lr: float, decay: float) -> list[dict]:
+    """The tower's parameters as optimiser groups, one per depth: lr × decay^(layers above), each with that factor
+    as its `lr_mult` (the training loop sets a group's lr as lr × lr_mult); the top group first."""
+    above = layers_above(tower.visual)
+    by_depth: dict[int, list] = {}
+    for name, p in tower.visual.named_parameters():
+        by_depth.setdefault(above[name], []).append(p)
+    return [{"params": ps, "lr": lr * decay ** k, "lr_mult": decay ** k} for k, ps in sorted(by_depth.items())]
+

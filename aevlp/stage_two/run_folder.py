@@ -27,14 +27,16 @@ RESUMABLE = ("train.epochs", "train.workers")  # honoured by --resume; every oth
 class RunFolder:
     """One run directory. Its files: CONFIG (what ran), METRICS (one line per epoch), RESULTS (the test, once
     finished), BEST and LAST (checkpoints; LAST_PREVIOUS the one before; FUSED the fused model when a student
-    was kept instead: `aevlp.stage_two.refine.kept_on_val`), PER_CLASS, THRESHOLDS, PSEUDO_PER_CLASS,
+    was kept instead: `aevlp.stage_two.refine.kept_on_val`; TUNED the fine-tuned weights when best.pt is their
+    WiSE-FT mix: `aevlp.stage_two.clip_student.wise_ft`), PER_CLASS, THRESHOLDS, PSEUDO_PER_CLASS,
     SCORES (a folder: train.save_scores), STUDENT (a folder: the GPR-TS student's own run)."""
 
     CONFIG, METRICS, RESULTS = "config.toml", "metrics.jsonl", "results.json"
-    BEST, LAST, LAST_PREVIOUS, FUSED = "best.pt", "last.pt", "last.prev.pt", "fused.pt"
+    BEST, LAST, LAST_PREVIOUS, FUSED, TUNED = "best.pt", "last.pt", "last.prev.pt", "fused.pt", "tuned.pt"
     PER_CLASS, THRESHOLDS, PSEUDO_PER_CLASS = "per_class_ap.csv", "class_thresholds.csv", "pseudo_per_class.csv"
     SCORES, STUDENT = "scores", "student"
-    WRITTEN = (RESULTS, BEST, LAST, LAST_PREVIOUS, FUSED, METRICS, PER_CLASS, THRESHOLDS, PSEUDO_PER_CLASS, CONFIG)
+    WRITTEN = (RESULTS, BEST, LAST, LAST_PREVIOUS, FUSED, TUNED, METRICS, PER_CLASS, THRESHOLDS, PSEUDO_PER_CLASS,
+               CONFIG)
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

@@ -58,15 +58,17 @@ def test_and_write_results(r, state: dict) -> dict:
     test_map = test_metrics["map"]
     per_class_ap(test_scores, r.data.test.labels, r.data.classnames).to_csv(r.run / "per_class_ap.csv", index=False)
     best_rec = next(x for x in state["history"] if x["epoch"] == state["best_epoch"])
+    wise = state.get("wise_ft")  # train.wise_ft: best.pt is the mix it chose; val is the mix's
     results = {"dataset": r.data.info.name, "loss": r.specs.loss["name"], "backbone": r.t.backbone,
                "labels": r.t.labels, "damp_source": r.specs.damp.source if r.loss_spec.uses_pseudo else None,
                "best_epoch": state["best_epoch"], "epochs_run": state["epoch"],
                "stopped_early": state["stopped_early"], "stop_reason": state.get("stop_reason"),
-               "early_stop": r.t.early_stop, "val_map": best_rec["val_map"], "val_labels": r.data.val_labels,
+               "early_stop": r.t.early_stop, "val_map": wise["val_map"] if wise else best_rec["val_map"],
+               "val_labels": r.data.val_labels,
                "selection": {"criterion": r.selection.criterion, "why": r.selection.why,
-                             "value": best_rec.get("select", best_rec["val_map"])},
+                             "value": wise["select"] if wise else best_rec.get("select", best_rec["val_map"])},
                "train_labels": "full" if r.data.train_labels_known else "observed only", "test_map": test_map,
-               "test_metrics": test_metrics,
+               "test_metrics": test_metrics, **({"wise_ft": wise} if wise else {}),
                **{k: best_rec[k] for k in best_rec if k.startswith("pseudo_")},
                "cache": str(r.cache.path), "cache_fingerprint": fingerprint_id(r.cache.fingerprint),
                **({"student": r.labeler.provenance} if r.labeler.provenance else {}),

@@ -35,7 +35,7 @@ from aevlp.progress import bar
 from aevlp.schedules import gr_schedule
 from aevlp.specs import Specs, TrainSpec
 from aevlp.stage_two.checkpoint import load_training_state, read_checkpoint, rng_state, save_checkpoint
-from aevlp.stage_two.clip_student import ClipStudent
+from aevlp.stage_two.clip_student import ClipStudent, decayed_groups
 from aevlp.stage_two.evaluate import predict_scores
 from aevlp.stage_two.inputs import flips, input_layout, input_size, make_loader, stage_two_inputs
 from aevlp.stage_two.labeler import PseudoLabeler, labeler_for
@@ -46,6 +46,7 @@ from aevlp.stage_two.run_folder import RunFolder
 from aevlp.stage_two.run_record import announce, test_and_write_results
 from aevlp.stage_two.soft_targets import soft_targets
 from aevlp.stage_two.stopping import should_stop, stop_reason
+from aevlp.stage_two.wise_ft import wise_ft
 
 __all__ = ["run_train", "execute", "as_trained", "TrainingInterrupted"]
 
@@ -147,6 +148,8 @@ def _train_and_test(r: TrainRun, state: dict, progress: bool, echo: Callable[[st
     if not r.data.train_labels_known:
         echo("note: observed-only data: pseudo-label precision/recall are not reported (no full training "
              f"labels); val mAP is measured on {r.data.val_labels} labels")
+    if r.t.wise_ft:
+        wise_ft(r, state, echo)
     return test_and_write_results(r, state)
 
 
@@ -245,7 +248,8 @@ def _device(plan: StageTwoPlan, stateful: bool) -> tuple[torch.device, bool]:
 def _model(t: TrainSpec, num_classes: int, cache: Cache, device: torch.device, method: Method,
            pretrained: bool = True, clip=None):
     """(model, the module the loop calls, optimiser): seeded init; DDP under torchrun; head at lr × lr_mult;
-    the method's own parameters (ROLE's label estimator) in their own group. Without `pretrained` (a resumed
+    the method's own parameters (ROLE's label estimator) in their own group, then the decayed layers of a CLIP
+    tower (`train.layer_decay`). Without `pretrained` (a resumed
     run: its checkpoint replaces every weight) no backbone weights are fetched."""
     torch.manual_seed(t.seed)
     weights = t.weights if pretrained else "none"
@@ -260,8 +264,10 @@ def _model(t: TrainSpec, num_classes: int, cache: Cache, device: torch.device, m
     if t.compile:
         model = torch.compile(model)
     optimizer = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}[t.optimizer]
-    opt = optimizer([{"params": core.backbone.parameters(), "lr": t.lr},
-                     {"params": core.head.parameters(), "lr": t.lr * t.lr_mult}, *method.param_groups()])
+    backbone = [{"params": core.backbone.parameters(), "lr": t.lr}] if t.layer_decay == 1 else \
+        decayed_groups(core.backbone, t.lr, t.layer_decay)  # a CLIP tower, its lower layers slower
+    opt = optimizer([backbone[0], {"params": core.head.parameters(), "lr": t.lr * t.lr_mult},
+                     *method.param_groups(), *backbone[1:]])
     return core, model, opt
 
 
