@@ -184,3 +184,30 @@ def test_the_better_on_val_of_the_fused_run_and_its_student_is_the_runs_model(tm
     out = kept_on_val(run, fused, echo=lambda _: None)
     assert out["kept"]["model"] == "fused" and out["val_map"] == 80.0 and (run / "best.pt").read_bytes() == b"fused"
     assert not (run / "fused.pt").exists()
+
+
+def test_best_compares_runs_by_the_criterion_they_were_selected_by(tmp_path):
+    """On observed-only data a run's val mAP is against the held-out rows' single tags, which ranks a model that
+    finds the other positives last (here: GR's 46 against EM's 42); the students and the fused run are compared by
+    the criterion each picked its epoch by (results.json's selection value: the observed AUC), as val mAP is with a
+    labelled val split."""
+    from aevlp.stage_two.refine import chosen_student, kept_on_val
+    from aevlp.stage_two.run_folder import RunFolder
+
+    def sel(v):
+        return {"criterion": "observed-auc", "value": v}
+
+    run = tmp_path / "run"
+    for m, val_map, auc in (("gr", 46.0, 88.8), ("em", 42.0, 89.0), ("gpr-soft", 37.0, 87.7)):
+        (run / f"student-{m}").mkdir(parents=True)
+        RunFolder(run / f"student-{m}").write_results({"val_map": val_map, "test_map": 0, "selection": sel(auc)})
+        (run / f"student-{m}" / "best.pt").write_bytes(m.encode())
+        (run / f"student-{m}" / "per_class_ap.csv").write_text(f"class,ap\n{m},1\n")
+    assert chosen_student(run, "best")[0] == "em"
+    (run / "best.pt").write_bytes(b"fused")
+    fused = {"val_map": 43.0, "test_map": 1, "selection": sel(88.9)}
+    RunFolder(run).write_results(fused)
+    out = kept_on_val(run, fused, echo=lambda _: None)
+    assert out["kept"]["model"] == "student-em" and out["selection"] == sel(89.0) and out["val_map"] == 42.0
+    assert "observed-auc 89.00 is above the fused run's 88.90" in out["kept"]["why"]
+    assert (run / "best.pt").read_bytes() == b"em"

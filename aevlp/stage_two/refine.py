@@ -25,7 +25,7 @@ from aevlp.errors import AevlpError
 from aevlp.registry import did_you_mean
 
 __all__ = ["student_scores", "student_val_scores", "refine", "trained_student", "taught", "run_selection",
-           "student_folders", "chosen_student", "kept_on_val", "BEST_OF"]
+           "student_folders", "chosen_student", "kept_on_val", "val_score", "BEST_OF"]
 
 
 @torch.no_grad()
@@ -252,31 +252,45 @@ def taught(cfg: dict, run_dir: str | Path | None = None, **kwargs) -> dict:
 
 def kept_on_val(run: Path, fused: dict, echo=print) -> dict:
     """`damp.student_loss = "best"`: the run's model is the better on val of the fused run and the student that
-    taught it (the fused one on a tie). When it is the student, its best.pt and per-class APs take the run's file
-    names (the fused model moves to FUSED) and results.json takes its val/test figures; `kept` says which model
-    the run is, why, and what the other scored."""
+    taught it (the fused one on a tie), by the runs' own model-selection criterion (`val_score`). When it is the
+    student, its best.pt and per-class APs take the run's file names (the fused model moves to FUSED) and
+    results.json takes its val/test figures; `kept` says which model the run is, why, and what the other scored."""
     from aevlp.stage_two.run_folder import RunFolder
 
     if "kept" in fused:
         return fused
     method, folder = chosen_student(run, "best")
     student, rf = RunFolder(folder).results(), RunFolder(run)
-    other = {"val_map": fused["val_map"], "test_map": fused.get("test_map")}
-    if student is None or student["val_map"] <= fused["val_map"]:
-        kept = {"model": "fused", "why": "val mAP at least its student's", "student": f"student-{method}",
-                "other": None if student is None else {k: student.get(k) for k in ("val_map", "test_map")}}
+    shown = ("val_map", "test_map", "selection")
+    if student is None or val_score(student) <= val_score(fused):
+        other = None if student is None else {k: student[k] for k in shown if k in student}
+        kept = {"model": "fused", "why": f"its {_criterion(fused)} at least its student's",
+                "student": f"student-{method}", "other": other}
         out = {**fused, "kept": kept}
     else:
         (rf / RunFolder.BEST).replace(rf / RunFolder.FUSED)
         shutil.copyfile(folder / RunFolder.BEST, rf / RunFolder.BEST)
         shutil.copyfile(folder / RunFolder.PER_CLASS, rf / RunFolder.PER_CLASS)
-        figures = {k: student[k] for k in ("val_map", "test_map", "test_metrics", "best_epoch") if k in student}
-        kept = {"model": f"student-{method}", "why": f"its val mAP {student['val_map']:.2f} is above the fused run's "
-                f"{fused['val_map']:.2f}", "other": other}
+        figures = {k: student[k] for k in ("val_map", "test_map", "test_metrics", "best_epoch", "selection")
+                   if k in student}
+        kept = {"model": f"student-{method}", "why": f"its {_criterion(student)} {val_score(student):.2f} is above "
+                f"the fused run's {val_score(fused):.2f}", "other": {k: fused[k] for k in shown if k in fused}}
         out = {**fused, **figures, "kept": kept}
         echo(f"kept: the {method} student ({kept['why']}); the fused model is {rf / RunFolder.FUSED}")
     rf.write_results(out)
     return out
+
+
+def val_score(results: dict) -> float:
+    """What a finished run maximised on val to pick its epoch (results.json's selection value: the val mAP with a
+    fully labelled val split; on observed-only data the held-out rows' observed AUC, since their mAP against single
+    tags ranks methods that find the other positives last); the val mAP for runs that do not record it."""
+    return float((results.get("selection") or {}).get("value", results["val_map"]))
+
+
+def _criterion(results: dict) -> str:
+    name = (results.get("selection") or {}).get("criterion", "val")
+    return "val mAP" if name in ("val", "last") else f"val {name}"
 
 
 BEST_OF = ("gr", "em", "gpr-soft")  # damp.student_loss = "best": all trained, the best on val teaches
@@ -293,13 +307,13 @@ def student_folders(run: Path, student_loss: str) -> dict[str, Path]:
 
 
 def chosen_student(run: Path, student_loss: str) -> tuple[str, Path]:
-    """(method, folder) of the student that teaches: the only one, or with `best` the finished one of higher val
-    mAP (the first on a tie)."""
+    """(method, folder) of the student that teaches: the only one, or with `best` the finished one of higher
+    `val_score` (the first on a tie)."""
     from aevlp.stage_two.run_folder import RunFolder
 
     folders = student_folders(run, student_loss)
-    val = {m: (RunFolder(p).results() or {}).get("val_map", -1.0) for m, p in folders.items()}
-    method = max(folders, key=lambda m: val[m])
+    results = {m: RunFolder(p).results() for m, p in folders.items()}
+    method = max(folders, key=lambda m: val_score(results[m]) if results[m] else float("-inf"))
     return method, folders[method]
 
 
@@ -319,9 +333,9 @@ def trained_student(cfg: dict, run: Path, *, limit: int | None = None, progress:
     folder = RunFolder(student)
     results = folder.results()
     if len(folders) > 1:
-        echo("students (damp.student_loss = best): " + ", ".join(
-            f"{m} val mAP {RunFolder(p).results()['val_map']:.2f}" for m, p in folders.items()) + f"; the {method} "
-            "student teaches")
+        echo(f"students (damp.student_loss = best), {_criterion(results)}: " + ", ".join(
+            f"{m} {val_score(RunFolder(p).results()):.2f}" for m, p in folders.items()) + f"; the {method} student "
+            "teaches")
     checkpoint = checkpoint_id(folder / RunFolder.BEST)
     name = _source_name(checkpoint)
     with Cache(specs.cache_path) as cache:
