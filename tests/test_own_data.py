@@ -211,3 +211,18 @@ def test_best_compares_runs_by_the_criterion_they_were_selected_by(tmp_path):
     assert out["kept"]["model"] == "student-em" and out["selection"] == sel(89.0) and out["val_map"] == 42.0
     assert "observed-auc 89.00 is above the fused run's 88.90" in out["kept"]["why"]
     assert (run / "best.pt").read_bytes() == b"em"
+
+
+def test_gpr_soft_learns_from_damp_fused_with_a_student(own):
+    """A student (`damp.student_loss`) fuses into GPR-soft's teacher as into a selection (bench gpr-ts-soft): the
+    run records the student its calibrated targets came from, and keeps the better on val of itself and it."""
+    from aevlp.stage_two.plan import wants_student
+    out = own["dir"] / "bench-soft"
+    ok("bench", "table", "gpr-ts-soft", "--seeds", "0", "--data-root", own["data"], "--out", out,
+       "--set", f'cache.path="{own["cache"]}"', *own["clip"], "--set", 'train.backbone="clip-head"',
+       "--set", 'train.weights="none"', "--set", "train.epochs=2", "--set", "train.lr=1e-3",
+       "--set", "train.workers=0", "--no-progress")
+    res = json.loads((out / "runs" / "gpr-ts-soft-s0" / "results.json").read_text())
+    assert res["loss"] == "gpr-soft" and res["student"]["method"] in ("gr", "em", "gpr-soft") and "kept" in res
+    from aevlp.config import load_config
+    assert not wants_student(load_config("table", ['loss.name="gpr-soft"', 'damp.student_loss=""']))

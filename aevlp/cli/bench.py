@@ -33,7 +33,7 @@ def bench_cmd(pipeline, methods, seeds, data_root, out, overrides, no_progress) 
     \b
     METHODS are loss names (aevlp train --help lists them: an, an-ls, wan, iun, iu, epr, role, em,
     em-apl, vlpl, ll-r, ll-ct, ll-cp, boostlu, mime, smile, gr, gpr, ...) or the presets gpr-damp,
-    gpr-global, gpr-rate, gpr-ts, gpr-ts-em, gpr-ts-best and full-labels. Stage one runs once; each
+    gpr-global, gpr-rate, gpr-ts, gpr-ts-em, gpr-ts-best, gpr-ts-soft and full-labels. Stage one runs once; each
     run is an ordinary `aevlp run` (reused when current). Writes OUT/bench.md, bench.csv (mean ± sd
     per method, and the zero-shot teacher), bench_runs.csv (every run) and bench.png (bars with error
     bars).

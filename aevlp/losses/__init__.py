@@ -90,7 +90,7 @@ def _own(method: str) -> dict:
 for _name, _spec in {
     "gpr": LossSpec(gpr_loss, uses_pseudo=True, uses_schedule=True, source="AEVLP (Tran et al., ICCV 2025)"),
     "gr": LossSpec(gr_loss, uses_schedule=True, source="GR Loss (Chen et al., IJCAI 2024)"),
-    "gpr-soft": LossSpec(gpr_soft_loss, uses_schedule=True, method=SoftTargetMethod,
+    "gpr-soft": LossSpec(gpr_soft_loss, uses_schedule=True, method=SoftTargetMethod, reads_scores=True,
                          source="GR with the unknowns learning the teacher's per-class calibrated scores (aevlp)"),
     "bce-full": LossSpec(bce_full_loss, uses_full_labels=True, source="full-label BCE (upper bound)"),
     "an": LossSpec(an_loss, source="Assume Negative (Cole et al., CVPR 2021)"),

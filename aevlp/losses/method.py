@@ -31,6 +31,7 @@ class LossSpec:
 
     fn: Callable
     uses_pseudo: bool = False
+    reads_scores: bool = False  # learns from the teacher's scores without a selection (gpr-soft): a student fuses in
     uses_schedule: bool = False
     uses_full_labels: bool = False
     needs_truth: bool = False  # reads the full labels beside the observed ones (IUN, an oracle)

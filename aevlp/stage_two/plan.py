@@ -108,14 +108,15 @@ def dated_run(cfg: dict) -> Path:
 
 
 def wants_student(cfg: dict) -> bool:
-    """Whether the run trains a student first (`damp.student_loss`): only for a method that selects from
-    DAMP's scores (not one without pseudo-labels, nor one with its own selection, as VLPL), on observed labels."""
+    """Whether the run trains a student first (`damp.student_loss`): only for a method that selects from DAMP's
+    scores or learns from them (gpr-soft; not one without pseudo-labels, nor one with its own selection, as VLPL),
+    on observed labels."""
     from aevlp.losses import LOSSES
 
     specs = Specs.of(cfg)
     spec = LOSSES.get(specs.loss["name"])
-    return bool(specs.damp.student_loss) and spec.uses_pseudo and spec.pseudo_labels is None and \
-        specs.train.labels != "full"
+    reads_teacher = (spec.uses_pseudo or spec.reads_scores) and spec.pseudo_labels is None
+    return bool(specs.damp.student_loss) and reads_teacher and specs.train.labels != "full"
 
 
 @dataclass(frozen=True)

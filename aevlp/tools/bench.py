@@ -36,6 +36,8 @@ PRESETS: dict[str, tuple[str, list[str]]] = {
         'loss.name="gpr"', 'damp.source="damp"', 'damp.student_loss="em"', 'damp.class_thresholds="rate"']),
     "gpr-ts-best": ("GPR-TS-best: the best on val of three students (GR, EM, GPR-soft) and their fusion with DAMP", [
         'loss.name="gpr"', 'damp.source="damp"', 'damp.student_loss="best"', 'damp.class_thresholds="rate"']),
+    "gpr-ts-soft": ("GPR-TS-soft: GPR-soft from DAMP fused with the best of three students; the better kept", [
+        'loss.name="gpr-soft"', 'damp.source="damp"', 'damp.student_loss="best"', 'damp.class_thresholds="rate"']),
 }
 RESULT_KEYS = ("test_map", "val_map", "pseudo_precision", "pseudo_recall", "pseudo_f1", "best_epoch", "epochs_run")
 
