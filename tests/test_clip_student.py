@@ -207,3 +207,24 @@ def test_a_clip_run_with_wise_ft_keeps_the_mix_of_best_val(clip_run, tmp_path):
     for k, v in tuned.items():
         if v.is_floating_point():
             torch.testing.assert_close(best[k], (1 - a) * initial[k] + a * v, rtol=1e-5, atol=1e-6)
+
+
+def test_wise_ft_resumed_for_more_epochs_mixes_the_new_tuned_weights(clip_run, tmp_path):
+    """A finished train.wise_ft run resumed for another epoch: the epoch's best.pt (train.select = last: every epoch
+    is the best) replaces tuned.pt, and best.pt is mixed from it, not from the first run's tuned weights."""
+    from aevlp.config import load_config
+    from aevlp.stage_two.train import run_train
+
+    over = ["train.wise_ft=true", 'train.select="last"']
+    run_train(load_config(clip_run["run"] / "config.toml", [*over, "train.epochs=2"]), run_dir=tmp_path / "run",
+              progress=False, echo=None)
+    first = torch.load(tmp_path / "run" / "tuned.pt", map_location="cpu", weights_only=False)["model"]
+    res = run_train(load_config(clip_run["run"] / "config.toml", [*over, "train.epochs=3"]), run_dir=tmp_path / "run",
+                    resume=True, progress=False, echo=None)
+    assert res["epochs_run"] == 3 and res["best_epoch"] == 3
+    tuned = torch.load(tmp_path / "run" / "tuned.pt", map_location="cpu", weights_only=False)["model"]
+    last = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)["model"]
+    assert all(torch.equal(tuned[k], last[k]) for k in last)  # the third epoch's weights
+    assert not all(torch.equal(tuned[k], first[k]) for k in first)
+    best = torch.load(tmp_path / "run" / "best.pt", map_location="cpu", weights_only=False)
+    assert best["wise"]["alpha"] == res["wise_ft"]["alpha"]

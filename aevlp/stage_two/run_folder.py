@@ -28,7 +28,7 @@ class RunFolder:
     """One run directory. Its files: CONFIG (what ran), METRICS (one line per epoch), RESULTS (the test, once
     finished), BEST and LAST (checkpoints; LAST_PREVIOUS the one before; FUSED the fused model when a student
     was kept instead: `aevlp.stage_two.refine.kept_on_val`; TUNED the fine-tuned weights when best.pt is their
-    WiSE-FT mix: `aevlp.stage_two.clip_student.wise_ft`), PER_CLASS, THRESHOLDS, PSEUDO_PER_CLASS,
+    WiSE-FT mix: `aevlp.stage_two.wise_ft`), PER_CLASS, THRESHOLDS, PSEUDO_PER_CLASS,
     SCORES (a folder: train.save_scores), STUDENT (a folder: the GPR-TS student's own run)."""
 
     CONFIG, METRICS, RESULTS = "config.toml", "metrics.jsonl", "results.json"

@@ -26,10 +26,11 @@ def mixed(initial: dict, tuned: dict, alpha: float) -> dict:
 def wise_ft(r, state: dict, echo) -> None:
     """`train.wise_ft`: the run's best weights mixed with the weights it started from
     (CLIP's tower and its zero-shot head), the share α of the tuned ones chosen on val by the run's own criterion
-    among WISE_ALPHAS (the more tuned on a tie). best.pt becomes that mix; the tuned weights stay in TUNED, so a run
-    resumed before its test mixes from them again; `state["wise_ft"]` records α and each α's val figures."""
+    among WISE_ALPHAS (the more tuned on a tie). best.pt becomes that mix (marked `wise` in the file); the tuned
+    weights move to TUNED, so a run resumed before its test mixes from them again, and a best.pt that training wrote
+    since (a run resumed for more epochs) replaces them; `state["wise_ft"]` records α and each α's val figures."""
     tuned_file, best = r.run / RunFolder.TUNED, r.run / RunFolder.BEST
-    if not tuned_file.exists():
+    if not (tuned_file.exists() and "wise" in read_checkpoint(best)):
         best.replace(tuned_file)
     tuned = read_checkpoint(tuned_file)["model"]
     torch.manual_seed(r.t.seed)  # the run's own initial weights, built as training built them
@@ -45,7 +46,7 @@ def wise_ft(r, state: dict, echo) -> None:
     score = {a: r.selection.value(m) for a, m in measures.items()}  # the run's own criterion (val mAP, or ...)
     alpha = max(reversed(WISE_ALPHAS), key=score.get)
     r.core.load_state_dict(mixed(initial, tuned, alpha))
-    save_checkpoint(best, r.core, meta=r.meta)
+    save_checkpoint(best, r.core, meta=r.meta, wise={"alpha": alpha})
     state["wise_ft"] = {"alpha": alpha, "val_map": measures[alpha]["val_map"], "select": score[alpha],
                         "criterion": r.selection.criterion, "by_alpha": {str(a): round(v, 4) for a, v in score.items()}}
     echo(f"wise_ft: α = {alpha:g} ({r.selection.criterion} " + ", ".join(f"{a:g}: {v:.2f}" for a, v in score.items())
