@@ -148,8 +148,9 @@ def _train_and_test(r: TrainRun, state: dict, progress: bool, echo: Callable[[st
     if not r.data.train_labels_known:
         echo("note: observed-only data: pseudo-label precision/recall are not reported (no full training "
              f"labels); val mAP is measured on {r.data.val_labels} labels")
-    if r.t.wise_ft:
-        wise_ft(r, state, echo)
+    if r.t.wise_ft:  # mixed with the weights training started from, rebuilt as `_model` built them
+        wise_ft(r, state, echo, initial=lambda: _initial_model(r.t, r.data.num_classes, r.cache, r.device, r.method,
+                                                               clip=ClipStudent.of_cache(r.cache)))
     return test_and_write_results(r, state)
 
 
@@ -251,12 +252,7 @@ def _model(t: TrainSpec, num_classes: int, cache: Cache, device: torch.device, m
     the method's own parameters (ROLE's label estimator) in their own group, then the decayed layers of a CLIP
     tower (`train.layer_decay`). Without `pretrained` (a resumed
     run: its checkpoint replaces every weight) no backbone weights are fetched."""
-    torch.manual_seed(t.seed)
-    weights = t.weights if pretrained else "none"
-    core = build_model(t.backbone, num_classes, weights=weights, embed_dim=cache.embed_dim, clip=clip).to(device)
-    method.prepare_model(core)
-    if _channels_last(t):
-        core = core.to(memory_format=torch.channels_last)
+    core = _initial_model(t, num_classes, cache, device, method, pretrained, clip)
     model = core
     if distributed.env()[1] > 1:  # same seed on every rank, so the replicas start identical
         model = torch.nn.parallel.DistributedDataParallel(
@@ -269,6 +265,16 @@ def _model(t: TrainSpec, num_classes: int, cache: Cache, device: torch.device, m
     opt = optimizer([backbone[0], {"params": core.head.parameters(), "lr": t.lr * t.lr_mult},
                      *method.param_groups(), *backbone[1:]])
     return core, model, opt
+
+
+def _initial_model(t: TrainSpec, num_classes: int, cache: Cache, device: torch.device, method: Method,
+                   pretrained: bool = True, clip=None) -> Classifier:
+    """The model before training, on the device: seeded init, the method's changes to it, the memory format."""
+    torch.manual_seed(t.seed)
+    weights = t.weights if pretrained else "none"
+    core = build_model(t.backbone, num_classes, weights=weights, embed_dim=cache.embed_dim, clip=clip).to(device)
+    method.prepare_model(core)
+    return core.to(memory_format=torch.channels_last) if _channels_last(t) else core
 
 
 def _channels_last(t: TrainSpec) -> bool:
